@@ -1,0 +1,62 @@
+"""featx-search: image similarity search over features from any layer of a vision model.
+
+Importing this package does not import torch, torchvision or faiss; they load when first used.
+"""
+
+from __future__ import annotations
+
+from .config import ExtractorSpec, Preprocess, SpaceSpec
+from .errors import (
+    ConfigError,
+    FeatxError,
+    ImageError,
+    LayerError,
+    LibraryError,
+    LibraryVersionError,
+    ModelError,
+    SpaceError,
+    WeightsError,
+)
+from .extract import Layer
+from .ingest import IndexReport, Progress
+from .library import (
+    Library,
+    LibraryInfo,
+    SchemaStatus,
+    SpaceInfo,
+    default_db_path,
+    list_layers,
+    schema_status,
+    upgrade_schema,
+)
+from .query import Match
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "ExtractorSpec",
+    "FeatxError",
+    "ImageError",
+    "IndexReport",
+    "Layer",
+    "LayerError",
+    "Library",
+    "LibraryError",
+    "LibraryInfo",
+    "LibraryVersionError",
+    "Match",
+    "ModelError",
+    "Preprocess",
+    "Progress",
+    "SchemaStatus",
+    "SpaceError",
+    "SpaceInfo",
+    "SpaceSpec",
+    "WeightsError",
+    "__version__",
+    "default_db_path",
+    "list_layers",
+    "schema_status",
+    "upgrade_schema",
+]

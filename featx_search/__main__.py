@@ -1,0 +1,5 @@
+"""``python -m featx_search`` runs the command line."""
+
+from .cli import main
+
+main()

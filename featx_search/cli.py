@@ -1,0 +1,328 @@
+"""The ``featx-search`` command line: each command is one API call plus formatting (click)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec
+from .errors import FeatxError
+from .ingest import IndexReport, Progress
+from .library import Library, default_db_path, list_layers, schema_status, upgrade_schema
+from .query import Match
+
+F = TypeVar("F", bound=Callable[..., Any])
+DB_HELP = "Library database file (default: $FEATX_DB, else a per-user data directory)."
+
+
+class _Group(click.Group):
+    """Turns featx errors into one clean error line (no traceback) at the CLI edge."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FeatxError as err:
+            raise click.ClickException(str(err)) from err
+
+
+def _remember_db(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["db"] = value
+
+
+def db_option(func: F) -> F:
+    """``--db`` on a command; it wins over the group's ``--db`` and ``$FEATX_DB``."""
+    return click.option(
+        "--db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_remember_db,
+        help=DB_HELP,
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print JSON (one object per line) instead of a table.",
+    )(func)
+
+
+def _db(ctx: click.Context) -> Path:
+    return ctx.ensure_object(dict).get("db") or default_db_path()
+
+
+def _open(ctx: click.Context) -> Library:
+    return Library.open(_db(ctx))
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="FEATX_DB",
+    expose_value=False,
+    callback=_remember_db,
+    help=DB_HELP,
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
+@click.version_option(__version__, prog_name="featx-search")
+def cli(verbose: bool) -> None:
+    """Find similar images in a photo library, using features from any layer of a vision model.
+
+    \b
+    featx-search index ~/Pictures          embed every image under a folder
+    featx-search search photo.jpg -k 5     the 5 most similar indexed images
+    featx-search layers resnet50           which layers a model offers
+    """
+    logger = logging.getLogger("featx_search")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
+def _spec(
+    model: str | None, weights: str | None, layers: Sequence[str], pool: str | None
+) -> ExtractorSpec | None:
+    if model is None and weights is None and not layers and pool is None:
+        return None  # keep the library's space
+    return ExtractorSpec(
+        model=model or DEFAULT_MODEL,
+        weights=weights or DEFAULT_WEIGHTS,
+        layers=tuple(layers),
+        pool=pool or "avg",
+    )
+
+
+def _summary(report: IndexReport) -> str:
+    return (
+        f"indexed {report.indexed} (added {report.added}, updated {report.updated}), "
+        f"unchanged {report.unchanged}, failed {report.failed}, removed {report.removed} "
+        f"in {report.seconds:.1f} s; space {report.space} ({report.label})"
+    )
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "-m",
+    help=f"torchvision model name, {DEFAULT_MODEL}, or "
+    f"package.module:factory  [default: {DEFAULT_MODEL}, or the library's space]",
+)
+@click.option(
+    "--weights",
+    "-w",
+    help="Weights name (DEFAULT, IMAGENET1K_V2, ...), 'none' for "
+    "seeded random init, or a state-dict file  [default: DEFAULT]",
+)
+@click.option(
+    "--layer",
+    "-l",
+    "layers",
+    multiple=True,
+    help="FX node to read (repeatable)  [default: the node feeding the classifier]",
+)
+@click.option("--pool", type=click.Choice(POOLS), help="Pooling of feature maps  [default: avg]")
+@click.option("--space", help="Add to this existing space (fingerprint prefix, id or label).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@json_option
+@db_option
+@click.pass_context
+def index(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    model: str | None,
+    weights: str | None,
+    layers: tuple[str, ...],
+    pool: str | None,
+    space: str | None,
+    batch_size: int,
+    workers: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Index the images under PATHS (folders, recursively, or single files).
+
+    Only new and changed files are embedded; files that cannot be read are recorded as failed
+    (see `info --failed`). Another --model/--weights/--layer/--pool makes a second space.
+    """
+    show_bar = not (quiet or as_json) and sys.stderr.isatty()
+    bar: Any = None
+
+    def progress(p: Progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(
+                length=p.total, label="embedding", file=sys.stderr, show_pos=True, show_eta=True
+            )
+            bar.__enter__()
+        bar.update(p.done - bar.pos)
+
+    with _open(ctx) as lib:
+        try:
+            report = lib.index(
+                paths,
+                spec=_spec(model, weights, layers, pool),
+                space=space,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress if show_bar else None,
+            )
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    elif not quiet:
+        click.echo(_summary(report))
+        for path, error in report.failures[:10]:
+            click.echo(f"  failed: {path}: {error}", err=True)
+        if len(report.failures) > 10:
+            click.echo(
+                f"  ... {len(report.failures) - 10} more: featx-search info --failed", err=True
+            )
+        for missing in report.missing:
+            click.echo(f"  not found (nothing under it changed): {missing}", err=True)
+
+
+def _print_matches(query: str, matches: list[Match], as_json: bool) -> None:
+    if as_json:
+        for m in matches:
+            click.echo(json.dumps({"query": query, **m.to_dict()}))
+        return
+    click.echo(f"query: {query}")
+    if not matches:
+        click.echo("  (no results)")
+    for m in matches:
+        click.echo(f"  {m.rank:>4}  {m.score:6.3f}  {m.path}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query image."
+)
+@click.option(
+    "--space",
+    help="Space to search (fingerprint prefix, id or label); needed when the library has several.",
+)
+@json_option
+@db_option
+@click.pass_context
+def search(
+    ctx: click.Context, images: tuple[Path, ...], k: int, space: str | None, as_json: bool
+) -> None:
+    """Show the indexed images most similar to each of IMAGES."""
+    with _open(ctx) as lib:
+        results = lib.search_many(list(images), k=k, space=space)
+    for query, matches in zip(images, results, strict=False):
+        _print_matches(str(query), matches, as_json)
+
+
+@cli.command()
+@click.option("--failed", is_flag=True, help="List the files that could not be indexed.")
+@json_option
+@db_option
+@click.pass_context
+def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
+    """Show the library: spaces, image counts and index state."""
+    with _open(ctx) as lib:
+        if failed:
+            rows = lib.failures()
+            for path, error in rows:
+                click.echo(
+                    json.dumps({"path": path, "error": error}) if as_json else f"{path}: {error}"
+                )
+            return
+        summary = lib.info()
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+        return
+    click.echo(f"library: {summary.path}")
+    click.echo(f"schema:  {summary.revision}")
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.images.items())) or "none"
+    click.echo(f"images:  {counts}")
+    if not summary.spaces:
+        click.echo("spaces:  none (run `featx-search index PATH`)")
+    for s in summary.spaces:
+        state = "current" if s.index_current else "stale (rebuilt on next use)"
+        click.echo(
+            f"space {s.fingerprint}  {s.label}  weights={s.weights}  dim={s.dim}  "
+            f"vectors={s.count}  index={state}"
+        )
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--weights",
+    "-w",
+    default=DEFAULT_WEIGHTS,
+    show_default=True,
+    help="Weights to build the model with (shapes rarely depend on them; "
+    "'none' avoids a download).",
+)
+@json_option
+@db_option
+def layers(model: str, weights: str, as_json: bool) -> None:
+    """List every layer (FX node) of MODEL with its output shape; * marks the default."""
+    rows = list_layers(ExtractorSpec(model=model, weights=weights))
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        shape = "x".join(str(d) for d in r.shape) if r.shape is not None else "-"
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"name": r.name, "shape": list(r.shape or ()) or None, "default": r.is_default}
+                )
+            )
+        else:
+            click.echo(f"{'*' if r.is_default else ' '} {r.name:<{width}}  {shape}")
+    if not as_json:
+        click.echo("* default layer (--layer NAME picks another)", err=True)
+
+
+@cli.group()
+def db() -> None:
+    """Inspect or migrate the library database schema."""
+
+
+@db.command()
+@db_option
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Show the schema revision of the library (without changing it)."""
+    status = schema_status(_db(ctx))
+    state = "up to date" if status.up_to_date else f"behind head {status.head}"
+    click.echo(f"{status.path}: revision {status.current or '(empty)'} ({state})")
+
+
+@db.command()
+@db_option
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Migrate the library to the newest schema (opening a library does this too)."""
+    status = upgrade_schema(_db(ctx))
+    click.echo(f"{status.path}: revision {status.current} (up to date)")
+
+
+def main() -> None:
+    cli(prog_name="featx-search")

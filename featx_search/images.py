@@ -1,0 +1,128 @@
+"""Safe image decoding and preprocessing into model input arrays (the only user of PIL)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+import numpy as np
+
+from .config import Preprocess
+from .errors import ImageError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+# A query or input image: a file path or an in-memory PIL image.
+ImageInput: TypeAlias = "str | os.PathLike[str] | PILImage"
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+# Pillow plugins allowed to decode; anything else (e.g. an EPS renamed .jpg) is refused.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Transparent pixels are shown over mid grey, not black, so alpha does not dominate the vector.
+BACKGROUND = (128, 128, 128)
+
+
+def is_image_name(path: str | os.PathLike[str]) -> bool:
+    """True when the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def load_rgb(source: ImageInput, *, min_side: int = 0) -> PILImage:
+    """Decode ``source`` (a path or a PIL image) to an upright RGB image.
+
+    JPEGs are decoded at the smallest DCT scale whose shorter side is still >= ``min_side``.
+    EXIF orientation is applied, alpha is composited over :data:`BACKGROUND`, animations give
+    their first frame. Raises :class:`ImageError` naming the file for anything undecodable,
+    including decompression bombs.
+    """
+    from PIL import Image, ImageOps
+
+    name = getattr(source, "filename", None) or "<image>"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(source, Image.Image):
+                img = source
+                img.load()
+            else:
+                name = os.fspath(source)
+                img = Image.open(name, formats=ALLOWED_FORMATS)
+                if img.format == "JPEG" and min_side > 0:
+                    img.draft("RGB", (min_side, min_side))
+                img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        MemoryError,
+    ) as err:
+        reason = str(err) or type(err).__name__
+        raise ImageError(
+            f"cannot decode {name}: {reason}",
+            hint="formats read: " + ", ".join(sorted({f.lower() for f in ALLOWED_FORMATS})),
+        ) from err
+
+
+def _to_rgb(img: PILImage) -> PILImage:
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def preprocess(img: PILImage, spec: Preprocess) -> np.ndarray:
+    """Resize the shorter side to ``spec.resize``, centre-crop ``spec.crop``, normalise.
+
+    Returns a float32 array of shape (3, crop, crop).
+    """
+    from PIL import Image
+
+    width, height = img.size
+    scale = spec.resize / min(width, height)
+    size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[
+        spec.interpolation
+    ]
+    img = img.resize(size, resample)
+    left = (size[0] - spec.crop) // 2
+    top = (size[1] - spec.crop) // 2
+    img = img.crop((left, top, left + spec.crop, top + spec.crop))
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
+    arr = (np.asarray(img, dtype=np.float32) - mean) * inv_std
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+def load_input(source: ImageInput, spec: Preprocess) -> np.ndarray:
+    """Decode and preprocess one image: float32 (3, crop, crop). Raises :class:`ImageError`."""
+    return preprocess(load_rgb(source, min_side=spec.resize), spec)
+
+
+def describe(source: ImageInput) -> str:
+    """A printable name for a query image: its path, or ``<image>`` for in-memory images."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(Path(source))
+    return getattr(source, "filename", None) or "<image>"

@@ -1,0 +1,250 @@
+"""The indexing pipeline: scan -> decode (threads, bounded) -> extract -> store -> index."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, ImageError
+from .extract import Extractor
+from .images import load_rgb, preprocess
+from .index import open_index, publish_index
+from .scan import FileInfo, scan, stat_file
+from .store import FAILED, FileResult, SpaceRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexReport:
+    """What an indexing run did. ``to_dict`` gives the ``--json`` summary."""
+
+    space: str
+    label: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    removed: int = 0
+    seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def indexed(self) -> int:
+        """Files embedded in this run (added + updated)."""
+        return self.added + self.updated
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "space": self.space,
+            "label": self.label,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "removed": self.removed,
+            "missing": list(self.missing),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Passed to the progress callback after each batch: files done of total to embed."""
+
+    done: int
+    total: int
+    path: str
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class _Job:
+    root_id: int
+    relpath: str
+    info: FileInfo
+    is_update: bool
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    job: _Job
+    array: np.ndarray | None
+    error: str | None
+    size: tuple[int, int] | None
+
+
+@dataclass
+class _Plan:
+    jobs: list[_Job] = field(default_factory=list)
+    unchanged: int = 0
+    removed: list[int] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[str]]) -> _Plan:
+    plan = _Plan()
+    seen: set[tuple[int, str]] = set()
+    for raw in paths:
+        path = Path(raw).expanduser().absolute()
+        if path.is_dir():
+            folder, files, whole = path.resolve(), None, True
+        elif path.exists() or path.is_symlink():
+            folder, files, whole = path.parent.resolve(), [path], False
+        else:
+            plan.missing.append(str(path))
+            log.warning("%s does not exist; nothing under it is changed", path)
+            continue
+        root_id, root_dir = store.root_for(folder)
+        prefix = "" if folder == root_dir else os.path.relpath(folder, root_dir)
+        known = store.known_files(root_id, prefix if whole else "", record.id)
+        found: Iterable[FileInfo]
+        found = scan(folder) if files is None else [_stat_or_lstat(folder / f.name) for f in files]
+        visited: set[str] = set()
+        for info in found:
+            rel = os.path.relpath(info.path, root_dir)
+            visited.add(rel)
+            if (root_id, rel) in seen:
+                continue
+            seen.add((root_id, rel))
+            old = known.get(rel)
+            same = old is not None and (old.size, old.mtime_ns) == (info.size, info.mtime_ns)
+            if same and old is not None and (old.has_vector or old.status == FAILED):
+                plan.unchanged += 1
+            else:
+                plan.jobs.append(_Job(root_id, rel, info, is_update=old is not None and not same))
+        if whole:
+            plan.removed.extend(k.id for rel, k in known.items() if rel not in visited)
+    return plan
+
+
+def _stat_or_lstat(path: Path) -> FileInfo:
+    try:
+        return stat_file(path)
+    except OSError:
+        st = path.lstat()
+        return FileInfo(path, st.st_size, st.st_mtime_ns)
+
+
+def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
+    spec = record.spec.preprocess
+    try:
+        img = load_rgb(job.info.path, min_side=spec.resize)
+        return _Decoded(job, preprocess(img, spec), None, img.size)
+    except ImageError as err:
+        return _Decoded(job, None, err.message, None)
+    except Exception as err:  # a bad file must never stop the run (invariant 3)
+        return _Decoded(job, None, f"{type(err).__name__}: {err}", None)
+
+
+def _prefetch(
+    pool: ThreadPoolExecutor, jobs: Sequence[_Job], record: SpaceRecord, window: int
+) -> Iterator[_Decoded]:
+    """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory)."""
+    pending: deque[Future[_Decoded]] = deque()
+    queue = iter(jobs)
+    for job in queue:
+        pending.append(pool.submit(_decode, job, record))
+        if len(pending) >= window:
+            break
+    while pending:
+        yield pending.popleft().result()
+        for job in queue:
+            pending.append(pool.submit(_decode, job, record))
+            break
+
+
+def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
+    batch: list[_Decoded] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_index(
+    store: Store,
+    extractor: Extractor,
+    record: SpaceRecord,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    batch_size: int = 16,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> IndexReport:
+    """Bring ``record``'s space up to date with the image files under ``paths``.
+
+    Unchanged files (same size and mtime) are not opened; files that cannot be decoded are
+    recorded as failed and the run goes on; work is committed per batch; files gone from a
+    scanned folder are removed. The space's index file is published at the end.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    started = time.perf_counter()
+    report = IndexReport(space=record.fingerprint, label=record.label)
+    plan = _plan(store, record, paths)
+    report.unchanged, report.missing = plan.unchanged, plan.missing
+    index, _ = open_index(store, record)
+    workers = workers or min(8, os.cpu_count() or 1)
+    done = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="featx-decode") as pool:
+        for batch in _batches(_prefetch(pool, plan.jobs, record, 2 * batch_size), batch_size):
+            ok = [d for d in batch if d.array is not None]
+            vectors = (
+                extractor.embed(np.stack([d.array for d in ok]))  # type: ignore[misc]
+                if ok
+                else np.empty((0, record.spec.dim), np.float32)
+            )
+            by_job = {id(d.job): v for d, v in zip(ok, vectors, strict=False)}
+            results = [
+                FileResult(
+                    root_id=d.job.root_id,
+                    relpath=d.job.relpath,
+                    size=d.job.info.size,
+                    mtime_ns=d.job.info.mtime_ns,
+                    vector=by_job.get(id(d.job)),
+                    error=d.error,
+                    width=d.size[0] if d.size else None,
+                    height=d.size[1] if d.size else None,
+                )
+                for d in batch
+            ]
+            added, dropped = store.write_batch(record.id, results)
+            index.remove(np.asarray(dropped, np.int64))
+            index.add(np.asarray(added, np.int64), vectors)
+            for d in batch:
+                if d.error is not None:
+                    report.failed += 1
+                    report.failures.append((str(d.job.info.path), d.error))
+                elif d.job.is_update:
+                    report.updated += 1
+                else:
+                    report.added += 1
+            done += len(batch)
+            if progress is not None:
+                progress(Progress(done, len(plan.jobs), str(batch[-1].job.info.path)))
+    if plan.removed:
+        _, dropped = store.write_batch(record.id, [], plan.removed)
+        index.remove(np.asarray(dropped, np.int64))
+        report.removed = len(plan.removed)
+    current = store.space(record.id)
+    manifest = store.manifest(record.id)
+    if manifest is None or manifest.generation != current.generation:
+        publish_index(store, current, index, current.generation)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,346 @@
+"""The public facade: :class:`Library` opens a library, indexes folders and searches it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import ExtractorSpec
+from .errors import ImageError, SpaceError
+from .images import ImageInput, describe, load_input
+from .ingest import IndexReport, ProgressCallback
+from .query import Match, check_k, search_vectors
+from .store import SpaceRecord, Store
+
+if TYPE_CHECKING:
+    from .extract import Extractor, Layer
+    from .index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+ENV_DB = "FEATX_DB"
+
+
+def default_db_path() -> Path:
+    """``$FEATX_DB`` when set, else ``library.db`` in the per-user data directory."""
+    if os.environ.get(ENV_DB):
+        return Path(os.environ[ENV_DB]).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("featx-search") / "library.db"
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """An embedding space of a library, as shown by ``info``."""
+
+    id: int
+    fingerprint: str
+    label: str
+    model: str
+    weights: str
+    layers: tuple[str, ...]
+    pool: str
+    dim: int
+    count: int
+    generation: int
+    index_generation: int | None
+
+    @property
+    def index_current(self) -> bool:
+        """True when the published index file matches the stored vectors."""
+        return self.index_generation == self.generation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "fingerprint": self.fingerprint,
+            "label": self.label,
+            "model": self.model,
+            "weights": self.weights,
+            "layers": list(self.layers),
+            "pool": self.pool,
+            "dim": self.dim,
+            "count": self.count,
+            "generation": self.generation,
+            "index_generation": self.index_generation,
+            "index_current": self.index_current,
+        }
+
+
+@dataclass(frozen=True)
+class LibraryInfo:
+    """Summary of a library: where it is, schema revision, images by state, spaces."""
+
+    path: str
+    revision: str | None
+    images: dict[str, int]
+    spaces: list[SpaceInfo]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "revision": self.revision,
+            "images": dict(self.images),
+            "spaces": [s.to_dict() for s in self.spaces],
+        }
+
+
+class Library:
+    """A photo library: a SQLite database plus FAISS index files beside it.
+
+    Use as a context manager::
+
+        with Library.open("photos.db") as lib:
+            report = lib.index(["~/Pictures"], spec=ExtractorSpec(model="resnet50"))
+            for match in lib.search("query.jpg", k=5):
+                print(match.rank, f"{match.score:.3f}", match.path)
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._extractors: dict[ExtractorSpec, Extractor] = {}
+        self._indexes: dict[int, tuple[int, VectorIndex]] = {}
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str] | None = None) -> Library:
+        """Open the library at ``db`` (default: :func:`default_db_path`), creating it when new
+        and migrating it to the current schema. Raises :class:`LibraryError`."""
+        return cls(Store.open(db if db is not None else default_db_path()))
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._store.path
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- spaces -------------------------------------------------------------------------
+
+    def spaces(self) -> list[SpaceInfo]:
+        """Every embedding space, oldest first."""
+        out = []
+        for record in self._store.spaces():
+            manifest = self._store.manifest(record.id)
+            spec = record.spec
+            out.append(
+                SpaceInfo(
+                    id=record.id,
+                    fingerprint=record.fingerprint,
+                    label=record.label,
+                    model=spec.model,
+                    weights=spec.weights,
+                    layers=spec.layers,
+                    pool=spec.pool,
+                    dim=spec.dim,
+                    count=record.count,
+                    generation=record.generation,
+                    index_generation=manifest.generation if manifest else None,
+                )
+            )
+        return out
+
+    def _record(self, space: str | None) -> SpaceRecord:
+        records = self._store.spaces()
+        if not records:
+            raise SpaceError(
+                f"library {self.path} has no images yet",
+                hint="index a folder first: featx-search index PATH",
+            )
+        if space is None:
+            if len(records) == 1:
+                return records[0]
+            raise SpaceError(
+                f"library {self.path} has {len(records)} spaces; choose one with --space",
+                hint="spaces: "
+                + "; ".join(f"{r.fingerprint} ({r.label}, {r.count} images)" for r in records),
+            )
+        found = [
+            r
+            for r in records
+            if space in (str(r.id), r.label) or r.fingerprint.startswith(space.lower())
+        ]
+        if len(found) == 1:
+            return found[0]
+        listing = "; ".join(f"{r.fingerprint} ({r.label})" for r in records)
+        problem = "matches several spaces" if found else "matches no space"
+        raise SpaceError(f"--space {space!r} {problem}", hint=f"spaces: {listing}")
+
+    def _extractor(self, spec: ExtractorSpec) -> Extractor:
+        if spec not in self._extractors:
+            from .extract import load_extractor
+
+            self._extractors[spec] = load_extractor(spec)
+        return self._extractors[spec]
+
+    def _extractor_for(self, record: SpaceRecord) -> Extractor:
+        extractor = self._extractor(record.spec.request)
+        if extractor.space.fingerprint != record.fingerprint:
+            now, then = extractor.space.identity(), record.spec.identity()
+            changed = ", ".join(
+                f"{key}: {then[key]} -> {now[key]}" for key in then if then[key] != now[key]
+            )
+            raise SpaceError(
+                f"space {record.fingerprint} ({record.label}) cannot be reproduced here "
+                f"({changed})",
+                hint="index again with explicit --model/--weights/--layer to make a new space",
+            )
+        return extractor
+
+    # -- indexing -----------------------------------------------------------------------
+
+    def index(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        spec: ExtractorSpec | None = None,
+        space: str | None = None,
+        batch_size: int = 16,
+        workers: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> IndexReport:
+        """Index the image files under ``paths`` (folders, recursively, or single files).
+
+        The space is ``spec`` when given, else the stored space ``space``, else the library's
+        only space, else the default :class:`ExtractorSpec`. Returns an :class:`IndexReport`.
+        """
+        from .ingest import run_index
+
+        paths = list(paths)
+        if spec is not None:
+            extractor = self._extractor(spec)
+            record = self._store.ensure_space(extractor.space)
+        else:
+            records = self._store.spaces()
+            if space is None and not records:
+                extractor = self._extractor(ExtractorSpec())
+                record = self._store.ensure_space(extractor.space)
+            else:
+                record = self._record(space)
+                extractor = self._extractor_for(record)
+        report = run_index(
+            self._store,
+            extractor,
+            record,
+            paths,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+        )
+        self._indexes.pop(record.id, None)
+        return report
+
+    # -- queries ------------------------------------------------------------------------
+
+    def _index(self, record: SpaceRecord) -> VectorIndex:
+        from .index import open_index
+
+        cached = self._indexes.get(record.id)
+        if cached is not None and cached[0] == record.generation:
+            return cached[1]
+        index, generation = open_index(self._store, record)
+        self._indexes[record.id] = (generation, index)
+        return index
+
+    def embed(self, images: Sequence[ImageInput], *, space: str | None = None) -> np.ndarray:
+        """Vectors of ``images`` (paths or PIL images) in a space: float32 (N, dim).
+
+        Raises :class:`ImageError` naming the first image that cannot be decoded.
+        """
+        return self._embed(self._record(space), images)
+
+    def _embed(self, record: SpaceRecord, images: Sequence[ImageInput]) -> np.ndarray:
+        extractor = self._extractor_for(record)
+        batch = np.stack([load_input(image, record.spec.preprocess) for image in images])
+        return extractor.embed(batch)
+
+    def search(self, query: ImageInput, *, k: int = 10, space: str | None = None) -> list[Match]:
+        """The ``k`` most similar indexed images to ``query`` (a path or PIL image), best first."""
+        return self.search_many([query], k=k, space=space)[0]
+
+    def search_many(
+        self, queries: Sequence[ImageInput], *, k: int = 10, space: str | None = None
+    ) -> list[list[Match]]:
+        """:meth:`search` for several queries at once (embedded in one batch)."""
+        check_k(k)
+        if not queries:
+            return []
+        record = self._record(space)
+        for query in queries:
+            if isinstance(query, (str, os.PathLike)) and not Path(query).is_file():
+                raise ImageError(
+                    f"query image not found: {describe(query)}",
+                    hint="give the path of an image file",
+                )
+        vectors = self._embed(record, queries)
+        return search_vectors(self._store, self._index(record), vectors, k)
+
+    # -- state --------------------------------------------------------------------------
+
+    def info(self) -> LibraryInfo:
+        """Schema revision, image counts by state, and every space with its index state."""
+        return LibraryInfo(
+            path=str(self.path),
+            revision=self._store.current_revision(),
+            images=self._store.image_counts(),
+            spaces=self.spaces(),
+        )
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(path, reason) of every file that could not be indexed."""
+        return self._store.failures()
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """A library database's schema revision next to the newest one this version knows."""
+
+    path: str
+    current: str | None
+    head: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
+    """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
+    store = Store.open(db if db is not None else default_db_path(), migrate=False)
+    try:
+        return SchemaStatus(str(store.path), store.current_revision(), store.head_revision())
+    finally:
+        store.close()
+
+
+def upgrade_schema(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
+    """Migrate ``db`` to the newest schema revision; returns the status afterwards."""
+    with Library.open(db) as lib:
+        return schema_status(lib.path)
+
+
+def list_layers(spec: ExtractorSpec) -> list[Layer]:
+    """Every FX node of ``spec.model`` with its output shape for one image; the default layer
+    is marked. Builds the model (so it may raise :class:`ModelError` / :class:`WeightsError`)."""
+    from .extract import list_layers as _list_layers
+
+    return _list_layers(spec)

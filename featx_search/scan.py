@@ -1,0 +1,55 @@
+"""Walking folders for image files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .images import is_image_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file found by a scan: absolute path, size in bytes, modification time in ns."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def stat_file(path: Path) -> FileInfo:
+    """Stat one file (following a symlink); raises OSError."""
+    st = path.stat()
+    return FileInfo(path, st.st_size, st.st_mtime_ns)
+
+
+def scan(folder: Path) -> Iterator[FileInfo]:
+    """Every image file under ``folder`` (recursively, sorted by path, hidden folders skipped).
+
+    Symlinked folders are not followed, so link loops cannot trap the walk.
+    """
+
+    def onerror(err: OSError) -> None:
+        log.warning("cannot read folder %s: %s", err.filename, err.strerror)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or not is_image_name(name):
+                continue
+            path = Path(dirpath, name)
+            try:
+                yield stat_file(path)
+            except OSError:
+                # A broken link or a file gone mid-scan: still reported, so that decoding
+                # records it as failed with the reason instead of skipping it silently.
+                try:
+                    st = path.lstat()
+                except OSError:
+                    continue
+                yield FileInfo(path, st.st_size, st.st_mtime_ns)

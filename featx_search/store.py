@@ -1,0 +1,449 @@
+"""The library database: engine, pragmas, migrations on open, transactions and queries.
+
+SQLite (WAL mode) is the source of truth for metadata and vectors; the only user of
+SQLAlchemy and Alembic besides :mod:`featx_search.schema`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session
+
+from .config import SpaceSpec
+from .errors import LibraryError, LibraryVersionError, SpaceError
+from .schema import Image, IndexManifest, Root, Space, Vector
+
+log = logging.getLogger(__name__)
+
+INDEXED = "indexed"
+FAILED = "failed"
+VECTOR_DTYPE = np.dtype("<f4")
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts live (``migrations/`` in a checkout, inside the wheel else)."""
+    import importlib
+
+    package = importlib.import_module("featx_search.migrations")
+    return Path(str(package.__file__)).parent
+
+
+def _alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url)
+    return cfg
+
+
+@dataclass(frozen=True)
+class SpaceRecord:
+    """A space as stored: its id, spec, number of vectors and generation."""
+
+    id: int
+    spec: SpaceSpec
+    count: int
+    generation: int
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the store knows about one file under a root."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    status: str
+    has_vector: bool
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome of processing one file, written by :meth:`Store.write_batch`."""
+
+    root_id: int
+    relpath: str
+    size: int
+    mtime_ns: int
+    vector: np.ndarray | None = None
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    generation: int
+    count: int
+    checksum: str
+    filename: str
+    kind: str
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see _on_begin),
+    # so that reads inside one transaction see one snapshot.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _on_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """One library database. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        self.path = path
+        self.engine = engine
+
+    @property
+    def index_dir(self) -> Path:
+        """The folder beside the database that holds this library's index files."""
+        return self.path.with_name(self.path.name + ".indexes")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, migrate: bool = True) -> Store:
+        """Open (creating when missing) the database at ``path``.
+
+        With ``migrate`` the schema is brought to the newest revision. A database whose
+        revision this version does not know raises :class:`LibraryVersionError`.
+        """
+        db = Path(path).expanduser().resolve()
+        if db.is_dir():
+            raise LibraryError(
+                f"library path {db} is a folder", hint="--db takes a database file, e.g. photos.db"
+            )
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LibraryError(f"cannot create folder for library {db}: {err}") from err
+        engine = create_engine(f"sqlite:///{db}", connect_args={"timeout": 10})
+        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "begin", _on_begin)
+        store = cls(db, engine)
+        try:
+            store._check_revision()
+            if migrate:
+                store.upgrade()
+        except OperationalError as err:
+            engine.dispose()
+            raise LibraryError(f"cannot open library {db}: {err.orig}") from err
+        except DatabaseError as err:
+            engine.dispose()
+            raise LibraryError(
+                f"{db} is not a featx-search library: {err.orig}",
+                hint="point --db at a library file or a new path",
+            ) from err
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed at the end of the block, or rolled back."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- migrations ---------------------------------------------------------------------
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            heads = MigrationContext.configure(conn).get_current_heads()
+        return heads[0] if heads else None
+
+    @staticmethod
+    def head_revision() -> str:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+        assert head is not None  # the package always ships at least one revision
+        return head
+
+    def _check_revision(self) -> None:
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
+        current = self.current_revision()
+        if current is None:
+            return
+        scripts = ScriptDirectory.from_config(_alembic_config(str(self.engine.url)))
+        try:
+            scripts.get_revision(current)
+        except CommandError:
+            raise LibraryVersionError(
+                f"library {self.path} has schema revision {current!r}, unknown to this "
+                f"featx-search (newest known: {self.head_revision()})",
+                hint="it was written by a newer featx-search: upgrade featx-search to use it",
+            ) from None
+
+    def upgrade(self) -> None:
+        """Apply every migration up to the newest revision (a no-op when up to date)."""
+        from alembic import command
+
+        if self.current_revision() == self.head_revision():
+            return
+        cfg = _alembic_config(str(self.engine.url))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        log.info("library %s migrated to %s", self.path, self.head_revision())
+
+    # -- spaces -------------------------------------------------------------------------
+
+    def spaces(self) -> list[SpaceRecord]:
+        with self.transaction() as s:
+            counts = dict(
+                s.execute(select(Vector.space_id, func.count()).group_by(Vector.space_id)).all()
+            )
+            return [
+                SpaceRecord(
+                    row.id,
+                    SpaceSpec.from_dict(json.loads(row.spec_json)),
+                    int(counts.get(row.id, 0)),
+                    row.generation,
+                )
+                for row in s.scalars(select(Space).order_by(Space.id))
+            ]
+
+    def ensure_space(self, spec: SpaceSpec) -> SpaceRecord:
+        """The stored space with ``spec``'s fingerprint, created when new."""
+        for record in self.spaces():
+            if record.fingerprint == spec.fingerprint:
+                return record
+        with self.transaction() as s:
+            row = Space(
+                fingerprint=spec.fingerprint,
+                label=spec.label,
+                spec_json=json.dumps(spec.to_dict(), sort_keys=True),
+                dim=spec.dim,
+                generation=0,
+            )
+            s.add(row)
+            s.flush()
+            return SpaceRecord(row.id, spec, 0, 0)
+
+    def space(self, space_id: int) -> SpaceRecord:
+        for record in self.spaces():
+            if record.id == space_id:
+                return record
+        raise SpaceError(f"no space with id {space_id}")
+
+    # -- roots and files ----------------------------------------------------------------
+
+    def root_for(self, folder: Path) -> tuple[int, Path]:
+        """The id and path of the root that holds ``folder`` (absolute, resolved).
+
+        A folder inside a known root uses that root; a folder above known roots absorbs them.
+        """
+        folder_str = str(folder)
+        with self.transaction() as s:
+            roots = list(s.scalars(select(Root)))
+            for root in roots:
+                if folder_str == root.path or folder_str.startswith(
+                    root.path.rstrip(os.sep) + os.sep
+                ):
+                    return root.id, Path(root.path)
+            new = Root(path=folder_str)
+            s.add(new)
+            s.flush()
+            for root in roots:
+                if root.path.startswith(folder_str.rstrip(os.sep) + os.sep):
+                    prefix = os.path.relpath(root.path, folder_str)
+                    for image in s.scalars(select(Image).where(Image.root_id == root.id)):
+                        image.root_id = new.id
+                        image.relpath = os.path.join(prefix, image.relpath)
+                    s.flush()
+                    s.delete(root)
+            return new.id, folder
+
+    def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
+        """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
+        has_vector = (
+            select(Vector.image_id)
+            .where(Vector.space_id == space_id, Vector.image_id == Image.id)
+            .exists()
+        )
+        query = select(
+            Image.id, Image.relpath, Image.size, Image.mtime_ns, Image.status, has_vector
+        ).where(Image.root_id == root_id)
+        if prefix:
+            query = query.where(
+                Image.relpath.startswith(prefix.rstrip(os.sep) + os.sep, autoescape=True)
+            )
+        with self.transaction() as s:
+            return {
+                row[1]: KnownFile(row[0], row[2], row[3], row[4], bool(row[5]))
+                for row in s.execute(query)
+            }
+
+    def write_batch(
+        self, space_id: int, results: Sequence[FileResult], removed: Iterable[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """Record a batch of processed files and removals in one transaction.
+
+        A file with a vector becomes ``indexed`` in this space (its vectors in other spaces are
+        dropped when its content changed); a file with an error becomes ``failed``.
+        Returns (ids given vectors, ids whose vectors left this space).
+        """
+        added: list[int] = []
+        dropped: list[int] = []
+        removed = list(removed)
+        with self.transaction() as s:
+            existing = {
+                (image.root_id, image.relpath): image
+                for image in s.scalars(
+                    select(Image).where(Image.relpath.in_({r.relpath for r in results}))
+                )
+            }
+            for result in results:
+                image = existing.get((result.root_id, result.relpath))
+                if image is None:
+                    image = Image(root_id=result.root_id, relpath=result.relpath)
+                    s.add(image)
+                elif (image.size, image.mtime_ns) != (result.size, result.mtime_ns):
+                    # New content: vectors in every space are stale now.
+                    if s.get(Vector, (space_id, image.id)) is not None:
+                        dropped.append(image.id)
+                    s.execute(delete(Vector).where(Vector.image_id == image.id))
+                image.size, image.mtime_ns = result.size, result.mtime_ns
+                image.width, image.height = result.width, result.height
+                if result.vector is None:
+                    image.status, image.error = FAILED, result.error or "unknown error"
+                    s.flush()
+                    if s.get(Vector, (space_id, image.id)) is not None:
+                        dropped.append(image.id)
+                    s.execute(delete(Vector).where(Vector.image_id == image.id))
+                    continue
+                image.status, image.error = INDEXED, None
+                s.flush()
+                s.merge(
+                    Vector(
+                        space_id=space_id,
+                        image_id=image.id,
+                        data=np.asarray(result.vector, VECTOR_DTYPE).tobytes(),
+                    )
+                )
+                added.append(image.id)
+            if removed:
+                in_space = s.scalars(
+                    select(Vector.image_id).where(
+                        Vector.space_id == space_id, Vector.image_id.in_(removed)
+                    )
+                ).all()
+                dropped.extend(in_space)
+                s.execute(delete(Vector).where(Vector.image_id.in_(removed)))
+                s.execute(delete(Image).where(Image.id.in_(removed)))
+            s.execute(
+                update(Space).where(Space.id == space_id).values(generation=Space.generation + 1)
+            )
+        return added, sorted(set(dropped) - set(added))
+
+    # -- vectors ------------------------------------------------------------------------
+
+    def vectors(
+        self, space_id: int, ids: Sequence[int] | None = None
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """Stored vectors of a space, read in one snapshot.
+
+        Returns (generation, int64 ids (N,), float32 matrix (N, dim)), rows ordered by id.
+        """
+        with self.transaction() as s:
+            space = s.execute(
+                select(Space.dim, Space.generation).where(Space.id == space_id)
+            ).first()
+            if space is None:
+                raise SpaceError(f"no space with id {space_id}")
+            record_dim, generation = space
+            query = select(Vector.image_id, Vector.data).where(Vector.space_id == space_id)
+            if ids is not None:
+                query = query.where(Vector.image_id.in_(list(ids)))
+            rows = s.execute(query.order_by(Vector.image_id)).all()
+        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.empty((len(rows), record_dim), dtype=np.float32)
+        for i, row in enumerate(rows):
+            matrix[i] = np.frombuffer(row[1], dtype=VECTOR_DTYPE)
+        return int(generation), out_ids, matrix
+
+    def paths(self, ids: Iterable[int]) -> dict[int, str]:
+        """Absolute paths of images by id."""
+        wanted = list(ids)
+        with self.transaction() as s:
+            rows = s.execute(
+                select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(wanted))
+            ).all()
+        return {row[0]: os.path.join(row[1], row[2]) for row in rows}
+
+    def image_counts(self) -> dict[str, int]:
+        with self.transaction() as s:
+            return {
+                status: int(n)
+                for status, n in s.execute(
+                    select(Image.status, func.count()).group_by(Image.status)
+                )
+            }
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(absolute path, error) of every failed file."""
+        with self.transaction() as s:
+            rows = s.execute(
+                select(Root.path, Image.relpath, Image.error)
+                .join(Root)
+                .where(Image.status == FAILED)
+                .order_by(Root.path, Image.relpath)
+            )
+            return [(os.path.join(r[0], r[1]), r[2] or "") for r in rows]
+
+    # -- index manifest -----------------------------------------------------------------
+
+    def manifest(self, space_id: int) -> Manifest | None:
+        with self.transaction() as s:
+            row = s.get(IndexManifest, space_id)
+            if row is None:
+                return None
+            return Manifest(row.generation, row.count, row.checksum, row.filename, row.kind)
+
+    def set_manifest(self, space_id: int, manifest: Manifest) -> None:
+        with self.transaction() as s:
+            s.merge(
+                IndexManifest(
+                    space_id=space_id,
+                    generation=manifest.generation,
+                    count=manifest.count,
+                    checksum=manifest.checksum,
+                    filename=manifest.filename,
+                    kind=manifest.kind,
+                )
+            )

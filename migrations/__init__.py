@@ -1,0 +1,1 @@
+"""Alembic migrations of the library database (shipped as ``featx_search.migrations``)."""

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Write a new Alembic revision by comparing the models with a database at the newest revision.
+
+Usage: .venv/bin/python scripts/new_migration.py "what changed"
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from alembic import command
+from alembic.script import ScriptDirectory
+
+from featx_search.store import Store, _alembic_config
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "head.db"
+        scripts = ScriptDirectory.from_config(_alembic_config("sqlite://"))
+        if scripts.get_current_head() is not None:
+            Store.open(db).close()  # a database at head, to diff the models against
+        cfg = _alembic_config(f"sqlite:///{db}")
+        command.revision(cfg, message=sys.argv[1], autogenerate=True)
+
+
+if __name__ == "__main__":
+    main()
