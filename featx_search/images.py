@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +33,14 @@ def is_image_name(path: str | os.PathLike[str]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    from PIL import Image
+
+    Image.init()  # register every plugin, then keep the allowed ones this Pillow has
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
 def load_rgb(source: ImageInput, *, min_side: int = 0) -> PILImage:
     """Decode ``source`` (a path or a PIL image) to an upright RGB image.
 
@@ -51,7 +60,7 @@ def load_rgb(source: ImageInput, *, min_side: int = 0) -> PILImage:
                 img.load()
             else:
                 name = os.fspath(source)
-                img = Image.open(name, formats=ALLOWED_FORMATS)
+                img = Image.open(name, formats=_formats())
                 if img.format == "JPEG" and min_side > 0:
                     img.draft("RGB", (min_side, min_side))
                 img.load()
