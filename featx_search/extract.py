@@ -319,16 +319,38 @@ def default_layer(model: nn.Module, nodes: list[str]) -> str:
     raise ModelError("cannot find a default layer in this model", hint="name one with --layer")
 
 
+def _module_outputs(nodes: list[str]) -> dict[str, str]:
+    """Each module that holds FX nodes (``layer4``, ``layer4.1``) mapped to its last node: the
+    node :func:`create_feature_extractor` returns when given the module's name."""
+    last: dict[str, str] = {}
+    for node in nodes:
+        parts = node.split(".")
+        for depth in range(1, len(parts)):
+            last[".".join(parts[:depth])] = node
+    known = set(nodes)
+    return {name: node for name, node in last.items() if name not in known}
+
+
 def _check_layers(layers: tuple[str, ...], nodes: list[str], model_name: str) -> None:
     known = set(nodes)
+    modules = _module_outputs(nodes)
+    seen: dict[str, str] = {}
     for layer in layers:
-        if layer not in known:
-            close = difflib.get_close_matches(layer, nodes, n=5, cutoff=0.5)
+        node = layer if layer in known else modules.get(layer)
+        if node is None:
+            close = difflib.get_close_matches(layer, [*nodes, *modules], n=5, cutoff=0.5)
             raise LayerError(
                 f"model {model_name} has no layer {layer!r}"
                 + (f"; closest: {', '.join(close)}" if close else ""),
                 hint=f"run `featx-search layers {model_name}` to list every layer",
             )
+        if node in seen:
+            # create_feature_extractor would silently give one of them an earlier node.
+            raise LayerError(
+                f"layers {seen[node]!r} and {layer!r} are the same node {node!r}",
+                hint="give each layer once",
+            )
+        seen[node] = layer
 
 
 class Extractor:
@@ -392,23 +414,28 @@ def load_extractor(spec: ExtractorSpec) -> Extractor:
 
 def list_layers(spec: ExtractorSpec) -> list[Layer]:
     """Every FX node of ``spec.model`` (eval graph, in execution order) with its output shape
-    for one image, from a dry run on a blank input; the default layer is marked."""
+    for one image, from a dry run on a blank input; the default layer is marked. Each module
+    that holds nodes (e.g. ``layer4``) follows its last node, whose output it shares."""
     import torch
     from torchvision.models.feature_extraction import create_feature_extractor
 
     built = _build(spec)
     nodes = _node_names(built.model, spec.model)
     default = default_layer(built.model, nodes)
+    ends: dict[str, list[str]] = {}
+    for module, node in _module_outputs(nodes).items():
+        ends.setdefault(node, []).append(module)
     with _quiet_fx():
         graph = create_feature_extractor(built.model, return_nodes={n: n for n in nodes})
     size = built.preprocess.crop
     with torch.inference_mode():
         outputs = graph(torch.zeros(1, 3, size, size))
-    return [
-        Layer(
-            name,
-            tuple(outputs[name].shape) if isinstance(outputs.get(name), torch.Tensor) else None,
-            name == default,
-        )
-        for name in nodes
-    ]
+    rows = []
+    for name in nodes:
+        out = outputs.get(name)
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        rows.append(Layer(name, shape, name == default))
+        # Innermost first: layer4.1 ends, then layer4.
+        for module in sorted(ends.get(name, ()), key=lambda m: -m.count(".")):
+            rows.append(Layer(module, shape, False))
+    return rows

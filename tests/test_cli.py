@@ -1,0 +1,161 @@
+"""The command line through click's CliRunner: output formats, --db handling, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from featx_search import Library
+from featx_search.cli import cli
+from tests.conftest import TINY
+
+TINY_ARGS = ["--model", TINY.model, "--weights", "none"]
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None, ok: bool = True) -> Result:
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def indexed(db: Path, photos: Path) -> Path:
+    run("--db", db, "index", photos, *TINY_ARGS, "--json")
+    return db
+
+
+def test_index_json_summary(db: Path, photos: Path) -> None:
+    out = run("index", photos, *TINY_ARGS, "--json", "--db", db).stdout
+    summary = json.loads(out)
+    assert {k: summary[k] for k in ("added", "updated", "unchanged", "failed", "removed")} == {
+        "added": 12,
+        "updated": 0,
+        "unchanged": 0,
+        "failed": 0,
+        "removed": 0,
+    }
+    again = json.loads(run("index", photos, "--json", "--db", db).stdout)
+    assert again["unchanged"] == 12 and again["space"] == summary["space"]
+
+
+def test_index_text_summary_lists_failures(db: Path, photos: Path) -> None:
+    (photos / "fake.jpg").write_text("hello")
+    result = run("--db", db, "index", photos, *TINY_ARGS)
+    assert "indexed 12 (added 12, updated 0), unchanged 0, failed 1" in result.output
+    assert "fake.jpg" in result.output
+    failed = run("--db", db, "info", "--failed").stdout
+    assert str(photos / "fake.jpg") in failed and "cannot decode" in failed
+
+
+def test_search_json_lines(indexed: Path, photos: Path) -> None:
+    queries = [photos / "a" / "img01.jpg", photos / "b" / "img00.png"]
+    out = run("--db", indexed, "search", *queries, "-k", "4", "--json").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 8
+    for q in queries:
+        mine = [r for r in rows if r["query"] == str(q)]
+        assert [r["rank"] for r in mine] == [1, 2, 3, 4]
+        assert mine[0]["path"] == str(q) and mine[0]["score"] >= 0.999
+        assert all(set(r) >= {"query", "rank", "score", "path", "image_id"} for r in mine)
+        assert [r["score"] for r in mine] == sorted((r["score"] for r in mine), reverse=True)
+
+
+def test_search_table(indexed: Path, photos: Path) -> None:
+    query = photos / "a" / "img05.jpg"
+    out = run("--db", indexed, "search", query, "-k", "2").stdout.splitlines()
+    assert out[0] == f"query: {query}"
+    rank, score, path = out[1].split()
+    assert (rank, path) == ("1", str(query)) and float(score) >= 0.999
+    assert len(out) == 3
+
+
+def test_db_option_env_and_precedence(tmp_path: Path, photos: Path) -> None:
+    env_db, flag_db = tmp_path / "env.db", tmp_path / "flag.db"
+    run("index", photos / "a", *TINY_ARGS, env={"FEATX_DB": str(env_db)})
+    assert json.loads(run("info", "--json", env={"FEATX_DB": str(env_db)}).stdout)["images"] == {
+        "indexed": 6
+    }
+    # --db on the group or on the command beats the variable; the command's beats the group's.
+    run("--db", flag_db, "index", photos / "b", *TINY_ARGS, env={"FEATX_DB": str(env_db)})
+    info = json.loads(run("info", "--json", "--db", flag_db, env={"FEATX_DB": str(env_db)}).stdout)
+    assert info["images"] == {"indexed": 6} and info["path"] == str(flag_db)
+    other = tmp_path / "other.db"
+    info = json.loads(run("--db", flag_db, "info", "--json", "--db", other).stdout)
+    assert info["path"] == str(other) and info["spaces"] == []
+
+
+def test_info_json_and_text(indexed: Path) -> None:
+    info = json.loads(run("--db", indexed, "info", "--json").stdout)
+    (space,) = info["spaces"]
+    assert space["count"] == 12 and space["index_current"] and space["model"] == TINY.model
+    text = run("--db", indexed, "info").stdout
+    assert space["fingerprint"] in text and "vectors=12" in text and "index=current" in text
+
+
+def test_layers_marks_the_default() -> None:
+    result = run("layers", TINY.model, "--weights", "none")
+    lines = result.stdout.splitlines()
+    marked = [line for line in lines if line.startswith("*")]
+    assert len(marked) == 1 and marked[0].split()[1:] == ["4", "1x32x1x1"]
+    rows = [
+        json.loads(x) for x in run("layers", TINY.model, "-w", "none", "--json").stdout.splitlines()
+    ]
+    assert [r["name"] for r in rows if r["default"]] == ["4"]
+    assert {"name": "1", "shape": [1, 16, 112, 112], "default": False} in rows
+
+
+def test_db_current_and_upgrade(db: Path) -> None:
+    out = run("db", "current", "--db", db).stdout
+    assert "(empty)" in out and "behind head" in out
+    out = run("--db", db, "db", "upgrade").stdout
+    assert "up to date" in out
+    assert "up to date" in run("db", "current", "--db", db).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["index", "{photos}", "--model", "resnet18", "--weights", "none", "--layer", "layer9"],
+            "featx-search layers resnet18",
+        ),
+        (["index", "{photos}", "--model", "resnt18", "--weights", "none"], "did you mean resnet18"),
+        (["search", "{photos}/a/img01.jpg"], "no images yet"),
+        (
+            ["index", "{photos}", "--model", "resnet18", "--weights", "/no/such.pth"],
+            "weights file not found",
+        ),
+    ],
+)
+def test_errors_are_one_clean_message(
+    db: Path, photos: Path, args: list[str], message: str
+) -> None:
+    result = run("--db", db, *[a.format(photos=photos) for a in args], ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ambiguous_space_lists_spaces(indexed: Path, photos: Path) -> None:
+    run("--db", indexed, "index", photos, *TINY_ARGS, "--layer", "3", "--pool", "gem")
+    result = run("--db", indexed, "search", photos / "a" / "img01.jpg", ok=False)
+    assert result.exit_code == 1 and "choose one with --space" in result.output
+    with Library.open(indexed) as lib:
+        fingerprints = [s.fingerprint for s in lib.spaces()]
+    assert all(fp in result.output for fp in fingerprints)
+    out = run(
+        "--db",
+        indexed,
+        "search",
+        photos / "a" / "img01.jpg",
+        "--space",
+        fingerprints[1][:6],
+        "--json",
+        "-k",
+        "1",
+    ).stdout
+    assert json.loads(out)["path"] == str(photos / "a" / "img01.jpg")

@@ -1,0 +1,161 @@
+"""The Python API end to end: indexing, searching, spaces, keeping in sync."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx_search import ExtractorSpec, ImageError, Library, SpaceError
+from tests.conftest import RESNET18, TINY, make_photo
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("spec", [TINY, RESNET18], ids=["tiny", "resnet18"])
+def test_every_image_finds_itself_first(
+    library: Library, photos: Path, spec: ExtractorSpec
+) -> None:
+    report = library.index([photos], spec=spec, batch_size=5)
+    assert (report.added, report.failed, report.unchanged) == (12, 0, 0)
+    results = library.search_many(_files(photos), k=3)
+    for path, matches in zip(_files(photos), results, strict=False):
+        assert matches[0].path == str(path)
+        assert matches[0].score >= 0.999
+        assert [m.rank for m in matches] == [1, 2, 3]
+
+
+def test_ranking_equals_brute_force(library: Library, photos: Path, tmp_path: Path) -> None:
+    library.index([photos], spec=TINY)
+    space = library.spaces()[0]
+    _, ids, matrix = library._store.vectors(space.id)
+    queries = [make_photo(tmp_path / f"q{i}.jpg", seed=100 + i) for i in range(3)]
+    vectors = library.embed(queries)
+    for query, vector in zip(queries, vectors, strict=False):
+        sims = matrix @ vector
+        order = np.argsort(-sims, kind="stable")
+        matches = library.search(query, k=12)
+        assert [m.image_id for m in matches] == ids[order].tolist()
+        np.testing.assert_allclose([m.score for m in matches], sims[order], atol=1e-5)
+        assert all(a.score >= b.score for a, b in itertools.pairwise(matches))
+
+
+def test_two_spaces_stay_apart(library: Library, photos: Path) -> None:
+    library.index([photos], spec=TINY)
+    # Layer "4" is already pooled to 1x1, so read the 4-D map before it for a real max pool.
+    library.index(
+        [photos], spec=ExtractorSpec(model=TINY.model, weights="none", layers=("3",), pool="max")
+    )
+    spaces = library.spaces()
+    assert len(spaces) == 2 and spaces[0].fingerprint != spaces[1].fingerprint
+    assert [s.count for s in spaces] == [12, 12]
+    with pytest.raises(SpaceError, match="2 spaces") as err:
+        library.search(_files(photos)[0])
+    assert spaces[0].fingerprint in str(err.value) and spaces[1].fingerprint in str(err.value)
+    query = _files(photos)[0]
+    by_space = {s.fingerprint: library.search(query, k=12, space=s.fingerprint[:8]) for s in spaces}
+    avg, mx = by_space.values()
+    assert avg[0].path == mx[0].path == str(query)
+    # Same images, different vectors: the scores must differ between spaces.
+    assert [m.score for m in avg] != pytest.approx([m.score for m in mx])
+    for space in spaces:
+        _, _ids, matrix = library._store.vectors(space.id)
+        assert matrix.shape == (12, space.dim)
+
+
+def test_rerun_is_incremental(library: Library, photos: Path) -> None:
+    library.index([photos], spec=TINY)
+    again = library.index([photos])  # the library's only space is reused
+    assert (again.added, again.updated, again.unchanged, again.removed) == (0, 0, 12, 0)
+    changed = photos / "b" / "img00.png"
+    make_photo(changed, seed=999)
+    os.utime(changed, ns=(1, 1_000_000_000))
+    (photos / "a" / "img01.jpg").unlink()
+    make_photo(photos / "new" / "fresh.png", seed=1234)
+    report = library.index([photos])
+    assert (report.added, report.updated, report.unchanged, report.removed) == (1, 1, 10, 1)
+    assert library.spaces()[0].count == 12
+    assert library.search(changed, k=1)[0].path == str(changed)
+    paths = {m.path for m in library.search(changed, k=50)}
+    assert str(photos / "a" / "img01.jpg") not in paths
+    assert str(photos / "new" / "fresh.png") in paths
+
+
+def test_bad_file_is_recorded_and_run_goes_on(library: Library, photos: Path) -> None:
+    (photos / "broken.jpg").write_text("not an image at all")
+    report = library.index([photos], spec=TINY)
+    assert (report.added, report.failed) == (12, 1)
+    failures = library.failures()
+    assert len(failures) == 1 and failures[0][0] == str(photos / "broken.jpg")
+    assert "cannot decode" in failures[0][1]
+    assert library.info().images == {"indexed": 12, "failed": 1}
+    # Unchanged failures are not retried; a fixed file is.
+    assert library.index([photos]).failed == 0
+    make_photo(photos / "broken.jpg", seed=77)
+    fixed = library.index([photos])
+    assert fixed.updated == 1 and library.failures() == []
+
+
+def test_missing_root_changes_nothing(library: Library, photos: Path, tmp_path: Path) -> None:
+    library.index([photos], spec=TINY)
+    report = library.index([tmp_path / "unplugged-drive"])
+    assert report.missing == [str(tmp_path / "unplugged-drive")]
+    assert library.spaces()[0].count == 12
+
+
+def test_subfolder_and_single_file_share_the_root(library: Library, photos: Path) -> None:
+    library.index([photos / "a"], spec=TINY)
+    library.index([photos / "b" / "img00.png"])
+    assert library.spaces()[0].count == 7
+    report = library.index([photos])  # the parent absorbs both
+    assert (report.added, report.unchanged) == (5, 7)
+    assert library.search(photos / "a" / "img01.jpg", k=1)[0].path == str(
+        photos / "a" / "img01.jpg"
+    )
+
+
+def test_reopened_library_searches_without_reindexing(db: Path, photos: Path) -> None:
+    with Library.open(db) as lib:
+        lib.index([photos], spec=TINY)
+    with Library.open(db) as lib:
+        assert lib.spaces()[0].index_current
+        assert lib.search(_files(photos)[3], k=1)[0].path == str(_files(photos)[3])
+
+
+def test_search_accepts_pil_images(library: Library, photos: Path) -> None:
+    library.index([photos], spec=TINY)
+    path = _files(photos)[2]
+    with Image.open(path) as img:
+        assert library.search(img, k=1)[0].path == str(path)
+
+
+def test_query_errors_name_the_file(library: Library, photos: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match="no images yet"):
+        library.search(_files(photos)[0])
+    library.index([photos], spec=TINY)
+    with pytest.raises(ImageError, match="nope.jpg"):
+        library.search(tmp_path / "nope.jpg")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(ImageError, match="bad.png"):
+        library.search(bad)
+
+
+def test_unknown_space_lists_the_spaces(library: Library, photos: Path) -> None:
+    library.index([photos], spec=TINY)
+    with pytest.raises(SpaceError, match="matches no space") as err:
+        library.search(_files(photos)[0], space="zzzz")
+    assert library.spaces()[0].fingerprint in str(err.value)
+
+
+def test_default_path_follows_featx_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATX_DB", str(tmp_path / "env.db"))
+    with Library.open() as lib:
+        assert lib.path == (tmp_path / "env.db").resolve()
+    assert (tmp_path / "env.db").exists()

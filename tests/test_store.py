@@ -1,0 +1,112 @@
+"""The library database: migrations, version refusal, pragmas, vector storage."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from featx_search import LibraryError, LibraryVersionError, schema_status
+from featx_search.schema import Base
+from featx_search.store import Store, _alembic_config
+
+
+def test_new_library_is_migrated_to_head(db: Path) -> None:
+    store = Store.open(db)
+    try:
+        assert store.current_revision() == Store.head_revision()
+        tables = set(
+            sqlite3.connect(db)
+            .execute("select name from sqlite_master where type='table'")
+            .fetchall()
+        )
+        assert {("images",), ("spaces",), ("vectors",), ("roots",), ("index_manifest",)} <= tables
+    finally:
+        store.close()
+
+
+def test_migrations_agree_with_models(db: Path) -> None:
+    store = Store.open(db)
+    try:
+        with store.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+        cfg = _alembic_config(str(store.engine.url))
+        command.check(cfg)  # raises when autogenerate would write a new revision
+    finally:
+        store.close()
+
+
+def test_downgrade_to_base_and_back(db: Path) -> None:
+    Store.open(db).close()
+    cfg = _alembic_config(f"sqlite:///{db}")
+    command.downgrade(cfg, "base")
+    names = {
+        r[0]
+        for r in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")
+    }
+    assert "images" not in names
+    status = schema_status(db)
+    assert status.current is None and not status.up_to_date
+    Store.open(db).close()
+    assert schema_status(db).up_to_date
+
+
+def test_unknown_revision_is_refused(db: Path) -> None:
+    Store.open(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("update alembic_version set version_num = 'ffffffffffff'")
+    with pytest.raises(LibraryVersionError, match="newer featx-search"):
+        Store.open(db)
+    # Refusing must not touch the database.
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchone() == (
+            "ffffffffffff",
+        )
+
+
+def test_wal_mode_and_foreign_keys(db: Path) -> None:
+    store = Store.open(db)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("pragma journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("pragma foreign_keys").scalar() == 1
+    finally:
+        store.close()
+
+
+def test_not_a_database_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("this is not sqlite " * 100)
+    with pytest.raises(LibraryError, match="not a featx-search library"):
+        Store.open(bogus)
+    assert bogus.read_text().startswith("this is not sqlite")
+
+
+def test_folder_as_database_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LibraryError, match="is a folder"):
+        Store.open(tmp_path)
+
+
+def test_vectors_are_float32_blobs(library, photos: Path, db: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import TINY
+
+    library.index([photos], spec=TINY)
+    space = library.spaces()[0]
+    rows = sqlite3.connect(db).execute("select image_id, data from vectors").fetchall()
+    assert len(rows) == 12
+    for _image_id, blob in rows:
+        assert len(blob) == 4 * space.dim
+        vec = np.frombuffer(blob, dtype="<f4")
+        assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+    some = next(p for p in photos.rglob("*.jpg"))
+    stored = dict(rows)
+    match = library.search(some, k=1)[0]
+    np.testing.assert_allclose(
+        np.frombuffer(stored[match.image_id], "<f4"), library.embed([some])[0], atol=1e-6
+    )
