@@ -275,10 +275,10 @@ def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
 @click.option(
     "--weights",
     "-w",
-    default=DEFAULT_WEIGHTS,
+    default="none",
     show_default=True,
-    help="Weights to build the model with (shapes rarely depend on them; "
-    "'none' avoids a download).",
+    help="Weights to build the model with; layer names and shapes do not depend on them, "
+    "so the default needs no download.",
 )
 @json_option
 @db_option

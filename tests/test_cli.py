@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,16 @@ def test_ambiguous_space_lists_spaces(indexed: Path, photos: Path) -> None:
         "1",
     ).stdout
     assert json.loads(out)["path"] == str(photos / "a" / "img01.jpg")
+
+
+def test_info_does_not_import_torch(indexed: Path) -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from featx_search.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['--db', {str(indexed)!r}, 'info', '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'faiss') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
