@@ -31,7 +31,7 @@ from .library import (
 )
 from .query import Match
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
     "ConfigError",

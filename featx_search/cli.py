@@ -61,8 +61,8 @@ def _db(ctx: click.Context) -> Path:
     return ctx.ensure_object(dict).get("db") or default_db_path()
 
 
-def _open(ctx: click.Context) -> Library:
-    return Library.open(_db(ctx))
+def _open(ctx: click.Context, *, create: bool = False) -> Library:
+    return Library.open(_db(ctx), create=create)
 
 
 class _StderrHandler(logging.Handler):
@@ -140,7 +140,13 @@ def _summary(report: IndexReport) -> str:
 )
 @click.option("--pool", type=click.Choice(POOLS), help="Pooling of feature maps  [default: avg]")
 @click.option("--space", help="Add to this existing space (fingerprint prefix, id or label).")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per model call (and per committed transaction).",
+)
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @json_option
@@ -176,7 +182,7 @@ def index(
             bar.__enter__()
         bar.update(p.done - bar.pos)
 
-    with _open(ctx) as lib:
+    with _open(ctx, create=True) as lib:
         try:
             report = lib.index(
                 paths,

@@ -402,8 +402,9 @@ def load_extractor(spec: ExtractorSpec) -> Extractor:
         pool=spec.pool,
         preprocess=built.preprocess,
         dim=0,
-        torch_version=torch.__version__,
-        torchvision_version=torchvision.__version__,
+        # The release, not the local build tag: a CPU and a CUDA build of one release match.
+        torch_version=torch.__version__.split("+")[0],
+        torchvision_version=torchvision.__version__.split("+")[0],
         request=spec,
     )
     dim = Extractor(graph, partial).embed(probe).shape[1]

@@ -179,7 +179,7 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
 
 def run_index(
     store: Store,
-    extractor: Extractor,
+    load_extractor: Callable[[], Extractor],
     record: SpaceRecord,
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -200,17 +200,17 @@ def run_index(
     plan = _plan(store, record, paths)
     report.unchanged, report.missing = plan.unchanged, plan.missing
     index, _ = open_index(store, record)
+    # Loaded only when some file needs embedding: a no-change run never imports torch.
+    extractor = load_extractor() if plan.jobs else None
     workers = workers or min(8, os.cpu_count() or 1)
     done = 0
     with ThreadPoolExecutor(workers, thread_name_prefix="featx-decode") as pool:
         for batch in _batches(_prefetch(pool, plan.jobs, record, 2 * batch_size), batch_size):
-            ok = [d for d in batch if d.array is not None]
-            vectors = (
-                extractor.embed(np.stack([d.array for d in ok]))  # type: ignore[misc]
-                if ok
-                else np.empty((0, record.spec.dim), np.float32)
-            )
-            by_job = {id(d.job): v for d, v in zip(ok, vectors, strict=False)}
+            ok = [(d, d.array) for d in batch if d.array is not None]
+            vectors = np.empty((0, record.spec.dim), np.float32)
+            if ok and extractor is not None:
+                vectors = extractor.embed(np.stack([array for _, array in ok]))
+            by_job = {id(d.job): v for (d, _), v in zip(ok, vectors, strict=True)}
             results = [
                 FileResult(
                     root_id=d.job.root_id,

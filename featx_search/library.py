@@ -110,10 +110,11 @@ class Library:
         self._indexes: dict[int, tuple[int, VectorIndex]] = {}
 
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None = None) -> Library:
-        """Open the library at ``db`` (default: :func:`default_db_path`), creating it when new
-        and migrating it to the current schema. Raises :class:`LibraryError`."""
-        return cls(Store.open(db if db is not None else default_db_path()))
+    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Library:
+        """Open the library at ``db`` (default: :func:`default_db_path`) and migrate it to the
+        current schema. A missing library is created, or with ``create=False`` refused.
+        Raises :class:`LibraryError`."""
+        return cls(Store.open(db if db is not None else default_db_path(), create=create))
 
     @property
     def path(self) -> Path:
@@ -192,13 +193,22 @@ class Library:
             self._extractors[spec] = load_extractor(spec)
         return self._extractors[spec]
 
-    def _extractor_for(self, record: SpaceRecord) -> Extractor:
+    def _extractor_for(self, record: SpaceRecord, *, writing: bool) -> Extractor:
+        """The extractor of a stored space. Vectors for the store must match the space exactly;
+        queries tolerate a torch/torchvision release change (with a warning)."""
         extractor = self._extractor(record.spec.request)
         if extractor.space.fingerprint != record.fingerprint:
             now, then = extractor.space.identity(), record.spec.identity()
-            changed = ", ".join(
-                f"{key}: {then[key]} -> {now[key]}" for key in then if then[key] != now[key]
-            )
+            keys = [key for key in then if then[key] != now[key]]
+            changed = ", ".join(f"{key}: {then[key]} -> {now[key]}" for key in keys)
+            if not writing and set(keys) <= {"torch", "torchvision"}:
+                log.warning(
+                    "space %s was built with other library versions (%s); query vectors may "
+                    "differ slightly from stored ones",
+                    record.fingerprint,
+                    changed,
+                )
+                return extractor
             raise SpaceError(
                 f"space {record.fingerprint} ({record.label}) cannot be reproduced here "
                 f"({changed})",
@@ -226,20 +236,13 @@ class Library:
         from .ingest import run_index
 
         paths = list(paths)
-        if spec is not None:
-            extractor = self._extractor(spec)
-            record = self._store.ensure_space(extractor.space)
+        if spec is None and (space is not None or self._store.spaces()):
+            record = self._record(space)
         else:
-            records = self._store.spaces()
-            if space is None and not records:
-                extractor = self._extractor(ExtractorSpec())
-                record = self._store.ensure_space(extractor.space)
-            else:
-                record = self._record(space)
-                extractor = self._extractor_for(record)
+            record = self._store.ensure_space(self._extractor(spec or ExtractorSpec()).space)
         report = run_index(
             self._store,
-            extractor,
+            lambda: self._extractor_for(record, writing=True),
             record,
             paths,
             batch_size=batch_size,
@@ -269,7 +272,7 @@ class Library:
         return self._embed(self._record(space), images)
 
     def _embed(self, record: SpaceRecord, images: Sequence[ImageInput]) -> np.ndarray:
-        extractor = self._extractor_for(record)
+        extractor = self._extractor_for(record, writing=False)
         batch = np.stack([load_input(image, record.spec.preprocess) for image in images])
         return extractor.embed(batch)
 
@@ -325,7 +328,7 @@ class SchemaStatus:
 
 def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
     """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
-    store = Store.open(db if db is not None else default_db_path(), migrate=False)
+    store = Store.open(db if db is not None else default_db_path(), migrate=False, create=False)
     try:
         return SchemaStatus(str(store.path), store.current_revision(), store.head_revision())
     finally:
@@ -334,7 +337,7 @@ def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
 
 def upgrade_schema(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
     """Migrate ``db`` to the newest schema revision; returns the status afterwards."""
-    with Library.open(db) as lib:
+    with Library.open(db, create=False) as lib:
         return schema_status(lib.path)
 
 

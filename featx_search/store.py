@@ -129,8 +129,10 @@ class Store:
         return self.path.with_name(self.path.name + ".indexes")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, migrate: bool = True) -> Store:
-        """Open (creating when missing) the database at ``path``.
+    def open(
+        cls, path: str | os.PathLike[str], *, migrate: bool = True, create: bool = True
+    ) -> Store:
+        """Open the database at ``path``, creating it when missing if ``create``.
 
         With ``migrate`` the schema is brought to the newest revision. A database whose
         revision this version does not know raises :class:`LibraryVersionError`.
@@ -139,6 +141,11 @@ class Store:
         if db.is_dir():
             raise LibraryError(
                 f"library path {db} is a folder", hint="--db takes a database file, e.g. photos.db"
+            )
+        if not create and not db.exists():
+            raise LibraryError(
+                f"no library at {db}",
+                hint=f"check --db / FEATX_DB, or create it: featx-search --db {db} index FOLDER",
             )
         try:
             db.parent.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,8 @@ def test_db_option_env_and_precedence(tmp_path: Path, photos: Path) -> None:
     info = json.loads(run("info", "--json", "--db", flag_db, env={"FEATX_DB": str(env_db)}).stdout)
     assert info["images"] == {"indexed": 6} and info["path"] == str(flag_db)
     other = tmp_path / "other.db"
-    info = json.loads(run("--db", flag_db, "info", "--json", "--db", other).stdout)
-    assert info["path"] == str(other) and info["spaces"] == []
+    result = run("--db", flag_db, "info", "--json", "--db", other, ok=False)
+    assert f"no library at {other}" in result.output
 
 
 def test_info_json_and_text(indexed: Path) -> None:
@@ -111,6 +111,11 @@ def test_layers_marks_the_default() -> None:
 
 
 def test_db_current_and_upgrade(db: Path) -> None:
+    result = run("db", "current", "--db", db, ok=False)
+    assert result.exit_code == 1 and "no library at" in result.output
+    assert not db.exists()
+    db.parent.mkdir(parents=True)
+    db.touch()  # an empty SQLite database: no schema yet
     out = run("db", "current", "--db", db).stdout
     assert "(empty)" in out and "behind head" in out
     out = run("--db", db, "db", "upgrade").stdout
@@ -126,7 +131,7 @@ def test_db_current_and_upgrade(db: Path) -> None:
             "featx-search layers resnet18",
         ),
         (["index", "{photos}", "--model", "resnt18", "--weights", "none"], "did you mean resnet18"),
-        (["search", "{photos}/a/img01.jpg"], "no images yet"),
+        (["search", "{photos}/a/img01.jpg"], "no library at"),
         (
             ["index", "{photos}", "--model", "resnet18", "--weights", "/no/such.pth"],
             "weights file not found",
@@ -174,3 +179,25 @@ def test_info_does_not_import_torch(indexed: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [["info"], ["search", "x.jpg"], ["db", "upgrade"]])
+def test_reading_commands_do_not_create_a_library(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "typo" / "lib.db"
+    result = run("--db", missing, *command, ok=False)
+    assert result.exit_code == 1 and f"no library at {missing}" in result.output
+    assert not missing.parent.exists()
+
+
+def test_unchanged_rerun_does_not_load_the_model(indexed: Path, photos: Path) -> None:
+    code = (
+        "import sys, json\n"
+        "from click.testing import CliRunner\n"
+        "from featx_search.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['--db', {str(indexed)!r}, 'index', {str(photos)!r},"
+        " '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(json.loads(r.stdout)['unchanged'], 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["12", "False"]

@@ -159,3 +159,26 @@ def test_default_path_follows_featx_db(tmp_path: Path, monkeypatch: pytest.Monke
     with Library.open() as lib:
         assert lib.path == (tmp_path / "env.db").resolve()
     assert (tmp_path / "env.db").exists()
+
+
+def test_torch_release_change_warns_on_query_and_refuses_writes(
+    db: Path, photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import sqlite3
+
+    with Library.open(db) as lib:
+        lib.index([photos], spec=TINY)
+    with sqlite3.connect(db) as conn:
+        (spec_json,) = conn.execute("select spec_json from spaces").fetchone()
+        spec = json.loads(spec_json)
+        spec["torch"] = "1.0.0"
+        conn.execute("update spaces set spec_json = ?", (json.dumps(spec),))
+    query = photos / "a" / "img01.jpg"
+    with Library.open(db) as lib, caplog.at_level("WARNING", logger="featx_search"):
+        assert lib.search(query, k=1)[0].path == str(query)
+        assert "other library versions" in caplog.text
+        make_photo(photos / "late.jpg", seed=4321)
+        with pytest.raises(SpaceError, match=r"torch: 1\.0\.0 ->"):
+            lib.index([photos])
+        assert lib.spaces()[0].count == 12
