@@ -244,6 +244,26 @@ def search(
 
 
 @cli.command()
+@click.argument("image")
+@click.option(
+    "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results."
+)
+@click.option("--space", help="Space to search (fingerprint prefix, id or label).")
+@json_option
+@db_option
+@click.pass_context
+def similar(ctx: click.Context, image: str, k: int, space: str | None, as_json: bool) -> None:
+    """Show the images most similar to IMAGE, an indexed file (path) or image id.
+
+    Starts from the stored vector, so no model is loaded: fast even on a cold start.
+    """
+    target: str | int = int(image) if image.isdigit() and not Path(image).exists() else image
+    with _open(ctx) as lib:
+        matches = lib.similar(target, k=k, space=space)
+    _print_matches(image, matches, as_json)
+
+
+@cli.command()
 @click.option("--failed", is_flag=True, help="List the files that could not be indexed.")
 @json_option
 @db_option

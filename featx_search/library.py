@@ -280,6 +280,32 @@ class Library:
         """The ``k`` most similar indexed images to ``query`` (a path or PIL image), best first."""
         return self.search_many([query], k=k, space=space)[0]
 
+    def similar(
+        self, image: str | os.PathLike[str] | int, *, k: int = 10, space: str | None = None
+    ) -> list[Match]:
+        """The ``k`` images most similar to an indexed image, given by path or image id.
+
+        Uses the stored vector: no model is loaded (torch is not imported). The image itself
+        comes first. Raises :class:`ImageError` when the image is not indexed in the space.
+        """
+        check_k(k)
+        record = self._record(space)
+        if isinstance(image, int):
+            image_id: int | None = image
+            name = f"image id {image}"
+        else:
+            name = str(image)
+            image_id = self._store.image_id(Path(image).expanduser().absolute().resolve())
+        ids, vectors = np.empty(0, np.int64), np.empty((0, record.spec.dim), np.float32)
+        if image_id is not None:
+            _, ids, vectors = self._store.vectors(record.id, [image_id])
+        if len(ids) == 0:
+            raise ImageError(
+                f"{name} is not indexed in space {record.fingerprint} ({record.label})",
+                hint="index it first, or use `featx-search search` for any image file",
+            )
+        return search_vectors(self._store, self._index(record), vectors, k)[0]
+
     def search_many(
         self, queries: Sequence[ImageInput], *, k: int = 10, space: str | None = None
     ) -> list[list[Match]]:

@@ -404,6 +404,22 @@ class Store:
             matrix[i] = np.frombuffer(row[1], dtype=VECTOR_DTYPE)
         return int(generation), out_ids, matrix
 
+    def image_id(self, path: Path) -> int | None:
+        """The id of the stored image at ``path`` (absolute, resolved), or None."""
+        with self.transaction() as s:
+            for root in s.scalars(select(Root)):
+                prefix = root.path.rstrip(os.sep) + os.sep
+                if str(path).startswith(prefix):
+                    found = s.scalar(
+                        select(Image.id).where(
+                            Image.root_id == root.id,
+                            Image.relpath == os.path.relpath(path, root.path),
+                        )
+                    )
+                    if found is not None:
+                        return int(found)
+        return None
+
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         """Absolute paths of images by id."""
         wanted = list(ids)

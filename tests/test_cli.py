@@ -201,3 +201,19 @@ def test_unchanged_rerun_does_not_load_the_model(indexed: Path, photos: Path) ->
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["12", "False"]
+
+
+def test_similar_needs_no_torch(indexed: Path, photos: Path) -> None:
+    target = photos / "a" / "img05.jpg"
+    code = (
+        "import sys, json\n"
+        "from click.testing import CliRunner\n"
+        "from featx_search.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['--db', {str(indexed)!r}, 'similar', {str(target)!r},"
+        " '-k', '3', '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "rows = [json.loads(x) for x in r.stdout.splitlines()]\n"
+        "print(rows[0]['path'], len(rows), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(target), "3", "False"]

@@ -182,3 +182,18 @@ def test_torch_release_change_warns_on_query_and_refuses_writes(
         with pytest.raises(SpaceError, match=r"torch: 1\.0\.0 ->"):
             lib.index([photos])
         assert lib.spaces()[0].count == 12
+
+
+def test_similar_uses_stored_vectors(library: Library, photos: Path, tmp_path: Path) -> None:
+    library.index([photos], spec=TINY)
+    path = photos / "b" / "img04.jpg"
+    by_path = library.similar(path, k=5)
+    by_search = library.search(path, k=5)
+    assert [m.image_id for m in by_path] == [m.image_id for m in by_search]
+    np.testing.assert_allclose([m.score for m in by_path], [m.score for m in by_search], atol=1e-5)
+    assert by_path[0].path == str(path)
+    assert library.similar(by_path[0].image_id, k=5) == by_path
+    with pytest.raises(ImageError, match="not indexed"):
+        library.similar(make_photo(tmp_path / "outside.jpg", seed=5))
+    with pytest.raises(ImageError, match="image id 99999"):
+        library.similar(99999)
