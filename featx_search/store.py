@@ -112,6 +112,11 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _text(message: str) -> str:
+    """``message`` made storable as UTF-8 text: undecodable path bytes become ``\\xNN``."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN")
 
@@ -306,14 +311,13 @@ class Store:
         query = select(
             Image.id, Image.relpath, Image.size, Image.mtime_ns, Image.status, has_vector
         ).where(Image.root_id == root_id)
-        if prefix:
-            query = query.where(
-                Image.relpath.startswith(prefix.rstrip(os.sep) + os.sep, autoescape=True)
-            )
+        # Paths are stored as bytes (see schema.FsPath), so the prefix is matched here.
+        under = prefix.rstrip(os.sep) + os.sep if prefix else ""
         with self.transaction() as s:
             return {
                 row[1]: KnownFile(row[0], row[2], row[3], row[4], bool(row[5]))
                 for row in s.execute(query)
+                if row[1].startswith(under)
             }
 
     def write_batch(
@@ -348,7 +352,7 @@ class Store:
                 image.size, image.mtime_ns = result.size, result.mtime_ns
                 image.width, image.height = result.width, result.height
                 if result.vector is None:
-                    image.status, image.error = FAILED, result.error or "unknown error"
+                    image.status, image.error = FAILED, _text(result.error or "unknown error")
                     s.flush()
                     if s.get(Vector, (space_id, image.id)) is not None:
                         dropped.append(image.id)

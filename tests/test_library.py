@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,15 @@ def test_similar_uses_stored_vectors(library: Library, photos: Path, tmp_path: P
         library.similar(make_photo(tmp_path / "outside.jpg", seed=5))
     with pytest.raises(ImageError, match="image id 99999"):
         library.similar(99999)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes")
+def test_non_utf8_file_name_round_trips(library: Library, photos: Path) -> None:
+    odd = os.fsdecode(bytes(photos / "a") + b"/caf\xe9.jpg")  # Latin-1 bytes, not UTF-8
+    make_photo(Path(odd), seed=31)
+    (photos / "zero.jpg").write_bytes(b"")
+    report = library.index([photos], spec=TINY)
+    assert (report.added, report.failed) == (13, 1)
+    assert library.search(odd, k=1)[0].path == odd
+    assert library.similar(odd, k=1)[0].path == odd
+    assert library.index([photos]).unchanged == 14

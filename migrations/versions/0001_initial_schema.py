@@ -20,7 +20,7 @@ def upgrade() -> None:
     op.create_table(
         "roots",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("path", sa.Text(), nullable=False),
+        sa.Column("path", sa.LargeBinary(), nullable=False),
         sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("path"),
@@ -41,7 +41,7 @@ def upgrade() -> None:
         "images",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("root_id", sa.Integer(), nullable=False),
-        sa.Column("relpath", sa.Text(), nullable=False),
+        sa.Column("relpath", sa.LargeBinary(), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("mtime_ns", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
