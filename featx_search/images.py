@@ -49,25 +49,27 @@ def load_rgb(source: ImageInput, *, min_side: int = 0) -> PILImage:
     their first frame. Raises :class:`ImageError` naming the file for anything undecodable,
     including decompression bombs.
     """
-    from PIL import Image, ImageOps
+    return decode(source, min_side=min_side)[0]
+
+
+def decode(source: ImageInput, *, min_side: int = 0) -> tuple[PILImage, tuple[int, int]]:
+    """:func:`load_rgb`, plus the upright (width, height) of the full-resolution image."""
+    from PIL import Image
 
     name = getattr(source, "filename", None) or "<image>"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, Image.Image):
-                img = source
-                img.load()
-            else:
-                name = os.fspath(source)
-                img = Image.open(name, formats=_formats())
+                source.load()
+                return _upright_rgb(source, source.size)
+            name = os.fspath(source)
+            with Image.open(name, formats=_formats()) as img:
+                size = img.size
                 if img.format == "JPEG" and min_side > 0:
                     img.draft("RGB", (min_side, min_side))
                 img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
-    except ImageError:
-        raise
+                return _upright_rgb(img, size)
     except (
         OSError,
         ValueError,
@@ -81,6 +83,14 @@ def load_rgb(source: ImageInput, *, min_side: int = 0) -> PILImage:
             f"cannot decode {name}: {reason}",
             hint="formats read: " + ", ".join(sorted({f.lower() for f in ALLOWED_FORMATS})),
         ) from err
+
+
+def _upright_rgb(img: PILImage, size: tuple[int, int]) -> tuple[PILImage, tuple[int, int]]:
+    from PIL import ImageOps
+
+    if img.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap width and height
+        size = (size[1], size[0])
+    return _to_rgb(ImageOps.exif_transpose(img) or img), size
 
 
 def _to_rgb(img: PILImage) -> PILImage:

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import numpy as np
 
 from .errors import ConfigError, ImageError
 from .extract import Extractor
-from .images import load_rgb, preprocess
+from .images import decode, preprocess
 from .index import open_index, publish_index
-from .scan import FileInfo, scan, stat_file
+from .scan import FileInfo, scan, stat_or_lstat
 from .store import FAILED, FileResult, SpaceRecord, Store
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,11 @@ def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[s
     seen: set[tuple[int, str]] = set()
     for raw in paths:
         path = Path(raw).expanduser().absolute()
-        if path.is_dir():
-            folder, files, whole = path.resolve(), None, True
+        whole = path.is_dir()
+        if whole:
+            folder = path.resolve()
         elif path.exists() or path.is_symlink():
-            folder, files, whole = path.parent.resolve(), [path], False
+            folder = path.parent.resolve()
         else:
             plan.missing.append(str(path))
             log.warning("%s does not exist; nothing under it is changed", path)
@@ -110,10 +112,13 @@ def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[s
         root_id, root_dir = store.root_for(folder)
         prefix = "" if folder == root_dir else os.path.relpath(folder, root_dir)
         known = store.known_files(root_id, prefix if whole else "", record.id)
-        found: Iterable[FileInfo]
-        found = scan(folder) if files is None else [_stat_or_lstat(folder / f.name) for f in files]
+        found: Iterable[FileInfo | None] = (
+            scan(folder) if whole else [stat_or_lstat(folder / path.name)]
+        )
         visited: set[str] = set()
         for info in found:
+            if info is None:
+                continue
             rel = os.path.relpath(info.path, root_dir)
             visited.add(rel)
             if (root_id, rel) in seen:
@@ -130,19 +135,11 @@ def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[s
     return plan
 
 
-def _stat_or_lstat(path: Path) -> FileInfo:
-    try:
-        return stat_file(path)
-    except OSError:
-        st = path.lstat()
-        return FileInfo(path, st.st_size, st.st_mtime_ns)
-
-
 def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
     spec = record.spec.preprocess
     try:
-        img = load_rgb(job.info.path, min_side=spec.resize)
-        return _Decoded(job, preprocess(img, spec), None, img.size)
+        img, size = decode(job.info.path, min_side=spec.resize)
+        return _Decoded(job, preprocess(img, spec), None, size)
     except ImageError as err:
         return _Decoded(job, None, err.message, None)
     except Exception as err:  # a bad file must never stop the run (invariant 3)
@@ -153,17 +150,13 @@ def _prefetch(
     pool: ThreadPoolExecutor, jobs: Sequence[_Job], record: SpaceRecord, window: int
 ) -> Iterator[_Decoded]:
     """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory)."""
-    pending: deque[Future[_Decoded]] = deque()
     queue = iter(jobs)
-    for job in queue:
-        pending.append(pool.submit(_decode, job, record))
-        if len(pending) >= window:
-            break
+    pending: deque[Future[_Decoded]] = deque(
+        pool.submit(_decode, job, record) for job in islice(queue, window)
+    )
     while pending:
         yield pending.popleft().result()
-        for job in queue:
-            pending.append(pool.submit(_decode, job, record))
-            break
+        pending.extend(pool.submit(_decode, job, record) for job in islice(queue, 1))
 
 
 def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:

@@ -22,9 +22,17 @@ class FileInfo:
     mtime_ns: int
 
 
-def stat_file(path: Path) -> FileInfo:
-    """Stat one file (following a symlink); raises OSError."""
-    st = path.stat()
+def stat_or_lstat(path: Path) -> FileInfo | None:
+    """Stat one file, following a symlink; a broken link gets the link's own stat, so that
+    decoding records it as failed with the reason instead of it being skipped silently.
+    None when the path is gone altogether."""
+    try:
+        st = path.stat()
+    except OSError:
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
     return FileInfo(path, st.st_size, st.st_mtime_ns)
 
 
@@ -42,14 +50,6 @@ def scan(folder: Path) -> Iterator[FileInfo]:
         for name in sorted(filenames):
             if name.startswith(".") or not is_image_name(name):
                 continue
-            path = Path(dirpath, name)
-            try:
-                yield stat_file(path)
-            except OSError:
-                # A broken link or a file gone mid-scan: still reported, so that decoding
-                # records it as failed with the reason instead of skipping it silently.
-                try:
-                    st = path.lstat()
-                except OSError:
-                    continue
-                yield FileInfo(path, st.st_size, st.st_mtime_ns)
+            info = stat_or_lstat(Path(dirpath, name))
+            if info is not None:
+                yield info

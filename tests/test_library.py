@@ -210,3 +210,18 @@ def test_non_utf8_file_name_round_trips(library: Library, photos: Path) -> None:
     assert library.search(odd, k=1)[0].path == odd
     assert library.similar(odd, k=1)[0].path == odd
     assert library.index([photos]).unchanged == 14
+
+
+def test_stored_size_is_full_resolution_and_upright(library: Library, tmp_path: Path) -> None:
+    import sqlite3
+
+    folder = tmp_path / "big"
+    src = make_photo(folder / "src.png", seed=8, size=(1200, 900))
+    with Image.open(src) as img:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees on display: width and height swap
+        img.convert("RGB").save(folder / "rotated.jpg", exif=exif)
+    src.unlink()
+    library.index([folder], spec=TINY)  # decoded with JPEG draft scaling to ~1/4 size
+    row = sqlite3.connect(library.path).execute("select width, height from images").fetchone()
+    assert row == (900, 1200)
