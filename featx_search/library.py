@@ -240,15 +240,16 @@ class Library:
             record = self._record(space)
         else:
             record = self._store.ensure_space(self._extractor(spec or ExtractorSpec()).space)
-        report = run_index(
-            self._store,
-            lambda: self._extractor_for(record, writing=True),
-            record,
-            paths,
-            batch_size=batch_size,
-            workers=workers,
-            progress=progress,
-        )
+        with self._store.writer_lock():
+            report = run_index(
+                self._store,
+                lambda: self._extractor_for(record, writing=True),
+                record,
+                paths,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+            )
         self._indexes.pop(record.id, None)
         return report
 

@@ -26,6 +26,8 @@ from .schema import Image, IndexManifest, Root, Space, Vector
 
 log = logging.getLogger(__name__)
 
+# How long a second indexer waits for the first before giving up.
+WRITER_WAIT_SECONDS = 10.0
 INDEXED = "indexed"
 FAILED = "failed"
 VECTOR_DTYPE = np.dtype("<f4")
@@ -180,6 +182,28 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Hold the library's writer lock (``DB.lock``): one indexer at a time.
+
+        Waits up to :data:`WRITER_WAIT_SECONDS`, then raises :class:`LibraryError`. Readers
+        never take it. The lock is released by the OS if the process dies.
+        """
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(self.path.with_name(self.path.name + ".lock"))
+        try:
+            lock.acquire(timeout=WRITER_WAIT_SECONDS)
+        except Timeout:
+            raise LibraryError(
+                f"another indexer is running on {self.path}",
+                hint="wait for it to finish, then run this again; searches work meanwhile",
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -225,3 +225,49 @@ def test_stored_size_is_full_resolution_and_upright(library: Library, tmp_path: 
     library.index([folder], spec=TINY)  # decoded with JPEG draft scaling to ~1/4 size
     row = sqlite3.connect(library.path).execute("select width, height from images").fetchone()
     assert row == (900, 1200)
+
+
+def test_second_indexer_fails_clearly_and_writes_nothing(
+    db: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import time
+
+    from featx_search import LibraryError
+    from featx_search import store as store_module
+
+    with Library.open(db) as lib:
+        lib.index([photos / "a"], spec=TINY)
+    # A real second process holds the writer lock, as a running indexer would.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from featx_search.store import Store\n"
+            f"s = Store.open({str(db)!r})\n"
+            "with s.writer_lock():\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(30)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(store_module, "WRITER_WAIT_SECONDS", 0.3)
+        with Library.open(db) as lib:
+            started = time.monotonic()
+            with pytest.raises(LibraryError, match="another indexer is running"):
+                lib.index([photos])
+            assert time.monotonic() - started >= 0.3
+            assert lib.spaces()[0].count == 6  # nothing half-written
+            assert lib.search(photos / "a" / "img01.jpg", k=1)[0].path == str(
+                photos / "a" / "img01.jpg"
+            )  # readers still work
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+    with Library.open(db) as lib:  # the lock dies with its process
+        assert lib.index([photos]).added == 6
