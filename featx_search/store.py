@@ -119,6 +119,20 @@ def _text(message: str) -> str:
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _drop_vectors(s: Session, image_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Delete every vector of ``image_ids`` in every space; returns {space id: image ids}."""
+    if not image_ids:
+        return {}
+    rows = s.execute(
+        select(Vector.space_id, Vector.image_id).where(Vector.image_id.in_(image_ids))
+    ).all()
+    s.execute(delete(Vector).where(Vector.image_id.in_(image_ids)))
+    by_space: dict[int, list[int]] = {}
+    for space, image in rows:
+        by_space.setdefault(space, []).append(image)
+    return by_space
+
+
 def _on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN")
 
@@ -353,8 +367,6 @@ class Store:
         dropped when its content changed); a file with an error becomes ``failed``.
         Returns (ids given vectors, ids whose vectors left this space).
         """
-        added: list[int] = []
-        dropped: list[int] = []
         removed = list(removed)
         with self.transaction() as s:
             existing = {
@@ -363,48 +375,46 @@ class Store:
                     select(Image).where(Image.relpath.in_({r.relpath for r in results}))
                 )
             }
+            images: list[Image] = []
+            stale: list[Image] = []  # new content or undecodable: every stored vector is stale
             for result in results:
                 image = existing.get((result.root_id, result.relpath))
                 if image is None:
                     image = Image(root_id=result.root_id, relpath=result.relpath)
                     s.add(image)
-                elif (image.size, image.mtime_ns) != (result.size, result.mtime_ns):
-                    # New content: vectors in every space are stale now.
-                    if s.get(Vector, (space_id, image.id)) is not None:
-                        dropped.append(image.id)
-                    s.execute(delete(Vector).where(Vector.image_id == image.id))
+                elif (image.size, image.mtime_ns) != (result.size, result.mtime_ns) or (
+                    result.vector is None
+                ):
+                    stale.append(image)
                 image.size, image.mtime_ns = result.size, result.mtime_ns
                 image.width, image.height = result.width, result.height
                 if result.vector is None:
                     image.status, image.error = FAILED, _text(result.error or "unknown error")
-                    s.flush()
-                    if s.get(Vector, (space_id, image.id)) is not None:
-                        dropped.append(image.id)
-                    s.execute(delete(Vector).where(Vector.image_id == image.id))
-                    continue
-                image.status, image.error = INDEXED, None
-                s.flush()
-                s.merge(
-                    Vector(
-                        space_id=space_id,
-                        image_id=image.id,
-                        data=np.asarray(result.vector, VECTOR_DTYPE).tobytes(),
+                else:
+                    image.status, image.error = INDEXED, None
+                images.append(image)
+            s.flush()
+            dropped = _drop_vectors(s, [image.id for image in stale] + removed)
+            added: list[int] = []
+            for image, result in zip(images, results, strict=True):
+                if result.vector is not None:
+                    s.merge(
+                        Vector(
+                            space_id=space_id,
+                            image_id=image.id,
+                            data=np.asarray(result.vector, VECTOR_DTYPE).tobytes(),
+                        )
                     )
-                )
-                added.append(image.id)
+                    added.append(image.id)
             if removed:
-                in_space = s.scalars(
-                    select(Vector.image_id).where(
-                        Vector.space_id == space_id, Vector.image_id.in_(removed)
-                    )
-                ).all()
-                dropped.extend(in_space)
-                s.execute(delete(Vector).where(Vector.image_id.in_(removed)))
                 s.execute(delete(Image).where(Image.id.in_(removed)))
+            # Every space that lost or gained vectors has a stale index file now.
             s.execute(
-                update(Space).where(Space.id == space_id).values(generation=Space.generation + 1)
+                update(Space)
+                .where(Space.id.in_({space_id, *dropped}))
+                .values(generation=Space.generation + 1)
             )
-        return added, sorted(set(dropped) - set(added))
+        return added, sorted(set(dropped.get(space_id, ())) - set(added))
 
     # -- vectors ------------------------------------------------------------------------
 

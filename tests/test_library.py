@@ -271,3 +271,26 @@ def test_second_indexer_fails_clearly_and_writes_nothing(
         holder.stdout.close()  # type: ignore[union-attr]
     with Library.open(db) as lib:  # the lock dies with its process
         assert lib.index([photos]).added == 6
+
+
+def test_changed_file_leaves_no_stale_vector_in_other_spaces(
+    library: Library, photos: Path
+) -> None:
+    library.index([photos], spec=TINY)
+    other = ExtractorSpec(model=TINY.model, weights="none", layers=("3",), pool="max")
+    library.index([photos], spec=other)
+    _, second = library.spaces()
+    changed = photos / "b" / "img00.png"
+    make_photo(changed, seed=555)
+    os.utime(changed, ns=(1, 2_000_000_000))
+    assert library.index([photos], spec=TINY).updated == 1
+    after = {s.id: s for s in library.spaces()}
+    # The other space lost the image's old vector, so its index file is out of date ...
+    assert after[second.id].count == 11
+    assert after[second.id].generation > second.generation
+    assert not after[second.id].index_current
+    # ... and its searches never return the image with its old content.
+    hits = library.search(photos / "a" / "img01.jpg", k=20, space=second.fingerprint)
+    assert str(changed) not in {m.path for m in hits} and len(hits) == 11
+    assert library.index([photos], space=second.fingerprint).added == 1
+    assert library.similar(changed, k=1, space=second.fingerprint)[0].path == str(changed)
