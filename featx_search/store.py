@@ -119,6 +119,11 @@ def _text(message: str) -> str:
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _inside(path: str, folder: str) -> bool:
+    """True when ``path`` lies strictly below ``folder`` (both absolute)."""
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _drop_vectors(s: Session, image_ids: Sequence[int]) -> dict[int, list[int]]:
     """Delete every vector of ``image_ids`` in every space; returns {space id: image ids}."""
     if not image_ids:
@@ -322,15 +327,13 @@ class Store:
         with self.transaction() as s:
             roots = list(s.scalars(select(Root)))
             for root in roots:
-                if folder_str == root.path or folder_str.startswith(
-                    root.path.rstrip(os.sep) + os.sep
-                ):
+                if folder_str == root.path or _inside(folder_str, root.path):
                     return root.id, Path(root.path)
             new = Root(path=folder_str)
             s.add(new)
             s.flush()
             for root in roots:
-                if root.path.startswith(folder_str.rstrip(os.sep) + os.sep):
+                if _inside(root.path, folder_str):
                     prefix = os.path.relpath(root.path, folder_str)
                     for image in s.scalars(select(Image).where(Image.root_id == root.id)):
                         image.root_id = new.id
@@ -446,8 +449,7 @@ class Store:
         """The id of the stored image at ``path`` (absolute, resolved), or None."""
         with self.transaction() as s:
             for root in s.scalars(select(Root)):
-                prefix = root.path.rstrip(os.sep) + os.sep
-                if str(path).startswith(prefix):
+                if _inside(str(path), root.path):
                     found = s.scalar(
                         select(Image.id).where(
                             Image.root_id == root.id,
