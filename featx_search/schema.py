@@ -70,6 +70,10 @@ class Image(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     width: Mapped[int | None] = mapped_column(Integer, default=None)
     height: Mapped[int | None] = mapped_column(Integer, default=None)
+    # SHA-256 of the file's bytes: finds moved/renamed files and exact duplicates.
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    # When the photo was taken (EXIF DateTimeOriginal, naive local time), if it says.
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(), default=None)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
@@ -93,6 +97,13 @@ class Space(Base):
     dim: Mapped[int] = mapped_column(Integer)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The FAISS index spec for this space (factory string or "auto"); None means "auto".
+    index_spec: Mapped[str | None] = mapped_column(Text, default=None)
+    # Per-space settings that do not change stored vectors (JSON object), e.g. search params.
+    settings_json: Mapped[str | None] = mapped_column(Text, default=None)
+    # A learned transform applied to vectors before indexing and to queries (e.g. PCA-whitening),
+    # serialised by the module that owns it; None means none.
+    transform: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
 
 class Vector(Base):
@@ -123,6 +134,9 @@ class IndexManifest(Base):
     checksum: Mapped[str] = mapped_column(String(64))
     filename: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(64))
+    # Ids removed from the stored vectors but still inside an index that cannot delete (HNSW).
+    tombstones: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    params_json: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
