@@ -12,10 +12,17 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec
+from .config import DEFAULT_MODEL, DEFAULT_WEIGHTS, METHODS, POOLS, ExtractorSpec
 from .errors import FeatxError
 from .ingest import IndexReport, Progress
-from .library import Library, default_db_path, list_layers, schema_status, upgrade_schema
+from .library import (
+    Library,
+    WhitenReport,
+    default_db_path,
+    list_layers,
+    schema_status,
+    upgrade_schema,
+)
 from .query import Match
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,16 +104,31 @@ def cli(verbose: bool) -> None:
 
 
 def _spec(
-    model: str | None, weights: str | None, layers: Sequence[str], pool: str | None
+    model: str | None,
+    weights: str | None,
+    layers: Sequence[str],
+    pool: str | None,
+    method: str | None = None,
 ) -> ExtractorSpec | None:
-    if model is None and weights is None and not layers and pool is None:
+    if model is None and weights is None and not layers and pool is None and method is None:
         return None  # keep the library's space
     return ExtractorSpec(
         model=model or DEFAULT_MODEL,
         weights=weights or DEFAULT_WEIGHTS,
         layers=tuple(layers),
         pool=pool or "avg",
+        method=method or "auto",
     )
+
+
+def method_option(func: F) -> F:
+    return click.option(
+        "--method",
+        type=click.Choice(METHODS),
+        help="How layers are read: fx (the graph stops at the layer), hook (forward hooks; "
+        "the whole network runs), auto (fx, or hook when the model cannot be traced)  "
+        "[default: auto]",
+    )(func)
 
 
 def _summary(report: IndexReport) -> str:
@@ -139,6 +161,7 @@ def _summary(report: IndexReport) -> str:
     help="FX node to read (repeatable)  [default: the node feeding the classifier]",
 )
 @click.option("--pool", type=click.Choice(POOLS), help="Pooling of feature maps  [default: avg]")
+@method_option
 @click.option("--space", help="Add to this existing space (fingerprint prefix, id or label).")
 @click.option(
     "--batch-size",
@@ -148,6 +171,13 @@ def _summary(report: IndexReport) -> str:
     help="Images per model call (and per committed transaction).",
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]")
+@click.option(
+    "--whiten",
+    "whiten_dims",
+    type=click.IntRange(min=0),
+    help="After indexing, learn PCA-whitening to this many dimensions from the space's "
+    "vectors (as the `whiten` command does; 0 removes it).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @json_option
 @db_option
@@ -159,9 +189,11 @@ def index(
     weights: str | None,
     layers: tuple[str, ...],
     pool: str | None,
+    method: str | None,
     space: str | None,
     batch_size: int,
     workers: int | None,
+    whiten_dims: int | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -186,7 +218,7 @@ def index(
         try:
             report = lib.index(
                 paths,
-                spec=_spec(model, weights, layers, pool),
+                spec=_spec(model, weights, layers, pool, method),
                 space=space,
                 batch_size=batch_size,
                 workers=workers,
@@ -195,8 +227,11 @@ def index(
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
+        whitened = lib.whiten(whiten_dims, space=report.space) if whiten_dims is not None else None
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        click.echo(
+            json.dumps({**report.to_dict(), **({"whiten": whitened.dims} if whitened else {})})
+        )
     elif not quiet:
         click.echo(_summary(report))
         for path, error in report.failures[:10]:
@@ -207,6 +242,35 @@ def index(
             )
         for missing in report.missing:
             click.echo(f"  not found (nothing under it changed): {missing}", err=True)
+        if whitened is not None:
+            click.echo(_whiten_summary(whitened))
+
+
+def _whiten_summary(report: WhitenReport) -> str:
+    if report.dims == 0:
+        return f"whitening removed from space {report.space} ({report.label})"
+    return (
+        f"whitening to {report.dims} dimensions learned from {report.learned_from} vectors; "
+        f"space {report.space} ({report.label})"
+    )
+
+
+@cli.command()
+@click.argument("dims", type=click.IntRange(min=0))
+@click.option("--space", help="Space to whiten (fingerprint prefix, id or label).")
+@json_option
+@db_option
+@click.pass_context
+def whiten(ctx: click.Context, dims: int, space: str | None, as_json: bool) -> None:
+    """Learn PCA-whitening to DIMS dimensions from the library's vectors (0 removes it).
+
+    Stored with the space: vectors are whitened as they enter its index and queries before
+    they are searched. Stored vectors stay as they are. Learn it again after indexing many
+    new images.
+    """
+    with _open(ctx) as lib:
+        report = lib.whiten(dims, space=space)
+    click.echo(json.dumps(report.to_dict()) if as_json else _whiten_summary(report))
 
 
 def _print_matches(query: str, matches: list[Match], as_json: bool) -> None:
@@ -292,7 +356,7 @@ def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
         state = "current" if s.index_current else "stale (rebuilt on next use)"
         click.echo(
             f"space {s.fingerprint}  {s.label}  weights={s.weights}  dim={s.dim}  "
-            f"vectors={s.count}  index={state}"
+            f"vectors={s.count}  index={state}" + (f"  whitened={s.whitened}" if s.whitened else "")
         )
 
 
@@ -306,24 +370,67 @@ def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
     help="Weights to build the model with; layer names and shapes do not depend on them, "
     "so the default needs no download.",
 )
+@click.option(
+    "--filter",
+    "pattern",
+    help="Only layers whose name contains this text, or matches it as a glob "
+    "(e.g. 'layer4*', '*.conv2').",
+)
+@method_option
 @json_option
 @db_option
-def layers(model: str, weights: str, as_json: bool) -> None:
-    """List every layer (FX node) of MODEL with its output shape; * marks the default."""
-    rows = list_layers(ExtractorSpec(model=model, weights=weights))
+def layers(
+    model: str, weights: str, pattern: str | None, method: str | None, as_json: bool
+) -> None:
+    """List every layer (FX node) of MODEL: output shape, channels, spatial size, and the cost
+    of extracting up to it as a share of the whole network's FLOPs; * marks the default."""
+    rows = list_layers(ExtractorSpec(model=model, weights=weights, method=method or "auto"))
+    if pattern is not None:
+        rows = [r for r in rows if _name_matches(r.name, pattern)]
+        if not rows:
+            raise click.ClickException(
+                f"no layer of {model} matches --filter {pattern!r}\n"
+                f"Hint: run `featx-search layers {model}` without --filter to see every name"
+            )
     width = max(len(r.name) for r in rows)
+    if not as_json:
+        click.echo(f"  {'layer':<{width}}  {'shape':<16} {'channels':>8}  {'spatial':<10} cost")
     for r in rows:
         shape = "x".join(str(d) for d in r.shape) if r.shape is not None else "-"
         if as_json:
             click.echo(
                 json.dumps(
-                    {"name": r.name, "shape": list(r.shape or ()) or None, "default": r.is_default}
+                    {
+                        "name": r.name,
+                        "shape": list(r.shape or ()) or None,
+                        "channels": r.channels,
+                        "spatial": r.spatial,
+                        "cost": r.cost,
+                        "default": r.is_default,
+                    }
                 )
             )
         else:
-            click.echo(f"{'*' if r.is_default else ' '} {r.name:<{width}}  {shape}")
+            cost = f"{100 * r.cost:5.1f}%" if r.cost is not None else "    -"
+            channels = str(r.channels) if r.channels is not None else "-"
+            click.echo(
+                f"{'*' if r.is_default else ' '} {r.name:<{width}}  {shape:<16} "
+                f"{channels:>8}  {r.spatial:<10} {cost}"
+            )
     if not as_json:
-        click.echo("* default layer (--layer NAME picks another)", err=True)
+        click.echo(
+            "* default layer (--layer NAME picks another); cost: share of the network's "
+            "FLOPs computed to extract that layer",
+            err=True,
+        )
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
 
 
 @cli.group()

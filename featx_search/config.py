@@ -10,6 +10,8 @@ from typing import Any
 from .errors import ConfigError
 
 POOLS: tuple[str, ...] = ("avg", "max", "gem")
+# How features are read: FX when the model traces, else forward hooks (auto); or one of them.
+METHODS: tuple[str, ...] = ("auto", "fx", "hook")
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "DEFAULT"
 NO_WEIGHTS = "none"
@@ -26,15 +28,22 @@ class ExtractorSpec:
 
     ``weights`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V2``, ...), ``none``
     for a seeded random initialisation, or the path of a state-dict file. An empty ``layers``
-    means the model's default layer (the node that feeds its classifier).
+    means the model's default layer (the node that feeds its classifier). ``method`` is how
+    features are read (see :data:`METHODS`); it is not part of the space's fingerprint, since
+    FX and forward hooks give the same vectors wherever both apply.
     """
 
     model: str = DEFAULT_MODEL
     weights: str = DEFAULT_WEIGHTS
     layers: tuple[str, ...] = ()
     pool: str = "avg"
+    method: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown --method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}"
+            )
         if not self.model.strip():
             raise ConfigError("--model is empty", hint="name a model, e.g. resnet50")
         if not self.weights.strip():
@@ -57,6 +66,7 @@ class ExtractorSpec:
             weights=data["weights"],
             layers=tuple(data.get("layers", ())),
             pool=data.get("pool", "avg"),
+            method=data.get("method", "auto"),
         )
 
 

@@ -3,7 +3,9 @@
 Models are torchvision classification models by name, ``efficientnet_lite0`` (the ``lite``
 extra, pretrained weights shipped in a package) or ``package.module:factory``. Features are read
 with :func:`torchvision.models.feature_extraction.create_feature_extractor`, which rewrites the
-graph to end at the chosen nodes, so nothing after the deepest node is computed.
+graph to end at the chosen nodes, so nothing after the deepest node is computed. A model that FX
+cannot trace falls back to forward hooks on the named modules (``method="auto"``), which run the
+whole network for every image.
 """
 
 from __future__ import annotations
@@ -60,12 +62,31 @@ _HEAD_FUNCTIONS = {
 
 @dataclass(frozen=True)
 class Layer:
-    """One FX node of a model: its name, output shape for one image (``None`` when the output
-    is not a tensor), and whether it is the model's default layer."""
+    """One FX node (or, read with hooks, one module) of a model: its name, output shape for one
+    image (``None`` when the output is not a tensor), whether it is the model's default layer,
+    and ``cost``: the share of the whole network's FLOPs spent to compute it (1.0 for hooks,
+    which always run the whole network; ``None`` when the model does no counted FLOPs)."""
 
     name: str
     shape: tuple[int, ...] | None
     is_default: bool
+    cost: float | None = None
+
+    @property
+    def channels(self) -> int | None:
+        """Channels of a (1, C, H, W) map, features of (1, C), or width of (1, N, C) tokens."""
+        if self.shape is None or len(self.shape) < 2:
+            return None
+        return self.shape[-1] if len(self.shape) == 3 else self.shape[1]
+
+    @property
+    def spatial(self) -> str:
+        """``HxW`` of a feature map, ``N tokens`` of a sequence, ``-`` otherwise."""
+        if self.shape is not None and len(self.shape) == 4:
+            return f"{self.shape[2]}x{self.shape[3]}"
+        if self.shape is not None and len(self.shape) == 3:
+            return f"{self.shape[1]} tokens"
+        return "-"
 
 
 @contextmanager
@@ -271,7 +292,17 @@ def _build(spec: ExtractorSpec) -> _Built:
     else:
         built = _build_torchvision(spec.model, spec.weights)
     built.model.eval()
+    _no_inplace(built.model)
     return built
+
+
+def _no_inplace(model: nn.Module) -> None:
+    """Turn off ``inplace`` on every module (ReLU, Hardswish, ...). Values do not change, but
+    otherwise a layer read with several others, or with a hook, could be overwritten by a
+    later in-place activation before it is returned (e.g. resnet's ``bn1`` by ``relu``)."""
+    for module in model.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            setattr(module, "inplace", False)  # noqa: B010 (not every Module has it)
 
 
 def _node_names(model: nn.Module, model_name: str) -> list[str]:
@@ -283,7 +314,7 @@ def _node_names(model: nn.Module, model_name: str) -> list[str]:
     except Exception as err:  # FX raises whatever the traced code raises
         raise ModelError(
             f"model {model_name} cannot be traced with torch.fx: {type(err).__name__}: {err}",
-            hint="models with data-dependent control flow are not supported yet",
+            hint="use --method auto or hook to read modules with forward hooks instead",
         ) from err
     return list(eval_nodes)
 
@@ -360,7 +391,7 @@ class Extractor:
     preprocessed as ``space.preprocess`` says, to L2-normalised float32 vectors (B, dim).
     """
 
-    def __init__(self, graph: nn.Module, space: SpaceSpec) -> None:
+    def __init__(self, graph: nn.Module | _HookGraph, space: SpaceSpec) -> None:
         self._graph = graph
         self.space = space
 
@@ -378,20 +409,18 @@ class Extractor:
 def load_extractor(spec: ExtractorSpec) -> Extractor:
     """Build the model, cut it at ``spec.layers`` (or the default layer) and resolve the space.
 
+    ``spec.method`` says how: ``fx`` rewrites the graph to end at the layers, ``hook`` reads
+    module outputs with forward hooks while the whole model runs, ``auto`` uses FX and falls
+    back to hooks (with a warning) when the model cannot be traced.
+
     Raises :class:`ModelError`, :class:`WeightsError`, :class:`LayerError` or
     :class:`ConfigError` with a hint when something named in ``spec`` is not usable.
     """
     import torch
     import torchvision
-    from torchvision.models.feature_extraction import create_feature_extractor
 
     built = _build(spec)
-    nodes = _node_names(built.model, spec.model)
-    layers = spec.layers or (default_layer(built.model, nodes),)
-    _check_layers(layers, nodes, spec.model)
-    with _quiet_fx():
-        graph = create_feature_extractor(built.model, return_nodes={n: n for n in layers})
-    graph.eval()
+    graph, layers = _cut(built, spec)
     size = built.preprocess.crop
     probe = np.zeros((1, 3, size, size), dtype=np.float32)
     partial = SpaceSpec(
@@ -413,30 +442,212 @@ def load_extractor(spec: ExtractorSpec) -> Extractor:
     return Extractor(graph, space)
 
 
-def list_layers(spec: ExtractorSpec) -> list[Layer]:
-    """Every FX node of ``spec.model`` (eval graph, in execution order) with its output shape
-    for one image, from a dry run on a blank input; the default layer is marked. Each module
-    that holds nodes (e.g. ``layer4``) follows its last node, whose output it shares."""
-    import torch
+def _cut(built: _Built, spec: ExtractorSpec) -> tuple[nn.Module | _HookGraph, tuple[str, ...]]:
+    """The callable that maps a batch to {layer: output}, and the layers it returns."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
+    if spec.method != "hook":
+        try:
+            nodes = _node_names(built.model, spec.model)
+        except ModelError as err:
+            if spec.method == "fx":
+                raise
+            log.warning(
+                "%s; reading layers with forward hooks instead, so the whole network runs "
+                "for every image",
+                err.message.splitlines()[0],
+            )
+        else:
+            layers = spec.layers or (default_layer(built.model, nodes),)
+            _check_layers(layers, nodes, spec.model)
+            with _quiet_fx():
+                graph = create_feature_extractor(built.model, return_nodes={n: n for n in layers})
+            graph.eval()
+            return graph, tuple(layers)
+    modules = _called_modules(built.model, built.preprocess.crop)
+    layers = spec.layers or (_default_module(built.model, modules),)
+    _check_modules(layers, modules, spec.model)
+    return _HookGraph(built.model, layers), tuple(layers)
+
+
+class _HookGraph:
+    """Forward hooks on named submodules: calling it runs the whole model on a batch and
+    returns {name: that module's output}, like an FX feature extractor does."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        self._model = model
+        self._names = names
+        self._seen: dict[str, torch.Tensor] = {}
+        for name in names:
+            model.get_submodule(name).register_forward_hook(self._keeper(name))
+
+    def _keeper(self, name: str) -> Callable[..., None]:
+        def keep(_module: nn.Module, _args: object, output: object) -> None:
+            self._seen[name] = _first_tensor(output, name)
+
+        return keep
+
+    def eval(self) -> _HookGraph:
+        self._model.eval()
+        return self
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._seen = {}
+        try:
+            self._model(batch)
+            return {name: self._seen[name] for name in self._names}
+        finally:
+            self._seen = {}
+
+
+def _first_tensor(output: object, name: str) -> torch.Tensor:
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise LayerError(
+        f"module {name!r} returns {type(output).__name__}, not a tensor",
+        hint="choose a module that outputs a feature map (see `featx-search layers`)",
+    )
+
+
+@dataclass(frozen=True)
+class _Called:
+    """A submodule seen by a hooked dry run: its output shape (None if not a tensor), how
+    often it ran, and whether it has children."""
+
+    shape: tuple[int, ...] | None
+    calls: int
+    leaf: bool
+
+
+def _called_modules(model: nn.Module, size: int) -> dict[str, _Called]:
+    """Every submodule that runs on one blank image, in the order each first finishes."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def keeper(name: str) -> Callable[..., None]:
+        def keep(_module: nn.Module, _args: object, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+
+        return keep
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(keeper(name)))
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, size, size))
+    except Exception as err:  # whatever the model's own code raises
+        raise ModelError(
+            f"model cannot run on a blank {size}x{size} image: {type(err).__name__}: {err}",
+            hint="the model must take a (B, 3, H, W) float batch",
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    kids = {name: any(True for _ in m.children()) for name, m in model.named_modules()}
+    return {name: _Called(shapes[name], calls[name], not kids[name]) for name in calls}
+
+
+def _default_module(model: nn.Module, modules: dict[str, _Called]) -> str:
+    leaves = [name for name, called in modules.items() if called.leaf]
+    return default_layer(model, leaves)
+
+
+def _check_modules(layers: tuple[str, ...], modules: dict[str, _Called], model_name: str) -> None:
+    for layer in layers:
+        called = modules.get(layer)
+        if called is None:
+            close = difflib.get_close_matches(layer, list(modules), n=5, cutoff=0.5)
+            raise LayerError(
+                f"model {model_name} has no module {layer!r} that runs (forward hooks read "
+                "modules, not FX nodes)" + (f"; closest: {', '.join(close)}" if close else ""),
+                hint=f"run `featx-search layers {model_name} --method hook` to list modules",
+            )
+        if called.calls != 1:
+            raise LayerError(
+                f"module {layer!r} of {model_name} runs {called.calls} times per image, so a "
+                "hook cannot tell which output to read",
+                hint="choose a module that runs once",
+            )
+
+
+def list_layers(spec: ExtractorSpec) -> list[Layer]:
+    """Every FX node of ``spec.model`` (eval graph, in execution order) with its output shape
+    for one image and the cost of extracting up to it, from a dry run on a blank input; the
+    default layer is marked. Each module that holds nodes (e.g. ``layer4``) follows its last
+    node, whose output it shares.
+
+    With ``method="hook"``, or ``auto`` on a model FX cannot trace, the rows are the modules
+    that run, in the order they finish, each with cost 1.0.
+    """
     built = _build(spec)
-    nodes = _node_names(built.model, spec.model)
+    if spec.method != "hook":
+        try:
+            nodes = _node_names(built.model, spec.model)
+        except ModelError as err:
+            if spec.method == "fx":
+                raise
+            log.warning("%s; listing modules for forward hooks instead", err.message)
+        else:
+            return _fx_layers(built, nodes)
+    modules = _called_modules(built.model, built.preprocess.crop)
+    default = _default_module(built.model, modules)
+    return [
+        Layer(name, called.shape, name == default, 1.0)
+        for name, called in modules.items()
+        if called.calls == 1
+    ]
+
+
+def _fx_layers(built: _Built, nodes: list[str]) -> list[Layer]:
+    import torch
+    from torch.fx import Interpreter, Node
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchvision.models.feature_extraction import create_feature_extractor
+
     default = default_layer(built.model, nodes)
     ends: dict[str, list[str]] = {}
-    for module, node in _module_outputs(nodes).items():
-        ends.setdefault(node, []).append(module)
+    for module, last in _module_outputs(nodes).items():
+        ends.setdefault(last, []).append(module)
     with _quiet_fx():
         graph = create_feature_extractor(built.model, return_nodes={n: n for n in nodes})
+    flops: dict[Node, int] = {}
+
+    class Counting(Interpreter):
+        def run_node(self, n: Node) -> Any:
+            with FlopCounterMode(display=False) as counter:
+                out = super().run_node(n)
+            flops[n] = counter.get_total_flops()
+            return out
+
     size = built.preprocess.crop
-    with torch.inference_mode():
-        outputs = graph(torch.zeros(1, 3, size, size))
+    with torch.no_grad():
+        outputs = Counting(graph).run(torch.zeros(1, 3, size, size))
+    # The output node returns {name: node}; a node's cost is the FLOPs of all its ancestors,
+    # which is what a feature extractor cut at that node still computes.
+    returned: dict[str, Node] = next(n for n in graph.graph.nodes if n.op == "output").args[0]
+    upstream: dict[Node, set[Node]] = {}
+    for fx_node in graph.graph.nodes:
+        upstream[fx_node] = {fx_node}.union(*(upstream[i] for i in fx_node.all_input_nodes))
+    total = sum(flops.values())
     rows = []
     for name in nodes:
         out = outputs.get(name)
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        rows.append(Layer(name, shape, name == default))
+        returned_node = returned.get(name)
+        cost = None
+        if total > 0 and returned_node is not None:
+            cost = sum(flops.get(a, 0) for a in upstream[returned_node]) / total
+        rows.append(Layer(name, shape, name == default, cost))
         # Innermost first: layer4.1 ends, then layer4.
         for module in sorted(ends.get(name, ()), key=lambda m: -m.count(".")):
-            rows.append(Layer(module, shape, False))
+            rows.append(Layer(module, shape, False, cost))
     return rows

@@ -153,8 +153,10 @@ def open_index(store: Store, record: SpaceRecord) -> tuple[VectorIndex, int]:
     Loads the published file when the manifest says it is current and its checksum holds;
     otherwise rebuilds from stored vectors (with a warning when a file was refused).
     """
+    from .whiten import for_index, index_dim
+
     manifest = store.manifest(record.id)
-    dim = record.spec.dim
+    dim = index_dim(store, record)
     if manifest is not None and manifest.generation == record.generation:
         try:
             index = VectorIndex.load(
@@ -172,7 +174,7 @@ def open_index(store: Store, record: SpaceRecord) -> tuple[VectorIndex, int]:
                 manifest.count,
             )
     generation, ids, vectors = store.vectors(record.id)
-    return VectorIndex.build(dim, ids, vectors), generation
+    return VectorIndex.build(dim, ids, for_index(store, record, vectors)), generation
 
 
 def publish_index(store: Store, record: SpaceRecord, index: VectorIndex, generation: int) -> None:

@@ -21,6 +21,7 @@ from .images import decode, preprocess
 from .index import open_index, publish_index
 from .scan import FileInfo, scan, stat_or_lstat
 from .store import FAILED, FileResult, SpaceRecord, Store
+from .whiten import stored
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,11 @@ def run_index(
     plan = _plan(store, record, paths)
     report.unchanged, report.missing = plan.unchanged, plan.missing
     index, _ = open_index(store, record)
+    whitening = stored(store, record)
+
+    def to_index(vectors: np.ndarray) -> np.ndarray:
+        return vectors if whitening is None or not len(vectors) else whitening.apply(vectors)
+
     # Loaded only when some file needs embedding: a no-change run never imports torch.
     extractor = load_extractor() if plan.jobs else None
     workers = workers or min(8, os.cpu_count() or 1)
@@ -219,7 +225,7 @@ def run_index(
             ]
             added, dropped = store.write_batch(record.id, results)
             index.remove(np.asarray(dropped, np.int64))
-            index.add(np.asarray(added, np.int64), vectors)
+            index.add(np.asarray(added, np.int64), to_index(vectors))
             for d in batch:
                 if d.error is not None:
                     report.failed += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import ExtractorSpec
-from .errors import ImageError, SpaceError
+from .errors import ConfigError, ImageError, SpaceError
 from .images import ImageInput, describe, load_input
 from .ingest import IndexReport, ProgressCallback
 from .query import Match, check_k, search_vectors
@@ -52,6 +52,7 @@ class SpaceInfo:
     count: int
     generation: int
     index_generation: int | None
+    whitened: int | None = None  # the index's vector size when PCA-whitening is on
 
     @property
     def index_current(self) -> bool:
@@ -72,6 +73,7 @@ class SpaceInfo:
             "generation": self.generation,
             "index_generation": self.index_generation,
             "index_current": self.index_current,
+            "whitened": self.whitened,
         }
 
 
@@ -156,6 +158,7 @@ class Library:
                     count=record.count,
                     generation=record.generation,
                     index_generation=manifest.generation if manifest else None,
+                    whitened=_whitened(self._store, record),
                 )
             )
         return out
@@ -305,7 +308,13 @@ class Library:
                 f"{name} is not indexed in space {record.fingerprint} ({record.label})",
                 hint="index it first, or use `featx-search search` for any image file",
             )
-        return search_vectors(self._store, self._index(record), vectors, k)[0]
+        return self._search(record, vectors, k)[0]
+
+    def _search(self, record: SpaceRecord, vectors: np.ndarray, k: int) -> list[list[Match]]:
+        from .whiten import for_index
+
+        index = self._index(record)
+        return search_vectors(self._store, index, for_index(self._store, record, vectors), k)
 
     def search_many(
         self, queries: Sequence[ImageInput], *, k: int = 10, space: str | None = None
@@ -322,7 +331,36 @@ class Library:
                     hint="give the path of an image file",
                 )
         vectors = self._embed(record, queries)
-        return search_vectors(self._store, self._index(record), vectors, k)
+        return self._search(record, vectors, k)
+
+    # -- whitening ----------------------------------------------------------------------
+
+    def whiten(self, dims: int, *, space: str | None = None) -> WhitenReport:
+        """Learn PCA-whitening to ``dims`` dimensions from the space's stored vectors and store
+        it with the space (``dims=0`` removes it). From then on vectors are whitened as they
+        enter the space's index, and queries before they are searched; the stored vectors are
+        not changed, and images indexed later are whitened with what was learned now.
+
+        Rebuilds and publishes the space's index. Raises :class:`ConfigError` when ``dims`` is
+        larger than the vectors or not below the number of indexed images.
+        """
+        from .index import open_index, publish_index
+        from .whiten import learn
+
+        if dims < 0:
+            raise ConfigError(f"--whiten must be 0 (off) or more, got {dims}")
+        record = self._record(space)
+        with self._store.writer_lock():
+            _, _, vectors = self._store.vectors(record.id)
+            whitening = learn(vectors, dims) if dims else None
+            self._store.set_transform(
+                record.id, whitening.to_bytes() if whitening is not None else None
+            )
+            current = self._store.space(record.id)
+            index, generation = open_index(self._store, current)
+            publish_index(self._store, current, index, generation)
+        self._indexes.pop(record.id, None)
+        return WhitenReport(record.fingerprint, record.label, dims, len(vectors))
 
     # -- state --------------------------------------------------------------------------
 
@@ -338,6 +376,27 @@ class Library:
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""
         return self._store.failures()
+
+
+@dataclass(frozen=True)
+class WhitenReport:
+    """What :meth:`Library.whiten` did: the space, the whitened size (0: off) and how many
+    stored vectors it was learned from."""
+
+    space: str
+    label: str
+    dims: int
+    learned_from: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _whitened(store: Store, record: SpaceRecord) -> int | None:
+    from .whiten import stored
+
+    whitening = stored(store, record)
+    return None if whitening is None else whitening.dims
 
 
 @dataclass(frozen=True)

@@ -310,6 +310,22 @@ class Store:
             s.flush()
             return SpaceRecord(row.id, spec, 0, 0)
 
+    def transform(self, space_id: int) -> bytes | None:
+        """The learned vector transform stored with a space (see whiten.py), or None."""
+        with self.transaction() as s:
+            data = s.scalar(select(Space.transform).where(Space.id == space_id))
+            return None if data is None else bytes(data)
+
+    def set_transform(self, space_id: int, data: bytes | None) -> None:
+        """Store (or with None remove) a space's transform. The space's generation grows, so
+        its index file is stale and is rebuilt from the stored vectors."""
+        with self.transaction() as s:
+            s.execute(
+                update(Space)
+                .where(Space.id == space_id)
+                .values(transform=data, generation=Space.generation + 1)
+            )
+
     def space(self, space_id: int) -> SpaceRecord:
         for record in self.spaces():
             if record.id == space_id:

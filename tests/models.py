@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -16,3 +17,25 @@ def tiny_cnn() -> nn.Module:
         nn.Flatten(),
         nn.Linear(32, 10),
     )
+
+
+class _Gated(nn.Module):
+    """A CNN whose forward branches on a tensor value, which torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        if x.mean() >= 0:  # always true after a ReLU; FX fails on the data-dependent branch
+            x = torch.relu(self.conv2(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def untraceable_cnn() -> nn.Module:
+    """A tiny CNN with data-dependent control flow: only forward hooks can read its layers."""
+    return _Gated()

@@ -102,12 +102,14 @@ def test_layers_marks_the_default() -> None:
     result = run("layers", TINY.model, "--weights", "none")
     lines = result.stdout.splitlines()
     marked = [line for line in lines if line.startswith("*")]
-    assert len(marked) == 1 and marked[0].split()[1:] == ["4", "1x32x1x1"]
+    assert len(marked) == 1 and marked[0].split()[1:5] == ["4", "1x32x1x1", "32", "1x1"]
     rows = [
         json.loads(x) for x in run("layers", TINY.model, "-w", "none", "--json").stdout.splitlines()
     ]
     assert [r["name"] for r in rows if r["default"]] == ["4"]
-    assert {"name": "1", "shape": [1, 16, 112, 112], "default": False} in rows
+    first = {"name": "1", "shape": [1, 16, 112, 112], "default": False, "channels": 16}
+    assert any(first.items() <= row.items() for row in rows)
+    assert rows[-1]["name"] == "6" and rows[-1]["cost"] == pytest.approx(1.0)
 
 
 def test_db_current_and_upgrade(db: Path) -> None:
