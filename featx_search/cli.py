@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .config import DEFAULT_MODEL, DEFAULT_WEIGHTS, METHODS, POOLS, ExtractorSpec
 from .errors import FeatxError
+from .evaluate import EDITS, INPUTS, EvalResult, evaluate
 from .ingest import IndexReport, Progress
 from .library import (
     Library,
@@ -431,6 +432,96 @@ def _name_matches(name: str, pattern: str) -> bool:
     if any(c in pattern for c in "*?["):
         return fnmatch.fnmatchcase(name, pattern)
     return pattern in name
+
+
+@cli.command("eval")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--model", "-m", "models", multiple=True, help=f"Model (repeatable)  [default: {DEFAULT_MODEL}]"
+)
+@click.option("--weights", "-w", default=DEFAULT_WEIGHTS, show_default=True, help="Weights.")
+@click.option(
+    "--layer",
+    "-l",
+    "layer_sets",
+    multiple=True,
+    help="Layer to try (repeatable); join layers with + to concatenate them, e.g. "
+    "layer3+layer4  [default: the model's default layer]",
+)
+@click.option(
+    "--pool", "pools", multiple=True, type=click.Choice(POOLS), help="Pooling to try (repeatable)."
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    type=click.Choice(INPUTS),
+    help="Input handling to try (repeatable): crop = resize and centre crop as the weights "
+    "expect, full = the whole frame squashed to the input size  [default: crop]",
+)
+@click.option(
+    "--copies",
+    is_flag=True,
+    help="Also search with edited copies of each image (crop, jpeg15, down, rotate, grey, "
+    "blur, flip) and report recall@1 per edit.",
+)
+@method_option
+@json_option
+def eval_command(
+    folder: Path,
+    models: tuple[str, ...],
+    weights: str,
+    layer_sets: tuple[str, ...],
+    pools: tuple[str, ...],
+    inputs: tuple[str, ...],
+    copies: bool,
+    method: str | None,
+    as_json: bool,
+) -> None:
+    """Score extraction settings on FOLDER, which holds one subfolder of images per class.
+
+    Every image queries the others: mAP, P@1 and P@10 count images of its class. Every
+    combination of --model, --layer, --pool and --input is scored. No library is used.
+    """
+    specs = [
+        ExtractorSpec(
+            model=model,
+            weights=weights,
+            layers=tuple(part for part in layer.split("+") if part) if layer else (),
+            pool=pool,
+            method=method or "auto",
+        )
+        for model in models or (DEFAULT_MODEL,)
+        for layer in layer_sets or ("",)
+        for pool in pools or ("avg",)
+    ]
+
+    def show(r: EvalResult) -> None:
+        if as_json:
+            click.echo(json.dumps(r.to_dict()))
+            return
+        line = (
+            f"{r.model:<18} {'+'.join(r.layers):<22} {r.pool:<4} {r.input:<5} {r.dim:>5}  "
+            f"{r.map:.3f} {r.p1:.3f} {r.p10:.3f}"
+        )
+        if r.copies:
+            line += "  " + " ".join(f"{r.copies[k]:.2f}".rjust(max(4, len(k))) for k in EDITS)
+            line += f"  {r.copy_recall:.3f}"
+        click.echo(line)
+
+    if not as_json:
+        header = (
+            f"{'model':<18} {'layers':<22} {'pool':<4} {'input':<5} {'dim':>5}  mAP   P@1   P@10"
+        )
+        if copies:
+            header += "   " + " ".join(k.rjust(4) for k in EDITS) + "  copies@1"
+        click.echo(header)
+    results = evaluate(folder, specs, inputs=inputs or ("crop",), copies=copies, progress=show)
+    if not as_json and results:
+        r = results[0]
+        click.echo(
+            f"{r.images} images, {r.queries} queries with another image of their class", err=True
+        )
 
 
 @cli.group()

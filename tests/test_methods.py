@@ -6,8 +6,10 @@ that FX cannot trace."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +219,22 @@ def test_layers_read_together_are_not_overwritten_by_inplace_activations() -> No
     batch = np.random.default_rng(3).normal(size=(2, 3, 64, 64)).astype(np.float32)
     first = both.embed(batch)[:, :64] * np.sqrt(2.0)  # each layer holds half the norm
     np.testing.assert_allclose(first, alone.embed(batch), atol=ATOL)
+
+
+def test_cli_indexes_an_untraceable_model_with_hooks(db: Path, photos: Path) -> None:
+    from click.testing import CliRunner
+
+    from featx_search.cli import cli
+
+    args = ["--db", str(db), "index", str(photos), "-m", UNTRACEABLE, "-w", "none"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(notices) == 1 and "forward hooks" in notices[0] and "whole network" in notices[0]
+    assert "indexed 12" in result.stdout and "/pool/avg" in result.stdout
+    query = str(next(photos.rglob("img01.jpg")))
+    found = CliRunner().invoke(cli, ["--db", str(db), "search", query, "-k", "1", "--json"])
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout)["path"] == query
+    refused = CliRunner().invoke(cli, [*args, "--method", "fx"])
+    assert refused.exit_code == 1 and "cannot be traced with torch.fx" in refused.output

@@ -1,0 +1,138 @@
+"""eval: retrieval metrics against a brute-force reference, edits, combinations, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx_search import ExtractorSpec
+from featx_search.errors import ConfigError
+from featx_search.evaluate import (
+    EDITS,
+    edit,
+    evaluate,
+    labelled_images,
+    model_input,
+    retrieval_scores,
+)
+from featx_search.extract import load_extractor
+from featx_search.images import load_rgb
+from tests.conftest import TINY, make_photo
+from tests.test_cli import TINY_ARGS, run
+
+
+def _reference_ap(sims: np.ndarray, labels: list[str], i: int) -> float | None:
+    """AP of query i the textbook way: sum of precision@k at each relevant rank / relevant."""
+    ranked = sorted((j for j in range(len(labels)) if j != i), key=lambda j: (-sims[i, j], j))
+    relevant = [labels[j] == labels[i] for j in ranked]
+    if not any(relevant):
+        return None
+    total, found = 0.0, 0
+    for k, rel in enumerate(relevant, start=1):
+        if rel:
+            found += 1
+            total += found / k
+    return total / sum(relevant)
+
+
+def test_retrieval_scores_match_a_reference() -> None:
+    # By hand: a0's neighbours are b0 (0.9), a1 (0.5), b1 (0.1): AP = 1/2, P@1 = 0.
+    v = np.array([[1.0, 0.0, 0.0], [0.5, np.sqrt(0.75), 0.0], [0.9, 0.0, np.sqrt(0.19)]])
+    v = np.vstack([v, [0.1, -0.5, np.sqrt(1 - 0.26)]]).astype(np.float32)
+    labels = ["a", "a", "b", "b"]
+    sims = v.astype(np.float64) @ v.T
+    assert _reference_ap(sims, labels, 0) == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    labels = [str(c) for c in rng.integers(0, 4, 40)]
+    labels[0] = "lonely"  # a query without another image of its class is left out
+    mean_ap, p1, p10, queries = retrieval_scores(x, labels)
+    sims = x.astype(np.float64) @ x.T
+    aps = [a for a in (_reference_ap(sims, labels, i) for i in range(40)) if a is not None]
+    assert queries == 39 == len(aps)
+    assert mean_ap == pytest.approx(np.mean(aps))
+    order = [
+        np.argsort(-np.where(np.eye(40, dtype=bool)[i], -9, sims[i]))[:10] for i in range(1, 40)
+    ]
+    same = [[labels[j] == labels[i + 1] for j in row] for i, row in enumerate(order)]
+    assert p1 == pytest.approx(np.mean([s[0] for s in same]))
+    assert p10 == pytest.approx(np.mean([np.mean(s) for s in same]))
+    with pytest.raises(ConfigError, match="no class has two images"):
+        retrieval_scores(x[:2], ["a", "b"])
+
+
+def test_edits() -> None:
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 160, 3), np.uint8))
+    out = {kind: edit(img, kind) for kind in EDITS}
+    assert out["down"].size == (20, 10) and out["crop"].size == (112, 56)
+    grey = np.asarray(out["grey"])
+    assert out["grey"].mode == "RGB" and (grey[..., 0] == grey[..., 2]).all()
+    np.testing.assert_array_equal(np.asarray(out["flip"]), np.asarray(img)[:, ::-1])
+    assert all(o.mode == "RGB" for o in out.values())
+    with pytest.raises(ConfigError, match="unknown edit 'warp'"):
+        edit(img, "warp")
+
+
+@pytest.fixture
+def classes(tmp_path: Path) -> Path:
+    """Three classes of four synthetic photos; each class shares its colours and shapes."""
+    root = tmp_path / "classes"
+    for c, name in enumerate(["cats", "dogs", "owls"]):
+        for i in range(4):
+            make_photo(root / name / f"{i}.png", seed=100 * c + i)
+    (root / "notes.txt").write_text("not an image, and outside any class")
+    return root
+
+
+def test_evaluate_scores_every_combination_against_a_reference(classes: Path) -> None:
+    specs = [TINY, ExtractorSpec(model=TINY.model, weights="none", pool="max", layers=("1", "3"))]
+    results = evaluate(classes, specs, inputs=("crop", "full"), copies=True)
+    assert [(r.pool, r.input) for r in results] == [
+        ("avg", "crop"),
+        ("avg", "full"),
+        ("max", "crop"),
+        ("max", "full"),
+    ]
+    rows = labelled_images(classes)
+    assert len(rows) == 12 and {label for _, label in rows} == {"cats", "dogs", "owls"}
+    for result, spec in zip(results, [specs[0], specs[0], specs[1], specs[1]], strict=True):
+        extractor = load_extractor(spec)
+        images = [load_rgb(p, min_side=448) for p, _ in rows]
+        base = extractor.embed(
+            np.stack([model_input(i, extractor.space.preprocess, result.input) for i in images])
+        )
+        expected = retrieval_scores(base, [label for _, label in rows])
+        assert (result.map, result.p1, result.p10, result.queries) == pytest.approx(expected)
+        assert result.images == 12 and result.dim == extractor.space.dim
+        assert list(result.copies) == list(EDITS)
+        assert all(0.0 <= v <= 1.0 for v in result.copies.values())
+        assert result.copy_recall == pytest.approx(np.mean(list(result.copies.values())))
+    # Mirrored and greyed copies of random-init features still find their originals.
+    assert results[0].copies["flip"] >= 0.5
+
+
+def test_evaluate_refuses_a_folder_without_classes(tmp_path: Path) -> None:
+    make_photo(tmp_path / "flat" / "only" / "a.png", seed=1)
+    with pytest.raises(ConfigError, match="needs at least two subfolders"):
+        evaluate(tmp_path / "flat", [TINY])
+    with pytest.raises(ConfigError, match="evaluation folder not found"):
+        evaluate(tmp_path / "missing", [TINY])
+    with pytest.raises(ConfigError, match="unknown --input 'zoom'"):
+        evaluate(tmp_path / "flat", [TINY], inputs=("zoom",))
+
+
+def test_eval_cli_json_and_table(classes: Path) -> None:
+    out = run("eval", classes, *TINY_ARGS, "--pool", "avg", "--pool", "gem", "--json").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["pool"] for r in rows] == ["avg", "gem"] and rows[0]["layers"] == ["4"]
+    assert rows[0]["copies"] == {} and 0 <= rows[0]["map"] <= 1
+    table = run("eval", classes, *TINY_ARGS, "-l", "1+3", "--copies").stdout.splitlines()
+    assert table[0].split()[:6] == ["model", "layers", "pool", "input", "dim", "mAP"]
+    assert "flip" in table[0] and "1+3" in table[1] and len(table) == 2
+    bad = run("eval", classes / "cats", *TINY_ARGS, ok=False)
+    assert bad.exit_code == 1 and "needs at least two subfolders" in bad.output
