@@ -17,6 +17,7 @@ from .errors import (
     SpaceError,
     WeightsError,
 )
+from .evaluate import EvalResult, evaluate
 from .extract import Layer
 from .ingest import IndexReport, Progress
 from .library import (
@@ -36,6 +37,7 @@ __version__ = "0.1.0"  # the only place the version is written (see pyproject.to
 
 __all__ = [
     "ConfigError",
+    "EvalResult",
     "ExtractorSpec",
     "FeatxError",
     "ImageError",
@@ -58,6 +60,7 @@ __all__ = [
     "WhitenReport",
     "__version__",
     "default_db_path",
+    "evaluate",
     "list_layers",
     "schema_status",
     "upgrade_schema",
