@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 import warnings
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -52,20 +56,70 @@ def load_rgb(source: ImageInput, *, min_side: int = 0) -> PILImage:
     return decode(source, min_side=min_side)[0]
 
 
+@dataclass(frozen=True)
+class DecodedFile:
+    """An image file read once: its upright RGB pixels, full-resolution upright size, the
+    SHA-256 of its bytes and the date it was taken (EXIF, naive local time) if recorded."""
+
+    image: PILImage
+    size: tuple[int, int]
+    content_hash: str
+    taken_at: datetime | None
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes. Raises OSError when it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decode_file(path: str | os.PathLike[str], *, min_side: int = 0) -> DecodedFile:
+    """Read ``path`` once, hash its bytes and decode it as :func:`decode` does.
+
+    Raises :class:`ImageError` naming the file when it cannot be read or decoded.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise ImageError(
+            f"cannot read {name}: {err.strerror or err}", hint="check the file's permissions"
+        ) from err
+    taken: list[datetime | None] = []
+    image, size = _decode(io.BytesIO(data), name, min_side, taken)
+    return DecodedFile(image, size, hashlib.sha256(data).hexdigest(), taken[0] if taken else None)
+
+
 def decode(source: ImageInput, *, min_side: int = 0) -> tuple[PILImage, tuple[int, int]]:
     """:func:`load_rgb`, plus the upright (width, height) of the full-resolution image."""
     from PIL import Image
 
-    name = getattr(source, "filename", None) or "<image>"
+    if isinstance(source, Image.Image):
+        return _decode(source, getattr(source, "filename", None) or "<image>", min_side, [])
+    return _decode(os.fspath(source), os.fspath(source), min_side, [])
+
+
+def _decode(
+    source: PILImage | str | io.BytesIO,
+    name: str,
+    min_side: int,
+    taken: list[datetime | None],
+) -> tuple[PILImage, tuple[int, int]]:
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, Image.Image):
                 source.load()
                 return _upright_rgb(source, source.size)
-            name = os.fspath(source)
-            with Image.open(name, formats=_formats()) as img:
+            with Image.open(source, formats=_formats()) as img:
                 size = img.size
+                taken.append(_taken_at(img))
                 if img.format == "JPEG" and min_side > 0:
                     img.draft("RGB", (min_side, min_side))
                 img.load()
@@ -83,6 +137,23 @@ def decode(source: ImageInput, *, min_side: int = 0) -> tuple[PILImage, tuple[in
             f"cannot decode {name}: {reason}",
             hint="formats read: " + ", ".join(sorted({f.lower() for f in ALLOWED_FORMATS})),
         ) from err
+
+
+_EXIF_IFD = 0x8769
+_DATE_TIME_ORIGINAL = 0x9003
+_DATE_TIME = 0x0132
+
+
+def _taken_at(img: PILImage) -> datetime | None:
+    """EXIF DateTimeOriginal (else DateTime) as a naive datetime; None when absent or bad."""
+    try:
+        exif = img.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
+        if not isinstance(raw, str):
+            return None
+        return datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except Exception:  # dates are a nicety: a malformed EXIF block must not fail the file
+        return None
 
 
 def _upright_rgb(img: PILImage, size: tuple[int, int]) -> tuple[PILImage, tuple[int, int]]:

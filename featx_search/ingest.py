@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from .errors import ConfigError, ImageError
 from .extract import Extractor
-from .images import decode, preprocess
+from .images import decode_file, preprocess
 from .index import open_index, publish_index
 from .scan import FileInfo, scan, stat_or_lstat
 from .store import FAILED, FileResult, SpaceRecord, Store
@@ -85,6 +86,8 @@ class _Decoded:
     array: np.ndarray | None
     error: str | None
     size: tuple[int, int] | None
+    content_hash: str | None = None
+    taken_at: datetime | None = None
 
 
 @dataclass
@@ -138,8 +141,9 @@ def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[s
 def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
     spec = record.spec.preprocess
     try:
-        img, size = decode(job.info.path, min_side=spec.resize)
-        return _Decoded(job, preprocess(img, spec), None, size)
+        got = decode_file(job.info.path, min_side=spec.resize)
+        array = preprocess(got.image, spec)
+        return _Decoded(job, array, None, got.size, got.content_hash, got.taken_at)
     except ImageError as err:
         return _Decoded(job, None, err.message, None)
     except Exception as err:  # a bad file must never stop the run (invariant 3)
@@ -214,6 +218,8 @@ def run_index(
                     error=d.error,
                     width=d.size[0] if d.size else None,
                     height=d.size[1] if d.size else None,
+                    content_hash=d.content_hash,
+                    taken_at=d.taken_at,
                 )
                 for d in batch
             ]

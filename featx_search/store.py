@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ class FileResult:
     error: str | None = None
     width: int | None = None
     height: int | None = None
+    content_hash: str | None = None
+    taken_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -391,6 +394,7 @@ class Store:
                     stale.append(image)
                 image.size, image.mtime_ns = result.size, result.mtime_ns
                 image.width, image.height = result.width, result.height
+                image.content_hash, image.taken_at = result.content_hash, result.taken_at
                 if result.vector is None:
                     image.status, image.error = FAILED, _text(result.error or "unknown error")
                 else:
