@@ -227,11 +227,21 @@ class Library:
         batch_size: int = 16,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        dry_run: bool = False,
+        retry_failed: bool = False,
+        prune_empty: bool = False,
     ) -> IndexReport:
         """Index the image files under ``paths`` (folders, recursively, or single files).
 
         The space is ``spec`` when given, else the stored space ``space``, else the library's
-        only space, else the default :class:`ExtractorSpec`. Returns an :class:`IndexReport`.
+        only space, else the default :class:`ExtractorSpec`. Only new and changed files are
+        embedded; moved files keep their vectors; files gone from a scanned folder are removed,
+        except under folders that cannot be read or are empty (``prune_empty`` removes those
+        too). Failed files are tried again when they change, or with ``retry_failed``.
+        ``dry_run`` writes nothing and lists the changes in :attr:`IndexReport.changes`.
+        ``progress`` is called after every committed batch. Ctrl-C (in the main thread)
+        stops after the batch in flight: the report says ``interrupted``, and the same call
+        later resumes. Raises :class:`LibraryError` when another indexer holds the library.
         """
         from .ingest import run_index
 
@@ -239,7 +249,22 @@ class Library:
         if spec is None and (space is not None or self._store.spaces()):
             record = self._record(space)
         else:
-            record = self._store.ensure_space(self._extractor(spec or ExtractorSpec()).space)
+            resolved = self._extractor(spec or ExtractorSpec()).space
+            if dry_run:
+                stored = [r for r in self._store.spaces() if r.fingerprint == resolved.fingerprint]
+                record = stored[0] if stored else SpaceRecord(-1, resolved, 0, 0)
+            else:
+                record = self._store.ensure_space(resolved)
+        if dry_run:
+            return run_index(
+                self._store,
+                lambda: self._extractor_for(record, writing=True),
+                record,
+                paths,
+                dry_run=True,
+                retry_failed=retry_failed,
+                prune_empty=prune_empty,
+            )
         with self._store.writer_lock():
             report = run_index(
                 self._store,
@@ -249,6 +274,8 @@ class Library:
                 batch_size=batch_size,
                 workers=workers,
                 progress=progress,
+                retry_failed=retry_failed,
+                prune_empty=prune_empty,
             )
         self._indexes.pop(record.id, None)
         return report
