@@ -135,7 +135,7 @@ def test_every_file_ends_in_its_expected_state(library: Library, tmp_path: Path)
     assert states == expected
     assert report.failed == len(failed) and report.added == len(indexed)
     for name, reason in failed.items():
-        assert reason.strip() and str(root / name) in reason or "cannot" in reason, (name, reason)
+        assert str(root / name) in reason and "cannot" in reason, (name, reason)
     assert (
         "decompression bomb" in failed["bomb.png"].lower() or "exceeds limit" in failed["bomb.png"]
     )
@@ -180,7 +180,7 @@ def test_animated_gif_gives_its_first_frame(tmp_path: Path) -> None:
     path = tmp_path / "a.gif"
     frames = [Image.new("RGB", (64, 48), c) for c in ((250, 0, 0), (0, 0, 250))]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    r, g, b = _pixel(path, (10, 10))
+    r, _, b = _pixel(path, (10, 10))
     assert r > 200 and b < 50
 
 
