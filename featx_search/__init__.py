@@ -20,6 +20,7 @@ from .errors import (
 from .extract import Layer
 from .ingest import IndexReport, Progress
 from .library import (
+    CheckReport,
     Library,
     LibraryInfo,
     SchemaStatus,
@@ -34,6 +35,7 @@ from .query import Match
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
+    "CheckReport",
     "ConfigError",
     "ExtractorSpec",
     "FeatxError",

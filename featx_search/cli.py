@@ -412,5 +412,21 @@ def upgrade(ctx: click.Context) -> None:
     click.echo(f"{status.path}: revision {status.current} (up to date)")
 
 
+@db.command()
+@db_option
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Verify the library (SQLite integrity, image states, index against store)."""
+    with _open(ctx) as lib:
+        report = lib.check()
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        raise click.ClickException(f"{len(report.problems)} problems found")
+    click.echo("ok")
+
+
 def main() -> None:
     cli(prog_name="featx-search")

@@ -76,6 +76,18 @@ class SpaceInfo:
 
 
 @dataclass(frozen=True)
+class CheckReport:
+    """What :meth:`Library.check` found: ``problems`` (damage) and ``notes`` (harmless)."""
+
+    problems: list[str]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
 class LibraryInfo:
     """Summary of a library: where it is, schema revision, images by state, spaces."""
 
@@ -361,6 +373,28 @@ class Library:
             images=self._store.image_counts(),
             spaces=self.spaces(),
         )
+
+    def check(self) -> CheckReport:
+        """Verify the library: SQLite integrity and foreign keys, image states, and that each
+        space's index holds exactly the stored ids (a stale or damaged index file is rebuilt
+        in memory and noted, since the store is the truth)."""
+        from .index import open_index
+
+        problems = self._store.integrity_problems()
+        notes: list[str] = []
+        for record in self._store.spaces():
+            manifest = self._store.manifest(record.id)
+            if manifest is None or manifest.generation != record.generation:
+                notes.append(
+                    f"space {record.fingerprint}: index file behind the store (rebuilt on next use)"
+                )
+            index, _ = open_index(self._store, record)
+            _, ids, _ = self._store.vectors(record.id)
+            if sorted(index.ids().tolist()) != ids.tolist():
+                problems.append(
+                    f"space {record.fingerprint}: index ids differ from the stored vectors"
+                )
+        return CheckReport(problems, notes)
 
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""

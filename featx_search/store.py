@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -499,6 +499,24 @@ class Store:
                 .values(generation=Space.generation + 1)
             )
         return added, sorted(set(dropped.get(space_id, ())) - set(added))
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's integrity and foreign-key checks, and the image states, find wrong."""
+        problems: list[str] = []
+        has_vector = select(Vector.image_id).where(Vector.image_id == Image.id).exists()
+        with self.transaction() as s:
+            rows = [r[0] for r in s.execute(text("PRAGMA integrity_check"))]
+            if rows != ["ok"]:
+                problems.extend(f"integrity_check: {r}" for r in rows)
+            for table, rowid, parent, _ in s.execute(text("PRAGMA foreign_key_check")):
+                problems.append(f"{table} row {rowid} points to a missing {parent} row")
+            lonely = s.scalar(select(func.count()).where(Image.status == INDEXED, ~has_vector))
+            if lonely:
+                problems.append(f"{lonely} images are marked indexed but have no vector")
+            stale = s.scalar(select(func.count()).where(Image.status == FAILED, has_vector))
+            if stale:
+                problems.append(f"{stale} images are marked failed but still have vectors")
+        return problems
 
     # -- vectors ------------------------------------------------------------------------
 
