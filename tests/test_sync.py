@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -222,3 +223,36 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_resumes(
     rest = library.index([photos])
     assert (rest.added, rest.unchanged, rest.interrupted) == (8, 4, False)
     assert library.spaces()[0].count == 12
+
+
+def test_cli_dry_run_verbose_and_json(db: Path, photos: Path) -> None:
+    from click.testing import CliRunner
+
+    from featx_search.cli import cli
+
+    def run(*args: str | Path, code: int = 0) -> str:
+        result = CliRunner().invoke(cli, ["--db", str(db), *map(str, args)])
+        assert result.exit_code == code, result.output
+        return result.output
+
+    assert "no library at" in run("index", photos, "--dry-run", code=1)
+    assert not db.exists()
+    run("index", photos, "-m", TINY.model, "-w", "none", "-q")
+    (photos / "a" / "img01.jpg").rename(photos / "a" / "moved.jpg")
+    (photos / "b" / "img02.jpg").unlink()
+    out = run("index", photos, "--dry-run")
+    assert f"move   {photos / 'a' / 'img01.jpg'} -> {photos / 'a' / 'moved.jpg'}" in out
+    assert f"remove {photos / 'b' / 'img02.jpg'}" in out
+    assert "dry run: would add 0, update 0, move 1, remove 1" in out
+    summary = json.loads(run("index", photos, "--json"))
+    assert {k: summary[k] for k in ("added", "updated", "moved", "removed", "unchanged")} == {
+        "added": 0,
+        "updated": 0,
+        "moved": 1,
+        "removed": 1,
+        "unchanged": 10,
+    }
+    make_photo(photos / "b" / "new.png", seed=5)
+    out = run("index", photos, "--verbose")
+    assert f"add    {photos / 'b' / 'new.png'}" in out
+    assert "Error" not in run("db", "check") and "ok" in run("db", "check")
