@@ -449,14 +449,8 @@ def layers(
 ) -> None:
     """List every layer (FX node) of MODEL: output shape, channels, spatial size, and the cost
     of extracting up to it as a share of the whole network's FLOPs; * marks the default."""
-    rows = list_layers(ExtractorSpec(model=model, weights=weights, method=method or "auto"))
-    if pattern is not None:
-        rows = [r for r in rows if _name_matches(r.name, pattern)]
-        if not rows:
-            raise click.ClickException(
-                f"no layer of {model} matches --filter {pattern!r}\n"
-                f"Hint: run `featx-search layers {model}` without --filter to see every name"
-            )
+    spec = ExtractorSpec(model=model, weights=weights, method=method or "auto")
+    rows = list_layers(spec, pattern=pattern)
     width = max(len(r.name) for r in rows)
     if not as_json:
         click.echo(f"  {'layer':<{width}}  {'shape':<16} {'channels':>8}  {'spatial':<10} cost")
@@ -488,14 +482,6 @@ def layers(
             "FLOPs computed to extract that layer",
             err=True,
         )
-
-
-def _name_matches(name: str, pattern: str) -> bool:
-    import fnmatch
-
-    if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatchcase(name, pattern)
-    return pattern in name
 
 
 @cli.command("eval")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import ExtractorSpec
-from .errors import ConfigError, ImageError, SpaceError
+from .errors import ConfigError, ImageError, LayerError, SpaceError
 from .images import ImageInput, describe, load_input
 from .ingest import IndexReport, ProgressCallback
 from .query import Match, check_k, search_vectors
@@ -488,9 +488,26 @@ def upgrade_schema(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
         return schema_status(lib.path)
 
 
-def list_layers(spec: ExtractorSpec) -> list[Layer]:
-    """Every FX node of ``spec.model`` with its output shape for one image; the default layer
-    is marked. Builds the model (so it may raise :class:`ModelError` / :class:`WeightsError`)."""
+def list_layers(spec: ExtractorSpec, *, pattern: str | None = None) -> list[Layer]:
+    """Every FX node of ``spec.model`` with its output shape for one image and its cost; the
+    default layer is marked. ``pattern`` keeps the names that contain it, or match it as a
+    glob when it holds ``*``, ``?`` or ``[``. Builds the model (so it may raise
+    :class:`ModelError` / :class:`WeightsError`); a pattern that matches nothing raises
+    :class:`LayerError`."""
+    import fnmatch
+
     from .extract import list_layers as _list_layers
 
-    return _list_layers(spec)
+    rows = _list_layers(spec)
+    if pattern is None:
+        return rows
+    glob = any(c in pattern for c in "*?[")
+    kept = [
+        r for r in rows if (fnmatch.fnmatchcase(r.name, pattern) if glob else pattern in r.name)
+    ]
+    if not kept:
+        raise LayerError(
+            f"no layer of {spec.model} matches --filter {pattern!r}",
+            hint=f"run `featx-search layers {spec.model}` without --filter to see every name",
+        )
+    return kept

@@ -238,3 +238,20 @@ def test_cli_indexes_an_untraceable_model_with_hooks(db: Path, photos: Path) -> 
     assert json.loads(found.stdout)["path"] == query
     refused = CliRunner().invoke(cli, [*args, "--method", "fx"])
     assert refused.exit_code == 1 and "cannot be traced with torch.fx" in refused.output
+
+
+def test_layers_filter_through_the_cli() -> None:
+    from click.testing import CliRunner
+
+    from featx_search.cli import cli
+
+    def names(*args: str) -> list[str]:
+        result = CliRunner().invoke(cli, ["layers", *args, "--json"])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["name"] for line in result.stdout.splitlines()]
+
+    glob = names("resnet18", "--filter", "layer4.?.conv*")
+    assert glob == ["layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
+    assert names("tests.models:tiny_cnn", "--filter", "5") == ["5"]
+    missing = CliRunner().invoke(cli, ["layers", "tests.models:tiny_cnn", "--filter", "conv"])
+    assert missing.exit_code == 1 and "no layer of tests.models:tiny_cnn matches" in missing.output
