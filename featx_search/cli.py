@@ -118,7 +118,7 @@ def _spec(
         model=model or DEFAULT_MODEL,
         weights=weights or DEFAULT_WEIGHTS,
         layers=tuple(layers),
-        pool=pool or "avg",
+        pool=pool,
         method=method or "auto",
     )
 
@@ -198,7 +198,11 @@ class _Bar:
     multiple=True,
     help="FX node to read (repeatable)  [default: the node feeding the classifier]",
 )
-@click.option("--pool", type=click.Choice(POOLS), help="Pooling of feature maps  [default: avg]")
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    help="Pooling of feature maps  [default: the model's, gem for efficientnet_lite0, else avg]",
+)
 @method_option
 @click.option("--space", help="Add to this existing space (fingerprint prefix, id or label).")
 @click.option(
@@ -507,7 +511,7 @@ def layers(
     multiple=True,
     type=click.Choice(INPUTS),
     help="Input handling to try (repeatable): crop = resize and centre crop as the weights "
-    "expect, full = the whole frame squashed to the input size  [default: crop]",
+    "expect, full = the whole frame squashed to the input size  [default: the model's]",
 )
 @click.option(
     "--copies",
@@ -543,7 +547,7 @@ def eval_command(
         )
         for model in models or (DEFAULT_MODEL,)
         for layer in layer_sets or ("",)
-        for pool in pools or ("avg",)
+        for pool in pools or (None,)
     ]
 
     def show(r: EvalResult) -> None:
@@ -566,7 +570,7 @@ def eval_command(
         if copies:
             header += "   " + " ".join(k.rjust(4) for k in EDITS) + "  copies@1"
         click.echo(header)
-    results = evaluate(folder, specs, inputs=inputs or ("crop",), copies=copies, progress=show)
+    results = evaluate(folder, specs, inputs=inputs or (None,), copies=copies, progress=show)
     if not as_json and results:
         r = results[0]
         click.echo(

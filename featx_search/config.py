@@ -12,6 +12,8 @@ from .errors import ConfigError
 POOLS: tuple[str, ...] = ("avg", "max", "gem")
 # How features are read: FX when the model traces, else forward hooks (auto); or one of them.
 METHODS: tuple[str, ...] = ("auto", "fx", "hook")
+# How an image meets a square model input: resize and centre crop, or squash the whole frame.
+FITS: tuple[str, ...] = ("crop", "full")
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "DEFAULT"
 NO_WEIGHTS = "none"
@@ -28,7 +30,9 @@ class ExtractorSpec:
 
     ``weights`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V2``, ...), ``none``
     for a seeded random initialisation, or the path of a state-dict file. An empty ``layers``
-    means the model's default layer (the node that feeds its classifier). ``method`` is how
+    means the model's default layer and ``pool=None`` its default pooling (see
+    ``MODEL_DEFAULTS`` in extract.py: chosen with ``featx-search eval``; else the node that
+    feeds the classifier, pooled with avg). ``method`` is how
     features are read (see :data:`METHODS`); it is not part of the space's fingerprint, since
     FX and forward hooks give the same vectors wherever both apply.
     """
@@ -36,7 +40,7 @@ class ExtractorSpec:
     model: str = DEFAULT_MODEL
     weights: str = DEFAULT_WEIGHTS
     layers: tuple[str, ...] = ()
-    pool: str = "avg"
+    pool: str | None = None
     method: str = "auto"
 
     def __post_init__(self) -> None:
@@ -54,7 +58,8 @@ class ExtractorSpec:
                 raise ConfigError("--layer is empty", hint="see `featx-search layers MODEL`")
         if len(set(self.layers)) != len(self.layers):
             raise ConfigError(f"--layer repeats a node: {', '.join(self.layers)}")
-        _check_pool(self.pool)
+        if self.pool is not None:
+            _check_pool(self.pool)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers)}
@@ -72,22 +77,34 @@ class ExtractorSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Preprocess:
-    """How an image becomes the model input: resize the shorter side, centre crop, normalise."""
+    """How an image becomes the model input: resize the shorter side, centre crop, normalise.
+
+    With ``fit="full"`` the whole frame is resized to ``crop`` x ``crop`` instead (squashed,
+    nothing cut off); ``resize`` then only sets how far JPEGs are draft-decoded.
+    """
 
     resize: int = 256
     crop: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
+    fit: str = "crop"
 
     def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise ConfigError(
+                f"unknown input fit {self.fit!r}", hint=f"choose one of: {', '.join(FITS)}"
+            )
         if self.crop <= 0 or self.resize < self.crop:
             raise ConfigError(f"bad preprocessing sizes: resize={self.resize} crop={self.crop}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        out = {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        if self.fit == "crop":
+            del out["fit"]  # spaces made before fit existed keep their fingerprints
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
@@ -97,6 +114,7 @@ class Preprocess:
             mean=tuple(data["mean"]),
             std=tuple(data["std"]),
             interpolation=data.get("interpolation", "bilinear"),
+            fit=data.get("fit", "crop"),
         )
 
 

@@ -13,13 +13,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import ExtractorSpec, Preprocess
+from .config import FITS, ExtractorSpec, Preprocess
 from .errors import ConfigError
 from .images import is_image_name, load_rgb, preprocess
 from .scan import scan
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # How an image meets the model's square input: ``crop`` resizes the shorter side and takes
 # the centre (what the weights were trained with), ``full`` squashes the whole frame.
-INPUTS: tuple[str, ...] = ("crop", "full")
+INPUTS: tuple[str, ...] = FITS
 EDITS: tuple[str, ...] = ("crop", "jpeg15", "down", "rotate", "grey", "blur", "flip")
 # Images are decoded once, at this shorter side, for every combination and edit.
 _SIDE = 448
@@ -159,37 +159,32 @@ def edit(img: PILImage, kind: str) -> PILImage:
 
 
 def model_input(img: PILImage, spec: Preprocess, how: str) -> np.ndarray:
-    """``img`` as float32 (3, crop, crop) for a model, handled as ``how`` (see :data:`INPUTS`)."""
-    from PIL import Image
-
-    if how == "crop":
-        return preprocess(img, spec)
-    if how == "full":
-        resample = Image.Resampling.BICUBIC if spec.interpolation == "bicubic" else None
-        square = img.resize((spec.crop, spec.crop), resample or Image.Resampling.BILINEAR)
-        return preprocess(square, Preprocess(**{**spec.__dict__, "resize": spec.crop}))
-    raise ConfigError(f"unknown --input {how!r}", hint=f"choose one of: {', '.join(INPUTS)}")
+    """``img`` as float32 (3, crop, crop) for a model, fitted as ``how`` (see :data:`INPUTS`)."""
+    if how not in INPUTS:
+        raise ConfigError(f"unknown --input {how!r}", hint=f"choose one of: {', '.join(INPUTS)}")
+    return preprocess(img, replace(spec, fit=how))
 
 
 def evaluate(
     folder: str | os.PathLike[str],
     specs: Sequence[ExtractorSpec],
     *,
-    inputs: Sequence[str] = ("crop",),
+    inputs: Sequence[str | None] = (None,),
     copies: bool = False,
     batch_size: int = 16,
     progress: Callable[[EvalResult], None] | None = None,
 ) -> list[EvalResult]:
     """Score every combination of ``specs`` and ``inputs`` on the labelled ``folder``.
 
-    Returns one :class:`EvalResult` per combination, in the order asked. Raises
+    An input of None means the model's own (``space.preprocess.fit``). Returns one
+    :class:`EvalResult` per combination, in the order asked. Raises
     :class:`ConfigError` for a bad folder or option, :class:`ImageError` naming an image
     that cannot be decoded, and what :func:`load_extractor` raises for a bad spec.
     """
     from .extract import load_extractor
 
     for how in inputs:
-        if how not in INPUTS:
+        if how is not None and how not in INPUTS:
             raise ConfigError(
                 f"unknown --input {how!r}", hint=f"choose one of: {', '.join(INPUTS)}"
             )
@@ -201,7 +196,8 @@ def evaluate(
     for spec in specs:
         extractor = load_extractor(spec)
         space = extractor.space
-        for how in inputs:
+        for asked in inputs:
+            how = asked or space.preprocess.fit
             started = time.perf_counter()
 
             base = _embed(extractor, originals, how, batch_size)

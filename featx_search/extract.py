@@ -38,8 +38,16 @@ LITE0 = "efficientnet_lite0"
 SEED = 0
 # ImageNet statistics, used when the weights do not bring their own transforms.
 IMAGENET = Preprocess()
-# EfficientNet-Lite was trained on inputs scaled to [-1, 1] ((x - 127) / 128).
-LITE0_PREPROCESS = Preprocess(mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
+# EfficientNet-Lite was trained on inputs scaled to [-1, 1] ((x - 127) / 128). The whole frame
+# is squashed into the input rather than centre-cropped: better on `eval` (README).
+LITE0_PREPROCESS = Preprocess(mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502), fit="full")
+
+# Layers and pooling a model uses when the spec names none, chosen with `featx-search eval`
+# (README, "Choosing the defaults"). Other models read the node that feeds their classifier
+# (see default_layer) with avg pooling.
+MODEL_DEFAULTS: dict[str, tuple[tuple[str, ...], str]] = {
+    LITE0: (("_blocks.12", "_swish_1"), "avg")
+}
 
 # Module types and function names that make up a classifier head; the default layer is the
 # last graph node before a run of these at the end of the graph.
@@ -428,7 +436,7 @@ def load_extractor(spec: ExtractorSpec) -> Extractor:
         weights=built.weights,
         weights_sha256=_state_sha256(built.model),
         layers=tuple(layers),
-        pool=spec.pool,
+        pool=spec.pool or MODEL_DEFAULTS.get(spec.model, ((), "avg"))[1],
         preprocess=built.preprocess,
         dim=0,
         # The release, not the local build tag: a CPU and a CUDA build of one release match.
@@ -458,7 +466,8 @@ def _cut(built: _Built, spec: ExtractorSpec) -> tuple[nn.Module | _HookGraph, tu
                 err.message.splitlines()[0],
             )
         else:
-            layers = spec.layers or (default_layer(built.model, nodes),)
+            preferred = MODEL_DEFAULTS.get(spec.model, ((), ""))[0]
+            layers = spec.layers or preferred or (default_layer(built.model, nodes),)
             _check_layers(layers, nodes, spec.model)
             with _quiet_fx():
                 graph = create_feature_extractor(built.model, return_nodes={n: n for n in layers})

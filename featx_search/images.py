@@ -198,22 +198,26 @@ def _to_rgb(img: PILImage) -> PILImage:
 
 
 def preprocess(img: PILImage, spec: Preprocess) -> np.ndarray:
-    """Resize the shorter side to ``spec.resize``, centre-crop ``spec.crop``, normalise.
+    """Resize the shorter side to ``spec.resize``, centre-crop ``spec.crop``, normalise (or,
+    with ``spec.fit == "full"``, resize the whole image to ``crop`` x ``crop``, normalise).
 
     Returns a float32 array of shape (3, crop, crop).
     """
     from PIL import Image
 
-    width, height = img.size
-    scale = spec.resize / min(width, height)
-    size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))
     resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[
         spec.interpolation
     ]
-    img = img.resize(size, resample)
-    left = (size[0] - spec.crop) // 2
-    top = (size[1] - spec.crop) // 2
-    img = img.crop((left, top, left + spec.crop, top + spec.crop))
+    if spec.fit == "full":
+        img = img.resize((spec.crop, spec.crop), resample)
+    else:
+        width, height = img.size
+        scale = spec.resize / min(width, height)
+        size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))
+        img = img.resize(size, resample)
+        left = (size[0] - spec.crop) // 2
+        top = (size[1] - spec.crop) // 2
+        img = img.crop((left, top, left + spec.crop, top + spec.crop))
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
     inv_std = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
     arr = (np.asarray(img, dtype=np.float32) - mean) * inv_std

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -212,6 +212,11 @@ class Library:
         """The extractor of a stored space. Vectors for the store must match the space exactly;
         queries tolerate a torch/torchvision release change (with a warning)."""
         extractor = self._extractor(record.spec.request)
+        resolved = replace(record.spec.request, layers=record.spec.layers, pool=record.spec.pool)
+        if extractor.space.fingerprint != record.fingerprint and resolved != record.spec.request:
+            # Made with a model's default layers or pooling, which have changed since: rebuild
+            # the space from what it resolved to.
+            extractor = self._extractor(resolved)
         if extractor.space.fingerprint != record.fingerprint:
             now, then = extractor.space.identity(), record.spec.identity()
             keys = [key for key in then if then[key] != now[key]]

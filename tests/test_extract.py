@@ -186,13 +186,14 @@ def test_two_layers_concatenate_normalised_parts(
         ("resnet18", "none", "avgpool", 512),
         ("mobilenet_v3_small", "none", "avgpool", 576),
         ("efficientnet_b0", "none", "avgpool", 1280),
-        ("efficientnet_lite0", "DEFAULT", "_avg_pooling", 1280),
+        # Chosen with eval (README, "Choosing the defaults"), not the classifier's input.
+        ("efficientnet_lite0", "DEFAULT", "_blocks.12+_swish_1", 192 + 1280),
         ("tests.models:tiny_cnn", "none", "4", 32),
     ],
 )
 def test_default_layer_feeds_the_classifier(model: str, weights: str, layer: str, dim: int) -> None:
     extractor = load_extractor(ExtractorSpec(model=model, weights=weights))
-    assert extractor.space.layers == (layer,)
+    assert extractor.space.layers == tuple(layer.split("+"))
     assert extractor.space.dim == dim
     size = extractor.space.preprocess.crop
     batch = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
