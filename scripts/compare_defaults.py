@@ -7,10 +7,11 @@ Photos whose names differ only by a size suffix or a -Dark/-Light variant are on
 mate-backgrounds set ships such renditions). Prints recall@1 and mean reciprocal rank per
 preprocessing:
 
-- default: featx-search's settings (resize 256, centre crop 224, EfficientNet-Lite's own
-  [-1, 1] input scaling, avgpool);
-- plain: the same crop with ImageNet mean/std, as generic recipes do;
-- full frame: the default scaling, whole image squashed to 224 x 224.
+- default: featx-search's settings (whole frame squashed to 224 x 224, EfficientNet-Lite's
+  own [-1, 1] input scaling, _blocks.12 + _swish_1 with avg pooling; see README);
+- avgpool, centre crop: the classifier's input on a 224 centre crop (the old default);
+- plain: the same with ImageNet mean/std, as generic recipes do;
+- avgpool, full frame: the classifier's input on the whole frame.
 
 Usage: .venv/bin/python scripts/compare_defaults.py demo-data/photos
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +31,14 @@ from featx_search import ExtractorSpec, Preprocess
 from featx_search.extract import IMAGENET, LITE0_PREPROCESS, load_extractor
 from featx_search.images import IMAGE_EXTENSIONS, load_rgb, preprocess
 
-SETTINGS = {
-    "default": LITE0_PREPROCESS,
-    "plain (ImageNet mean/std)": IMAGENET,
-    "full frame": Preprocess(
-        resize=224, crop=224, mean=LITE0_PREPROCESS.mean, std=LITE0_PREPROCESS.std
-    ),
+# (layers, preprocessing); empty layers mean the default ones.
+CLASSIFIER_INPUT = ("_avg_pooling",)
+CROP = replace(LITE0_PREPROCESS, fit="crop")
+SETTINGS: dict[str, tuple[tuple[str, ...], Preprocess]] = {
+    "default": ((), LITE0_PREPROCESS),
+    "avgpool, centre crop": (CLASSIFIER_INPUT, CROP),
+    "plain (ImageNet mean/std)": (CLASSIFIER_INPUT, IMAGENET),
+    "avgpool, full frame": (CLASSIFIER_INPUT, replace(CROP, fit="full")),
 }
 
 
@@ -61,7 +65,9 @@ def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     files = sorted(p for p in Path(sys.argv[1]).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    extractor = load_extractor(ExtractorSpec())
+    extractors = {
+        layers: load_extractor(ExtractorSpec(layers=layers)) for layers, _ in SETTINGS.values()
+    }
     originals = []
     for f in files:
         img = load_rgb(f, min_side=512)
@@ -70,10 +76,12 @@ def main() -> None:
     copies = [edits(img) for img in originals]
     groups = np.array([group(f) for f in files])
     print(f"{len(files)} photos, {len(set(groups))} groups, {7 * len(files)} queries")
-    for name, spec in SETTINGS.items():
+    for name, (layers, spec) in SETTINGS.items():
 
-        def embed(images: list[Image.Image], spec: Preprocess = spec) -> np.ndarray:
-            return extractor.embed(np.stack([preprocess(i, spec) for i in images]))
+        def embed(
+            images: list[Image.Image], spec: Preprocess = spec, layers: tuple[str, ...] = layers
+        ) -> np.ndarray:
+            return extractors[layers].embed(np.stack([preprocess(i, spec) for i in images]))
 
         base = embed(originals)
         hits, rr = [], []
