@@ -256,3 +256,33 @@ def test_cli_dry_run_verbose_and_json(db: Path, photos: Path) -> None:
     out = run("index", photos, "--verbose")
     assert f"add    {photos / 'b' / 'new.png'}" in out
     assert "Error" not in run("db", "check") and "ok" in run("db", "check")
+
+
+def test_progress_bar_on_a_terminal(db: Path, photos: Path) -> None:
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    options = ["-m", TINY.model, "-w", "none", "--batch-size", "4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(photos), *options],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "embedding" in screen and "12/12" in screen and "img/s" in screen
+    assert "indexed 12 (added 12, updated 0)" in screen
