@@ -18,10 +18,13 @@ from .errors import (
     WeightsError,
 )
 from .extract import Layer
+from .index import BuildInfo
+from .indexspec import SearchParams, choose_spec
 from .ingest import IndexReport, Progress
 from .library import (
     Library,
     LibraryInfo,
+    RecallReport,
     SchemaStatus,
     SpaceInfo,
     default_db_path,
@@ -34,6 +37,7 @@ from .query import Match
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
+    "BuildInfo",
     "ConfigError",
     "ExtractorSpec",
     "FeatxError",
@@ -49,12 +53,15 @@ __all__ = [
     "ModelError",
     "Preprocess",
     "Progress",
+    "RecallReport",
     "SchemaStatus",
+    "SearchParams",
     "SpaceError",
     "SpaceInfo",
     "SpaceSpec",
     "WeightsError",
     "__version__",
+    "choose_spec",
     "default_db_path",
     "list_layers",
     "schema_status",
