@@ -22,6 +22,7 @@ from .index import BuildInfo
 from .indexspec import SearchParams, choose_spec
 from .ingest import IndexReport, Progress
 from .library import (
+    CheckReport,
     Library,
     LibraryInfo,
     RecallReport,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"  # the only place the version is written (see pyproject.to
 
 __all__ = [
     "BuildInfo",
+    "CheckReport",
     "ConfigError",
     "ExtractorSpec",
     "FeatxError",

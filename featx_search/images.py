@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 import warnings
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -20,10 +24,11 @@ if TYPE_CHECKING:
 ImageInput: TypeAlias = "str | os.PathLike[str] | PILImage"
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
 )
 # Pillow plugins allowed to decode; anything else (e.g. an EPS renamed .jpg) is refused.
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# HEIF comes from the optional pillow-heif package (the `heic` extra).
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF")
 # Transparent pixels are shown over mid grey, not black, so alpha does not dominate the vector.
 BACKGROUND = (128, 128, 128)
 
@@ -37,6 +42,12 @@ def is_image_name(path: str | os.PathLike[str]) -> bool:
 def _formats() -> tuple[str, ...]:
     from PIL import Image
 
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        pass
+    else:
+        register_heif_opener()
     Image.init()  # register every plugin, then keep the allowed ones this Pillow has
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
@@ -52,25 +63,79 @@ def load_rgb(source: ImageInput, *, min_side: int = 0) -> PILImage:
     return decode(source, min_side=min_side)[0]
 
 
+@dataclass(frozen=True)
+class DecodedFile:
+    """An image file read once: its upright RGB pixels, full-resolution upright size, the
+    SHA-256 of its bytes and the date it was taken (EXIF, naive local time) if recorded."""
+
+    image: PILImage
+    size: tuple[int, int]
+    content_hash: str
+    taken_at: datetime | None
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes. Raises OSError when it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decode_file(path: str | os.PathLike[str], *, min_side: int = 0) -> DecodedFile:
+    """Read ``path`` once, hash its bytes and decode it as :func:`decode` does.
+
+    Raises :class:`ImageError` naming the file when it cannot be read or decoded.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if isinstance(err, FileNotFoundError) and os.path.islink(name):
+            reason = f"broken symbolic link to {os.readlink(name)}"
+        raise ImageError(f"cannot read {name}: {reason}", hint="check the file") from err
+    if not data:
+        raise ImageError(f"cannot decode {name}: empty file (0 bytes)")
+    taken: list[datetime | None] = []
+    image, size = _decode(io.BytesIO(data), name, min_side, taken)
+    return DecodedFile(image, size, hashlib.sha256(data).hexdigest(), taken[0] if taken else None)
+
+
 def decode(source: ImageInput, *, min_side: int = 0) -> tuple[PILImage, tuple[int, int]]:
     """:func:`load_rgb`, plus the upright (width, height) of the full-resolution image."""
     from PIL import Image
 
-    name = getattr(source, "filename", None) or "<image>"
+    if isinstance(source, Image.Image):
+        return _decode(source, getattr(source, "filename", None) or "<image>", min_side, [])
+    return _decode(os.fspath(source), os.fspath(source), min_side, [])
+
+
+def _decode(
+    source: PILImage | str | io.BytesIO,
+    name: str,
+    min_side: int,
+    taken: list[datetime | None],
+) -> tuple[PILImage, tuple[int, int]]:
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, Image.Image):
                 source.load()
                 return _upright_rgb(source, source.size)
-            name = os.fspath(source)
-            with Image.open(name, formats=_formats()) as img:
+            with Image.open(source, formats=_formats()) as img:
                 size = img.size
+                taken.append(_taken_at(img))
                 if img.format == "JPEG" and min_side > 0:
                     img.draft("RGB", (min_side, min_side))
                 img.load()
                 return _upright_rgb(img, size)
     except (
+        UnidentifiedImageError,
         OSError,
         ValueError,
         SyntaxError,
@@ -79,10 +144,30 @@ def decode(source: ImageInput, *, min_side: int = 0) -> tuple[PILImage, tuple[in
         MemoryError,
     ) as err:
         reason = str(err) or type(err).__name__
-        raise ImageError(
-            f"cannot decode {name}: {reason}",
-            hint="formats read: " + ", ".join(sorted({f.lower() for f in ALLOWED_FORMATS})),
-        ) from err
+        if isinstance(err, UnidentifiedImageError):
+            reason = "not an image in a format read here"
+        hint = "formats read: " + ", ".join(sorted({f.lower() for f in _formats()}))
+        if "HEIF" not in _formats() and name.lower().endswith((".heic", ".heif")):
+            reason = "HEIC/HEIF needs the optional pillow-heif package"
+            hint = "pip install 'featx-search[heic]'"
+        raise ImageError(f"cannot decode {name}: {reason}", hint=hint) from err
+
+
+_EXIF_IFD = 0x8769
+_DATE_TIME_ORIGINAL = 0x9003
+_DATE_TIME = 0x0132
+
+
+def _taken_at(img: PILImage) -> datetime | None:
+    """EXIF DateTimeOriginal (else DateTime) as a naive datetime; None when absent or bad."""
+    try:
+        exif = img.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
+        if not isinstance(raw, str):
+            return None
+        return datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except Exception:  # dates are a nicety: a malformed EXIF block must not fail the file
+        return None
 
 
 def _upright_rgb(img: PILImage, size: tuple[int, int]) -> tuple[PILImage, tuple[int, int]]:

@@ -401,14 +401,17 @@ class VectorIndex:
                 with path.open("rb") as fh:
                     for block in iter(lambda: fh.read(1 << 22), b""):
                         digest.update(block)
-                actual, data = digest.hexdigest(), None
+                actual, data, size = digest.hexdigest(), None, path.stat().st_size
             else:
                 data = path.read_bytes()
-                actual = hashlib.sha256(data).hexdigest()
+                actual, size = hashlib.sha256(data).hexdigest(), len(data)
         except OSError as err:
             raise LibraryError(f"cannot read index file {path}: {err}") from err
         if actual != checksum:
             raise LibraryError(f"index file {path} does not match its manifest checksum")
+        # No vector inside a file can be larger than the file: a damaged length field then
+        # fails cleanly instead of asking for terabytes (faiss allows 1 TiB by default).
+        faiss.set_deserialization_vector_byte_limit(max(size, 1 << 20))
         try:
             if data is None:
                 raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)

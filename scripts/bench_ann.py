@@ -248,7 +248,8 @@ def main() -> None:
         )
         print(
             f"{rows[-1][0]:<26} build {build:7.1f} s  memory {memory / 2**20:8.1f} MiB "
-            f"({memory / flat_bytes:5.3f} x Flat)  qps 1t {q1:8.0f} ({q1 / flat_qps[1]:6.1f} x Flat)  "
+            f"({memory / flat_bytes:5.3f} x Flat)  "
+            f"qps 1t {q1:8.0f} ({q1 / flat_qps[1]:6.1f} x Flat)  "
             f"2t {q2:8.0f} ({q2 / flat_qps[2]:6.1f} x Flat)  recall@10 {r:.3f}  "
             f"{index.params.to_dict()}",
             flush=True,
