@@ -51,6 +51,9 @@ Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def _faiss() -> Any:
+    # Idle OpenMP threads sleep instead of spinning (read once, when OpenMP starts): spinning
+    # threads made k-means training many times slower on a busy machine.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import faiss
 
     return faiss
