@@ -763,10 +763,12 @@ def rebuild_index(store: Store, record: SpaceRecord) -> BuildInfo:
     record = store.space(record.id)
     index, generation = build_from_store(store, record)
     index = publish_index(store, record, index, generation)
+    manifest = store.manifest(record.id)
+    size = (store.index_dir / manifest.filename).stat().st_size if manifest else 0
     return BuildInfo(
         spec=index.spec,
         count=len(index),
         params=index.params,
-        nbytes=index.nbytes,
+        nbytes=size,  # the published file (serialising again would copy the whole index)
         seconds=time.perf_counter() - started,
     )
