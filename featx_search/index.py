@@ -45,6 +45,8 @@ _LIVE = (0, 2**62)  # the selector range of live ids; image ids are positive
 # Queries and training sample sizes.
 TRAIN_PER_LIST = 50
 TUNE_QUERIES = 200
+# Tuning stops raising nprobe / efSearch once two doublings gain less recall than this.
+PLATEAU = 0.005
 
 # (ids int64 (N,)) -> (ids int64 (M,), float32 (M, dim)) of those still stored, M <= N
 Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -566,15 +568,30 @@ def tune_params(
         values, key = _doubling(16, 2048), "ef_search"
     else:
         return base
-    recall = 0.0
-    chosen = base
+    tried: list[tuple[SearchParams, float]] = []
     for value in values:
-        chosen = base.merged(SearchParams(**{key: value}))
-        recall = recall_at_k(index, ids, vectors, params=chosen, exact=exact)
-        if recall >= target:
+        params = base.merged(SearchParams(**{key: value}))
+        tried.append((params, recall_at_k(index, ids, vectors, params=params, exact=exact)))
+        if tried[-1][1] >= target:
             break
-    else:
-        log.warning("%s reaches recall@10 %.3f at most (%s)", index.spec, recall, chosen)
+        # a plateau (lossy codes): two doublings that gained almost nothing
+        if len(tried) >= 3 and tried[-1][1] - tried[-3][1] < PLATEAU:
+            break
+    if tried[-1][1] < target and index.lossy and index.fetch is not None:
+        # the codes, not the lists, limit recall: re-rank a larger pool instead
+        params = tried[-1][0]
+        for factor in (2 * DEFAULT_RERANK, 4 * DEFAULT_RERANK, 8 * DEFAULT_RERANK):
+            params = params.merged(SearchParams(rerank=factor))
+            tried.append((params, recall_at_k(index, ids, vectors, params=params, exact=exact)))
+            if tried[-1][1] >= target:
+                break
+    best = max(r for _, r in tried)
+    # the cheapest setting within PLATEAU of the best recall seen (the first that reaches
+    # the target when one does)
+    good = [(p, r) for p, r in tried if r >= min(target, best - PLATEAU)]
+    chosen, recall = good[0]
+    if recall < target:
+        log.warning("%s reaches recall@10 %.3f at most (%s)", index.spec, best, chosen)
     log.info("tuned %s: %s gives recall@10 %.3f", index.spec, chosen.to_dict(), recall)
     return chosen
 
