@@ -19,11 +19,14 @@ from .errors import (
 )
 from .evaluate import EvalResult, evaluate
 from .extract import Layer
+from .index import BuildInfo
+from .indexspec import SearchParams, choose_spec
 from .ingest import IndexReport, Progress
 from .library import (
     CheckReport,
     Library,
     LibraryInfo,
+    RecallReport,
     SchemaStatus,
     SpaceInfo,
     WhitenReport,
@@ -37,6 +40,7 @@ from .query import Match
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
+    "BuildInfo",
     "CheckReport",
     "ConfigError",
     "EvalResult",
@@ -54,13 +58,16 @@ __all__ = [
     "ModelError",
     "Preprocess",
     "Progress",
+    "RecallReport",
     "SchemaStatus",
+    "SearchParams",
     "SpaceError",
     "SpaceInfo",
     "SpaceSpec",
     "WeightsError",
     "WhitenReport",
     "__version__",
+    "choose_spec",
     "default_db_path",
     "evaluate",
     "list_layers",
