@@ -5,6 +5,7 @@ Importing this package does not import torch, torchvision or faiss; they load wh
 
 from __future__ import annotations
 
+from .compute import Compute
 from .config import ExtractorSpec, Preprocess, SpaceSpec
 from .errors import (
     ConfigError,
@@ -34,6 +35,7 @@ from .query import Match
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
+    "Compute",
     "ConfigError",
     "ExtractorSpec",
     "FeatxError",

@@ -12,7 +12,15 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec
+from .compute import DEVICES, Compute
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    DEFAULT_WEIGHTS,
+    POOLS,
+    PRECISIONS,
+    ExtractorSpec,
+)
 from .errors import FeatxError
 from .ingest import IndexReport, Progress
 from .library import Library, default_db_path, list_layers, schema_status, upgrade_schema
@@ -97,15 +105,20 @@ def cli(verbose: bool) -> None:
 
 
 def _spec(
-    model: str | None, weights: str | None, layers: Sequence[str], pool: str | None
+    model: str | None,
+    weights: str | None,
+    layers: Sequence[str],
+    pool: str | None,
+    precision: str | None = None,
 ) -> ExtractorSpec | None:
-    if model is None and weights is None and not layers and pool is None:
+    if model is None and weights is None and not layers and pool is None and precision is None:
         return None  # keep the library's space
     return ExtractorSpec(
         model=model or DEFAULT_MODEL,
         weights=weights or DEFAULT_WEIGHTS,
         layers=tuple(layers),
         pool=pool or "avg",
+        precision=precision or DEFAULT_PRECISION,
     )
 
 
@@ -148,6 +161,29 @@ def _summary(report: IndexReport) -> str:
     help="Images per model call (and per committed transaction).",
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads the model uses (torch intra-op)  [default: cores]",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where the model runs; auto picks CUDA, else MPS, else the CPU.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Number format of the model; part of the space, so another one makes a new space  "
+    f"[default: {DEFAULT_PRECISION}, or the library's space]",
+)
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="NHWC memory layout for convolutions  [default: on for cpu and cuda]",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @json_option
 @db_option
@@ -162,13 +198,18 @@ def index(
     space: str | None,
     batch_size: int,
     workers: int | None,
+    threads: int | None,
+    device: str,
+    precision: str | None,
+    channels_last: bool | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Index the images under PATHS (folders, recursively, or single files).
 
     Only new and changed files are embedded; files that cannot be read are recorded as failed
-    (see `info --failed`). Another --model/--weights/--layer/--pool makes a second space.
+    (see `info --failed`). Another --model/--weights/--layer/--pool/--precision makes a
+    second space; --workers, --threads, --device and --channels-last only change the speed.
     """
     show_bar = not (quiet or as_json) and sys.stderr.isatty()
     bar: Any = None
@@ -186,11 +227,12 @@ def index(
         try:
             report = lib.index(
                 paths,
-                spec=_spec(model, weights, layers, pool),
+                spec=_spec(model, weights, layers, pool, precision),
                 space=space,
                 batch_size=batch_size,
                 workers=workers,
                 progress=progress if show_bar else None,
+                compute=Compute(device=device, threads=threads, channels_last=channels_last),
             )
         finally:
             if bar is not None:

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -143,6 +143,7 @@ def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
     try:
         got = decode_file(job.info.path, min_side=spec.resize)
         array = preprocess(got.image, spec)
+        got.image.close()  # free the pixels now, not when the collector gets to them
         return _Decoded(job, array, None, got.size, got.content_hash, got.taken_at)
     except ImageError as err:
         return _Decoded(job, None, err.message, None)
@@ -152,15 +153,22 @@ def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
 
 def _prefetch(
     pool: ThreadPoolExecutor, jobs: Sequence[_Job], record: SpaceRecord, window: int
-) -> Iterator[_Decoded]:
-    """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory)."""
+) -> Generator[_Decoded, None, None]:
+    """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory).
+
+    Closing the generator early (an error or Ctrl-C downstream) cancels what has not started.
+    """
     queue = iter(jobs)
     pending: deque[Future[_Decoded]] = deque(
         pool.submit(_decode, job, record) for job in islice(queue, window)
     )
-    while pending:
-        yield pending.popleft().result()
-        pending.extend(pool.submit(_decode, job, record) for job in islice(queue, 1))
+    try:
+        while pending:
+            yield pending.popleft().result()
+            pending.extend(pool.submit(_decode, job, record) for job in islice(queue, 1))
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
@@ -172,6 +180,19 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
             batch = []
     if batch:
         yield batch
+
+
+def _embed(extractor: Extractor | None, batch: list[_Decoded], dim: int) -> np.ndarray:
+    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim))."""
+    arrays = [d.array for d in batch if d.array is not None]
+    if not arrays or extractor is None:
+        return np.empty((0, dim), np.float32)
+    return extractor.embed(np.stack(arrays))
+
+
+def default_workers() -> int:
+    """Decoding threads when not given: one per core, at most 8 (measured: README, "Speed")."""
+    return min(8, os.cpu_count() or 1)
 
 
 def run_index(
@@ -189,9 +210,16 @@ def run_index(
     Unchanged files (same size and mtime) are not opened; files that cannot be decoded are
     recorded as failed and the run goes on; work is committed per batch; files gone from a
     scanned folder are removed. The space's index file is published at the end.
+
+    Three stages overlap: ``workers`` threads decode and preprocess files ahead of the model
+    (at most two batches in flight), one thread runs the model on a batch, and meanwhile this
+    thread writes the previous batch to the store and the index. Memory is bounded by about
+    four batches of decoded input, however many files there are.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     started = time.perf_counter()
     report = IndexReport(space=record.fingerprint, label=record.label)
     plan = _plan(store, record, paths)
@@ -199,44 +227,59 @@ def run_index(
     index, _ = open_index(store, record)
     # Loaded only when some file needs embedding: a no-change run never imports torch.
     extractor = load_extractor() if plan.jobs else None
-    workers = workers or min(8, os.cpu_count() or 1)
+    dim = record.spec.dim
     done = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="featx-decode") as pool:
-        for batch in _batches(_prefetch(pool, plan.jobs, record, 2 * batch_size), batch_size):
-            ok = [(d, d.array) for d in batch if d.array is not None]
-            vectors = np.empty((0, record.spec.dim), np.float32)
-            if ok and extractor is not None:
-                vectors = extractor.embed(np.stack([array for _, array in ok]))
-            by_job = {id(d.job): v for (d, _), v in zip(ok, vectors, strict=True)}
-            results = [
-                FileResult(
-                    root_id=d.job.root_id,
-                    relpath=d.job.relpath,
-                    size=d.job.info.size,
-                    mtime_ns=d.job.info.mtime_ns,
-                    vector=by_job.get(id(d.job)),
-                    error=d.error,
-                    width=d.size[0] if d.size else None,
-                    height=d.size[1] if d.size else None,
-                    content_hash=d.content_hash,
-                    taken_at=d.taken_at,
-                )
-                for d in batch
-            ]
-            added, dropped = store.write_batch(record.id, results)
-            index.remove(np.asarray(dropped, np.int64))
-            index.add(np.asarray(added, np.int64), vectors)
-            for d in batch:
-                if d.error is not None:
-                    report.failed += 1
-                    report.failures.append((str(d.job.info.path), d.error))
-                elif d.job.is_update:
-                    report.updated += 1
-                else:
-                    report.added += 1
-            done += len(batch)
-            if progress is not None:
-                progress(Progress(done, len(plan.jobs), str(batch[-1].job.info.path)))
+
+    def write(batch: list[_Decoded], vectors: np.ndarray) -> None:
+        nonlocal done
+        ok = [d for d in batch if d.array is not None]
+        by_job = {id(d.job): v for d, v in zip(ok, vectors, strict=True)}
+        results = [
+            FileResult(
+                root_id=d.job.root_id,
+                relpath=d.job.relpath,
+                size=d.job.info.size,
+                mtime_ns=d.job.info.mtime_ns,
+                vector=by_job.get(id(d.job)),
+                error=d.error,
+                width=d.size[0] if d.size else None,
+                height=d.size[1] if d.size else None,
+                content_hash=d.content_hash,
+                taken_at=d.taken_at,
+            )
+            for d in batch
+        ]
+        added, dropped = store.write_batch(record.id, results)
+        index.remove(np.asarray(dropped, np.int64))
+        index.add(np.asarray(added, np.int64), vectors)
+        for d in batch:
+            if d.error is not None:
+                report.failed += 1
+                report.failures.append((str(d.job.info.path), d.error))
+            elif d.job.is_update:
+                report.updated += 1
+            else:
+                report.added += 1
+        done += len(batch)
+        if progress is not None:
+            progress(Progress(done, len(plan.jobs), str(batch[-1].job.info.path)))
+
+    with (
+        ThreadPoolExecutor(workers or default_workers(), "featx-decode") as pool,
+        ThreadPoolExecutor(1, "featx-model") as model,
+    ):
+        decoded = _prefetch(pool, plan.jobs, record, 2 * batch_size)
+        try:
+            previous: tuple[list[_Decoded], Future[np.ndarray]] | None = None
+            for batch in _batches(decoded, batch_size):
+                running = model.submit(_embed, extractor, batch, dim)
+                if previous is not None:  # torch releases the GIL: this overlaps the model
+                    write(previous[0], previous[1].result())
+                previous = (batch, running)
+            if previous is not None:
+                write(previous[0], previous[1].result())
+        finally:
+            decoded.close()
     if plan.removed:
         _, dropped = store.write_batch(record.id, [], plan.removed)
         index.remove(np.asarray(dropped, np.int64))

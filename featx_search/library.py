@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .compute import Compute
 from .config import ExtractorSpec
 from .errors import ImageError, SpaceError
 from .images import ImageInput, describe, load_input
@@ -106,7 +107,7 @@ class Library:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._extractors: dict[ExtractorSpec, Extractor] = {}
+        self._extractors: dict[tuple[ExtractorSpec, Compute], Extractor] = {}
         self._indexes: dict[int, tuple[int, VectorIndex]] = {}
 
     @classmethod
@@ -186,17 +187,20 @@ class Library:
         problem = "matches several spaces" if found else "matches no space"
         raise SpaceError(f"--space {space!r} {problem}", hint=f"spaces: {listing}")
 
-    def _extractor(self, spec: ExtractorSpec) -> Extractor:
-        if spec not in self._extractors:
+    def _extractor(self, spec: ExtractorSpec, compute: Compute | None = None) -> Extractor:
+        key = (spec, compute or Compute())
+        if key not in self._extractors:
             from .extract import load_extractor
 
-            self._extractors[spec] = load_extractor(spec)
-        return self._extractors[spec]
+            self._extractors[key] = load_extractor(*key)
+        return self._extractors[key]
 
-    def _extractor_for(self, record: SpaceRecord, *, writing: bool) -> Extractor:
+    def _extractor_for(
+        self, record: SpaceRecord, *, writing: bool, compute: Compute | None = None
+    ) -> Extractor:
         """The extractor of a stored space. Vectors for the store must match the space exactly;
         queries tolerate a torch/torchvision release change (with a warning)."""
-        extractor = self._extractor(record.spec.request)
+        extractor = self._extractor(record.spec.request, compute)
         if extractor.space.fingerprint != record.fingerprint:
             now, then = extractor.space.identity(), record.spec.identity()
             keys = [key for key in then if then[key] != now[key]]
@@ -227,11 +231,14 @@ class Library:
         batch_size: int = 16,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        compute: Compute | None = None,
     ) -> IndexReport:
         """Index the image files under ``paths`` (folders, recursively, or single files).
 
         The space is ``spec`` when given, else the stored space ``space``, else the library's
-        only space, else the default :class:`ExtractorSpec`. Returns an :class:`IndexReport`.
+        only space, else the default :class:`ExtractorSpec`. ``workers`` threads decode ahead
+        of the model; ``compute`` says where and how the model runs (device, threads, layout),
+        which does not change the space. Returns an :class:`IndexReport`.
         """
         from .ingest import run_index
 
@@ -239,11 +246,13 @@ class Library:
         if spec is None and (space is not None or self._store.spaces()):
             record = self._record(space)
         else:
-            record = self._store.ensure_space(self._extractor(spec or ExtractorSpec()).space)
+            record = self._store.ensure_space(
+                self._extractor(spec or ExtractorSpec(), compute).space
+            )
         with self._store.writer_lock():
             report = run_index(
                 self._store,
-                lambda: self._extractor_for(record, writing=True),
+                lambda: self._extractor_for(record, writing=True, compute=compute),
                 record,
                 paths,
                 batch_size=batch_size,
