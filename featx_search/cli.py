@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .compute import DEVICES, Compute
+from .compute import DEVICES, Compute, prefer_passive_openmp
 from .config import (
     DEFAULT_MODEL,
     DEFAULT_PRECISION,
@@ -393,4 +393,5 @@ def upgrade(ctx: click.Context) -> None:
 
 
 def main() -> None:
+    prefer_passive_openmp()  # before anything imports torch
     cli(prog_name="featx-search")

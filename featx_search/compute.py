@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,19 @@ class Placement:
     device: str
     dtype: torch.dtype
     channels_last: bool
+
+
+def prefer_passive_openmp() -> bool:
+    """Make torch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY``).
+
+    While indexing, decoding threads share the cores with the model's threads; spinning
+    threads burn the time the decoders need, and on a busy machine 2 spinning model threads
+    ran slower than 1 (README, "Speed"). Only works before torch is imported; a value the user
+    set is kept. Returns True when the setting is in effect.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 
 def resolve_device(device: str) -> str:

@@ -4,6 +4,9 @@ precision is part of the space (fp32 fingerprints unchanged); bad options fail c
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -149,3 +152,18 @@ def test_cli_speed_options(photos: Path, db: Path) -> None:
         assert sorted(s.label.endswith("/bf16") for s in lib.spaces()) == [False, True]
     result = runner.invoke(cli, [*args, "--device", "tpu"])
     assert result.exit_code != 0 and "tpu" in result.output
+
+
+@pytest.mark.parametrize(("given", "passive"), [(None, True), ("ACTIVE", False)])
+def test_openmp_threads_sleep_unless_told_otherwise(given: str | None, passive: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import os, sys; from featx_search.compute import prefer_passive_openmp as p; "
+        "print(p(), os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(passive), given or "PASSIVE", "False"]
