@@ -156,7 +156,9 @@ def main() -> None:
                 full = time.perf_counter() - started
             proc.wait()
             held = _check(db) if db.exists() else 0
-            lost = {p for p in before if Path(p) not in changed} - _stored_paths(db)
+            # A kill during start-up may come before the library file exists.
+            after = _stored_paths(db) if db.exists() else set()
+            lost = {p for p in before if Path(p) not in changed} - after
             if lost:
                 raise SystemExit(f"FAIL: round {round_}: stored files lost: {sorted(lost)[:5]}")
             print(f"round {round_}: killed={proc.returncode == -9} stored={held} ok")
