@@ -320,7 +320,7 @@ def _embed(extractor: Extractor | None, batch: list[_Decoded], dim: int) -> np.n
 
 
 def default_workers() -> int:
-    """Decoding threads when not given: one per core, at most 8 (README, "Speed")."""
+    """Decoding threads when not given: one per core, at most 8 (not tuned further)."""
     return min(8, os.cpu_count() or 1)
 
 
