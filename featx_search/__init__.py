@@ -19,11 +19,14 @@ from .errors import (
     WeightsError,
 )
 from .extract import Layer
+from .index import BuildInfo
+from .indexspec import SearchParams, choose_spec
 from .ingest import IndexReport, Progress
 from .library import (
     CheckReport,
     Library,
     LibraryInfo,
+    RecallReport,
     SchemaStatus,
     SpaceInfo,
     default_db_path,
@@ -36,6 +39,7 @@ from .query import Match
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
+    "BuildInfo",
     "CheckReport",
     "Compute",
     "ConfigError",
@@ -53,12 +57,15 @@ __all__ = [
     "ModelError",
     "Preprocess",
     "Progress",
+    "RecallReport",
     "SchemaStatus",
+    "SearchParams",
     "SpaceError",
     "SpaceInfo",
     "SpaceSpec",
     "WeightsError",
     "__version__",
+    "choose_spec",
     "default_db_path",
     "list_layers",
     "schema_status",

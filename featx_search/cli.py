@@ -23,6 +23,7 @@ from .config import (
     ExtractorSpec,
 )
 from .errors import FeatxError
+from .indexspec import SearchParams, format_bytes
 from .ingest import IndexReport, Progress
 from .library import Library, default_db_path, list_layers, schema_status, upgrade_schema
 from .query import Match
@@ -63,6 +64,42 @@ def json_option(func: F) -> F:
         "as_json",
         is_flag=True,
         help="Print JSON (one object per line) instead of a table.",
+    )(func)
+
+
+def index_options(func: F) -> F:
+    """``--index SPEC`` and ``--max-memory SIZE`` (for ``index`` and ``reindex``)."""
+    func = click.option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory budget of the space's index for --index auto (e.g. 512M, 2G); "
+        "auto compresses vectors (IVF-PQ) when they do not fit.",
+    )(func)
+    return click.option(
+        "--index",
+        "index_spec",
+        metavar="SPEC",
+        help="Index type of the space: auto, or a FAISS factory string such as Flat, HNSW32, "
+        "IVF4096,Flat, IVF4096,PQ64  [default: the space's, at first auto]",
+    )(func)
+
+
+def search_options(func: F) -> F:
+    """Per-query ``--nprobe`` / ``--ef-search`` / ``--rerank``."""
+    func = click.option(
+        "--rerank",
+        type=click.IntRange(min=0),
+        help="PQ/SQ indexes: re-score k x N candidates with the stored vectors (0: off).",
+    )(func)
+    func = click.option(
+        "--ef-search",
+        type=click.IntRange(min=1),
+        help="HNSW indexes: candidates explored per query  [default: tuned to recall 0.95]",
+    )(func)
+    return click.option(
+        "--nprobe",
+        type=click.IntRange(min=1),
+        help="IVF indexes: inverted lists visited per query  [default: tuned to recall 0.95]",
     )(func)
 
 
@@ -232,6 +269,7 @@ class _Bar:
     "unmounted drive looks empty).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@index_options
 @click.option("--verbose", "-v", is_flag=True, help="Also list every file added, moved, ...")
 @json_option
 @db_option
@@ -254,6 +292,8 @@ def index(
     retry_failed: bool,
     prune_empty: bool,
     quiet: bool,
+    index_spec: str | None,
+    max_memory: str | None,
     verbose: bool,
     as_json: bool,
 ) -> None:
@@ -275,6 +315,8 @@ def index(
                 space=space,
                 batch_size=batch_size,
                 workers=workers,
+                index_spec=index_spec,
+                max_memory=max_memory,
                 progress=bar,
                 dry_run=dry_run,
                 retry_failed=retry_failed,
@@ -334,15 +376,25 @@ def _print_matches(query: str, matches: list[Match], as_json: bool) -> None:
     "--space",
     help="Space to search (fingerprint prefix, id or label); needed when the library has several.",
 )
+@search_options
 @json_option
 @db_option
 @click.pass_context
 def search(
-    ctx: click.Context, images: tuple[Path, ...], k: int, space: str | None, as_json: bool
+    ctx: click.Context,
+    images: tuple[Path, ...],
+    k: int,
+    space: str | None,
+    nprobe: int | None,
+    ef_search: int | None,
+    rerank: int | None,
+    as_json: bool,
 ) -> None:
     """Show the indexed images most similar to each of IMAGES."""
     with _open(ctx) as lib:
-        results = lib.search_many(list(images), k=k, space=space)
+        results = lib.search_many(
+            list(images), k=k, space=space, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+        )
     for query, matches in zip(images, results, strict=False):
         _print_matches(str(query), matches, as_json)
 
@@ -353,27 +405,78 @@ def search(
     "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results."
 )
 @click.option("--space", help="Space to search (fingerprint prefix, id or label).")
+@search_options
 @json_option
 @db_option
 @click.pass_context
-def similar(ctx: click.Context, image: str, k: int, space: str | None, as_json: bool) -> None:
+def similar(
+    ctx: click.Context,
+    image: str,
+    k: int,
+    space: str | None,
+    nprobe: int | None,
+    ef_search: int | None,
+    rerank: int | None,
+    as_json: bool,
+) -> None:
     """Show the images most similar to IMAGE, an indexed file (path) or image id.
 
     Starts from the stored vector, so no model is loaded: fast even on a cold start.
     """
     target: str | int = int(image) if image.isdigit() and not Path(image).exists() else image
     with _open(ctx) as lib:
-        matches = lib.similar(target, k=k, space=space)
+        matches = lib.similar(
+            target, k=k, space=space, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+        )
     _print_matches(image, matches, as_json)
 
 
 @cli.command()
 @click.option("--failed", is_flag=True, help="List the files that could not be indexed.")
+@click.option(
+    "--recall",
+    is_flag=True,
+    help="Measure recall@10 of a space's index against exact search on stored vectors.",
+)
+@click.option("--space", help="With --recall: the space (fingerprint prefix, id or label).")
+@click.option(
+    "--sample",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --recall: stored vectors used as queries.",
+)
+@search_options
 @json_option
 @db_option
 @click.pass_context
-def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
+def info(
+    ctx: click.Context,
+    failed: bool,
+    recall: bool,
+    space: str | None,
+    sample: int,
+    nprobe: int | None,
+    ef_search: int | None,
+    rerank: int | None,
+    as_json: bool,
+) -> None:
     """Show the library: spaces, image counts and index state."""
+    if recall:
+        with _open(ctx) as lib:
+            report = lib.recall(
+                space=space, sample=sample, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+            )
+        if as_json:
+            click.echo(json.dumps(report.to_dict()))
+            return
+        params = " ".join(f"{k}={v}" for k, v in sorted(report.params.items())) or "exact"
+        click.echo(
+            f"space {report.space}  index={report.spec} ({params})  vectors={report.count}\n"
+            f"recall@{report.k} = {report.recall:.3f} against exact search "
+            f"({report.queries} stored vectors as queries, {report.seconds:.1f} s)"
+        )
+        return
     with _open(ctx) as lib:
         if failed:
             rows = lib.failures()
@@ -397,7 +500,55 @@ def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
         click.echo(
             f"space {s.fingerprint}  {s.label}  weights={s.weights}  dim={s.dim}  "
             f"vectors={s.count}  index={state}"
+            + (f" {s.index_kind}" if s.index_kind else "")
+            + ("" if s.index_spec == "auto" else f" (spec {s.index_spec})")
         )
+
+
+@cli.command()
+@click.option("--space", help="The space to rebuild (fingerprint prefix, id or label).")
+@index_options
+@click.option(
+    "--nprobe",
+    type=click.IntRange(min=1),
+    help="Fix nprobe for this space's searches (instead of the tuned default).",
+)
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    help="Fix efSearch for this space's searches (instead of the tuned default).",
+)
+@json_option
+@db_option
+@click.pass_context
+def reindex(
+    ctx: click.Context,
+    space: str | None,
+    index_spec: str | None,
+    max_memory: str | None,
+    nprobe: int | None,
+    ef_search: int | None,
+    as_json: bool,
+) -> None:
+    """Rebuild a space's index from its stored vectors (no image is embedded again).
+
+    With --index the space switches to that index type; later `index` runs add to it.
+    """
+    params = None
+    if nprobe is not None or ef_search is not None:
+        params = SearchParams(nprobe=nprobe, ef_search=ef_search)
+    with _open(ctx) as lib:
+        built = lib.reindex(
+            space=space, index_spec=index_spec, max_memory=max_memory, params=params
+        )
+    if as_json:
+        click.echo(json.dumps(built.to_dict()))
+        return
+    params_text = " ".join(f"{k}={v}" for k, v in sorted(built.params.to_dict().items()))
+    click.echo(
+        f"rebuilt {built.spec} index of {built.count} vectors in {built.seconds:.1f} s "
+        f"({format_bytes(built.nbytes)}{', ' + params_text if params_text else ''})"
+    )
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .index import VectorIndex
+from .indexspec import SearchParams
 from .store import Store
 
 
@@ -31,11 +32,18 @@ def check_k(k: int) -> None:
 
 
 def search_vectors(
-    store: Store, index: VectorIndex, queries: np.ndarray, k: int
+    store: Store,
+    index: VectorIndex,
+    queries: np.ndarray,
+    k: int,
+    *,
+    params: SearchParams | None = None,
 ) -> list[list[Match]]:
-    """The ``k`` nearest stored images for each row of ``queries`` (float32 (Q, dim))."""
+    """The ``k`` nearest stored images for each row of ``queries`` (float32 (Q, dim)).
+
+    ``params`` override the index's nprobe / efSearch / rerank for these queries."""
     check_k(k)
-    scores, ids = index.search(queries, k)
+    scores, ids = index.search(queries, k, params=params)
     paths = store.paths(int(i) for i in np.unique(ids) if i >= 0)
     results: list[list[Match]] = []
     for row_scores, row_ids in zip(scores, ids, strict=False):
