@@ -5,6 +5,7 @@ Importing this package does not import torch, torchvision or faiss; they load wh
 
 from __future__ import annotations
 
+from .compute import Compute
 from .config import ExtractorSpec, Preprocess, SpaceSpec
 from .errors import (
     ConfigError,
@@ -42,6 +43,7 @@ __version__ = "0.1.0"  # the only place the version is written (see pyproject.to
 __all__ = [
     "BuildInfo",
     "CheckReport",
+    "Compute",
     "ConfigError",
     "EvalResult",
     "ExtractorSpec",

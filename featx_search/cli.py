@@ -13,7 +13,16 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .config import DEFAULT_MODEL, DEFAULT_WEIGHTS, METHODS, POOLS, ExtractorSpec
+from .compute import DEVICES, Compute, prefer_passive_openmp
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    DEFAULT_WEIGHTS,
+    METHODS,
+    POOLS,
+    PRECISIONS,
+    ExtractorSpec,
+)
 from .errors import FeatxError
 from .evaluate import EDITS, INPUTS, EvalResult, evaluate
 from .indexspec import SearchParams, format_bytes
@@ -147,15 +156,24 @@ def _spec(
     weights: str | None,
     layers: Sequence[str],
     pool: str | None,
+    precision: str | None = None,
     method: str | None = None,
 ) -> ExtractorSpec | None:
-    if model is None and weights is None and not layers and pool is None and method is None:
+    if (
+        model is None
+        and weights is None
+        and not layers
+        and pool is None
+        and precision is None
+        and method is None
+    ):
         return None  # keep the library's space
     return ExtractorSpec(
         model=model or DEFAULT_MODEL,
         weights=weights or DEFAULT_WEIGHTS,
         layers=tuple(layers),
         pool=pool,
+        precision=precision or DEFAULT_PRECISION,
         method=method or "auto",
     )
 
@@ -258,6 +276,29 @@ class _Bar:
     "vectors (as the `whiten` command does; 0 removes it).",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads the model uses (torch intra-op)  [default: cores]",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where the model runs; auto picks CUDA, else MPS, else the CPU.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Number format of the model; part of the space, so another one makes a new space  "
+    f"[default: {DEFAULT_PRECISION}, or the library's space]",
+)
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="NHWC memory layout for convolutions  [default: on for cpu and cuda]",
+)
+@click.option(
     "--dry-run", "-n", is_flag=True, help="List what would be added, updated, moved and removed."
 )
 @click.option("--retry-failed", is_flag=True, help="Try files that failed before again.")
@@ -285,6 +326,10 @@ def index(
     batch_size: int,
     workers: int | None,
     whiten_dims: int | None,
+    threads: int | None,
+    device: str,
+    precision: str | None,
+    channels_last: bool | None,
     dry_run: bool,
     retry_failed: bool,
     prune_empty: bool,
@@ -300,14 +345,15 @@ def index(
     cannot be read are recorded as failed (see `info --failed`) and tried again when they
     change. Files gone from a folder are removed, unless the folder cannot be read or is
     empty. Ctrl-C stops after the current batch; run the same command again to resume.
-    Another --model/--weights/--layer/--pool makes a second space.
+    Another --model/--weights/--layer/--pool/--precision makes a second space;
+    --workers, --threads, --device and --channels-last only change the speed.
     """
     bar = _Bar() if not (quiet or as_json or dry_run) and sys.stderr.isatty() else None
     with _open(ctx, create=not dry_run) as lib:
         try:
             report = lib.index(
                 paths,
-                spec=_spec(model, weights, layers, pool, method),
+                spec=_spec(model, weights, layers, pool, precision, method),
                 space=space,
                 batch_size=batch_size,
                 workers=workers,
@@ -317,6 +363,7 @@ def index(
                 dry_run=dry_run,
                 retry_failed=retry_failed,
                 prune_empty=prune_empty,
+                compute=Compute(device=device, threads=threads, channels_last=channels_last),
             )
         finally:
             if bar is not None:
@@ -771,4 +818,5 @@ def check(ctx: click.Context) -> None:
 
 
 def main() -> None:
+    prefer_passive_openmp()  # before anything imports torch
     cli(prog_name="featx-search")

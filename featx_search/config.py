@@ -17,11 +17,22 @@ FITS: tuple[str, ...] = ("crop", "full")
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "DEFAULT"
 NO_WEIGHTS = "none"
+# Number formats a model can run in. fp32 is the default and the only one whose spaces keep
+# the fingerprints they had before precision existed.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "fp32"
 
 
 def _check_pool(pool: str) -> None:
     if pool not in POOLS:
         raise ConfigError(f"unknown pooling {pool!r}", hint=f"choose one of: {', '.join(POOLS)}")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"unknown --precision {precision!r}", hint=f"choose one of: {', '.join(PRECISIONS)}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,15 +43,17 @@ class ExtractorSpec:
     for a seeded random initialisation, or the path of a state-dict file. An empty ``layers``
     means the model's default layer and ``pool=None`` its default pooling (see
     ``MODEL_DEFAULTS`` in extract.py: chosen with ``featx-search eval``; else the node that
-    feeds the classifier, pooled with avg). ``method`` is how
-    features are read (see :data:`METHODS`); it is not part of the space's fingerprint, since
-    FX and forward hooks give the same vectors wherever both apply.
+    feeds the classifier, pooled with avg). ``precision`` is the number format the model runs
+    in (``fp32``, ``bf16``, ``fp16``); it changes vectors, so it is part of the embedding
+    space. ``method`` is how features are read (see :data:`METHODS`); it is not part of the
+    space's fingerprint, since FX and forward hooks give the same vectors wherever both apply.
     """
 
     model: str = DEFAULT_MODEL
     weights: str = DEFAULT_WEIGHTS
     layers: tuple[str, ...] = ()
     pool: str | None = None
+    precision: str = DEFAULT_PRECISION
     method: str = "auto"
 
     def __post_init__(self) -> None:
@@ -60,6 +73,7 @@ class ExtractorSpec:
             raise ConfigError(f"--layer repeats a node: {', '.join(self.layers)}")
         if self.pool is not None:
             _check_pool(self.pool)
+        _check_precision(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers)}
@@ -71,6 +85,7 @@ class ExtractorSpec:
             weights=data["weights"],
             layers=tuple(data.get("layers", ())),
             pool=data.get("pool", "avg"),
+            precision=data.get("precision", DEFAULT_PRECISION),
             method=data.get("method", "auto"),
         )
 
@@ -136,10 +151,17 @@ class SpaceSpec:
     torch_version: str
     torchvision_version: str
     request: ExtractorSpec = field(compare=False)
+    precision: str = DEFAULT_PRECISION
 
     def identity(self) -> dict[str, Any]:
-        """The fields that make up the fingerprint (everything but ``request``)."""
+        """The fields that make up the fingerprint (everything but ``request``).
+
+        ``precision`` appears only when it is not fp32, so fp32 spaces keep the fingerprints
+        they had before precision was an option.
+        """
+        extra = {} if self.precision == DEFAULT_PRECISION else {"precision": self.precision}
         return {
+            **extra,
             "model": self.model,
             "weights": self.weights,
             "weights_sha256": self.weights_sha256,
@@ -159,8 +181,9 @@ class SpaceSpec:
 
     @property
     def label(self) -> str:
-        """A short human name, e.g. ``resnet50/avgpool/avg``."""
-        return f"{self.model}/{'+'.join(self.layers)}/{self.pool}"
+        """A short human name, e.g. ``resnet50/avgpool/avg`` (``.../avg/bf16`` when not fp32)."""
+        label = f"{self.model}/{'+'.join(self.layers)}/{self.pool}"
+        return label if self.precision == DEFAULT_PRECISION else f"{label}/{self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.identity(), "request": self.request.to_dict()}
@@ -178,4 +201,5 @@ class SpaceSpec:
             torch_version=data["torch"],
             torchvision_version=data["torchvision"],
             request=ExtractorSpec.from_dict(data["request"]),
+            precision=data.get("precision", DEFAULT_PRECISION),
         )

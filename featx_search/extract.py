@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .compute import Compute, Placement, place, to_input
 from .config import NO_WEIGHTS, ExtractorSpec, Preprocess, SpaceSpec
 from .errors import ConfigError, LayerError, ModelError, WeightsError
 
@@ -397,11 +398,15 @@ class Extractor:
 
     Build with :func:`load_extractor`. :meth:`embed` maps a float32 batch (B, 3, H, W),
     preprocessed as ``space.preprocess`` says, to L2-normalised float32 vectors (B, dim).
+    ``placement`` says where the graph lives (device, dtype, layout); ``None`` is CPU fp32.
     """
 
-    def __init__(self, graph: nn.Module | _HookGraph, space: SpaceSpec) -> None:
+    def __init__(
+        self, graph: nn.Module | _HookGraph, space: SpaceSpec, placement: Placement | None = None
+    ) -> None:
         self._graph = graph
         self.space = space
+        self.placement = placement
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -409,17 +414,25 @@ class Extractor:
         from .pooling import combine
 
         with torch.inference_mode():
-            outputs = self._graph(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
-            vectors = combine([outputs[name] for name in self.space.layers], self.space.pool)
+            inputs = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+            if self.placement is not None:
+                inputs = to_input(inputs, self.placement)
+            outputs = self._graph(inputs)
+            # Pool in fp32 on the CPU whatever the model ran in.
+            features = [outputs[name].to("cpu", torch.float32) for name in self.space.layers]
+            vectors = combine(features, self.space.pool)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
 
-def load_extractor(spec: ExtractorSpec) -> Extractor:
+def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extractor:
     """Build the model, cut it at ``spec.layers`` (or the default layer) and resolve the space.
 
     ``spec.method`` says how: ``fx`` rewrites the graph to end at the layers, ``hook`` reads
     module outputs with forward hooks while the whole model runs, ``auto`` uses FX and falls
     back to hooks (with a warning) when the model cannot be traced.
+
+    The graph runs in ``spec.precision`` on the device, threads and layout of ``compute``
+    (default: :class:`Compute`, i.e. the best device here).
 
     Raises :class:`ModelError`, :class:`WeightsError`, :class:`LayerError` or
     :class:`ConfigError` with a hint when something named in ``spec`` is not usable.
@@ -443,11 +456,24 @@ def load_extractor(spec: ExtractorSpec) -> Extractor:
         torch_version=torch.__version__.split("+")[0],
         torchvision_version=torchvision.__version__.split("+")[0],
         request=spec,
+        precision=spec.precision,
     )
-    dim = Extractor(graph, partial).embed(probe).shape[1]
+    # After the checksum: the weights are hashed as built, in fp32 on the CPU.
+    if isinstance(graph, _HookGraph):  # place the hooked model itself (moved in place)
+        _, placement = place(graph.model, spec.precision, compute or Compute())
+    else:
+        graph, placement = place(graph, spec.precision, compute or Compute())
+    dim = Extractor(graph, partial, placement).embed(probe).shape[1]
     space = SpaceSpec(**{**partial.__dict__, "dim": int(dim)})
-    log.info("extractor %s ready: %d-d, space %s", space.label, dim, space.fingerprint)
-    return Extractor(graph, space)
+    log.info(
+        "extractor %s ready: %d-d, space %s, on %s (channels_last=%s)",
+        space.label,
+        dim,
+        space.fingerprint,
+        placement.device,
+        placement.channels_last,
+    )
+    return Extractor(graph, space, placement)
 
 
 def _cut(built: _Built, spec: ExtractorSpec) -> tuple[nn.Module | _HookGraph, tuple[str, ...]]:
@@ -484,7 +510,7 @@ class _HookGraph:
     returns {name: that module's output}, like an FX feature extractor does."""
 
     def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
-        self._model = model
+        self.model = model
         self._names = names
         self._seen: dict[str, torch.Tensor] = {}
         for name in names:
@@ -497,13 +523,13 @@ class _HookGraph:
         return keep
 
     def eval(self) -> _HookGraph:
-        self._model.eval()
+        self.model.eval()
         return self
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         self._seen = {}
         try:
-            self._model(batch)
+            self.model(batch)
             return {name: self._seen[name] for name in self._names}
         finally:
             self._seen = {}

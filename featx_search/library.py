@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .compute import Compute
 from .config import ExtractorSpec
 from .errors import ConfigError, ImageError, LayerError, SpaceError
 from .images import ImageInput, describe, load_input
@@ -127,7 +128,7 @@ class Library:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._extractors: dict[ExtractorSpec, Extractor] = {}
+        self._extractors: dict[tuple[ExtractorSpec, Compute], Extractor] = {}
         self._indexes: dict[int, tuple[int, VectorIndex]] = {}
 
     @classmethod
@@ -211,22 +212,25 @@ class Library:
         problem = "matches several spaces" if found else "matches no space"
         raise SpaceError(f"--space {space!r} {problem}", hint=f"spaces: {listing}")
 
-    def _extractor(self, spec: ExtractorSpec) -> Extractor:
-        if spec not in self._extractors:
+    def _extractor(self, spec: ExtractorSpec, compute: Compute | None = None) -> Extractor:
+        key = (spec, compute or Compute())
+        if key not in self._extractors:
             from .extract import load_extractor
 
-            self._extractors[spec] = load_extractor(spec)
-        return self._extractors[spec]
+            self._extractors[key] = load_extractor(*key)
+        return self._extractors[key]
 
-    def _extractor_for(self, record: SpaceRecord, *, writing: bool) -> Extractor:
+    def _extractor_for(
+        self, record: SpaceRecord, *, writing: bool, compute: Compute | None = None
+    ) -> Extractor:
         """The extractor of a stored space. Vectors for the store must match the space exactly;
         queries tolerate a torch/torchvision release change (with a warning)."""
-        extractor = self._extractor(record.spec.request)
+        extractor = self._extractor(record.spec.request, compute)
         resolved = replace(record.spec.request, layers=record.spec.layers, pool=record.spec.pool)
         if extractor.space.fingerprint != record.fingerprint and resolved != record.spec.request:
             # Made with a model's default layers or pooling, which have changed since: rebuild
             # the space from what it resolved to.
-            extractor = self._extractor(resolved)
+            extractor = self._extractor(resolved, compute)
         if extractor.space.fingerprint != record.fingerprint:
             now, then = extractor.space.identity(), record.spec.identity()
             keys = [key for key in then if then[key] != now[key]]
@@ -262,6 +266,7 @@ class Library:
         prune_empty: bool = False,
         index_spec: str | None = None,
         max_memory: int | str | None = None,
+        compute: Compute | None = None,
     ) -> IndexReport:
         """Index the image files under ``paths`` (folders, recursively, or single files).
 
@@ -276,6 +281,8 @@ class Library:
         later resumes. Raises :class:`LibraryError` when another indexer holds the library.
         ``index_spec`` (a FAISS factory string or ``auto``) and ``max_memory`` (bytes or a
         size such as ``2G``, for ``auto``) change the space's index before it is updated.
+        ``workers`` threads decode ahead of the model; ``compute`` says where and how the
+        model runs (device, threads, layout), which does not change the space.
         """
         from .ingest import run_index
 
@@ -283,7 +290,7 @@ class Library:
         if spec is None and (space is not None or self._store.spaces()):
             record = self._record(space)
         else:
-            resolved = self._extractor(spec or ExtractorSpec()).space
+            resolved = self._extractor(spec or ExtractorSpec(), compute).space
             if dry_run:
                 stored = [r for r in self._store.spaces() if r.fingerprint == resolved.fingerprint]
                 record = stored[0] if stored else SpaceRecord(-1, resolved, 0, 0)
@@ -292,7 +299,7 @@ class Library:
         if dry_run:
             return run_index(
                 self._store,
-                lambda: self._extractor_for(record, writing=True),
+                lambda: self._extractor_for(record, writing=True, compute=compute),
                 record,
                 paths,
                 dry_run=True,
@@ -303,7 +310,7 @@ class Library:
             self._set_index_settings(record, index_spec, max_memory)
             report = run_index(
                 self._store,
-                lambda: self._extractor_for(record, writing=True),
+                lambda: self._extractor_for(record, writing=True, compute=compute),
                 record,
                 paths,
                 batch_size=batch_size,
