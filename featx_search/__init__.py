@@ -17,6 +17,7 @@ from .errors import (
     SpaceError,
     WeightsError,
 )
+from .dups import DupGroup, DupMember
 from .extract import Layer
 from .ingest import IndexReport, Progress
 from .library import (
@@ -29,14 +30,17 @@ from .library import (
     schema_status,
     upgrade_schema,
 )
-from .query import Match
+from .query import Filters, Match, parse_date
 
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
     "ConfigError",
+    "DupGroup",
+    "DupMember",
     "ExtractorSpec",
     "FeatxError",
+    "Filters",
     "ImageError",
     "IndexReport",
     "Layer",
@@ -57,6 +61,7 @@ __all__ = [
     "__version__",
     "default_db_path",
     "list_layers",
+    "parse_date",
     "schema_status",
     "upgrade_schema",
 ]

@@ -72,18 +72,48 @@ class VectorIndex:
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
         return int(self._index.remove_ids(selector))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, selector: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` per query row: (scores float32 (Q, k'), ids int64 (Q, k')), k' = min(k, N).
 
-        Rows are sorted by decreasing score; ties keep FAISS order.
+        ``selector`` (int64 ids) restricts the search to those ids inside FAISS, so k' is
+        min(k, number of them in the index). Rows are sorted by decreasing score; ties keep
+        FAISS order; a row is padded with id -1 when fewer candidates exist.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        k = min(k, len(self))
+        k = min(k, len(self) if selector is None else len(selector))
         if k <= 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        scores, ids = self._index.search(queries, k)
+        if selector is None:
+            scores, ids = self._index.search(queries, k)
+        else:
+            faiss = _faiss()
+            allowed = faiss.IDSelectorBatch(np.ascontiguousarray(selector, dtype=np.int64))
+            params = faiss.SearchParameters(sel=allowed)
+            scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
+
+    def range_search(
+        self, queries: np.ndarray, min_score: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored vector scoring at least ``min_score`` against each query row.
+
+        Returns (lims int64 (Q+1,), scores float32 (M,), ids int64 (M,)): the hits of row i are
+        ``scores[lims[i]:lims[i+1]]`` / ``ids[lims[i]:lims[i+1]]``, in no particular order.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(self) == 0:
+            return (
+                np.zeros(len(queries) + 1, np.int64),
+                np.empty(0, np.float32),
+                np.empty(0, np.int64),
+            )
+        # FAISS keeps inner products strictly above the radius; the step keeps ``>=`` exact.
+        radius = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))
+        lims, scores, ids = self._index.range_search(queries, radius)
+        return lims.astype(np.int64), scores, ids.astype(np.int64)
 
     def save(self, path: Path) -> str:
         """Write the index to ``path`` atomically (temp file, fsync, rename, fsync folder).

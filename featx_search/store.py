@@ -97,6 +97,20 @@ class FileResult:
 
 
 @dataclass(frozen=True)
+class ImageFacts:
+    """What queries filter on and duplicate finding ranks by, for one stored image."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    size: int
+    mtime_ns: int
+    taken_at: datetime | None
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
 class Manifest:
     generation: int
     count: int
@@ -472,6 +486,49 @@ class Store:
                 select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(wanted))
             ).all()
         return {row[0]: os.path.join(row[1], row[2]) for row in rows}
+
+    def image_facts(
+        self, space_id: int | None, ids: Sequence[int] | None = None
+    ) -> list[ImageFacts]:
+        """Path, size, dates and content hash of every image with a vector in a space (every
+        stored image when ``space_id`` is None), or of those ``ids`` among them, ordered by
+        id. Used by filters and duplicate finding."""
+        query = (
+            select(
+                Image.id,
+                Root.path,
+                Image.relpath,
+                Image.width,
+                Image.height,
+                Image.size,
+                Image.mtime_ns,
+                Image.taken_at,
+                Image.content_hash,
+            )
+            .join(Root)
+            .order_by(Image.id)
+        )
+        if space_id is not None:
+            query = query.join(Vector, Vector.image_id == Image.id).where(
+                Vector.space_id == space_id
+            )
+        if ids is not None:
+            query = query.where(Image.id.in_(list(ids)))
+        with self.transaction() as s:
+            rows = s.execute(query).all()
+        return [
+            ImageFacts(
+                id=row[0],
+                path=os.path.join(row[1], row[2]),
+                width=row[3],
+                height=row[4],
+                size=row[5],
+                mtime_ns=row[6],
+                taken_at=row[7],
+                content_hash=row[8],
+            )
+            for row in rows
+        ]
 
     def image_counts(self) -> dict[str, int]:
         with self.transaction() as s:
