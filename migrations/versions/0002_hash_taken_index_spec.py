@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "5b0d36316739"
 down_revision = "898f90f56930"
 branch_labels = None
