@@ -6,6 +6,7 @@ Importing this package does not import torch, torchvision or faiss; they load wh
 from __future__ import annotations
 
 from .config import ExtractorSpec, Preprocess, SpaceSpec
+from .dups import DupGroup, DupMember
 from .errors import (
     ConfigError,
     FeatxError,
@@ -17,7 +18,6 @@ from .errors import (
     SpaceError,
     WeightsError,
 )
-from .dups import DupGroup, DupMember
 from .extract import Layer
 from .ingest import IndexReport, Progress
 from .library import (
