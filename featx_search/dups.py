@@ -1,4 +1,4 @@
-"""Duplicate groups: identical files by content hash, near-duplicates by a range search."""
+"""Duplicate groups: identical files by content hash, near-duplicates by a blocked range search."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .query import image_date
 from .store import ImageFacts, SpaceRecord, Store
-
-if TYPE_CHECKING:
-    from .index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +19,10 @@ log = logging.getLogger(__name__)
 # resized, re-encoded and mildly cropped copies of a photo score about 0.9 and above, while
 # different photos (even of one scene) stay below 0.85 (see README, "Duplicates").
 DEFAULT_DUP_THRESHOLD = 0.9
-# Query rows per range search: bounds the memory of one batch's hits.
+# Rows per block of the range search: one block holds BATCH x N float32 distances.
 BATCH = 512
+# Vectors longer than twice this are pre-filtered on this many main axes (see _project).
+PROJECT_DIM = 128
 
 
 @dataclass(frozen=True)
@@ -155,41 +154,101 @@ def exact_duplicates(store: Store) -> list[DupGroup]:
     return _make_groups(facts, components.groups(), lambda a, b: 1.0)
 
 
+def _project(vectors: np.ndarray, dim: int, sample: int = 8_000) -> np.ndarray:
+    """``vectors`` centred and projected on ``dim`` orthonormal axes close to their main axes
+    (a few rounds of subspace iteration on a sample's covariance; cheaper than a full
+    eigendecomposition), so that the projection keeps most of the distances.
+
+    An orthogonal projection never lengthens a difference, so two vectors within distance r
+    stay within r after it, whichever axes were picked: a range search on the projection
+    finds every true pair (and some extra candidates, which are then checked in full).
+    """
+    rng = np.random.default_rng(0)
+    rows = vectors if len(vectors) <= sample else vectors[rng.choice(len(vectors), sample, False)]
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    cov = (centred.T @ centred).astype(np.float64)
+    axes = _orthonormal(cov @ rng.standard_normal((cov.shape[0], dim)))
+    for _ in range(3):
+        axes = _orthonormal(cov @ axes)
+    projected: np.ndarray = (vectors - mean) @ axes.astype(np.float32)
+    return projected
+
+
+def _orthonormal(columns: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of ``columns``' span (float64 (d, k), k <= d).
+
+    Cholesky-QR, twice for accuracy: a few small products, where LAPACK's QR can crawl when
+    the BLAS threads compete for busy cores. Falls back to QR when the columns are too close
+    to dependent for it.
+    """
+    q = columns
+    try:
+        for _ in range(2):
+            lower = np.linalg.cholesky(q.T @ q)
+            q = np.linalg.solve(lower, q.T).T
+    except np.linalg.LinAlgError:
+        q, _ = np.linalg.qr(columns)
+    return q
+
+
 def near_duplicates(
     store: Store,
     record: SpaceRecord,
-    index: VectorIndex,
     threshold: float,
     *,
     progress: Callable[[int, int], None] | None = None,
     batch: int = BATCH,
+    project_dim: int = PROJECT_DIM,
 ) -> list[DupGroup]:
-    """Groups of images in a space linked by a score of at least ``threshold`` (or identical
-    bytes), as connected components, largest first.
+    """Groups of images in a space linked by a cosine score of at least ``threshold`` (or by
+    identical bytes), as connected components, largest first.
 
-    Memory: the stored vectors (N, dim) plus one batch of range-search hits; no N x N matrix.
+    Exact and without an N x N matrix: a blocked range search over the vectors projected on
+    their ``project_dim`` main axes (a lossless pre-filter, see :func:`_project`) proposes
+    pairs, and each is confirmed on the full vectors. Memory: the vectors, their projection
+    and one ``batch`` x N block of distances.
     """
     generation, ids, vectors = store.vectors(record.id)
     facts = store.image_facts(record.id)
     if [f.id for f in facts] != ids.tolist():  # changed between the two reads: read again
         generation, ids, vectors = store.vectors(record.id)
         facts = store.image_facts(record.id, ids.tolist())
-    components = _Components(len(ids))
+    total, dim = vectors.shape
+    components = _Components(total)
     _link_identical(facts, components)
-    total = len(ids)
+    reduced = _project(vectors, project_dim) if dim > 2 * project_dim and total > 1 else vectors
+    norms = np.einsum("ij,ij->i", reduced, reduced)
+    # Unit vectors scoring >= t lie within squared distance 2 - 2t; the slack covers rounding
+    # and vectors whose norm is not exactly 1.
+    radius_sq = 2.0 - 2.0 * threshold + 1e-3
+    proposed = confirmed = 0
     for start in range(0, total, batch):
-        lims, _scores, hits = index.range_search(vectors[start : start + batch], threshold)
-        positions = np.searchsorted(ids, hits)
-        positions = np.minimum(positions, max(total - 1, 0))
-        known = ids[positions] == hits if total else np.zeros(0, bool)
-        for row in range(len(lims) - 1):
-            a = start + row
-            for b in positions[lims[row] : lims[row + 1]][known[lims[row] : lims[row + 1]]]:
-                if b > a:  # each pair is found from both ends; one is enough
-                    components.union(a, int(b))
+        stop = min(start + batch, total)
+        block = reduced[start:stop] @ reduced[start:].T  # this block against itself and later
+        block *= -2.0
+        block += norms[start:stop, None]
+        block += norms[None, start:]
+        rows, cols = np.nonzero(block <= radius_sq)
+        a, b = rows + start, cols + start
+        keep = b > a  # each pair once, never an image with itself
+        a, b = a[keep], b[keep]
+        proposed += len(a)
+        for lo in range(0, len(a), 50_000):  # confirm on the full vectors, in bounded chunks
+            pa, pb = a[lo : lo + 50_000], b[lo : lo + 50_000]
+            scores = np.einsum("ij,ij->i", vectors[pa], vectors[pb])
+            for x, y in zip(pa[scores >= threshold], pb[scores >= threshold], strict=True):
+                components.union(int(x), int(y))
+                confirmed += 1
         if progress is not None:
-            progress(min(start + batch, total), total)
-    log.info("near-duplicates: %d vectors at generation %d searched", total, generation)
+            progress(stop, total)
+    log.info(
+        "near-duplicates: %d vectors (generation %d), %d pairs proposed, %d confirmed",
+        total,
+        generation,
+        proposed,
+        confirmed,
+    )
     return _make_groups(
         facts, components.groups(), lambda a, b: float(np.dot(vectors[a], vectors[b]))
     )

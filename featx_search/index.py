@@ -95,26 +95,6 @@ class VectorIndex:
             scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
 
-    def range_search(
-        self, queries: np.ndarray, min_score: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every stored vector scoring at least ``min_score`` against each query row.
-
-        Returns (lims int64 (Q+1,), scores float32 (M,), ids int64 (M,)): the hits of row i are
-        ``scores[lims[i]:lims[i+1]]`` / ``ids[lims[i]:lims[i+1]]``, in no particular order.
-        """
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if len(self) == 0:
-            return (
-                np.zeros(len(queries) + 1, np.int64),
-                np.empty(0, np.float32),
-                np.empty(0, np.int64),
-            )
-        # FAISS keeps inner products strictly above the radius; the step keeps ``>=`` exact.
-        radius = float(np.nextafter(np.float32(min_score), np.float32(-np.inf)))
-        lims, scores, ids = self._index.range_search(queries, radius)
-        return lims.astype(np.int64), scores, ids.astype(np.int64)
-
     def save(self, path: Path) -> str:
         """Write the index to ``path`` atomically (temp file, fsync, rename, fsync folder).
 

@@ -454,9 +454,10 @@ class Library:
         """Groups of duplicate images, largest first, each with a suggested keeper.
 
         With ``exact`` only byte-identical files (same SHA-256) are grouped and no space is
-        needed. Otherwise images whose vectors score at least ``threshold`` are linked (a range
-        search over the space, in batches; never an N x N matrix) and so are identical files;
-        a group is a connected component. No model is loaded. ``progress(done, total)`` is
+        needed. Otherwise images whose vectors score at least ``threshold`` are linked (an
+        exact range search over the space's stored vectors, in blocks; never an N x N matrix)
+        and so are identical files; a group is a connected component. Neither a model nor
+        the FAISS index is loaded. ``progress(done, total)`` is
         called after each batch of the range search.
         """
         from .dups import exact_duplicates, near_duplicates
@@ -465,9 +466,7 @@ class Library:
         if exact:
             return exact_duplicates(self._store)
         record = self._record(space)
-        return near_duplicates(
-            self._store, record, self._index(record), threshold, progress=progress
-        )
+        return near_duplicates(self._store, record, threshold, progress=progress)
 
     # -- state --------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 
 from featx_search import DupGroup, ExtractorSpec, Library
 from featx_search.dups import near_duplicates
-from featx_search.index import open_index
 from featx_search.store import Store
 from tests.conftest import TINY, make_photo
 
@@ -140,9 +139,8 @@ def test_groups_are_the_connected_components_of_a_brute_force_graph(
             key=sorted,
         )
         assert want and max(map(len, want)) < len(ids)  # a graph worth checking
-        index, _ = open_index(store, record)
-        for batch in (1, 7, 512):  # batch boundaries must not matter
-            got = near_duplicates(store, record, index, threshold, batch=batch)
+        for batch, project in ((1, 128), (7, 8), (512, 4)):  # neither batches nor projection
+            got = near_duplicates(store, record, threshold, batch=batch, project_dim=project)
             assert _as_sets(got) == want
             assert [len(g) for g in got] == sorted((len(g) for g in got), reverse=True)
             for g in got:  # every score is the keeper's cosine similarity
@@ -177,3 +175,18 @@ def test_keeper_has_most_pixels(tmp_path: Path) -> None:
         [group] = lib.duplicates(threshold=0.9)
     assert [Path(m.path).name for m in group.members] == ["big.png", "small.png"]
     assert (group.keeper.width, group.keeper.height) == (200, 150)
+
+
+def test_projection_never_lengthens_a_difference() -> None:
+    from featx_search.dups import _project
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(40, 300)) @ rng.normal(size=(300, 300))  # correlated axes
+    vectors = (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
+    projected = _project(vectors, 16)
+    assert projected.shape == (40, 16)
+    a, b = rng.integers(0, 40, 500), rng.integers(0, 40, 500)
+    full = np.linalg.norm(vectors[a] - vectors[b], axis=1)
+    short = np.linalg.norm(projected[a] - projected[b], axis=1)
+    assert np.all(short <= full + 1e-5)
+    assert short.sum() > 0.5 * full.sum()  # and the main axes keep much of the distance
