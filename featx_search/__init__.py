@@ -21,6 +21,7 @@ from .errors import (
 from .extract import Layer
 from .ingest import IndexReport, Progress
 from .library import (
+    CheckReport,
     Library,
     LibraryInfo,
     SchemaStatus,
@@ -35,6 +36,7 @@ from .query import Filters, Match, parse_date
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
+    "CheckReport",
     "ConfigError",
     "DupGroup",
     "DupMember",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,11 +115,47 @@ def _spec(
 
 
 def _summary(report: IndexReport) -> str:
+    if report.dry_run:
+        return (
+            f"dry run: would add {report.added}, update {report.updated}, move {report.moved}, "
+            f"remove {report.removed}; unchanged {report.unchanged}; "
+            f"space {report.space} ({report.label})"
+        )
     return (
         f"indexed {report.indexed} (added {report.added}, updated {report.updated}), "
-        f"unchanged {report.unchanged}, failed {report.failed}, removed {report.removed} "
-        f"in {report.seconds:.1f} s; space {report.space} ({report.label})"
+        f"moved {report.moved}, unchanged {report.unchanged}, failed {report.failed}, "
+        f"removed {report.removed} in {report.seconds:.1f} s; "
+        f"space {report.space} ({report.label})"
     )
+
+
+class _Bar:
+    """The terminal progress bar of `index`: files done of total, images/s and ETA."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.rate = ""
+
+    def __call__(self, p: Progress) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=p.total,
+                label="embedding",
+                file=sys.stderr,
+                show_pos=True,
+                show_eta=True,
+                item_show_func=lambda _: self.rate,
+            )
+            self.bar.__enter__()
+        if p.elapsed > 0:
+            self.rate = f"{p.done / p.elapsed:.1f} img/s" + (
+                f", {p.failed} failed" if p.failed else ""
+            )
+        self.bar.update(p.done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 @cli.command()
@@ -152,7 +189,18 @@ def _summary(report: IndexReport) -> str:
     help="Images per model call (and per committed transaction).",
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]")
+@click.option(
+    "--dry-run", "-n", is_flag=True, help="List what would be added, updated, moved and removed."
+)
+@click.option("--retry-failed", is_flag=True, help="Try files that failed before again.")
+@click.option(
+    "--prune-empty",
+    is_flag=True,
+    help="Remove the stored files of a folder that is now empty (kept by default: an "
+    "unmounted drive looks empty).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--verbose", "-v", is_flag=True, help="Also list every file added, moved, ...")
 @json_option
 @db_option
 @click.pass_context
@@ -166,27 +214,23 @@ def index(
     space: str | None,
     batch_size: int,
     workers: int | None,
+    dry_run: bool,
+    retry_failed: bool,
+    prune_empty: bool,
     quiet: bool,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Index the images under PATHS (folders, recursively, or single files).
 
-    Only new and changed files are embedded; files that cannot be read are recorded as failed
-    (see `info --failed`). Another --model/--weights/--layer/--pool makes a second space.
+    Only new and changed files are embedded, and moved files keep their vectors. Files that
+    cannot be read are recorded as failed (see `info --failed`) and tried again when they
+    change. Files gone from a folder are removed, unless the folder cannot be read or is
+    empty. Ctrl-C stops after the current batch; run the same command again to resume.
+    Another --model/--weights/--layer/--pool makes a second space.
     """
-    show_bar = not (quiet or as_json) and sys.stderr.isatty()
-    bar: Any = None
-
-    def progress(p: Progress) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = click.progressbar(
-                length=p.total, label="embedding", file=sys.stderr, show_pos=True, show_eta=True
-            )
-            bar.__enter__()
-        bar.update(p.done - bar.pos)
-
-    with _open(ctx, create=True) as lib:
+    bar = _Bar() if not (quiet or as_json or dry_run) and sys.stderr.isatty() else None
+    with _open(ctx, create=not dry_run) as lib:
         try:
             report = lib.index(
                 paths,
@@ -194,23 +238,41 @@ def index(
                 space=space,
                 batch_size=batch_size,
                 workers=workers,
-                progress=progress if show_bar else None,
+                progress=bar,
+                dry_run=dry_run,
+                retry_failed=retry_failed,
+                prune_empty=prune_empty,
             )
         finally:
             if bar is not None:
-                bar.__exit__(None, None, None)
+                bar.close()
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     elif not quiet:
+        if verbose or dry_run:
+            for action, path in report.changes:
+                click.echo(f"{action:<7}{path}")
         click.echo(_summary(report))
-        for path, error in report.failures[:10]:
+        shown = report.failures if verbose else report.failures[:10]
+        for path, error in shown:
             click.echo(f"  failed: {path}: {error}", err=True)
-        if len(report.failures) > 10:
+        if len(report.failures) > len(shown):
             click.echo(
-                f"  ... {len(report.failures) - 10} more: featx-search info --failed", err=True
+                f"  ... {len(report.failures) - len(shown)} more: featx-search info --failed",
+                err=True,
             )
         for missing in report.missing:
             click.echo(f"  not found (nothing under it changed): {missing}", err=True)
+        for warning in report.warnings:
+            click.echo(f"  {warning}", err=True)
+    if report.interrupted:
+        again = " ".join(shlex.quote(a) for a in sys.argv[1:]) or "index ..."
+        click.echo(
+            f"interrupted: {report.indexed + report.failed} files saved, {report.remaining} "
+            f"left; run `featx-search {again}` again to resume",
+            err=True,
+        )
+        ctx.exit(130)
 
 
 def output_options(func: F) -> F:
@@ -555,6 +617,22 @@ def upgrade(ctx: click.Context) -> None:
     """Migrate the library to the newest schema (opening a library does this too)."""
     status = upgrade_schema(_db(ctx))
     click.echo(f"{status.path}: revision {status.current} (up to date)")
+
+
+@db.command()
+@db_option
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Verify the library (SQLite integrity, image states, index against store)."""
+    with _open(ctx) as lib:
+        report = lib.check()
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        raise click.ClickException(f"{len(report.problems)} problems found")
+    click.echo("ok")
 
 
 def main() -> None:

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 ImageInput: TypeAlias = "str | os.PathLike[str] | PILImage"
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
 )
 # Pillow plugins allowed to decode; anything else (e.g. an EPS renamed .jpg) is refused.
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# HEIF comes from the optional pillow-heif package (the `heic` extra).
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF")
 # Transparent pixels are shown over mid grey, not black, so alpha does not dominate the vector.
 BACKGROUND = (128, 128, 128)
 
@@ -41,6 +42,12 @@ def is_image_name(path: str | os.PathLike[str]) -> bool:
 def _formats() -> tuple[str, ...]:
     from PIL import Image
 
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        pass
+    else:
+        register_heif_opener()
     Image.init()  # register every plugin, then keep the allowed ones this Pillow has
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
@@ -86,9 +93,12 @@ def decode_file(path: str | os.PathLike[str], *, min_side: int = 0) -> DecodedFi
         with open(name, "rb") as fh:
             data = fh.read()
     except OSError as err:
-        raise ImageError(
-            f"cannot read {name}: {err.strerror or err}", hint="check the file's permissions"
-        ) from err
+        reason = err.strerror or str(err)
+        if isinstance(err, FileNotFoundError) and os.path.islink(name):
+            reason = f"broken symbolic link to {os.readlink(name)}"
+        raise ImageError(f"cannot read {name}: {reason}", hint="check the file") from err
+    if not data:
+        raise ImageError(f"cannot decode {name}: empty file (0 bytes)")
     taken: list[datetime | None] = []
     image, size = _decode(io.BytesIO(data), name, min_side, taken)
     return DecodedFile(image, size, hashlib.sha256(data).hexdigest(), taken[0] if taken else None)
@@ -109,7 +119,7 @@ def _decode(
     min_side: int,
     taken: list[datetime | None],
 ) -> tuple[PILImage, tuple[int, int]]:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -125,6 +135,7 @@ def _decode(
                 img.load()
                 return _upright_rgb(img, size)
     except (
+        UnidentifiedImageError,
         OSError,
         ValueError,
         SyntaxError,
@@ -133,10 +144,13 @@ def _decode(
         MemoryError,
     ) as err:
         reason = str(err) or type(err).__name__
-        raise ImageError(
-            f"cannot decode {name}: {reason}",
-            hint="formats read: " + ", ".join(sorted({f.lower() for f in ALLOWED_FORMATS})),
-        ) from err
+        if isinstance(err, UnidentifiedImageError):
+            reason = "not an image in a format read here"
+        hint = "formats read: " + ", ".join(sorted({f.lower() for f in _formats()}))
+        if "HEIF" not in _formats() and name.lower().endswith((".heic", ".heif")):
+            reason = "HEIC/HEIF needs the optional pillow-heif package"
+            hint = "pip install 'featx-search[heic]'"
+        raise ImageError(f"cannot decode {name}: {reason}", hint=hint) from err
 
 
 _EXIF_IFD = 0x8769

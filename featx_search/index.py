@@ -129,6 +129,9 @@ class VectorIndex:
             raise LibraryError(f"cannot read index file {path}: {err}") from err
         if hashlib.sha256(data).hexdigest() != checksum:
             raise LibraryError(f"index file {path} does not match its manifest checksum")
+        # No vector inside a file can be larger than the file: a damaged length field then
+        # fails cleanly instead of asking for terabytes (faiss allows 1 TiB by default).
+        faiss.set_deserialization_vector_byte_limit(max(len(data), 1 << 20))
         try:
             raw = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as err:

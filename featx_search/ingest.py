@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -18,28 +21,41 @@ import numpy as np
 
 from .errors import ConfigError, ImageError
 from .extract import Extractor
-from .images import decode_file, preprocess
-from .index import open_index, publish_index
+from .images import decode_file, hash_file, preprocess
+from .index import VectorIndex, open_index, publish_index
 from .scan import FileInfo, scan, stat_or_lstat
-from .store import FAILED, FileResult, SpaceRecord, Store
+from .store import FAILED, FileResult, Move, SpaceRecord, Store
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class IndexReport:
-    """What an indexing run did. ``to_dict`` gives the ``--json`` summary."""
+    """What an indexing run did (or, with ``dry_run``, would do).
+
+    ``changes`` lists (action, path) for every file added, updated, moved ("old -> new") or
+    removed; ``held`` counts stored files kept because their folder could not be read or
+    looked unmounted; ``interrupted`` is set when Ctrl-C stopped the run after a batch.
+    ``to_dict`` gives the ``--json`` summary.
+    """
 
     space: str
     label: str
     added: int = 0
     updated: int = 0
+    moved: int = 0
     unchanged: int = 0
     failed: int = 0
     removed: int = 0
+    held: int = 0
     seconds: float = 0.0
+    dry_run: bool = False
+    interrupted: bool = False
+    remaining: int = 0
     missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    changes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def indexed(self) -> int:
@@ -47,17 +63,26 @@ class IndexReport:
         return self.added + self.updated
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "space": self.space,
             "label": self.label,
             "added": self.added,
             "updated": self.updated,
+            "moved": self.moved,
+            "removed": self.removed,
             "unchanged": self.unchanged,
             "failed": self.failed,
-            "removed": self.removed,
+            "held": self.held,
             "missing": list(self.missing),
+            "warnings": list(self.warnings),
+            "interrupted": self.interrupted,
+            "remaining": self.remaining,
+            "dry_run": self.dry_run,
             "seconds": round(self.seconds, 3),
         }
+        if self.dry_run:
+            out["changes"] = [{"action": a, "path": p} for a, p in self.changes]
+        return out
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,8 @@ class Progress:
     done: int
     total: int
     path: str
+    failed: int = 0
+    elapsed: float = 0.0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -77,7 +104,8 @@ class _Job:
     root_id: int
     relpath: str
     info: FileInfo
-    is_update: bool
+    is_update: bool  # the file's content changed (or it failed before and is tried again)
+    known: bool = True  # the store has a row for this path
 
 
 @dataclass(frozen=True)
@@ -94,11 +122,34 @@ class _Decoded:
 class _Plan:
     jobs: list[_Job] = field(default_factory=list)
     unchanged: int = 0
-    removed: list[int] = field(default_factory=list)
+    moves: list[tuple[Path, Path, Move]] = field(default_factory=list)
+    removed: dict[int, Path] = field(default_factory=dict)
+    held: int = 0
     missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[str]]) -> _Plan:
+def _held_back(rel: str, unreadable: Sequence[str]) -> bool:
+    return any(u in (".", "") or rel == u or rel.startswith(u + os.sep) for u in unreadable)
+
+
+def _is_empty_folder(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return True
+
+
+def _plan(
+    store: Store,
+    record: SpaceRecord,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    prune_empty: bool = False,
+) -> _Plan:
     plan = _Plan()
     seen: set[tuple[int, str]] = set()
     for raw in paths:
@@ -112,11 +163,16 @@ def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[s
             plan.missing.append(str(path))
             log.warning("%s does not exist; nothing under it is changed", path)
             continue
-        root_id, root_dir = store.root_for(folder)
+        root_id, root_dir = store.find_root(folder) if dry_run else store.root_for(folder)
         prefix = "" if folder == root_dir else os.path.relpath(folder, root_dir)
-        known = store.known_files(root_id, prefix if whole else "", record.id)
+        known = (
+            {}
+            if root_id is None
+            else store.known_files(root_id, prefix if whole else "", record.id)
+        )
+        unreadable: list[Path] = []
         found: Iterable[FileInfo | None] = (
-            scan(folder) if whole else [stat_or_lstat(folder / path.name)]
+            scan(folder, unreadable) if whole else [stat_or_lstat(folder / path.name)]
         )
         visited: set[str] = set()
         for info in found:
@@ -124,18 +180,91 @@ def _plan(store: Store, record: SpaceRecord, paths: Iterable[str | os.PathLike[s
                 continue
             rel = os.path.relpath(info.path, root_dir)
             visited.add(rel)
-            if (root_id, rel) in seen:
+            if (root_id or 0, rel) in seen:
                 continue
-            seen.add((root_id, rel))
+            seen.add((root_id or 0, rel))
             old = known.get(rel)
             same = old is not None and (old.size, old.mtime_ns) == (info.size, info.mtime_ns)
-            if same and old is not None and (old.has_vector or old.status == FAILED):
+            if (
+                same
+                and old is not None
+                and (old.has_vector or (old.status == FAILED and not retry_failed))
+            ):
                 plan.unchanged += 1
             else:
-                plan.jobs.append(_Job(root_id, rel, info, is_update=old is not None and not same))
-        if whole:
-            plan.removed.extend(k.id for rel, k in known.items() if rel not in visited)
+                is_update = old is not None and (not same or old.status == FAILED)
+                plan.jobs.append(_Job(root_id or 0, rel, info, is_update, known=old is not None))
+        if not whole:
+            continue
+        gone = {rel: k for rel, k in known.items() if rel not in visited}
+        if not gone:
+            continue
+        if not visited and not prune_empty and _is_empty_folder(folder):
+            # An unmounted drive usually leaves an empty mount point behind.
+            plan.held += len(gone)
+            plan.warnings.append(
+                f"{folder} is empty: it looks unmounted, so its {len(gone)} stored files are "
+                "kept (pass --prune-empty if they were really deleted)"
+            )
+            continue
+        skip = [os.path.relpath(u, root_dir) for u in unreadable]
+        for rel, k in gone.items():
+            if _held_back(rel, skip):
+                plan.held += 1
+            else:
+                plan.removed[k.id] = root_dir / rel
+        for u in unreadable:
+            plan.warnings.append(f"cannot read {u}: stored files under it are kept")
+    _find_moves(store, record, plan)
     return plan
+
+
+def _find_moves(store: Store, record: SpaceRecord, plan: _Plan) -> None:
+    """Turn new files whose bytes equal a vanished stored file into moves of that file.
+
+    Only new files with the size of some stored file are hashed. A source qualifies when a
+    scan saw it gone, or when its file is missing while its root folder is present (a file
+    moved in from a root not scanned in this run); a source on an absent root is never
+    taken, since that root may only be unmounted.
+    """
+    if all(job.known for job in plan.jobs):
+        return
+    sizes = store.stored_sizes()
+    hashed: dict[int, str] = {}
+    for i, job in enumerate(plan.jobs):
+        if not job.known and job.info.size in sizes:
+            try:
+                hashed[i] = hash_file(job.info.path)
+            except OSError:
+                continue  # decoding will record why it cannot be read
+    copies = store.copies(hashed.values(), record.id)
+    taken: set[int] = set()
+    moved_jobs: set[int] = set()
+    for i, digest in hashed.items():
+        for source in copies.get(digest, []):
+            if source.id in taken:
+                continue
+            vanished = source.id in plan.removed or (
+                not os.path.lexists(source.path) and not _is_empty_folder(source.root)
+            )
+            if not vanished:
+                continue
+            job = plan.jobs[i]
+            taken.add(source.id)
+            plan.removed.pop(source.id, None)
+            plan.moves.append(
+                (
+                    source.path,
+                    job.info.path,
+                    Move(source.id, job.root_id, job.relpath, job.info.size, job.info.mtime_ns),
+                )
+            )
+            if source.has_vector or source.status == FAILED:
+                moved_jobs.add(i)
+            else:  # moved, but not yet embedded in this space
+                plan.jobs[i] = _Job(job.root_id, job.relpath, job.info, is_update=False)
+            break
+    plan.jobs = [job for i, job in enumerate(plan.jobs) if i not in moved_jobs]
 
 
 def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
@@ -174,6 +303,28 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
         yield batch
 
 
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """While indexing, the first Ctrl-C asks the run to stop after the batch in flight; a
+    second one stops at once (the committed batches are kept either way)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("stopping after the batch in flight (Ctrl-C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_index(
     store: Store,
     load_extractor: Callable[[], Extractor],
@@ -183,67 +334,122 @@ def run_index(
     batch_size: int = 16,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    prune_empty: bool = False,
 ) -> IndexReport:
     """Bring ``record``'s space up to date with the image files under ``paths``.
 
-    Unchanged files (same size and mtime) are not opened; files that cannot be decoded are
-    recorded as failed and the run goes on; work is committed per batch; files gone from a
-    scanned folder are removed. The space's index file is published at the end.
+    Unchanged files (same size and mtime) are not opened; moved files (same bytes) keep their
+    vectors; files that cannot be decoded are recorded as failed and the run goes on (they are
+    tried again when they change, or with ``retry_failed``); work is committed per batch;
+    files gone from a scanned folder are removed, unless the folder could not be read or is
+    empty (``prune_empty`` allows the latter). The space's index file is published at the
+    end. ``dry_run`` only plans: nothing is written and no model is loaded.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     started = time.perf_counter()
-    report = IndexReport(space=record.fingerprint, label=record.label)
-    plan = _plan(store, record, paths)
-    report.unchanged, report.missing = plan.unchanged, plan.missing
+    report = IndexReport(space=record.fingerprint, label=record.label, dry_run=dry_run)
+    plan = _plan(
+        store, record, paths, dry_run=dry_run, retry_failed=retry_failed, prune_empty=prune_empty
+    )
+    report.unchanged, report.missing, report.held = plan.unchanged, plan.missing, plan.held
+    report.warnings = plan.warnings
+    report.moved = len(plan.moves)
+    report.changes.extend(("move", f"{old} -> {new}") for old, new, _ in plan.moves)
+    if dry_run:
+        for job in plan.jobs:
+            report.changes.append(("update" if job.is_update else "add", str(job.info.path)))
+            if job.is_update:
+                report.updated += 1
+            else:
+                report.added += 1
+        report.changes.extend(("remove", str(path)) for path in plan.removed.values())
+        report.removed = len(plan.removed)
+        report.seconds = time.perf_counter() - started
+        return report
+    store.move([m for _, _, m in plan.moves])
     index, _ = open_index(store, record)
     # Loaded only when some file needs embedding: a no-change run never imports torch.
     extractor = load_extractor() if plan.jobs else None
     workers = workers or min(8, os.cpu_count() or 1)
     done = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="featx-decode") as pool:
-        for batch in _batches(_prefetch(pool, plan.jobs, record, 2 * batch_size), batch_size):
-            ok = [(d, d.array) for d in batch if d.array is not None]
-            vectors = np.empty((0, record.spec.dim), np.float32)
-            if ok and extractor is not None:
-                vectors = extractor.embed(np.stack([array for _, array in ok]))
-            by_job = {id(d.job): v for (d, _), v in zip(ok, vectors, strict=True)}
-            results = [
-                FileResult(
-                    root_id=d.job.root_id,
-                    relpath=d.job.relpath,
-                    size=d.job.info.size,
-                    mtime_ns=d.job.info.mtime_ns,
-                    vector=by_job.get(id(d.job)),
-                    error=d.error,
-                    width=d.size[0] if d.size else None,
-                    height=d.size[1] if d.size else None,
-                    content_hash=d.content_hash,
-                    taken_at=d.taken_at,
-                )
-                for d in batch
-            ]
-            added, dropped = store.write_batch(record.id, results)
+    with _stop_on_interrupt() as stop:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="featx-decode")
+        try:
+            for batch in _batches(_prefetch(pool, plan.jobs, record, 2 * batch_size), batch_size):
+                _embed_and_store(store, record, extractor, index, batch, report)
+                done += len(batch)
+                if progress is not None:
+                    progress(
+                        Progress(
+                            done,
+                            len(plan.jobs),
+                            str(batch[-1].job.info.path),
+                            report.failed,
+                            time.perf_counter() - started,
+                        )
+                    )
+                if stop.is_set() and done < len(plan.jobs):
+                    report.interrupted = True
+                    report.remaining = len(plan.jobs) - done
+                    break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if plan.removed and not report.interrupted:
+            _, dropped = store.write_batch(record.id, [], list(plan.removed))
             index.remove(np.asarray(dropped, np.int64))
-            index.add(np.asarray(added, np.int64), vectors)
-            for d in batch:
-                if d.error is not None:
-                    report.failed += 1
-                    report.failures.append((str(d.job.info.path), d.error))
-                elif d.job.is_update:
-                    report.updated += 1
-                else:
-                    report.added += 1
-            done += len(batch)
-            if progress is not None:
-                progress(Progress(done, len(plan.jobs), str(batch[-1].job.info.path)))
-    if plan.removed:
-        _, dropped = store.write_batch(record.id, [], plan.removed)
-        index.remove(np.asarray(dropped, np.int64))
-        report.removed = len(plan.removed)
-    current = store.space(record.id)
-    manifest = store.manifest(record.id)
-    if manifest is None or manifest.generation != current.generation:
-        publish_index(store, current, index, current.generation)
+            report.removed = len(plan.removed)
+            report.changes.extend(("remove", str(path)) for path in plan.removed.values())
+        current = store.space(record.id)
+        manifest = store.manifest(record.id)
+        if manifest is None or manifest.generation != current.generation:
+            publish_index(store, current, index, current.generation)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _embed_and_store(
+    store: Store,
+    record: SpaceRecord,
+    extractor: Extractor | None,
+    index: VectorIndex,
+    batch: list[_Decoded],
+    report: IndexReport,
+) -> None:
+    """Embed one batch, commit it in one transaction and mirror it in the index."""
+    ok = [(d, d.array) for d in batch if d.array is not None]
+    vectors = np.empty((0, record.spec.dim), np.float32)
+    if ok and extractor is not None:
+        vectors = extractor.embed(np.stack([array for _, array in ok]))
+    by_job = {id(d.job): v for (d, _), v in zip(ok, vectors, strict=True)}
+    results = [
+        FileResult(
+            root_id=d.job.root_id,
+            relpath=d.job.relpath,
+            size=d.job.info.size,
+            mtime_ns=d.job.info.mtime_ns,
+            vector=by_job.get(id(d.job)),
+            error=d.error,
+            width=d.size[0] if d.size else None,
+            height=d.size[1] if d.size else None,
+            content_hash=d.content_hash,
+            taken_at=d.taken_at,
+        )
+        for d in batch
+    ]
+    added, dropped = store.write_batch(record.id, results)
+    index.remove(np.asarray(dropped, np.int64))
+    index.add(np.asarray(added, np.int64), vectors)
+    for d in batch:
+        path = str(d.job.info.path)
+        if d.error is not None:
+            report.failed += 1
+            report.failures.append((path, d.error))
+        elif d.job.is_update:
+            report.updated += 1
+            report.changes.append(("update", path))
+        else:
+            report.added += 1
+            report.changes.append(("add", path))

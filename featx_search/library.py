@@ -77,6 +77,18 @@ class SpaceInfo:
 
 
 @dataclass(frozen=True)
+class CheckReport:
+    """What :meth:`Library.check` found: ``problems`` (damage) and ``notes`` (harmless)."""
+
+    problems: list[str]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
 class LibraryInfo:
     """Summary of a library: where it is, schema revision, images by state, spaces."""
 
@@ -228,11 +240,21 @@ class Library:
         batch_size: int = 16,
         workers: int | None = None,
         progress: ProgressCallback | None = None,
+        dry_run: bool = False,
+        retry_failed: bool = False,
+        prune_empty: bool = False,
     ) -> IndexReport:
         """Index the image files under ``paths`` (folders, recursively, or single files).
 
         The space is ``spec`` when given, else the stored space ``space``, else the library's
-        only space, else the default :class:`ExtractorSpec`. Returns an :class:`IndexReport`.
+        only space, else the default :class:`ExtractorSpec`. Only new and changed files are
+        embedded; moved files keep their vectors; files gone from a scanned folder are removed,
+        except under folders that cannot be read or are empty (``prune_empty`` removes those
+        too). Failed files are tried again when they change, or with ``retry_failed``.
+        ``dry_run`` writes nothing and lists the changes in :attr:`IndexReport.changes`.
+        ``progress`` is called after every committed batch. Ctrl-C (in the main thread)
+        stops after the batch in flight: the report says ``interrupted``, and the same call
+        later resumes. Raises :class:`LibraryError` when another indexer holds the library.
         """
         from .ingest import run_index
 
@@ -240,7 +262,22 @@ class Library:
         if spec is None and (space is not None or self._store.spaces()):
             record = self._record(space)
         else:
-            record = self._store.ensure_space(self._extractor(spec or ExtractorSpec()).space)
+            resolved = self._extractor(spec or ExtractorSpec()).space
+            if dry_run:
+                stored = [r for r in self._store.spaces() if r.fingerprint == resolved.fingerprint]
+                record = stored[0] if stored else SpaceRecord(-1, resolved, 0, 0)
+            else:
+                record = self._store.ensure_space(resolved)
+        if dry_run:
+            return run_index(
+                self._store,
+                lambda: self._extractor_for(record, writing=True),
+                record,
+                paths,
+                dry_run=True,
+                retry_failed=retry_failed,
+                prune_empty=prune_empty,
+            )
         with self._store.writer_lock():
             report = run_index(
                 self._store,
@@ -250,6 +287,8 @@ class Library:
                 batch_size=batch_size,
                 workers=workers,
                 progress=progress,
+                retry_failed=retry_failed,
+                prune_empty=prune_empty,
             )
         self._indexes.pop(record.id, None)
         return report
@@ -478,6 +517,28 @@ class Library:
             images=self._store.image_counts(),
             spaces=self.spaces(),
         )
+
+    def check(self) -> CheckReport:
+        """Verify the library: SQLite integrity and foreign keys, image states, and that each
+        space's index holds exactly the stored ids (a stale or damaged index file is rebuilt
+        in memory and noted, since the store is the truth)."""
+        from .index import open_index
+
+        problems = self._store.integrity_problems()
+        notes: list[str] = []
+        for record in self._store.spaces():
+            manifest = self._store.manifest(record.id)
+            if manifest is None or manifest.generation != record.generation:
+                notes.append(
+                    f"space {record.fingerprint}: index file behind the store (rebuilt on next use)"
+                )
+            index, _ = open_index(self._store, record)
+            _, ids, _ = self._store.vectors(record.id)
+            if sorted(index.ids().tolist()) != ids.tolist():
+                problems.append(
+                    f"space {record.fingerprint}: index ids differ from the stored vectors"
+                )
+        return CheckReport(problems, notes)
 
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""

@@ -36,16 +36,23 @@ def stat_or_lstat(path: Path) -> FileInfo | None:
     return FileInfo(path, st.st_size, st.st_mtime_ns)
 
 
-def scan(folder: Path) -> Iterator[FileInfo]:
+def scan(folder: Path, unreadable: list[Path] | None = None) -> Iterator[FileInfo]:
     """Every image file under ``folder`` (recursively, sorted by path, hidden folders skipped).
 
-    Symlinked folders are not followed, so link loops cannot trap the walk.
+    Symlinked folders are not followed, so link loops cannot trap the walk. Folders that
+    cannot be listed are logged and appended to ``unreadable``: what the store knows under
+    them must not be taken as deleted.
     """
 
     def onerror(err: OSError) -> None:
         log.warning("cannot read folder %s: %s", err.filename, err.strerror)
+        if unreadable is not None:
+            unreadable.append(Path(err.filename))
 
     for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                log.info("not following symlinked folder %s", os.path.join(dirpath, name))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or not is_image_name(name):

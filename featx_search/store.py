@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -78,6 +78,29 @@ class KnownFile:
     mtime_ns: int
     status: str
     has_vector: bool
+    content_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """A stored image with a given content hash: where it was, and its state in a space."""
+
+    id: int
+    path: Path
+    root: Path
+    status: str
+    has_vector: bool
+
+
+@dataclass(frozen=True)
+class Move:
+    """A stored image found at a new place: same row and vectors, new path, size and time."""
+
+    image_id: int
+    root_id: int
+    relpath: str
+    size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -125,7 +148,9 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a committed batch survives a power cut too (one fsync per batch, small next to
+    # the model's time); NORMAL could lose the last commits, never corrupt.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
@@ -359,6 +384,15 @@ class Store:
                     s.delete(root)
             return new.id, folder
 
+    def find_root(self, folder: Path) -> tuple[int | None, Path]:
+        """Like :meth:`root_for`, but read-only: (None, ``folder``) when no root holds it."""
+        folder_str = str(folder)
+        with self.transaction() as s:
+            for root in s.scalars(select(Root)):
+                if folder_str == root.path or _inside(folder_str, root.path):
+                    return root.id, Path(root.path)
+        return None, folder
+
     def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
         """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
         has_vector = (
@@ -367,16 +401,61 @@ class Store:
             .exists()
         )
         query = select(
-            Image.id, Image.relpath, Image.size, Image.mtime_ns, Image.status, has_vector
+            Image.id,
+            Image.relpath,
+            Image.size,
+            Image.mtime_ns,
+            Image.status,
+            has_vector,
+            Image.content_hash,
         ).where(Image.root_id == root_id)
         # Paths are stored as bytes (see schema.FsPath), so the prefix is matched here.
         under = prefix.rstrip(os.sep) + os.sep if prefix else ""
         with self.transaction() as s:
             return {
-                row[1]: KnownFile(row[0], row[2], row[3], row[4], bool(row[5]))
+                row[1]: KnownFile(row[0], row[2], row[3], row[4], bool(row[5]), row[6])
                 for row in s.execute(query)
                 if row[1].startswith(under)
             }
+
+    def stored_sizes(self) -> set[int]:
+        """The byte sizes of all stored images (to find files worth hashing for moves)."""
+        with self.transaction() as s:
+            return set(s.scalars(select(Image.size).distinct()))
+
+    def copies(self, hashes: Iterable[str], space_id: int) -> dict[str, list[StoredCopy]]:
+        """Stored images whose content hash is in ``hashes``, grouped by hash."""
+        wanted = set(hashes)
+        if not wanted:
+            return {}
+        has_vector = (
+            select(Vector.image_id)
+            .where(Vector.space_id == space_id, Vector.image_id == Image.id)
+            .exists()
+        )
+        query = (
+            select(Image.content_hash, Image.id, Root.path, Image.relpath, Image.status, has_vector)
+            .join(Root, Root.id == Image.root_id)
+            .where(Image.content_hash.in_(wanted))
+            .order_by(Image.id)
+        )
+        found: dict[str, list[StoredCopy]] = {}
+        with self.transaction() as s:
+            for digest, image_id, root, relpath, status, vector in s.execute(query):
+                found.setdefault(digest or "", []).append(
+                    StoredCopy(image_id, Path(root, relpath), Path(root), status, bool(vector))
+                )
+        return found
+
+    def move(self, moves: Sequence[Move]) -> None:
+        """Give images new paths in one transaction; their vectors (and index ids) stay."""
+        if not moves:
+            return
+        with self.transaction() as s:
+            for m in moves:
+                image = s.get_one(Image, m.image_id)
+                image.root_id, image.relpath = m.root_id, m.relpath
+                image.size, image.mtime_ns = m.size, m.mtime_ns
 
     def write_batch(
         self, space_id: int, results: Sequence[FileResult], removed: Iterable[int] = ()
@@ -436,6 +515,24 @@ class Store:
                 .values(generation=Space.generation + 1)
             )
         return added, sorted(set(dropped.get(space_id, ())) - set(added))
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's integrity and foreign-key checks, and the image states, find wrong."""
+        problems: list[str] = []
+        has_vector = select(Vector.image_id).where(Vector.image_id == Image.id).exists()
+        with self.transaction() as s:
+            rows = [r[0] for r in s.execute(text("PRAGMA integrity_check"))]
+            if rows != ["ok"]:
+                problems.extend(f"integrity_check: {r}" for r in rows)
+            for table, rowid, parent, _ in s.execute(text("PRAGMA foreign_key_check")):
+                problems.append(f"{table} row {rowid} points to a missing {parent} row")
+            lonely = s.scalar(select(func.count()).where(Image.status == INDEXED, ~has_vector))
+            if lonely:
+                problems.append(f"{lonely} images are marked indexed but have no vector")
+            stale = s.scalar(select(func.count()).where(Image.status == FAILED, has_vector))
+            if stale:
+                problems.append(f"{stale} images are marked failed but still have vectors")
+        return problems
 
     # -- vectors ------------------------------------------------------------------------
 

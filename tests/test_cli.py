@@ -47,7 +47,7 @@ def test_index_json_summary(db: Path, photos: Path) -> None:
 def test_index_text_summary_lists_failures(db: Path, photos: Path) -> None:
     (photos / "fake.jpg").write_text("hello")
     result = run("--db", db, "index", photos, *TINY_ARGS)
-    assert "indexed 12 (added 12, updated 0), unchanged 0, failed 1" in result.output
+    assert "indexed 12 (added 12, updated 0), moved 0, unchanged 0, failed 1" in result.output
     assert "fake.jpg" in result.output
     failed = run("--db", db, "info", "--failed").stdout
     assert str(photos / "fake.jpg") in failed and "cannot decode" in failed

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Kill a real indexer with SIGKILL at random moments, again and again, over one library.
+
+The photos are copied to a scratch folder that changes before every round (a file added,
+one edited, one renamed, one deleted), so every round has work to interrupt. After every kill
+the library is reopened and checked: SQLite integrity_check ok, image states consistent, the
+index holds exactly the stored ids, no stored file that is still there unchanged was lost, no
+path stored twice. A last run without a kill must then give the same library as a clean run
+over the final folder: the same files in the same states with the same vectors.
+
+Usage: .venv/bin/python scripts/crash_test.py PHOTOS [--rounds 20] [--seed 0]
+           [-- extra index options, e.g. -m tests.models:tiny_cnn -w none --batch-size 2]
+Exits 1 on the first broken invariant. Run it from the checkout root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featx_search import Library
+
+
+def _indexer(db: Path, photos: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(photos), "-q"]
+    return subprocess.Popen(cmd + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stored_rows(db: Path) -> int:
+    """Images stored so far, read without Alembic or locks (the indexer keeps writing)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return int(con.execute("SELECT count(*) FROM images").fetchone()[0])
+    except sqlite3.Error:
+        return 0  # not created or not migrated yet
+
+
+def _snapshot(db: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(path -> state, path -> vector) of the library's only space."""
+    with Library.open(db, create=False) as lib:
+        store = lib._store
+        _, ids, matrix = store.vectors(store.spaces()[0].id)
+        paths = store.paths(ids.tolist())
+        vectors = {paths[int(i)]: row for i, row in zip(ids, matrix, strict=True)}
+        states = {p: "indexed" for p in vectors} | {p: "failed" for p, _ in lib.failures()}
+        return states, vectors
+
+
+def _mutate(folder: Path, rng: random.Random, round_: int) -> set[Path]:
+    """Add, edit, rename and delete one file each; returns the paths whose content changed
+    or that went away (the files a round may legitimately drop from the library)."""
+    from PIL import Image
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    images = [p for p in files if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    if len(images) < 4:
+        return set()
+    added, edited, renamed, deleted = rng.sample(images, 4)
+    with Image.open(added) as img:
+        w, h = img.size
+        img.convert("RGB").crop((0, 0, w * 9 // 10, h * 9 // 10)).save(
+            added.with_name(f"new-{round_}.jpg"), quality=90
+        )
+    with Image.open(edited) as img:
+        img.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+            edited.with_suffix(".tmp.jpg"), quality=85
+        )
+    os.replace(edited.with_suffix(".tmp.jpg"), edited)
+    renamed.rename(renamed.with_name(f"renamed-{round_}{renamed.suffix}"))
+    deleted.unlink()
+    return {edited, renamed, deleted}
+
+
+def _stored_paths(db: Path) -> set[str]:
+    with Library.open(db, create=False) as lib:
+        store = lib._store
+        spaces = store.spaces()
+        if not spaces:  # killed before the space was stored
+            return set()
+        return set(store.paths(store.vectors(spaces[0].id)[1].tolist()).values())
+
+
+def _check(db: Path) -> int:
+    """Reopen the library, check its invariants, return how many images it holds."""
+    with Library.open(db, create=False) as lib:
+        report = lib.check()
+        if not report.ok:
+            raise SystemExit(f"FAIL: {report.problems}")
+        with sqlite3.connect(db) as con:
+            rows, distinct = con.execute(
+                "SELECT count(*), count(DISTINCT root_id || '/' || hex(relpath)) FROM images"
+            ).fetchone()
+        if rows != distinct:
+            raise SystemExit(f"FAIL: {rows - distinct} paths stored twice")
+        return int(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("photos", type=Path)
+    parser.add_argument("--rounds", type=int, default=20, help="kills before the final run")
+    parser.add_argument("--seed", type=int, default=0)
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos, db = Path(tmp) / "photos", Path(tmp) / "crashed.db"
+        shutil.copytree(args.photos, photos, symlinks=True)
+        started = time.perf_counter()
+        first = _indexer(Path(tmp) / "timing.db", photos, args.extra)
+        first.wait()
+        full = time.perf_counter() - started
+        print(f"an uninterrupted run over {args.photos} takes {full:.1f} s")
+        kills = 0
+        for round_ in range(args.rounds):
+            before = _stored_paths(db) if db.exists() else set()
+            changed = _mutate(photos, rng, round_)
+            total = sum(1 for p in photos.rglob("*") if p.is_file())
+            proc = _indexer(db, photos, args.extra)
+            # Two kills in three land once a random number of files is stored (mid-indexing,
+            # between or inside batches); the others at a random time (start-up, migration,
+            # scan, publish).
+            target = rng.randint(1, total) if rng.random() < 2 / 3 else None
+            deadline = time.perf_counter() + rng.uniform(0.0, full)
+            while proc.poll() is None:
+                if target is None and time.perf_counter() >= deadline:
+                    break
+                if target is not None and _stored_rows(db) >= target:
+                    time.sleep(rng.uniform(0.0, 0.05))
+                    break
+                time.sleep(0.005)
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+            proc.wait()
+            held = _check(db) if db.exists() else 0
+            lost = {p for p in before if Path(p) not in changed} - _stored_paths(db)
+            if lost:
+                raise SystemExit(f"FAIL: round {round_}: stored files lost: {sorted(lost)[:5]}")
+            print(f"round {round_}: killed={proc.returncode == -9} stored={held} ok")
+        final = _indexer(db, photos, args.extra)
+        if final.wait() != 0:
+            raise SystemExit(f"FAIL: final run: {final.stderr.read().decode()}")  # type: ignore[union-attr]
+        _check(db)
+        reference = Path(tmp) / "reference.db"
+        if _indexer(reference, photos, args.extra).wait() != 0:
+            raise SystemExit("FAIL: the clean reference run failed")
+        expected_states, expected_vectors = _snapshot(reference)
+        states, vectors = _snapshot(db)
+        if states != expected_states:
+            raise SystemExit("FAIL: final states differ from an uninterrupted run")
+        for path, vector in expected_vectors.items():
+            if not np.allclose(vectors[path], vector, atol=1e-5):
+                raise SystemExit(f"FAIL: vector of {path} differs from an uninterrupted run")
+        print(
+            f"ok: {kills} kills in {args.rounds} rounds; the final library equals a clean run "
+            f"({len(states)} files)"
+        )
+
+
+if __name__ == "__main__":
+    main()

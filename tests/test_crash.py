@@ -1,0 +1,142 @@
+"""Crash safety: damaged index files, interrupted runs, a killed indexer, concurrent readers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featx_search import Library, LibraryError
+from featx_search.index import VectorIndex
+
+from .conftest import TINY, make_photo
+
+
+def test_forged_length_in_index_file_is_refused_not_allocated(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    path = tmp_path / "x.faiss"
+    VectorIndex.build(8, np.arange(10), vectors).save(path)
+    data = bytearray(path.read_bytes())
+    # The flat codes are stored as a 64-bit count of floats followed by the raw vectors.
+    start = bytes(data).find(vectors.tobytes())
+    assert struct.unpack("<Q", data[start - 8 : start]) == (vectors.size,)
+    data[start - 8 : start] = struct.pack("<Q", 1 << 29)  # claims 2 GiB
+    path.write_bytes(data)
+    checksum = hashlib.sha256(data).hexdigest()  # even with a matching manifest checksum
+    with pytest.raises(LibraryError, match="deserialization_vector_byte_limit"):
+        VectorIndex.load(path, dim=8, checksum=checksum)
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["-m", "tests.models:tiny_cnn", "-w", "none", "--batch-size", "2"]
+
+
+@pytest.fixture
+def many(tmp_path: Path) -> Path:
+    """40 small photos in three folders, plus one bad file."""
+    root = tmp_path / "many"
+    for i in range(40):
+        make_photo(root / f"s{i % 3}" / f"img{i:03d}.jpg", seed=i)
+    (root / "bad.jpg").write_text("not an image")
+    return root
+
+
+def _indexer(db: Path, photos: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(photos), *extra],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_rows(db: Path, proc: subprocess.Popen[str], rows: int) -> None:
+    while proc.poll() is None:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                if con.execute("SELECT count(*) FROM images").fetchone()[0] >= rows:
+                    return
+        except sqlite3.Error:
+            pass
+        time.sleep(0.01)
+
+
+def test_killed_indexer_loop_converges_to_a_clean_run(many: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/crash_test.py", str(many), "--rounds", "3", "--", *TINY_ARGS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the final library equals a clean run" in result.stdout
+
+
+@pytest.mark.slow
+def test_killed_indexer_many_times(many: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/crash_test.py", str(many), "--rounds", "25", "--", *TINY_ARGS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ctrl_c_saves_the_batch_and_says_how_to_resume(many: Path, db: Path) -> None:
+    proc = _indexer(db, many, *TINY_ARGS)
+    _wait_for_rows(db, proc, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "again to resume" in err and "Traceback" not in err
+    with Library.open(db, create=False) as lib:
+        assert lib.check().ok
+        saved = lib.spaces()[0].count
+    assert 2 <= saved < 40
+    rest = subprocess.run(
+        [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(many), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    summary = json.loads(rest.stdout)
+    assert summary["added"] + summary["unchanged"] == 41 - summary["failed"] or (
+        summary["added"] + summary["unchanged"] + summary["failed"] == 41
+    )
+    assert summary["unchanged"] >= saved and not summary["interrupted"]
+
+
+def test_searches_run_while_indexing(many: Path, db: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    for i in range(6):
+        make_photo(first / f"f{i}.jpg", seed=100 + i)
+    with Library.open(db) as lib:
+        lib.index([first], spec=TINY)
+    proc = _indexer(db, many, "--space", "1", "--batch-size", "2")
+    seen_counts: set[int] = set()
+    with Library.open(db, create=False) as lib:
+        while proc.poll() is None:
+            hits = lib.similar(first / "f0.jpg", k=50)
+            assert hits[0].path == str(first / "f0.jpg")
+            scores = [m.score for m in hits]
+            assert scores == sorted(scores, reverse=True)
+            assert len({m.image_id for m in hits}) == len(hits)
+            assert all(Path(m.path).exists() for m in hits)
+            seen_counts.add(len(hits))
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(seen_counts) >= 2, seen_counts  # the library grew while we searched
