@@ -23,6 +23,9 @@ from .errors import ConfigError, ImageError
 from .query import Match
 
 FORMATS = ("table", "json", "csv", "paths")
+# A contact sheet shows this many queries or groups at most, so that it stays an image a
+# viewer can open; the text formats and the HTML page list everything.
+MONTAGE_SECTIONS = 50
 
 
 @dataclass(frozen=True)
@@ -261,11 +264,12 @@ def write_html(listing: Listing, out: str | os.PathLike[str]) -> Path:
 
 
 def write_montage(listing: Listing, out: str | os.PathLike[str]) -> Path:
-    """A contact sheet image of ``listing``: one block per section, query images first."""
+    """A contact sheet image of ``listing``: one block per section (the first
+    :data:`MONTAGE_SECTIONS`), query images first."""
     from .thumbs import Tile, contact_sheet
 
     rows = []
-    for section in listing.sections:
+    for section in listing.sections[:MONTAGE_SECTIONS]:
         tiles = [Tile(path, "query", Path(path).name) for path in section.queries]
         for row in section.rows:
             label = f"#{row['rank']} " if "rank" in row else "keep " if row.get("keeper") else ""
@@ -275,4 +279,7 @@ def write_montage(listing: Listing, out: str | os.PathLike[str]) -> Path:
         rows.append((section.title, tiles))
     if not rows:
         rows.append((listing.nothing, []))
+    left = len(listing.sections) - MONTAGE_SECTIONS
+    if left > 0:
+        rows.append((f"... and {left} more (see --html or --json for all)", []))
     return contact_sheet(rows, out)
