@@ -16,6 +16,7 @@ Exits 1 on the first broken invariant. Run it from the checkout root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -36,11 +37,12 @@ def _indexer(db: Path, photos: Path, extra: list[str]) -> subprocess.Popen[bytes
     return subprocess.Popen(cmd + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _stored_rows(db: Path) -> int:
-    """Images stored so far, read without Alembic or locks (the indexer keeps writing)."""
+def _generation(db: Path) -> int:
+    """How many batches the library has committed, read without Alembic or locks (the
+    indexer keeps writing): every committed batch bumps its space's generation."""
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return int(con.execute("SELECT count(*) FROM images").fetchone()[0])
+            return int(con.execute("SELECT coalesce(max(generation), 0) FROM spaces").fetchone()[0])
     except sqlite3.Error:
         return 0  # not created or not migrated yet
 
@@ -56,13 +58,25 @@ def _snapshot(db: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
         return states, vectors
 
 
+def _opens(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:  # the corpus may hold broken files on purpose
+        return False
+
+
 def _mutate(folder: Path, rng: random.Random, round_: int) -> set[Path]:
-    """Add, edit, rename and delete one file each; returns the paths whose content changed
-    or that went away (the files a round may legitimately drop from the library)."""
+    """Add, edit, rename and delete one file each and touch half the others (so they are
+    embedded again); returns the paths whose content changed or that went away (the files a
+    round may legitimately drop from the library)."""
     from PIL import Image
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-    images = [p for p in files if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    images = [p for p in files if p.suffix.lower() in (".jpg", ".jpeg", ".png") and _opens(p)]
     if len(images) < 4:
         return set()
     added, edited, renamed, deleted = rng.sample(images, 4)
@@ -78,6 +92,9 @@ def _mutate(folder: Path, rng: random.Random, round_: int) -> set[Path]:
     os.replace(edited.with_suffix(".tmp.jpg"), edited)
     renamed.rename(renamed.with_name(f"renamed-{round_}{renamed.suffix}"))
     deleted.unlink()
+    for path in images:
+        if path not in (edited, renamed, deleted) and rng.random() < 0.5:
+            os.utime(path, ns=(time.time_ns(), time.time_ns()))
     return {edited, renamed, deleted}
 
 
@@ -110,46 +127,56 @@ def main() -> None:
     parser.add_argument("photos", type=Path)
     parser.add_argument("--rounds", type=int, default=20, help="kills before the final run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, help="keep the scratch files here (a new folder)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.extra = extra
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         photos, db = Path(tmp) / "photos", Path(tmp) / "crashed.db"
         shutil.copytree(args.photos, photos, symlinks=True)
-        started = time.perf_counter()
-        first = _indexer(Path(tmp) / "timing.db", photos, args.extra)
-        first.wait()
-        full = time.perf_counter() - started
-        print(f"an uninterrupted run over {args.photos} takes {full:.1f} s")
+        full = 5.0  # seconds a run may last; updated from each round
         kills = 0
         for round_ in range(args.rounds):
             before = _stored_paths(db) if db.exists() else set()
             changed = _mutate(photos, rng, round_)
             total = sum(1 for p in photos.rglob("*") if p.is_file())
+            started = time.perf_counter()
             proc = _indexer(db, photos, args.extra)
-            # Two kills in three land once a random number of files is stored (mid-indexing,
+            # Two kills in three land once a random number of batches is committed (mid-indexing,
             # between or inside batches); the others at a random time (start-up, migration,
             # scan, publish).
-            target = rng.randint(1, total) if rng.random() < 2 / 3 else None
+            batches = total // 2  # an upper bound on this round's batches
+            start = _generation(db)
+            target = start + rng.randint(1, batches) if rng.random() < 2 / 3 else None
             deadline = time.perf_counter() + rng.uniform(0.0, full)
             while proc.poll() is None:
                 if target is None and time.perf_counter() >= deadline:
                     break
-                if target is not None and _stored_rows(db) >= target:
+                if target is not None and _generation(db) >= target:
                     time.sleep(rng.uniform(0.0, 0.05))
                     break
                 time.sleep(0.005)
             if proc.poll() is None:
                 proc.kill()
                 kills += 1
+            # A run lasts at least as long as this one got: later random kills can reach
+            # further than start-up.
+            full = max(full, time.perf_counter() - started)
             proc.wait()
             held = _check(db) if db.exists() else 0
-            lost = {p for p in before if Path(p) not in changed} - _stored_paths(db)
+            # (a file renamed in an earlier round may still be stored under its old path
+            # until a run gets to record the move: only files still on disk count)
+            kept = {p for p in before if Path(p) not in changed and Path(p).exists()}
+            lost = kept - _stored_paths(db)
             if lost:
                 raise SystemExit(f"FAIL: round {round_}: stored files lost: {sorted(lost)[:5]}")
-            print(f"round {round_}: killed={proc.returncode == -9} stored={held} ok")
+            done = _generation(db) - start
+            killed = proc.returncode == -9
+            how = "time" if target is None else f"batch target {target - start}"
+            print(f"round {round_} ({how}): killed={killed} after {done} batches, stored={held} ok")
         final = _indexer(db, photos, args.extra)
         if final.wait() != 0:
             raise SystemExit(f"FAIL: final run: {final.stderr.read().decode()}")  # type: ignore[union-attr]
