@@ -272,7 +272,9 @@ def write_montage(listing: Listing, out: str | os.PathLike[str]) -> Path:
     for section in listing.sections[:MONTAGE_SECTIONS]:
         tiles = [Tile(path, "query", Path(path).name) for path in section.queries]
         for row in section.rows:
-            label = f"#{row['rank']} " if "rank" in row else "keep " if row.get("keeper") else ""
+            label = f"#{row['rank']} " if "rank" in row else ""
+            if row.get("keeper") or row.get("identical"):
+                label = "keep " if row.get("keeper") else "same "
             tiles.append(
                 Tile(str(row["path"]), f"{label}{row['score']:.3f}", Path(row["path"]).name)
             )
