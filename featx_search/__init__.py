@@ -5,6 +5,7 @@ Importing this package does not import torch, torchvision or faiss; they load wh
 
 from __future__ import annotations
 
+from .compute import Compute
 from .config import ExtractorSpec, Preprocess, SpaceSpec
 from .dups import DupGroup, DupMember
 from .errors import (
@@ -19,11 +20,14 @@ from .errors import (
     WeightsError,
 )
 from .extract import Layer
+from .index import BuildInfo
+from .indexspec import SearchParams, choose_spec
 from .ingest import IndexReport, Progress
 from .library import (
     CheckReport,
     Library,
     LibraryInfo,
+    RecallReport,
     SchemaStatus,
     SpaceInfo,
     default_db_path,
@@ -36,7 +40,9 @@ from .query import Filters, Match, parse_date
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
 __all__ = [
+    "BuildInfo",
     "CheckReport",
+    "Compute",
     "ConfigError",
     "DupGroup",
     "DupMember",
@@ -55,12 +61,15 @@ __all__ = [
     "ModelError",
     "Preprocess",
     "Progress",
+    "RecallReport",
     "SchemaStatus",
+    "SearchParams",
     "SpaceError",
     "SpaceInfo",
     "SpaceSpec",
     "WeightsError",
     "__version__",
+    "choose_spec",
     "default_db_path",
     "list_layers",
     "parse_date",

@@ -13,9 +13,18 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, output
-from .config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec
+from .compute import DEVICES, Compute, prefer_passive_openmp
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    DEFAULT_WEIGHTS,
+    POOLS,
+    PRECISIONS,
+    ExtractorSpec,
+)
 from .dups import DEFAULT_DUP_THRESHOLD
 from .errors import FeatxError
+from .indexspec import SearchParams, format_bytes
 from .ingest import IndexReport, Progress
 from .library import Library, default_db_path, list_layers, schema_status, upgrade_schema
 from .output import Listing, dup_listing, match_listing
@@ -57,6 +66,42 @@ def json_option(func: F) -> F:
         "as_json",
         is_flag=True,
         help="Print JSON (one object per line) instead of a table.",
+    )(func)
+
+
+def index_options(func: F) -> F:
+    """``--index SPEC`` and ``--max-memory SIZE`` (for ``index`` and ``reindex``)."""
+    func = click.option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory budget of the space's index for --index auto (e.g. 512M, 2G); "
+        "auto compresses vectors (IVF-PQ) when they do not fit.",
+    )(func)
+    return click.option(
+        "--index",
+        "index_spec",
+        metavar="SPEC",
+        help="Index type of the space: auto, or a FAISS factory string such as Flat, HNSW32, "
+        "IVF4096,Flat, IVF4096,PQ64  [default: the space's, at first auto]",
+    )(func)
+
+
+def search_options(func: F) -> F:
+    """Per-query ``--nprobe`` / ``--ef-search`` / ``--rerank``."""
+    func = click.option(
+        "--rerank",
+        type=click.IntRange(min=0),
+        help="PQ/SQ indexes: re-score k x N candidates with the stored vectors (0: off).",
+    )(func)
+    func = click.option(
+        "--ef-search",
+        type=click.IntRange(min=1),
+        help="HNSW indexes: candidates explored per query  [default: tuned to recall 0.95]",
+    )(func)
+    return click.option(
+        "--nprobe",
+        type=click.IntRange(min=1),
+        help="IVF indexes: inverted lists visited per query  [default: tuned to recall 0.95]",
     )(func)
 
 
@@ -102,15 +147,20 @@ def cli(verbose: bool) -> None:
 
 
 def _spec(
-    model: str | None, weights: str | None, layers: Sequence[str], pool: str | None
+    model: str | None,
+    weights: str | None,
+    layers: Sequence[str],
+    pool: str | None,
+    precision: str | None = None,
 ) -> ExtractorSpec | None:
-    if model is None and weights is None and not layers and pool is None:
+    if model is None and weights is None and not layers and pool is None and precision is None:
         return None  # keep the library's space
     return ExtractorSpec(
         model=model or DEFAULT_MODEL,
         weights=weights or DEFAULT_WEIGHTS,
         layers=tuple(layers),
         pool=pool or "avg",
+        precision=precision or DEFAULT_PRECISION,
     )
 
 
@@ -190,6 +240,29 @@ class _Bar:
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]")
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads the model uses (torch intra-op)  [default: cores]",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where the model runs; auto picks CUDA, else MPS, else the CPU.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Number format of the model; part of the space, so another one makes a new space  "
+    f"[default: {DEFAULT_PRECISION}, or the library's space]",
+)
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="NHWC memory layout for convolutions  [default: on for cpu and cuda]",
+)
+@click.option(
     "--dry-run", "-n", is_flag=True, help="List what would be added, updated, moved and removed."
 )
 @click.option("--retry-failed", is_flag=True, help="Try files that failed before again.")
@@ -200,6 +273,7 @@ class _Bar:
     "unmounted drive looks empty).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@index_options
 @click.option("--verbose", "-v", is_flag=True, help="Also list every file added, moved, ...")
 @json_option
 @db_option
@@ -214,10 +288,16 @@ def index(
     space: str | None,
     batch_size: int,
     workers: int | None,
+    threads: int | None,
+    device: str,
+    precision: str | None,
+    channels_last: bool | None,
     dry_run: bool,
     retry_failed: bool,
     prune_empty: bool,
     quiet: bool,
+    index_spec: str | None,
+    max_memory: str | None,
     verbose: bool,
     as_json: bool,
 ) -> None:
@@ -227,21 +307,25 @@ def index(
     cannot be read are recorded as failed (see `info --failed`) and tried again when they
     change. Files gone from a folder are removed, unless the folder cannot be read or is
     empty. Ctrl-C stops after the current batch; run the same command again to resume.
-    Another --model/--weights/--layer/--pool makes a second space.
+    Another --model/--weights/--layer/--pool/--precision makes a second space;
+    --workers, --threads, --device and --channels-last only change the speed.
     """
     bar = _Bar() if not (quiet or as_json or dry_run) and sys.stderr.isatty() else None
     with _open(ctx, create=not dry_run) as lib:
         try:
             report = lib.index(
                 paths,
-                spec=_spec(model, weights, layers, pool),
+                spec=_spec(model, weights, layers, pool, precision),
                 space=space,
                 batch_size=batch_size,
                 workers=workers,
+                index_spec=index_spec,
+                max_memory=max_memory,
                 progress=bar,
                 dry_run=dry_run,
                 retry_failed=retry_failed,
                 prune_empty=prune_empty,
+                compute=Compute(device=device, threads=threads, channels_last=channels_last),
             )
         finally:
             if bar is not None:
@@ -381,6 +465,7 @@ def _filters(
     "--space",
     help="Space to search (fingerprint prefix, id or label); needed when the library has several.",
 )
+@search_options
 @output_options
 @db_option
 @click.pass_context
@@ -396,6 +481,9 @@ def search(
     after: str | None,
     before: str | None,
     space: str | None,
+    nprobe: int | None,
+    ef_search: int | None,
+    rerank: int | None,
     fmt: str,
     html_file: Path | None,
     montage_file: Path | None,
@@ -415,6 +503,9 @@ def search(
             threshold=threshold,
             exclude_self=exclude_self,
             combine=combine,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )
     names = [str(image) for image in images]
     files = [[str(image)] for image in images]
@@ -427,6 +518,7 @@ def search(
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @query_options
 @click.option("--space", help="Space to search (fingerprint prefix, id or label).")
+@search_options
 @output_options
 @db_option
 @click.pass_context
@@ -442,6 +534,9 @@ def similar(
     after: str | None,
     before: str | None,
     space: str | None,
+    nprobe: int | None,
+    ef_search: int | None,
+    rerank: int | None,
     fmt: str,
     html_file: Path | None,
     montage_file: Path | None,
@@ -464,6 +559,9 @@ def similar(
             threshold=threshold,
             exclude_self=exclude_self,
             combine=combine,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )
         files = [[lib.image_path(t)] for t in targets]
     names = list(images)
@@ -534,11 +632,50 @@ def dups(
 
 @cli.command()
 @click.option("--failed", is_flag=True, help="List the files that could not be indexed.")
+@click.option(
+    "--recall",
+    is_flag=True,
+    help="Measure recall@10 of a space's index against exact search on stored vectors.",
+)
+@click.option("--space", help="With --recall: the space (fingerprint prefix, id or label).")
+@click.option(
+    "--sample",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --recall: stored vectors used as queries.",
+)
+@search_options
 @json_option
 @db_option
 @click.pass_context
-def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
+def info(
+    ctx: click.Context,
+    failed: bool,
+    recall: bool,
+    space: str | None,
+    sample: int,
+    nprobe: int | None,
+    ef_search: int | None,
+    rerank: int | None,
+    as_json: bool,
+) -> None:
     """Show the library: spaces, image counts and index state."""
+    if recall:
+        with _open(ctx) as lib:
+            report = lib.recall(
+                space=space, sample=sample, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+            )
+        if as_json:
+            click.echo(json.dumps(report.to_dict()))
+            return
+        params = " ".join(f"{k}={v}" for k, v in sorted(report.params.items())) or "exact"
+        click.echo(
+            f"space {report.space}  index={report.spec} ({params})  vectors={report.count}\n"
+            f"recall@{report.k} = {report.recall:.3f} against exact search "
+            f"({report.queries} stored vectors as queries, {report.seconds:.1f} s)"
+        )
+        return
     with _open(ctx) as lib:
         if failed:
             rows = lib.failures()
@@ -562,7 +699,55 @@ def info(ctx: click.Context, failed: bool, as_json: bool) -> None:
         click.echo(
             f"space {s.fingerprint}  {s.label}  weights={s.weights}  dim={s.dim}  "
             f"vectors={s.count}  index={state}"
+            + (f" {s.index_kind}" if s.index_kind else "")
+            + ("" if s.index_spec == "auto" else f" (spec {s.index_spec})")
         )
+
+
+@cli.command()
+@click.option("--space", help="The space to rebuild (fingerprint prefix, id or label).")
+@index_options
+@click.option(
+    "--nprobe",
+    type=click.IntRange(min=1),
+    help="Fix nprobe for this space's searches (instead of the tuned default).",
+)
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    help="Fix efSearch for this space's searches (instead of the tuned default).",
+)
+@json_option
+@db_option
+@click.pass_context
+def reindex(
+    ctx: click.Context,
+    space: str | None,
+    index_spec: str | None,
+    max_memory: str | None,
+    nprobe: int | None,
+    ef_search: int | None,
+    as_json: bool,
+) -> None:
+    """Rebuild a space's index from its stored vectors (no image is embedded again).
+
+    With --index the space switches to that index type; later `index` runs add to it.
+    """
+    params = None
+    if nprobe is not None or ef_search is not None:
+        params = SearchParams(nprobe=nprobe, ef_search=ef_search)
+    with _open(ctx) as lib:
+        built = lib.reindex(
+            space=space, index_spec=index_spec, max_memory=max_memory, params=params
+        )
+    if as_json:
+        click.echo(json.dumps(built.to_dict()))
+        return
+    params_text = " ".join(f"{k}={v}" for k, v in sorted(built.params.to_dict().items()))
+    click.echo(
+        f"rebuilt {built.spec} index of {built.count} vectors in {built.seconds:.1f} s "
+        f"({format_bytes(built.nbytes)}{', ' + params_text if params_text else ''})"
+    )
 
 
 @cli.command()
@@ -636,4 +821,5 @@ def check(ctx: click.Context) -> None:
 
 
 def main() -> None:
+    prefer_passive_openmp()  # before anything imports torch
     cli(prog_name="featx-search")

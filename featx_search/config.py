@@ -13,11 +13,22 @@ POOLS: tuple[str, ...] = ("avg", "max", "gem")
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "DEFAULT"
 NO_WEIGHTS = "none"
+# Number formats a model can run in. fp32 is the default and the only one whose spaces keep
+# the fingerprints they had before precision existed.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "fp32"
 
 
 def _check_pool(pool: str) -> None:
     if pool not in POOLS:
         raise ConfigError(f"unknown pooling {pool!r}", hint=f"choose one of: {', '.join(POOLS)}")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"unknown --precision {precision!r}", hint=f"choose one of: {', '.join(PRECISIONS)}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,13 +37,16 @@ class ExtractorSpec:
 
     ``weights`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V2``, ...), ``none``
     for a seeded random initialisation, or the path of a state-dict file. An empty ``layers``
-    means the model's default layer (the node that feeds its classifier).
+    means the model's default layer (the node that feeds its classifier). ``precision`` is
+    the number format the model runs in (``fp32``, ``bf16``, ``fp16``); it changes vectors, so
+    it is part of the embedding space.
     """
 
     model: str = DEFAULT_MODEL
     weights: str = DEFAULT_WEIGHTS
     layers: tuple[str, ...] = ()
     pool: str = "avg"
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         if not self.model.strip():
@@ -46,6 +60,7 @@ class ExtractorSpec:
         if len(set(self.layers)) != len(self.layers):
             raise ConfigError(f"--layer repeats a node: {', '.join(self.layers)}")
         _check_pool(self.pool)
+        _check_precision(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers)}
@@ -57,6 +72,7 @@ class ExtractorSpec:
             weights=data["weights"],
             layers=tuple(data.get("layers", ())),
             pool=data.get("pool", "avg"),
+            precision=data.get("precision", DEFAULT_PRECISION),
         )
 
 
@@ -108,10 +124,17 @@ class SpaceSpec:
     torch_version: str
     torchvision_version: str
     request: ExtractorSpec = field(compare=False)
+    precision: str = DEFAULT_PRECISION
 
     def identity(self) -> dict[str, Any]:
-        """The fields that make up the fingerprint (everything but ``request``)."""
+        """The fields that make up the fingerprint (everything but ``request``).
+
+        ``precision`` appears only when it is not fp32, so fp32 spaces keep the fingerprints
+        they had before precision was an option.
+        """
+        extra = {} if self.precision == DEFAULT_PRECISION else {"precision": self.precision}
         return {
+            **extra,
             "model": self.model,
             "weights": self.weights,
             "weights_sha256": self.weights_sha256,
@@ -131,8 +154,9 @@ class SpaceSpec:
 
     @property
     def label(self) -> str:
-        """A short human name, e.g. ``resnet50/avgpool/avg``."""
-        return f"{self.model}/{'+'.join(self.layers)}/{self.pool}"
+        """A short human name, e.g. ``resnet50/avgpool/avg`` (``.../avg/bf16`` when not fp32)."""
+        label = f"{self.model}/{'+'.join(self.layers)}/{self.pool}"
+        return label if self.precision == DEFAULT_PRECISION else f"{label}/{self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.identity(), "request": self.request.to_dict()}
@@ -150,4 +174,5 @@ class SpaceSpec:
             torch_version=data["torch"],
             torchvision_version=data["torchvision"],
             request=ExtractorSpec.from_dict(data["request"]),
+            precision=data.get("precision", DEFAULT_PRECISION),
         )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .compute import Compute, Placement, place, to_input
 from .config import NO_WEIGHTS, ExtractorSpec, Preprocess, SpaceSpec
 from .errors import ConfigError, LayerError, ModelError, WeightsError
 
@@ -358,11 +359,15 @@ class Extractor:
 
     Build with :func:`load_extractor`. :meth:`embed` maps a float32 batch (B, 3, H, W),
     preprocessed as ``space.preprocess`` says, to L2-normalised float32 vectors (B, dim).
+    ``placement`` says where the graph lives (device, dtype, layout); ``None`` is CPU fp32.
     """
 
-    def __init__(self, graph: nn.Module, space: SpaceSpec) -> None:
+    def __init__(
+        self, graph: nn.Module, space: SpaceSpec, placement: Placement | None = None
+    ) -> None:
         self._graph = graph
         self.space = space
+        self.placement = placement
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -370,13 +375,21 @@ class Extractor:
         from .pooling import combine
 
         with torch.inference_mode():
-            outputs = self._graph(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
-            vectors = combine([outputs[name] for name in self.space.layers], self.space.pool)
+            inputs = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+            if self.placement is not None:
+                inputs = to_input(inputs, self.placement)
+            outputs = self._graph(inputs)
+            # Pool in fp32 on the CPU whatever the model ran in.
+            features = [outputs[name].to("cpu", torch.float32) for name in self.space.layers]
+            vectors = combine(features, self.space.pool)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
 
-def load_extractor(spec: ExtractorSpec) -> Extractor:
+def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extractor:
     """Build the model, cut it at ``spec.layers`` (or the default layer) and resolve the space.
+
+    The graph runs in ``spec.precision`` on the device, threads and layout of ``compute``
+    (default: :class:`Compute`, i.e. the best device here).
 
     Raises :class:`ModelError`, :class:`WeightsError`, :class:`LayerError` or
     :class:`ConfigError` with a hint when something named in ``spec`` is not usable.
@@ -406,11 +419,21 @@ def load_extractor(spec: ExtractorSpec) -> Extractor:
         torch_version=torch.__version__.split("+")[0],
         torchvision_version=torchvision.__version__.split("+")[0],
         request=spec,
+        precision=spec.precision,
     )
-    dim = Extractor(graph, partial).embed(probe).shape[1]
+    # After the checksum: the weights are hashed as built, in fp32 on the CPU.
+    graph, placement = place(graph, spec.precision, compute or Compute())
+    dim = Extractor(graph, partial, placement).embed(probe).shape[1]
     space = SpaceSpec(**{**partial.__dict__, "dim": int(dim)})
-    log.info("extractor %s ready: %d-d, space %s", space.label, dim, space.fingerprint)
-    return Extractor(graph, space)
+    log.info(
+        "extractor %s ready: %d-d, space %s, on %s (channels_last=%s)",
+        space.label,
+        dim,
+        space.fingerprint,
+        placement.device,
+        placement.channels_last,
+    )
+    return Extractor(graph, space, placement)
 
 
 def list_layers(spec: ExtractorSpec) -> list[Layer]:

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -272,6 +272,7 @@ def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
     try:
         got = decode_file(job.info.path, min_side=spec.resize)
         array = preprocess(got.image, spec)
+        got.image.close()  # free the pixels now, not when the collector gets to them
         return _Decoded(job, array, None, got.size, got.content_hash, got.taken_at)
     except ImageError as err:
         return _Decoded(job, None, err.message, None)
@@ -281,15 +282,22 @@ def _decode(job: _Job, record: SpaceRecord) -> _Decoded:
 
 def _prefetch(
     pool: ThreadPoolExecutor, jobs: Sequence[_Job], record: SpaceRecord, window: int
-) -> Iterator[_Decoded]:
-    """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory)."""
+) -> Generator[_Decoded, None, None]:
+    """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory).
+
+    Closing the generator early (an error or Ctrl-C downstream) cancels what has not started.
+    """
     queue = iter(jobs)
     pending: deque[Future[_Decoded]] = deque(
         pool.submit(_decode, job, record) for job in islice(queue, window)
     )
-    while pending:
-        yield pending.popleft().result()
-        pending.extend(pool.submit(_decode, job, record) for job in islice(queue, 1))
+    try:
+        while pending:
+            yield pending.popleft().result()
+            pending.extend(pool.submit(_decode, job, record) for job in islice(queue, 1))
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
@@ -301,6 +309,19 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
             batch = []
     if batch:
         yield batch
+
+
+def _embed(extractor: Extractor | None, batch: list[_Decoded], dim: int) -> np.ndarray:
+    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim))."""
+    arrays = [d.array for d in batch if d.array is not None]
+    if not arrays or extractor is None:
+        return np.empty((0, dim), np.float32)
+    return extractor.embed(np.stack(arrays))
+
+
+def default_workers() -> int:
+    """Decoding threads when not given: one per core, at most 8 (not tuned further)."""
+    return min(8, os.cpu_count() or 1)
 
 
 @contextmanager
@@ -346,9 +367,16 @@ def run_index(
     files gone from a scanned folder are removed, unless the folder could not be read or is
     empty (``prune_empty`` allows the latter). The space's index file is published at the
     end. ``dry_run`` only plans: nothing is written and no model is loaded.
+
+    Three stages overlap: ``workers`` threads decode and preprocess files ahead of the model
+    (at most two batches ahead), one thread runs the model on a batch, and meanwhile this
+    thread commits the previous batch to the store and the index. Memory is bounded by about
+    four batches of decoded input, however many files there are.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     started = time.perf_counter()
     report = IndexReport(space=record.fingerprint, label=record.label, dry_run=dry_run)
     plan = _plan(
@@ -373,30 +401,47 @@ def run_index(
     index, _ = open_index(store, record)
     # Loaded only when some file needs embedding: a no-change run never imports torch.
     extractor = load_extractor() if plan.jobs else None
-    workers = workers or min(8, os.cpu_count() or 1)
     done = 0
+
+    def finish(batch: list[_Decoded], vectors: Future[np.ndarray]) -> None:
+        nonlocal done
+        _store_batch(store, record, index, batch, vectors.result(), report)
+        done += len(batch)
+        if progress is not None:
+            progress(
+                Progress(
+                    done,
+                    len(plan.jobs),
+                    str(batch[-1].job.info.path),
+                    report.failed,
+                    time.perf_counter() - started,
+                )
+            )
+
     with _stop_on_interrupt() as stop:
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="featx-decode")
+        pool = ThreadPoolExecutor(workers or default_workers(), thread_name_prefix="featx-decode")
+        model = ThreadPoolExecutor(1, thread_name_prefix="featx-model")
+        decoded = _prefetch(pool, plan.jobs, record, 2 * batch_size)
         try:
-            for batch in _batches(_prefetch(pool, plan.jobs, record, 2 * batch_size), batch_size):
-                _embed_and_store(store, record, extractor, index, batch, report)
-                done += len(batch)
-                if progress is not None:
-                    progress(
-                        Progress(
-                            done,
-                            len(plan.jobs),
-                            str(batch[-1].job.info.path),
-                            report.failed,
-                            time.perf_counter() - started,
-                        )
-                    )
-                if stop.is_set() and done < len(plan.jobs):
-                    report.interrupted = True
-                    report.remaining = len(plan.jobs) - done
-                    break
+            pending: tuple[list[_Decoded], Future[np.ndarray]] | None = None
+            for batch in _batches(decoded, batch_size):
+                running = model.submit(_embed, extractor, batch, record.spec.dim)
+                if pending is not None:  # torch releases the GIL: this overlaps the model
+                    finish(*pending)
+                    if stop.is_set():  # stop after the batch just stored; drop the next
+                        running.cancel()
+                        pending = None
+                        break
+                pending = (batch, running)
+            if pending is not None:
+                finish(*pending)
+            if done < len(plan.jobs):
+                report.interrupted = True
+                report.remaining = len(plan.jobs) - done
         finally:
+            decoded.close()
             pool.shutdown(wait=True, cancel_futures=True)
+            model.shutdown(wait=True, cancel_futures=True)
         if plan.removed and not report.interrupted:
             _, dropped = store.write_batch(record.id, [], list(plan.removed))
             index.remove(np.asarray(dropped, np.int64))
@@ -410,20 +455,17 @@ def run_index(
     return report
 
 
-def _embed_and_store(
+def _store_batch(
     store: Store,
     record: SpaceRecord,
-    extractor: Extractor | None,
     index: VectorIndex,
     batch: list[_Decoded],
+    vectors: np.ndarray,
     report: IndexReport,
 ) -> None:
-    """Embed one batch, commit it in one transaction and mirror it in the index."""
-    ok = [(d, d.array) for d in batch if d.array is not None]
-    vectors = np.empty((0, record.spec.dim), np.float32)
-    if ok and extractor is not None:
-        vectors = extractor.embed(np.stack([array for _, array in ok]))
-    by_job = {id(d.job): v for (d, _), v in zip(ok, vectors, strict=True)}
+    """Commit one embedded batch in one transaction and mirror it in the index."""
+    ok = [d for d in batch if d.array is not None]
+    by_job = {id(d.job): v for d, v in zip(ok, vectors, strict=True)}
     results = [
         FileResult(
             root_id=d.job.root_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,17 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .compute import Compute
 from .config import ExtractorSpec
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup
-from .errors import ImageError, SpaceError
+from .errors import ConfigError, ImageError, SpaceError
 from .images import ImageInput, describe, load_input
+from .indexspec import AUTO, SearchParams, parse_memory
 from .ingest import IndexReport, ProgressCallback
 from .query import Filters, Match, check_k, check_threshold, combine_vectors, search_vectors
-from .store import SpaceRecord, Store
+from .store import IndexSettings, SpaceRecord, Store
 
 if TYPE_CHECKING:
     from .extract import Extractor, Layer
-    from .index import VectorIndex
+    from .index import BuildInfo, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class SpaceInfo:
     count: int
     generation: int
     index_generation: int | None
+    # the requested index spec ("auto" or a FAISS factory string) and the built one
+    index_spec: str = "auto"
+    index_kind: str | None = None
 
     @property
     def index_current(self) -> bool:
@@ -73,6 +79,8 @@ class SpaceInfo:
             "generation": self.generation,
             "index_generation": self.index_generation,
             "index_current": self.index_current,
+            "index_spec": self.index_spec,
+            "index_kind": self.index_kind,
         }
 
 
@@ -119,7 +127,7 @@ class Library:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._extractors: dict[ExtractorSpec, Extractor] = {}
+        self._extractors: dict[tuple[ExtractorSpec, Compute], Extractor] = {}
         self._indexes: dict[int, tuple[int, VectorIndex]] = {}
 
     @classmethod
@@ -155,6 +163,7 @@ class Library:
         out = []
         for record in self._store.spaces():
             manifest = self._store.manifest(record.id)
+            settings = self._store.index_settings(record.id)
             spec = record.spec
             out.append(
                 SpaceInfo(
@@ -169,6 +178,8 @@ class Library:
                     count=record.count,
                     generation=record.generation,
                     index_generation=manifest.generation if manifest else None,
+                    index_spec=settings.spec or AUTO,
+                    index_kind=_kind(manifest.kind) if manifest else None,
                 )
             )
         return out
@@ -199,17 +210,20 @@ class Library:
         problem = "matches several spaces" if found else "matches no space"
         raise SpaceError(f"--space {space!r} {problem}", hint=f"spaces: {listing}")
 
-    def _extractor(self, spec: ExtractorSpec) -> Extractor:
-        if spec not in self._extractors:
+    def _extractor(self, spec: ExtractorSpec, compute: Compute | None = None) -> Extractor:
+        key = (spec, compute or Compute())
+        if key not in self._extractors:
             from .extract import load_extractor
 
-            self._extractors[spec] = load_extractor(spec)
-        return self._extractors[spec]
+            self._extractors[key] = load_extractor(*key)
+        return self._extractors[key]
 
-    def _extractor_for(self, record: SpaceRecord, *, writing: bool) -> Extractor:
+    def _extractor_for(
+        self, record: SpaceRecord, *, writing: bool, compute: Compute | None = None
+    ) -> Extractor:
         """The extractor of a stored space. Vectors for the store must match the space exactly;
         queries tolerate a torch/torchvision release change (with a warning)."""
-        extractor = self._extractor(record.spec.request)
+        extractor = self._extractor(record.spec.request, compute)
         if extractor.space.fingerprint != record.fingerprint:
             now, then = extractor.space.identity(), record.spec.identity()
             keys = [key for key in then if then[key] != now[key]]
@@ -243,6 +257,9 @@ class Library:
         dry_run: bool = False,
         retry_failed: bool = False,
         prune_empty: bool = False,
+        index_spec: str | None = None,
+        max_memory: int | str | None = None,
+        compute: Compute | None = None,
     ) -> IndexReport:
         """Index the image files under ``paths`` (folders, recursively, or single files).
 
@@ -255,6 +272,10 @@ class Library:
         ``progress`` is called after every committed batch. Ctrl-C (in the main thread)
         stops after the batch in flight: the report says ``interrupted``, and the same call
         later resumes. Raises :class:`LibraryError` when another indexer holds the library.
+        ``index_spec`` (a FAISS factory string or ``auto``) and ``max_memory`` (bytes or a
+        size such as ``2G``, for ``auto``) change the space's index before it is updated.
+        ``workers`` threads decode ahead of the model; ``compute`` says where and how the
+        model runs (device, threads, layout), which does not change the space.
         """
         from .ingest import run_index
 
@@ -262,7 +283,7 @@ class Library:
         if spec is None and (space is not None or self._store.spaces()):
             record = self._record(space)
         else:
-            resolved = self._extractor(spec or ExtractorSpec()).space
+            resolved = self._extractor(spec or ExtractorSpec(), compute).space
             if dry_run:
                 stored = [r for r in self._store.spaces() if r.fingerprint == resolved.fingerprint]
                 record = stored[0] if stored else SpaceRecord(-1, resolved, 0, 0)
@@ -271,7 +292,7 @@ class Library:
         if dry_run:
             return run_index(
                 self._store,
-                lambda: self._extractor_for(record, writing=True),
+                lambda: self._extractor_for(record, writing=True, compute=compute),
                 record,
                 paths,
                 dry_run=True,
@@ -279,9 +300,10 @@ class Library:
                 prune_empty=prune_empty,
             )
         with self._store.writer_lock():
+            self._set_index_settings(record, index_spec, max_memory)
             report = run_index(
                 self._store,
-                lambda: self._extractor_for(record, writing=True),
+                lambda: self._extractor_for(record, writing=True, compute=compute),
                 record,
                 paths,
                 batch_size=batch_size,
@@ -290,8 +312,99 @@ class Library:
                 retry_failed=retry_failed,
                 prune_empty=prune_empty,
             )
+            _publish_if_needed(self._store, record)
         self._indexes.pop(record.id, None)
         return report
+
+    def _set_index_settings(
+        self,
+        record: SpaceRecord,
+        index_spec: str | None,
+        max_memory: int | str | None,
+        params: SearchParams | None = None,
+    ) -> None:
+        from .index import check_spec
+
+        if index_spec is None and max_memory is None and params is None:
+            return
+        old = self._store.index_settings(record.id)
+        spec = old.spec
+        if index_spec is not None:
+            checked = check_spec(index_spec, record.spec.dim)
+            spec = None if checked == AUTO else checked
+        budget = old.max_memory if max_memory is None else parse_memory(max_memory)
+        fixed = dict(old.params)
+        if params is not None:
+            fixed.update(params.to_dict())
+        self._store.set_index_settings(record.id, IndexSettings(spec, budget, fixed))
+
+    def reindex(
+        self,
+        *,
+        space: str | None = None,
+        index_spec: str | None = None,
+        max_memory: int | str | None = None,
+        params: SearchParams | None = None,
+    ) -> BuildInfo:
+        """Rebuild a space's index from its stored vectors (nothing is re-embedded, torch is
+        not imported) and publish it. ``index_spec`` / ``max_memory`` change the space's index
+        first (see :meth:`index`); ``params`` fix nprobe / efSearch / rerank for the space's
+        searches. Returns a :class:`BuildInfo` (spec built, vectors, tuned params, bytes)."""
+        from .index import rebuild_index
+
+        record = self._record(space)
+        with self._store.writer_lock():
+            self._set_index_settings(record, index_spec, max_memory, params)
+            built = rebuild_index(self._store, record)
+        self._indexes.pop(record.id, None)
+        return built
+
+    def recall(
+        self,
+        *,
+        space: str | None = None,
+        k: int = 10,
+        sample: int = 200,
+        seed: int = 0,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
+    ) -> RecallReport:
+        """Recall@k of the space's current index against exact search, measured on ``sample``
+        stored vectors (each asks for its k nearest other images). Reads every stored vector
+        of the space for the exact answers."""
+        from .index import recall_at_k
+
+        check_k(k)
+        if sample < 1:
+            raise ConfigError(f"--sample must be at least 1, got {sample}")
+        record = self._record(space)
+        index = self._index(record)
+        params = self._params(record, nprobe, ef_search, rerank)
+        _, ids, vectors = self._store.vectors(record.id)
+        started = time.perf_counter()
+        value = recall_at_k(index, ids, vectors, k=k, sample=sample, seed=seed, params=params)
+        return RecallReport(
+            space=record.fingerprint,
+            spec=index.spec,
+            count=len(ids),
+            k=k,
+            queries=min(sample, len(ids)),
+            recall=value,
+            params=index.params.merged(params).to_dict(),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _params(
+        self,
+        record: SpaceRecord,
+        nprobe: int | None,
+        ef_search: int | None,
+        rerank: int | None,
+    ) -> SearchParams:
+        """The space's fixed search params overridden by the per-call ones."""
+        fixed = SearchParams.from_dict(self._store.index_settings(record.id).params)
+        return fixed.merged(SearchParams(nprobe=nprobe, ef_search=ef_search, rerank=rerank))
 
     # -- queries ------------------------------------------------------------------------
 
@@ -301,7 +414,7 @@ class Library:
         cached = self._indexes.get(record.id)
         if cached is not None and cached[0] == record.generation:
             return cached[1]
-        index, generation = open_index(self._store, record)
+        index, generation = open_index(self._store, record, mmap=None)
         self._indexes[record.id] = (generation, index)
         return index
 
@@ -326,6 +439,9 @@ class Library:
         filters: Filters | None = None,
         threshold: float | None = None,
         exclude_self: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
     ) -> list[Match]:
         """The ``k`` most similar indexed images to ``query`` (a path or PIL image), best first.
 
@@ -338,6 +454,9 @@ class Library:
             filters=filters,
             threshold=threshold,
             exclude_self=exclude_self,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )[0]
 
     def similar(
@@ -349,6 +468,9 @@ class Library:
         filters: Filters | None = None,
         threshold: float | None = None,
         exclude_self: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
     ) -> list[Match]:
         """The ``k`` images most similar to an indexed image, given by path or image id.
 
@@ -363,6 +485,9 @@ class Library:
             filters=filters,
             threshold=threshold,
             exclude_self=exclude_self,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )[0]
 
     def similar_many(
@@ -375,6 +500,9 @@ class Library:
         threshold: float | None = None,
         exclude_self: bool = False,
         combine: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
     ) -> list[list[Match]]:
         """:meth:`similar` for several indexed images (paths or ids): one list per image, or
         with ``combine`` a single list for the normalised mean of their vectors. No model is
@@ -389,7 +517,10 @@ class Library:
         by_id = dict(zip(ids.tolist(), vectors, strict=True))
         queries = np.stack([by_id[i] for i in image_ids])
         selves = [[i] for i in image_ids]
-        return self._query(record, queries, selves, k, filters, threshold, exclude_self, combine)
+        params = self._params(record, nprobe, ef_search, rerank)
+        return self._query(
+            record, queries, selves, k, filters, threshold, exclude_self, combine, params
+        )
 
     def image_path(self, image: str | os.PathLike[str] | int) -> str:
         """The absolute path of a stored image given by id (or a path, returned absolute).
@@ -425,6 +556,9 @@ class Library:
         threshold: float | None = None,
         exclude_self: bool = False,
         combine: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
     ) -> list[list[Match]]:
         """:meth:`search` for several queries at once (embedded in one batch).
 
@@ -434,12 +568,15 @@ class Library:
         - ``exclude_self``: never return a query image itself (when it is indexed).
         - ``combine``: search once with the normalised mean of all query vectors; the result
           is a list holding one list of matches.
+        - ``nprobe`` (IVF indexes), ``ef_search`` (HNSW) and ``rerank`` (PQ/SQ codes)
+          override the index's tuned defaults for this query: higher is slower and more exact.
         """
         check_k(k)
         check_threshold(threshold)
         if not queries:
             return []
         record = self._record(space)
+        params = self._params(record, nprobe, ef_search, rerank)
         for query in queries:
             if isinstance(query, (str, os.PathLike)) and not Path(query).is_file():
                 raise ImageError(
@@ -452,8 +589,11 @@ class Library:
                 if isinstance(query, (str, os.PathLike)):
                     found = self._store.image_id(Path(query).expanduser().absolute().resolve())
                     row.extend([] if found is None else [found])
+        params = self._params(record, nprobe, ef_search, rerank)
         vectors = self._embed(record, queries)
-        return self._query(record, vectors, selves, k, filters, threshold, exclude_self, combine)
+        return self._query(
+            record, vectors, selves, k, filters, threshold, exclude_self, combine, params
+        )
 
     def _query(
         self,
@@ -465,6 +605,7 @@ class Library:
         threshold: float | None,
         exclude_self: bool,
         combine: bool,
+        params: SearchParams,
     ) -> list[list[Match]]:
         if combine:
             vectors = combine_vectors(vectors)
@@ -480,6 +621,7 @@ class Library:
             allowed=allowed,
             exclude=selves if exclude_self else (),
             threshold=threshold,
+            params=params,
         )
 
     def duplicates(
@@ -543,6 +685,54 @@ class Library:
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""
         return self._store.failures()
+
+
+@dataclass(frozen=True)
+class RecallReport:
+    """What :meth:`Library.recall` measured: recall@k of a space's index against exact
+    search over ``queries`` stored vectors, with the params it ran with."""
+
+    space: str
+    spec: str
+    count: int
+    k: int
+    queries: int
+    recall: float
+    params: dict[str, int]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "space": self.space,
+            "spec": self.spec,
+            "count": self.count,
+            "k": self.k,
+            "queries": self.queries,
+            "recall": round(self.recall, 4),
+            "params": dict(self.params),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _kind(kind: str) -> str:
+    from .index import LEGACY_KIND
+
+    return "Flat" if kind == LEGACY_KIND else kind
+
+
+def _publish_if_needed(store: Store, record: SpaceRecord) -> None:
+    """Publish the space's index when its file is missing, stale or of another spec than the
+    space wants now (e.g. after ``--index`` changed it on a run that embedded nothing)."""
+    from .index import rebuild_index, wanted_spec
+
+    current = store.space(record.id)
+    manifest = store.manifest(record.id)
+    if (
+        manifest is None
+        or manifest.generation != current.generation
+        or _kind(manifest.kind) != wanted_spec(store, current)
+    ):
+        rebuild_index(store, current)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .index import VectorIndex
+from .indexspec import SearchParams
 from .store import ImageFacts, Store
 
 
@@ -146,12 +147,14 @@ def search_vectors(
     allowed: np.ndarray | None = None,
     exclude: Sequence[Sequence[int]] = (),
     threshold: float | None = None,
+    params: SearchParams | None = None,
 ) -> list[list[Match]]:
     """The ``k`` nearest stored images for each row of ``queries`` (float32 (Q, dim)).
 
     ``allowed`` (int64 ids) restricts the candidates inside FAISS, so a row still holds ``k``
     matches when ``k`` allowed images exist. ``exclude[i]`` lists ids row ``i`` must not
     return (the query images themselves). Matches scoring below ``threshold`` are dropped.
+    ``params`` override the index's nprobe / efSearch / rerank for these queries.
     """
     check_k(k)
     check_threshold(threshold)
@@ -165,7 +168,7 @@ def search_vectors(
         union = np.fromiter(set().union(*excluded), dtype=np.int64)
         allowed = np.setdiff1d(allowed, union)
         extra = 0
-    scores, ids = index.search(queries, k + extra, selector=allowed)
+    scores, ids = index.search(queries, k + extra, selector=allowed, params=params)
     paths = store.paths(int(i) for i in np.unique(ids) if i >= 0)
     results: list[list[Match]] = []
     for row_scores, row_ids, skip in zip(scores, ids, excluded, strict=True):

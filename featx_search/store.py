@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,19 @@ class Manifest:
     checksum: str
     filename: str
     kind: str
+    # removed vectors still inside the file (HNSW) and the file's tuned search params (JSON)
+    tombstones: int = 0
+    params_json: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a space's index is chosen: its spec (None: ``auto``), the memory budget of
+    ``auto`` in bytes (None: none), and search params the user fixed for the space."""
+
+    spec: str | None = None
+    max_memory: int | None = None
+    params: dict[str, int] = field(default_factory=dict)
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -654,7 +667,15 @@ class Store:
             row = s.get(IndexManifest, space_id)
             if row is None:
                 return None
-            return Manifest(row.generation, row.count, row.checksum, row.filename, row.kind)
+            return Manifest(
+                row.generation,
+                row.count,
+                row.checksum,
+                row.filename,
+                row.kind,
+                row.tombstones or 0,
+                row.params_json,
+            )
 
     def set_manifest(self, space_id: int, manifest: Manifest) -> None:
         with self.transaction() as s:
@@ -666,5 +687,33 @@ class Store:
                     checksum=manifest.checksum,
                     filename=manifest.filename,
                     kind=manifest.kind,
+                    tombstones=manifest.tombstones,
+                    params_json=manifest.params_json,
                 )
             )
+
+    # -- index settings (spaces.index_spec and the "index" key of spaces.settings_json) ------
+
+    def index_settings(self, space_id: int) -> IndexSettings:
+        with self.transaction() as s:
+            row = s.get(Space, space_id)
+            if row is None:
+                raise SpaceError(f"no space with id {space_id}")
+            own = json.loads(row.settings_json or "{}").get("index", {})
+            return IndexSettings(
+                spec=row.index_spec,
+                max_memory=own.get("max_memory"),
+                params={k: int(v) for k, v in own.get("params", {}).items()},
+            )
+
+    def set_index_settings(self, space_id: int, settings: IndexSettings) -> None:
+        """Store a space's index settings (other keys of ``settings_json`` are kept)."""
+        with self.transaction() as s:
+            row = s.get(Space, space_id)
+            if row is None:
+                raise SpaceError(f"no space with id {space_id}")
+            data = json.loads(row.settings_json or "{}")
+            own = {"max_memory": settings.max_memory, "params": dict(settings.params)}
+            data["index"] = {k: v for k, v in own.items() if v}
+            row.index_spec = settings.spec
+            row.settings_json = json.dumps(data, sort_keys=True)

@@ -168,9 +168,10 @@ def main() -> None:
             proc.wait()
             held = _check(db) if db.exists() else 0
             # (a file renamed in an earlier round may still be stored under its old path
-            # until a run gets to record the move: only files still on disk count)
+            # until a run gets to record the move: only files still on disk count; a kill
+            # during start-up may come before the library file exists)
             kept = {p for p in before if Path(p) not in changed and Path(p).exists()}
-            lost = kept - _stored_paths(db)
+            lost = kept - (_stored_paths(db) if db.exists() else set())
             if lost:
                 raise SystemExit(f"FAIL: round {round_}: stored files lost: {sorted(lost)[:5]}")
             done = _generation(db) - start

@@ -1,0 +1,220 @@
+"""Index specs: FAISS factory strings, the ``auto`` rule, memory estimates (imports no faiss).
+
+A space's index spec is a FAISS factory string (``Flat``, ``HNSW32``, ``IVF4096,Flat``,
+``IVF4096,PQ64``, ``OPQ64,IVF4096,PQ64``, ...) or ``auto``. ``auto`` is resolved from the
+number of stored vectors, their size and an optional memory budget by :func:`choose_spec`;
+the rule and the measurements behind it are in the README (``scripts/bench_ann.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+AUTO = "auto"
+# Below this many vectors exact search costs about a millisecond per query: keep it exact.
+FLAT_MAX = 20_000
+# Defaults of nprobe / efSearch are tuned at build time until recall@10 reaches this.
+RECALL_TARGET = 0.95
+# HNSW cannot delete: removed vectors stay as tombstones until they pass this share of the
+# live ones, then the index is rebuilt from the store.
+TOMBSTONE_FRACTION = 0.2
+# Lossy codes (PQ, SQ) are re-ranked by default: k x this many candidates are re-scored
+# exactly against the stored float32 vectors.
+DEFAULT_RERANK = 10
+# Index files at least this large are memory-mapped by queries instead of read into RAM.
+MMAP_BYTES = 64 * 2**20
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_FORBIDDEN = ("IDMap", "BFlat", "BHNSW", "BIVF", "Binary")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchParams:
+    """Per-query knobs of approximate indexes; None means the index's (tuned) default.
+
+    ``nprobe``: inverted lists visited by IVF indexes (more: slower, better recall).
+    ``ef_search``: candidate list size of HNSW (more: slower, better recall).
+    ``rerank``: for lossy codes (PQ, SQ), re-score ``k * rerank`` candidates exactly with the
+    stored vectors; 0 turns it off.
+    """
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+    rerank: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("nprobe", "ef_search"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.rerank is not None and self.rerank < 0:
+            raise ConfigError(f"--rerank must be 0 (off) or more, got {self.rerank}")
+
+    def merged(self, override: SearchParams | None) -> SearchParams:
+        """These params with every value that ``override`` sets replaced."""
+        if override is None:
+            return self
+        return SearchParams(
+            nprobe=override.nprobe if override.nprobe is not None else self.nprobe,
+            ef_search=override.ef_search if override.ef_search is not None else self.ef_search,
+            rerank=override.rerank if override.rerank is not None else self.rerank,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SearchParams:
+        data = data or {}
+        return cls(**{key: data.get(key) for key in ("nprobe", "ef_search", "rerank")})
+
+
+def parse_memory(value: str | int | None) -> int | None:
+    """Bytes from ``512M``, ``2G``, ``1.5GiB`` or a plain number of bytes (units are binary:
+    K = 1024). None stays None (no budget). Raises :class:`ConfigError`."""
+    if value is None or isinstance(value, int):
+        if isinstance(value, int) and value <= 0:
+            raise ConfigError(f"--max-memory must be positive, got {value}")
+        return value
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", value.upper())
+    if match is None:
+        raise ConfigError(
+            f"--max-memory {value!r} is not a size", hint="use e.g. 512M, 2G or 1.5GiB"
+        )
+    number = float(match.group(1)) * _UNITS[match.group(2)]
+    if number < 1:
+        raise ConfigError(f"--max-memory must be positive, got {value!r}")
+    return int(number)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def check_spec(spec: str) -> str:
+    """``spec`` stripped, or :class:`ConfigError` for what featx-search never accepts here.
+
+    Whether FAISS understands the string is checked by :func:`featx_search.index.check_spec`.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError("--index is empty", hint="use auto, Flat, HNSW32, IVF1024,Flat, ...")
+    if spec.lower() == AUTO:
+        return AUTO
+    for word in _FORBIDDEN:
+        if word.lower() in spec.lower():
+            raise ConfigError(
+                f"--index {spec!r}: {word} is not supported here",
+                hint="featx-search adds ids itself and stores float vectors; "
+                "use e.g. Flat, HNSW32, IVF1024,Flat or IVF1024,PQ64",
+            )
+    return spec
+
+
+def ivf_lists(spec: str) -> int | None:
+    """The number of inverted lists of an IVF spec, else None."""
+    match = re.search(r"IVF(\d+)", spec)
+    return int(match.group(1)) if match else None
+
+
+def is_lossy(spec: str) -> bool:
+    """True when the spec stores compressed codes instead of the float32 vectors."""
+    body = spec.split(",")[-1]
+    return bool(re.search(r"(^|[^O])PQ\d|SQ|LSH|RQ|LSQ", body)) and "RFlat" not in spec
+
+
+def min_train(spec: str) -> int:
+    """The fewest vectors the spec can be trained on (1 for those that need no training)."""
+    need = ivf_lists(spec) or 1
+    pq = re.search(r"PQ\d+(?:x(\d+))?", spec)
+    if pq:  # a b-bit codebook needs 2**b training points (8 bits unless PQ<m>x<b>)
+        need = max(need, 2 ** int(pq.group(1) or 8))
+    elif re.search(r"RQ|LSQ", spec):
+        need = max(need, 256)
+    return need
+
+
+def ivf_size(n: int) -> int:
+    """nlist for ``n`` vectors: the power of two nearest 4 * sqrt(n), with at least 39
+    training points per list (FAISS's own minimum), between 16 and 65536."""
+    if n <= 0:
+        return 16
+    target = 4 * math.sqrt(n)
+    nlist = int(2 ** round(math.log2(target)))
+    while nlist > 16 and nlist * 39 > n:
+        nlist //= 2
+    return int(max(16, min(nlist, 65536)))
+
+
+def pq_sizes(dim: int) -> list[int]:
+    """Candidate PQ code sizes (bytes per vector) for ``dim``, largest (most exact) first:
+    sub-vectors of 4, 8, 16 and 32 dimensions."""
+    return [dim // sub for sub in (4, 8, 16, 32) if dim % sub == 0 and dim // sub >= 1]
+
+
+def estimate_bytes(spec: str, n: int, dim: int) -> int:
+    """Approximate RAM of an index of ``n`` vectors of ``dim`` floats (ids included)."""
+    ids = 8 * n
+    nlist = ivf_lists(spec)
+    quantizer = 4 * dim * nlist if nlist else 0
+    body = spec.split(",")[-1]
+    pq = re.search(r"PQ(\d+)", body)
+    sq = re.search(r"SQ(\d+)", body)
+    hnsw = re.match(r"HNSW(\d+)", spec)
+    if pq:
+        codes = int(pq.group(1)) * n + 256 * 4 * dim
+    elif sq:
+        codes = n * dim * int(sq.group(1)) // 8
+    else:
+        codes = 4 * dim * n
+    if hnsw:
+        links = int(hnsw.group(1))
+        # level 0 keeps 2M int32 neighbours; upper levels add about one link per node on
+        # average; plus offsets and levels (12 bytes)
+        codes += n * (4 * 2 * links + 4 + 12)
+    return int(ids + quantizer + codes)
+
+
+def choose_spec(n: int, dim: int, max_memory: int | None = None) -> str:
+    """The ``auto`` rule: which index to build for ``n`` vectors of ``dim`` floats.
+
+    - fewer than :data:`FLAT_MAX` vectors (and the floats fit the budget): ``Flat``, exact;
+    - otherwise, if the float vectors fit the budget: ``IVF<nlist>,Flat`` with nlist from
+      :func:`ivf_size` (about 4 * sqrt(n));
+    - otherwise ``IVF<nlist>,PQ<m>`` with the largest code size m from :func:`pq_sizes` that
+      fits, re-ranked exactly from the stored vectors (or the smallest m if none fits).
+    """
+    if n < 256 or (
+        n < FLAT_MAX and (max_memory is None or estimate_bytes("Flat", n, dim) <= max_memory)
+    ):
+        return "Flat"
+    nlist = ivf_size(n)
+    ivf_flat = f"IVF{nlist},Flat"
+    if max_memory is None or estimate_bytes(ivf_flat, n, dim) <= max_memory:
+        return ivf_flat
+    sizes = pq_sizes(dim) or [1]
+    for m in sizes:
+        spec = f"IVF{nlist},PQ{m}"
+        if estimate_bytes(spec, n, dim) <= max_memory:
+            return spec
+    return f"IVF{nlist},PQ{sizes[-1]}"
+
+
+def resolve_spec(requested: str | None, n: int, dim: int, max_memory: int | None) -> str:
+    """The spec to build now: ``auto`` (None) resolved by :func:`choose_spec`; a spec that
+    cannot be trained on ``n`` vectors yet falls back to ``Flat`` until the space grows."""
+    if requested is None or requested == AUTO:
+        return choose_spec(n, dim, max_memory)
+    if n < min_train(requested):
+        return "Flat"
+    return requested

@@ -1,0 +1,169 @@
+"""Speed options: every combination of batch size, decode workers, threads, layout and
+precision indexes every file, with vectors equal to a plain one-image-at-a-time reference;
+precision is part of the space (fp32 fingerprints unchanged); bad options fail clearly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from featx_search import Compute, ConfigError, ExtractorSpec, Library
+from featx_search.cli import cli
+from featx_search.compute import fast_precisions, resolve_device
+from featx_search.config import SpaceSpec
+from featx_search.extract import Extractor, load_extractor
+from featx_search.images import is_image_name, load_input
+from tests.conftest import TINY
+
+# Cosine of each stored vector with the fp32 reference: exact for fp32, format noise else.
+MIN_COSINE = {"fp32": 1 - 1e-5, "fp16": 0.999, "bf16": 0.99}
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if is_image_name(p))
+
+
+@pytest.fixture(scope="module")
+def reference() -> Extractor:
+    """The fp32 extractor with the plainest settings: CPU, NCHW, torch's threads."""
+    return load_extractor(TINY, Compute(device="cpu", channels_last=False))
+
+
+# A covering set (not the full product): batch size, decode workers, model threads,
+# channels_last (None: automatic), precision.
+COMBOS: list[tuple[int, int, int | None, bool | None, str]] = [
+    (1, 1, 1, False, "fp32"),
+    (5, 3, None, True, "fp32"),
+    (16, 2, 2, None, "fp32"),
+    (4, 1, None, True, "bf16"),
+    (7, 2, 1, False, "fp16"),
+]
+
+
+@pytest.mark.parametrize(("batch_size", "workers", "threads", "channels_last", "precision"), COMBOS)
+def test_every_option_combination_indexes_correctly(
+    library: Library,
+    photos: Path,
+    reference: Extractor,
+    batch_size: int,
+    workers: int,
+    threads: int | None,
+    channels_last: bool | None,
+    precision: str,
+) -> None:
+    threads_before = torch.get_num_threads()
+    compute = Compute(device="cpu", threads=threads, channels_last=channels_last)
+    try:
+        report = library.index(
+            [photos],
+            spec=replace(TINY, precision=precision),
+            batch_size=batch_size,
+            workers=workers,
+            compute=compute,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+    assert (report.added, report.failed) == (12, 0), report.failures
+    space = library.spaces()[0]
+    assert space.count == 12
+    _, ids, stored = library._store.vectors(space.id)
+    files = _files(photos)
+    expected = reference.embed(np.stack([load_input(p, reference.space.preprocess) for p in files]))
+    by_id = dict(zip(ids.tolist(), stored, strict=True))
+    for path, want in zip(files, expected, strict=True):
+        image_id = library._store.image_id(path.resolve())
+        assert image_id is not None
+        got = by_id[image_id]
+        assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-5)
+        assert float(got @ want) >= MIN_COSINE[precision], (path, precision)
+    # Retrieval is the same: every photo finds itself first.
+    for path, matches in zip(files, library.search_many(files, k=1), strict=True):
+        assert matches[0].path == str(path)
+
+
+def test_precision_is_part_of_the_space() -> None:
+    fp32 = load_extractor(TINY, Compute(device="cpu")).space
+    bf16 = load_extractor(replace(TINY, precision="bf16"), Compute(device="cpu")).space
+    assert "precision" not in fp32.identity()  # fp32 fingerprints are the ones from before
+    assert bf16.identity()["precision"] == "bf16"
+    assert fp32.fingerprint != bf16.fingerprint
+    assert bf16.label.endswith("/bf16") and not fp32.label.endswith("fp32")
+    again = SpaceSpec.from_dict(bf16.to_dict())
+    assert again.fingerprint == bf16.fingerprint and again.request.precision == "bf16"
+    # A stored spec from before precision existed reads back as fp32, same fingerprint.
+    old = fp32.to_dict()
+    del old["request"]["precision"]
+    assert SpaceSpec.from_dict(old).fingerprint == fp32.fingerprint
+
+
+def test_layout_and_threads_do_not_change_the_space() -> None:
+    a = load_extractor(TINY, Compute(device="cpu", channels_last=True))
+    b = load_extractor(TINY, Compute(device="cpu", channels_last=False, threads=1))
+    torch.set_num_threads(torch.get_num_threads())
+    assert a.space.fingerprint == b.space.fingerprint
+    assert a.placement is not None and a.placement.channels_last
+    batch = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(a.embed(batch), b.embed(batch), atol=1e-5)
+
+
+def test_devices_resolve_here() -> None:
+    assert resolve_device("auto") in ("cpu", "cuda", "mps")
+    assert resolve_device("cpu") == "cpu"
+    assert fast_precisions("cpu")[0] == "fp32"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda is not available") as err:
+            resolve_device("cuda")
+        assert err.value.hint
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda: Compute(device="tpu"), "unknown --device 'tpu'"),
+        (lambda: Compute(threads=0), "--threads must be at least 1, got 0"),
+        (lambda: ExtractorSpec(precision="fp8"), "unknown --precision 'fp8'"),
+    ],
+)
+def test_bad_options_fail_clearly(make: Callable[[], object], pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern) as err:
+        make()
+    assert err.value.hint or "at least" in pattern
+
+
+def test_cli_speed_options(photos: Path, db: Path) -> None:
+    runner = CliRunner()
+    args = ["--db", str(db), "index", str(photos), "-m", TINY.model, "-w", "none", "-q"]
+    fast = ["--workers", "2", "--threads", "1", "--device", "cpu", "--no-channels-last"]
+    result = runner.invoke(cli, [*args, *fast, "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, [*args, "--precision", "bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"added": 12' in result.output and "/bf16" in result.output
+    with Library.open(db) as lib:
+        assert sorted(s.label.endswith("/bf16") for s in lib.spaces()) == [False, True]
+    result = runner.invoke(cli, [*args, "--device", "tpu"])
+    assert result.exit_code != 0 and "tpu" in result.output
+
+
+@pytest.mark.parametrize(("given", "passive"), [(None, True), ("ACTIVE", False)])
+def test_openmp_threads_sleep_unless_told_otherwise(given: str | None, passive: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import os, sys; from featx_search.compute import prefer_passive_openmp as p; "
+        "print(p(), os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(passive), given or "PASSIVE", "False"]
