@@ -32,6 +32,9 @@ WRITER_WAIT_SECONDS = 10.0
 INDEXED = "indexed"
 FAILED = "failed"
 VECTOR_DTYPE = np.dtype("<f4")
+# The newest migration's revision; a library already there opens without loading Alembic.
+# tests/test_store.py checks it against migrations/versions.
+HEAD_REVISION = "5b0d36316739"
 
 
 def migrations_dir() -> Path:
@@ -237,9 +240,10 @@ class Store:
         event.listen(engine, "begin", _on_begin)
         store = cls(db, engine)
         try:
-            store._check_revision()
-            if migrate:
-                store.upgrade()
+            if store._quick_revision() != HEAD_REVISION:  # skips Alembic when up to date
+                store._check_revision()
+                if migrate:
+                    store.upgrade()
         except OperationalError as err:
             engine.dispose()
             raise LibraryError(f"cannot open library {db}: {err.orig}") from err
@@ -286,6 +290,15 @@ class Store:
             yield session
 
     # -- migrations ---------------------------------------------------------------------
+
+    def _quick_revision(self) -> str | None:
+        """The stored revision read with plain SQL (None for a new or foreign database)."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+        except OperationalError:  # no such table yet
+            return None
+        return None if row is None else str(row[0])
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
