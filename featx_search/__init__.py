@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .compute import Compute
 from .config import ExtractorSpec, Preprocess, SpaceSpec
+from .dups import DupGroup, DupMember
 from .errors import (
     ConfigError,
     FeatxError,
@@ -36,7 +37,7 @@ from .library import (
     schema_status,
     upgrade_schema,
 )
-from .query import Match
+from .query import Filters, Match, parse_date
 
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
@@ -45,9 +46,12 @@ __all__ = [
     "CheckReport",
     "Compute",
     "ConfigError",
+    "DupGroup",
+    "DupMember",
     "EvalResult",
     "ExtractorSpec",
     "FeatxError",
+    "Filters",
     "ImageError",
     "IndexReport",
     "Layer",
@@ -73,6 +77,7 @@ __all__ = [
     "default_db_path",
     "evaluate",
     "list_layers",
+    "parse_date",
     "schema_status",
     "upgrade_schema",
 ]

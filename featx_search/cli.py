@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
+from . import __version__, output
 from .compute import DEVICES, Compute, prefer_passive_openmp
 from .config import (
     DEFAULT_MODEL,
@@ -23,6 +23,7 @@ from .config import (
     PRECISIONS,
     ExtractorSpec,
 )
+from .dups import DEFAULT_DUP_THRESHOLD
 from .errors import FeatxError
 from .evaluate import EDITS, INPUTS, EvalResult, evaluate
 from .indexspec import SearchParams, format_bytes
@@ -35,7 +36,8 @@ from .library import (
     schema_status,
     upgrade_schema,
 )
-from .query import Match
+from .output import Listing, dup_listing, match_listing
+from .query import Filters, parse_date
 
 F = TypeVar("F", bound=Callable[..., Any])
 DB_HELP = "Library database file (default: $FEATX_DB, else a per-user data directory)."
@@ -142,6 +144,8 @@ def cli(verbose: bool) -> None:
     \b
     featx-search index ~/Pictures          embed every image under a folder
     featx-search search photo.jpg -k 5     the 5 most similar indexed images
+    featx-search similar photo.jpg --html r.html   the same from an indexed image, as a page
+    featx-search dups                      groups of duplicate photos
     featx-search layers resnet50           which layers a model offers
     """
     logger = logging.getLogger("featx_search")
@@ -431,80 +435,275 @@ def whiten(ctx: click.Context, dims: int, space: str | None, as_json: bool) -> N
     click.echo(json.dumps(report.to_dict()) if as_json else _whiten_summary(report))
 
 
-def _print_matches(query: str, matches: list[Match], as_json: bool) -> None:
-    if as_json:
-        for m in matches:
-            click.echo(json.dumps({"query": query, **m.to_dict()}))
-        return
-    click.echo(f"query: {query}")
-    if not matches:
-        click.echo("  (no results)")
-    for m in matches:
-        click.echo(f"  {m.rank:>4}  {m.score:6.3f}  {m.path}")
+def output_options(func: F) -> F:
+    """The output formats every listing command offers (see :mod:`featx_search.output`)."""
+    options = [
+        click.option(
+            "--json", "fmt", flag_value="json", help="One JSON object per line (per result)."
+        ),
+        click.option("--csv", "fmt", flag_value="csv", help="CSV with a header line."),
+        click.option(
+            "--paths", "fmt", flag_value="paths", help="Only the paths, one per line (for pipes)."
+        ),
+        click.option(
+            "--table",
+            "fmt",
+            flag_value="table",
+            default=True,
+            help="A readable table  [default]",
+        ),
+        click.option(
+            "--html",
+            "html_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write a self-contained HTML page with thumbnails to this file.",
+        ),
+        click.option(
+            "--montage",
+            "montage_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also write a contact sheet image (.jpg, .png or .webp) to this file.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _emit(listing: Listing, fmt: str, html_file: Path | None, montage_file: Path | None) -> None:
+    for line in output.text(listing, fmt):
+        click.echo(line)
+    if html_file is not None:
+        click.echo(f"wrote {output.write_html(listing, html_file)}", err=True)
+    if montage_file is not None:
+        click.echo(f"wrote {output.write_montage(listing, montage_file)}", err=True)
+
+
+def query_options(func: F) -> F:
+    """Result count, cut-off, filters and query handling shared by `search` and `similar`."""
+    options = [
+        click.option(
+            "-k",
+            default=10,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Results per query.",
+        ),
+        click.option(
+            "--threshold",
+            type=click.FloatRange(-1.0, 1.0),
+            help="Drop results whose cosine score is below this.",
+        ),
+        click.option(
+            "--combine",
+            is_flag=True,
+            help="Search once with the average of all query images instead of once per image.",
+        ),
+        click.option(
+            "--exclude-self", is_flag=True, help="Never list a query image itself as a result."
+        ),
+        click.option(
+            "--under",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Only images in this folder (recursively).",
+        ),
+        click.option(
+            "--glob",
+            help="Only images whose file name (or, with a /, whole path) matches this pattern.",
+        ),
+        click.option(
+            "--after",
+            metavar="DATE",
+            help="Only images taken (EXIF, else file time) on or after DATE (YYYY-MM-DD...).",
+        ),
+        click.option("--before", metavar="DATE", help="Only images taken before DATE."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _filters(
+    under: Path | None, glob: str | None, after: str | None, before: str | None
+) -> Filters:
+    return Filters(
+        under=None if under is None else str(under),
+        glob=glob,
+        after=None if after is None else parse_date(after, "--after"),
+        before=None if before is None else parse_date(before, "--before"),
+    )
 
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query image."
-)
+@query_options
 @click.option(
     "--space",
     help="Space to search (fingerprint prefix, id or label); needed when the library has several.",
 )
 @search_options
-@json_option
+@output_options
 @db_option
 @click.pass_context
 def search(
     ctx: click.Context,
     images: tuple[Path, ...],
     k: int,
+    threshold: float | None,
+    combine: bool,
+    exclude_self: bool,
+    under: Path | None,
+    glob: str | None,
+    after: str | None,
+    before: str | None,
     space: str | None,
     nprobe: int | None,
     ef_search: int | None,
     rerank: int | None,
-    as_json: bool,
+    fmt: str,
+    html_file: Path | None,
+    montage_file: Path | None,
 ) -> None:
-    """Show the indexed images most similar to each of IMAGES."""
+    """Show the indexed images most similar to each of IMAGES (any image files).
+
+    Filters (--under, --glob, --after, --before) are applied inside the index search, so -k
+    results come back whenever that many images pass them.
+    """
+    filters = _filters(under, glob, after, before)
     with _open(ctx) as lib:
         results = lib.search_many(
-            list(images), k=k, space=space, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+            list(images),
+            k=k,
+            space=space,
+            filters=filters,
+            threshold=threshold,
+            exclude_self=exclude_self,
+            combine=combine,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )
-    for query, matches in zip(images, results, strict=False):
-        _print_matches(str(query), matches, as_json)
+    names = [str(image) for image in images]
+    files = [[str(image)] for image in images]
+    if combine:
+        names, files = [" + ".join(names)], [[f[0] for f in files]]
+    _emit(match_listing("featx-search search", names, results, files), fmt, html_file, montage_file)
 
 
 @cli.command()
-@click.argument("image")
-@click.option(
-    "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Number of results."
-)
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@query_options
 @click.option("--space", help="Space to search (fingerprint prefix, id or label).")
 @search_options
-@json_option
+@output_options
 @db_option
 @click.pass_context
 def similar(
     ctx: click.Context,
-    image: str,
+    images: tuple[str, ...],
     k: int,
+    threshold: float | None,
+    combine: bool,
+    exclude_self: bool,
+    under: Path | None,
+    glob: str | None,
+    after: str | None,
+    before: str | None,
     space: str | None,
     nprobe: int | None,
     ef_search: int | None,
     rerank: int | None,
-    as_json: bool,
+    fmt: str,
+    html_file: Path | None,
+    montage_file: Path | None,
 ) -> None:
-    """Show the images most similar to IMAGE, an indexed file (path) or image id.
+    """Show the images most similar to each IMAGE, an indexed file (path) or image id.
 
-    Starts from the stored vector, so no model is loaded: fast even on a cold start.
+    Starts from the stored vectors, so no model is loaded: fast even on a cold start. Each
+    image comes first in its own results unless --exclude-self.
     """
-    target: str | int = int(image) if image.isdigit() and not Path(image).exists() else image
+    targets: list[str | int] = [
+        int(image) if image.isdigit() and not Path(image).exists() else image for image in images
+    ]
+    filters = _filters(under, glob, after, before)
     with _open(ctx) as lib:
-        matches = lib.similar(
-            target, k=k, space=space, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+        results = lib.similar_many(
+            targets,
+            k=k,
+            space=space,
+            filters=filters,
+            threshold=threshold,
+            exclude_self=exclude_self,
+            combine=combine,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )
-    _print_matches(image, matches, as_json)
+        files = [[lib.image_path(t)] for t in targets]
+    names = list(images)
+    if combine:
+        names, files = [" + ".join(names)], [[f[0] for f in files]]
+    _emit(
+        match_listing("featx-search similar", names, results, files), fmt, html_file, montage_file
+    )
+
+
+@cli.command()
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1.0, 1.0),
+    default=DEFAULT_DUP_THRESHOLD,
+    show_default=True,
+    help="Cosine score from which two images count as near-duplicates.",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Only byte-identical files (same SHA-256); needs no space and no index.",
+)
+@click.option("--space", help="Space to compare in (fingerprint prefix, id or label).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@output_options
+@db_option
+@click.pass_context
+def dups(
+    ctx: click.Context,
+    threshold: float,
+    exact: bool,
+    space: str | None,
+    quiet: bool,
+    fmt: str,
+    html_file: Path | None,
+    montage_file: Path | None,
+) -> None:
+    """List groups of duplicate images, largest group first, the suggested keeper first.
+
+    The keeper is the image with the most pixels, then the oldest (date taken, else file
+    time). Near-duplicates are found by a range search over the space's vectors (no model is
+    loaded); identical files always group. `same` marks files identical to the keeper.
+    """
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="comparing", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    show_bar = not quiet and sys.stderr.isatty()
+    with _open(ctx) as lib:
+        try:
+            groups = lib.duplicates(
+                threshold=threshold,
+                exact=exact,
+                space=space,
+                progress=progress if show_bar else None,
+            )
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    _emit(dup_listing("featx-search dups", groups), fmt, html_file, montage_file)
 
 
 @cli.command()

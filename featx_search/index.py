@@ -338,9 +338,14 @@ class VectorIndex:
         have fewer matches (filtered or approximate searches). ``selector`` is a FAISS
         ``IDSelector`` over image ids that restricts the search (for every index type).
         ``params`` override the index's default nprobe / efSearch / rerank for this call.
+        ``selector`` may also be an int64 array of the allowed ids; then k' is at most its
+        length.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, len(self))
+        if isinstance(selector, np.ndarray):
+            k = min(k, len(selector))
+            selector = _faiss().IDSelectorBatch(np.ascontiguousarray(selector, dtype=np.int64))
         if k <= 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)

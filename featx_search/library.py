@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -15,11 +15,12 @@ import numpy as np
 
 from .compute import Compute
 from .config import ExtractorSpec
+from .dups import DEFAULT_DUP_THRESHOLD, DupGroup
 from .errors import ConfigError, ImageError, LayerError, SpaceError
 from .images import ImageInput, describe, load_input
 from .indexspec import AUTO, SearchParams, parse_memory
 from .ingest import IndexReport, ProgressCallback
-from .query import Match, check_k, search_vectors
+from .query import Filters, Match, check_k, check_threshold, combine_vectors, search_vectors
 from .store import IndexSettings, SpaceRecord, Store
 
 if TYPE_CHECKING:
@@ -446,16 +447,27 @@ class Library:
         *,
         k: int = 10,
         space: str | None = None,
+        filters: Filters | None = None,
+        threshold: float | None = None,
+        exclude_self: bool = False,
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
     ) -> list[Match]:
         """The ``k`` most similar indexed images to ``query`` (a path or PIL image), best first.
 
-        ``nprobe`` (IVF indexes), ``ef_search`` (HNSW) and ``rerank`` (PQ/SQ codes) override
-        the index's tuned defaults for this query: higher is slower and more exact."""
+        See :meth:`search_many` for the options.
+        """
         return self.search_many(
-            [query], k=k, space=space, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+            [query],
+            k=k,
+            space=space,
+            filters=filters,
+            threshold=threshold,
+            exclude_self=exclude_self,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
         )[0]
 
     def similar(
@@ -464,6 +476,9 @@ class Library:
         *,
         k: int = 10,
         space: str | None = None,
+        filters: Filters | None = None,
+        threshold: float | None = None,
+        exclude_self: bool = False,
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
@@ -471,35 +486,76 @@ class Library:
         """The ``k`` images most similar to an indexed image, given by path or image id.
 
         Uses the stored vector: no model is loaded (torch is not imported). The image itself
-        comes first. Raises :class:`ImageError` when the image is not indexed in the space.
-        ``nprobe`` / ``ef_search`` / ``rerank`` as in :meth:`search`.
+        comes first unless ``exclude_self``. Raises :class:`ImageError` when the image is not
+        indexed in the space. See :meth:`search_many` for the options.
         """
+        return self.similar_many(
+            [image],
+            k=k,
+            space=space,
+            filters=filters,
+            threshold=threshold,
+            exclude_self=exclude_self,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            rerank=rerank,
+        )[0]
+
+    def similar_many(
+        self,
+        images: Sequence[str | os.PathLike[str] | int],
+        *,
+        k: int = 10,
+        space: str | None = None,
+        filters: Filters | None = None,
+        threshold: float | None = None,
+        exclude_self: bool = False,
+        combine: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
+    ) -> list[list[Match]]:
+        """:meth:`similar` for several indexed images (paths or ids): one list per image, or
+        with ``combine`` a single list for the normalised mean of their vectors. No model is
+        loaded. Options as in :meth:`search_many`."""
         check_k(k)
+        check_threshold(threshold)
+        if not images:
+            return []
         record = self._record(space)
+        image_ids = [self._stored_id(record, image) for image in images]
+        _, ids, vectors = self._store.vectors(record.id, image_ids)
+        by_id = dict(zip(ids.tolist(), vectors, strict=True))
+        queries = np.stack([by_id[i] for i in image_ids])
+        selves = [[i] for i in image_ids]
+        params = self._params(record, nprobe, ef_search, rerank)
+        return self._query(
+            record, queries, selves, k, filters, threshold, exclude_self, combine, params
+        )
+
+    def image_path(self, image: str | os.PathLike[str] | int) -> str:
+        """The absolute path of a stored image given by id (or a path, returned absolute).
+        Raises :class:`ImageError` for an unknown id."""
+        if not isinstance(image, int):
+            return str(Path(image).expanduser().absolute())
+        found = self._store.paths([image]).get(image)
+        if found is None:
+            raise ImageError(f"no image with id {image}", hint="see the image_id of a result")
+        return found
+
+    def _stored_id(self, record: SpaceRecord, image: str | os.PathLike[str] | int) -> int:
         if isinstance(image, int):
             image_id: int | None = image
             name = f"image id {image}"
         else:
-            name = str(image)
+            name = os.fspath(image)
             image_id = self._store.image_id(Path(image).expanduser().absolute().resolve())
-        ids, vectors = np.empty(0, np.int64), np.empty((0, record.spec.dim), np.float32)
-        if image_id is not None:
-            _, ids, vectors = self._store.vectors(record.id, [image_id])
-        if len(ids) == 0:
+        if image_id is None or len(self._store.vectors(record.id, [image_id])[1]) == 0:
             raise ImageError(
                 f"{name} is not indexed in space {record.fingerprint} ({record.label})",
                 hint="index it first, or use `featx-search search` for any image file",
             )
-        params = self._params(record, nprobe, ef_search, rerank)
-        return self._search(record, vectors, k, params)[0]
-
-    def _search(
-        self, record: SpaceRecord, vectors: np.ndarray, k: int, params: Any
-    ) -> list[list[Match]]:
-        from .whiten import for_index
-
-        queries = for_index(self._store, record, vectors)  # whitened when the space has it
-        return search_vectors(self._store, self._index(record), queries, k, params=params)
+        return image_id
 
     def search_many(
         self,
@@ -507,12 +563,27 @@ class Library:
         *,
         k: int = 10,
         space: str | None = None,
+        filters: Filters | None = None,
+        threshold: float | None = None,
+        exclude_self: bool = False,
+        combine: bool = False,
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
     ) -> list[list[Match]]:
-        """:meth:`search` for several queries at once (embedded in one batch)."""
+        """:meth:`search` for several queries at once (embedded in one batch).
+
+        - ``filters`` (:class:`Filters`) limit which images may be returned; they are applied
+          inside the FAISS search, so ``k`` results come back whenever ``k`` images pass.
+        - ``threshold``: drop matches whose cosine score is below it.
+        - ``exclude_self``: never return a query image itself (when it is indexed).
+        - ``combine``: search once with the normalised mean of all query vectors; the result
+          is a list holding one list of matches.
+        - ``nprobe`` (IVF indexes), ``ef_search`` (HNSW) and ``rerank`` (PQ/SQ codes)
+          override the index's tuned defaults for this query: higher is slower and more exact.
+        """
         check_k(k)
+        check_threshold(threshold)
         if not queries:
             return []
         record = self._record(space)
@@ -523,8 +594,73 @@ class Library:
                     f"query image not found: {describe(query)}",
                     hint="give the path of an image file",
                 )
+        selves: list[list[int]] = [[] for _ in queries]
+        if exclude_self:
+            for row, query in zip(selves, queries, strict=True):
+                if isinstance(query, (str, os.PathLike)):
+                    found = self._store.image_id(Path(query).expanduser().absolute().resolve())
+                    row.extend([] if found is None else [found])
+        params = self._params(record, nprobe, ef_search, rerank)
         vectors = self._embed(record, queries)
-        return self._search(record, vectors, k, params)
+        return self._query(
+            record, vectors, selves, k, filters, threshold, exclude_self, combine, params
+        )
+
+    def _query(
+        self,
+        record: SpaceRecord,
+        vectors: np.ndarray,
+        selves: list[list[int]],
+        k: int,
+        filters: Filters | None,
+        threshold: float | None,
+        exclude_self: bool,
+        combine: bool,
+        params: SearchParams,
+    ) -> list[list[Match]]:
+        if combine:
+            vectors = combine_vectors(vectors)
+            selves = [sorted({i for row in selves for i in row})]
+        allowed = None
+        if filters is not None and filters.active:
+            allowed = filters.select(self._store.image_facts(record.id))
+        from .whiten import for_index
+
+        return search_vectors(
+            self._store,
+            self._index(record),
+            for_index(self._store, record, vectors),  # whitened when the space has it
+            k,
+            allowed=allowed,
+            exclude=selves if exclude_self else (),
+            threshold=threshold,
+            params=params,
+        )
+
+    def duplicates(
+        self,
+        *,
+        threshold: float = DEFAULT_DUP_THRESHOLD,
+        exact: bool = False,
+        space: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[DupGroup]:
+        """Groups of duplicate images, largest first, each with a suggested keeper.
+
+        With ``exact`` only byte-identical files (same SHA-256) are grouped and no space is
+        needed. Otherwise images whose vectors score at least ``threshold`` are linked (an
+        exact range search over the space's stored vectors, in blocks; never an N x N matrix)
+        and so are identical files; a group is a connected component. Neither a model nor
+        the FAISS index is loaded. ``progress(done, total)`` is
+        called after each batch of the range search.
+        """
+        from .dups import exact_duplicates, near_duplicates
+
+        check_threshold(threshold)
+        if exact:
+            return exact_duplicates(self._store)
+        record = self._record(space)
+        return near_duplicates(self._store, record, threshold, progress=progress)
 
     # -- whitening ----------------------------------------------------------------------
 

@@ -1,8 +1,14 @@
-"""Nearest-neighbour queries against a space's index, returned as :class:`Match` rows."""
+"""Nearest-neighbour queries against a space's index: filters, cut-offs and :class:`Match` rows."""
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +16,7 @@ import numpy as np
 from .errors import ConfigError
 from .index import VectorIndex
 from .indexspec import SearchParams
-from .store import Store
+from .store import ImageFacts, Store
 
 
 @dataclass(frozen=True)
@@ -31,28 +37,165 @@ def check_k(k: int) -> None:
         raise ConfigError(f"-k must be at least 1, got {k}")
 
 
+def check_threshold(threshold: float | None, option: str = "--threshold") -> None:
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise ConfigError(
+            f"{option} must be a cosine score between -1 and 1, got {threshold}",
+            hint="scores are cosine similarities; 0.9 keeps only very close images",
+        )
+
+
+_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{1,2}))?$")
+
+
+def parse_date(text: str, option: str = "date") -> datetime:
+    """A naive datetime from ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or ``YYYY-MM-DD[T ]HH:MM[:SS]``
+    (the start of the year, month or day when parts are missing). Raises :class:`ConfigError`."""
+    text = text.strip()
+    try:
+        partial = _PARTIAL_DATE.match(text)
+        if partial:
+            return datetime(int(partial[1]), int(partial[2] or 1), 1)
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{option} {text!r} is not a date",
+            hint="use YYYY-MM-DD (or YYYY, YYYY-MM, YYYY-MM-DDTHH:MM)",
+        ) from None
+    if parsed.tzinfo is not None:  # dates taken are naive local times; compare like with like
+        parsed = parsed.astimezone().replace(tzinfo=None)
+    return parsed
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filters:
+    """Which indexed images a query may return; every given condition must hold.
+
+    - ``under``: the image lies in this folder (recursively).
+    - ``glob``: a shell pattern; without a ``/`` it is matched against the file name, with one
+      against the whole absolute path (``*`` then also crosses folders). Case follows the OS.
+    - ``after`` / ``before``: the date the photo was taken (EXIF), else the file's modification
+      time, both naive local time: ``after <= date < before``.
+    """
+
+    under: str | None = None
+    glob: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.glob is not None and not self.glob:
+            raise ConfigError("--glob must not be empty", hint="e.g. --glob '*.jpg'")
+        if self.after and self.before and self.after >= self.before:
+            raise ConfigError(
+                f"--after {self.after:%Y-%m-%d %H:%M} is not before "
+                f"--before {self.before:%Y-%m-%d %H:%M}",
+                hint="--after is inclusive, --before exclusive: give an earlier --after",
+            )
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.under, self.glob, self.after, self.before))
+
+    def folder(self) -> str | None:
+        """``under`` as an absolute resolved folder; raises :class:`ConfigError` if missing."""
+        if self.under is None:
+            return None
+        folder = Path(self.under).expanduser().absolute().resolve()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"--under {self.under}: no such folder", hint="give a folder that was indexed"
+            )
+        return str(folder)
+
+    def select(self, facts: Iterable[ImageFacts]) -> np.ndarray:
+        """The ids (int64, ascending) of the images in ``facts`` that pass every condition."""
+        folder = self.folder()
+        prefix = folder.rstrip(os.sep) + os.sep if folder else None
+        by_name = self.glob is not None and "/" not in self.glob and os.sep not in self.glob
+        ids = []
+        for fact in facts:
+            if prefix is not None and not fact.path.startswith(prefix):
+                continue
+            if self.glob is not None:
+                subject = os.path.basename(fact.path) if by_name else fact.path
+                if not fnmatch.fnmatch(subject, self.glob):
+                    continue
+            if self.after is not None or self.before is not None:
+                when = image_date(fact)
+                if (self.after is not None and when < self.after) or (
+                    self.before is not None and when >= self.before
+                ):
+                    continue
+            ids.append(fact.id)
+        return np.array(sorted(ids), dtype=np.int64)
+
+
+def image_date(fact: ImageFacts) -> datetime:
+    """When the photo was taken (EXIF), else the file's modification time (naive local)."""
+    if fact.taken_at is not None:
+        return fact.taken_at
+    return datetime.fromtimestamp(fact.mtime_ns / 1e9)
+
+
 def search_vectors(
     store: Store,
     index: VectorIndex,
     queries: np.ndarray,
     k: int,
     *,
+    allowed: np.ndarray | None = None,
+    exclude: Sequence[Sequence[int]] = (),
+    threshold: float | None = None,
     params: SearchParams | None = None,
 ) -> list[list[Match]]:
     """The ``k`` nearest stored images for each row of ``queries`` (float32 (Q, dim)).
 
-    ``params`` override the index's nprobe / efSearch / rerank for these queries."""
+    ``allowed`` (int64 ids) restricts the candidates inside FAISS, so a row still holds ``k``
+    matches when ``k`` allowed images exist. ``exclude[i]`` lists ids row ``i`` must not
+    return (the query images themselves). Matches scoring below ``threshold`` are dropped.
+    ``params`` override the index's nprobe / efSearch / rerank for these queries.
+    """
     check_k(k)
-    scores, ids = index.search(queries, k, params=params)
+    check_threshold(threshold)
+    queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.dim)
+    excluded = [set(map(int, row)) for row in exclude] or [set() for _ in range(len(queries))]
+    if len(excluded) != len(queries):
+        raise ValueError(f"exclude has {len(excluded)} rows for {len(queries)} queries")
+    extra = max((len(row) for row in excluded), default=0)
+    if allowed is not None and extra:
+        # Filtered: every query shares one selector, so take the union out of it and refill.
+        union = np.fromiter(set().union(*excluded), dtype=np.int64)
+        allowed = np.setdiff1d(allowed, union)
+        extra = 0
+    scores, ids = index.search(queries, k + extra, selector=allowed, params=params)
     paths = store.paths(int(i) for i in np.unique(ids) if i >= 0)
     results: list[list[Match]] = []
-    for row_scores, row_ids in zip(scores, ids, strict=False):
+    for row_scores, row_ids, skip in zip(scores, ids, excluded, strict=True):
         matches: list[Match] = []
-        for score, image_id in zip(row_scores, row_ids, strict=False):
-            if image_id < 0 or int(image_id) not in paths:
+        for score, image_id in zip(row_scores, row_ids, strict=True):
+            if len(matches) == k:
+                break
+            if image_id < 0 or int(image_id) in skip or int(image_id) not in paths:
                 continue  # FAISS pads with -1; a row deleted meanwhile has no path
+            if threshold is not None and score < threshold:
+                break  # rows are sorted by score
             matches.append(
                 Match(len(matches) + 1, float(score), int(image_id), paths[int(image_id)])
             )
         results.append(matches)
     return results
+
+
+def combine_vectors(vectors: np.ndarray) -> np.ndarray:
+    """The normalised mean of L2-normalised ``vectors`` (N, dim): one (1, dim) query that
+    looks like all of them."""
+    mean = np.asarray(vectors, dtype=np.float32).mean(axis=0, keepdims=True)
+    norm = float(np.linalg.norm(mean))
+    if norm < 1e-12:
+        raise ConfigError(
+            "--combine: the query images cancel out (their mean vector is zero)",
+            hint="search them separately, without --combine",
+        )
+    combined: np.ndarray = (mean / norm).astype(np.float32)
+    return combined

@@ -32,6 +32,9 @@ WRITER_WAIT_SECONDS = 10.0
 INDEXED = "indexed"
 FAILED = "failed"
 VECTOR_DTYPE = np.dtype("<f4")
+# The newest migration's revision; a library already there opens without loading Alembic.
+# tests/test_store.py checks it against migrations/versions.
+HEAD_REVISION = "5b0d36316739"
 
 
 def migrations_dir() -> Path:
@@ -117,6 +120,20 @@ class FileResult:
     height: int | None = None
     content_hash: str | None = None
     taken_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What queries filter on and duplicate finding ranks by, for one stored image."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    size: int
+    mtime_ns: int
+    taken_at: datetime | None
+    content_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -223,9 +240,10 @@ class Store:
         event.listen(engine, "begin", _on_begin)
         store = cls(db, engine)
         try:
-            store._check_revision()
-            if migrate:
-                store.upgrade()
+            if store._quick_revision() != HEAD_REVISION:  # skips Alembic when up to date
+                store._check_revision()
+                if migrate:
+                    store.upgrade()
         except OperationalError as err:
             engine.dispose()
             raise LibraryError(f"cannot open library {db}: {err.orig}") from err
@@ -272,6 +290,15 @@ class Store:
             yield session
 
     # -- migrations ---------------------------------------------------------------------
+
+    def _quick_revision(self) -> str | None:
+        """The stored revision read with plain SQL (None for a new or foreign database)."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+        except OperationalError:  # no such table yet
+            return None
+        return None if row is None else str(row[0])
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -598,6 +625,49 @@ class Store:
                 select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(wanted))
             ).all()
         return {row[0]: os.path.join(row[1], row[2]) for row in rows}
+
+    def image_facts(
+        self, space_id: int | None, ids: Sequence[int] | None = None
+    ) -> list[ImageFacts]:
+        """Path, size, dates and content hash of every image with a vector in a space (every
+        stored image when ``space_id`` is None), or of those ``ids`` among them, ordered by
+        id. Used by filters and duplicate finding."""
+        query = (
+            select(
+                Image.id,
+                Root.path,
+                Image.relpath,
+                Image.width,
+                Image.height,
+                Image.size,
+                Image.mtime_ns,
+                Image.taken_at,
+                Image.content_hash,
+            )
+            .join(Root)
+            .order_by(Image.id)
+        )
+        if space_id is not None:
+            query = query.join(Vector, Vector.image_id == Image.id).where(
+                Vector.space_id == space_id
+            )
+        if ids is not None:
+            query = query.where(Image.id.in_(list(ids)))
+        with self.transaction() as s:
+            rows = s.execute(query).all()
+        return [
+            ImageFacts(
+                id=row[0],
+                path=os.path.join(row[1], row[2]),
+                width=row[3],
+                height=row[4],
+                size=row[5],
+                mtime_ns=row[6],
+                taken_at=row[7],
+                content_hash=row[8],
+            )
+            for row in rows
+        ]
 
     def image_counts(self) -> dict[str, int]:
         with self.transaction() as s:

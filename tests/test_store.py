@@ -110,3 +110,9 @@ def test_vectors_are_float32_blobs(library, photos: Path, db: Path) -> None:  # 
     np.testing.assert_allclose(
         np.frombuffer(stored[match.image_id], "<f4"), library.embed([some])[0], atol=1e-6
     )
+
+
+def test_head_revision_constant_matches_the_migrations() -> None:
+    from featx_search.store import HEAD_REVISION
+
+    assert Store.head_revision() == HEAD_REVISION, "update store.HEAD_REVISION"

@@ -1,0 +1,254 @@
+"""Duplicate groups: identical files by content hash, near-duplicates by a blocked range search."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from .query import image_date
+from .store import ImageFacts, SpaceRecord, Store
+
+log = logging.getLogger(__name__)
+
+# Cosine score from which two images count as near-duplicates. With efficientnet_lite0,
+# resized, re-encoded and mildly cropped copies of a photo score about 0.9 and above, while
+# different photos (even of one scene) stay below 0.85 (see README, "Duplicates").
+DEFAULT_DUP_THRESHOLD = 0.9
+# Rows per block of the range search: one block holds BATCH x N float32 distances.
+BATCH = 512
+# Vectors longer than twice this are pre-filtered on this many main axes (see _project).
+PROJECT_DIM = 128
+
+
+@dataclass(frozen=True)
+class DupMember:
+    """One image of a duplicate group; ``score`` is its cosine similarity to the keeper."""
+
+    image_id: int
+    path: str
+    score: float
+    keeper: bool
+    identical: bool  # same bytes (SHA-256) as the keeper
+    width: int | None
+    height: int | None
+    date: datetime  # taken (EXIF), else file modification time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "path": self.path,
+            "score": self.score,
+            "keeper": self.keeper,
+            "identical": self.identical,
+            "width": self.width,
+            "height": self.height,
+            "date": self.date.isoformat(timespec="seconds"),
+        }
+
+
+@dataclass(frozen=True)
+class DupGroup:
+    """Images that duplicate each other; the suggested keeper comes first, then the others
+    by decreasing score. ``rank`` counts groups from 1, largest first."""
+
+    rank: int
+    members: tuple[DupMember, ...]
+
+    @property
+    def keeper(self) -> DupMember:
+        return self.members[0]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+class _Components:
+    """Union-find over positions 0..n-1 (path halving, union by size)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+        self.size = [1] * n
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+
+    def groups(self) -> list[list[int]]:
+        """Components of two or more positions."""
+        out: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            root = self.find(i)
+            if self.size[root] > 1:
+                out.setdefault(root, []).append(i)
+        return list(out.values())
+
+
+def _keeper_key(fact: ImageFacts) -> tuple[int, float, int]:
+    """Sorts the suggested keeper first: most pixels, then oldest, then lowest id."""
+    pixels = (fact.width or 0) * (fact.height or 0)
+    return (-pixels, image_date(fact).timestamp(), fact.id)
+
+
+def _link_identical(facts: Sequence[ImageFacts], components: _Components) -> None:
+    first: dict[str, int] = {}
+    for pos, fact in enumerate(facts):
+        if fact.content_hash is None:
+            continue
+        seen = first.setdefault(fact.content_hash, pos)
+        if seen != pos:
+            components.union(seen, pos)
+
+
+def _make_groups(
+    facts: Sequence[ImageFacts],
+    components: Iterable[list[int]],
+    score: Callable[[int, int], float],
+) -> list[DupGroup]:
+    made = []
+    for positions in components:
+        ordered = sorted(positions, key=lambda p: _keeper_key(facts[p]))
+        keep = ordered[0]
+        keeper = facts[keep]
+        members = [
+            DupMember(
+                image_id=facts[p].id,
+                path=facts[p].path,
+                score=1.0 if p == keep else score(keep, p),
+                keeper=p == keep,
+                identical=keeper.content_hash is not None
+                and facts[p].content_hash == keeper.content_hash,
+                width=facts[p].width,
+                height=facts[p].height,
+                date=image_date(facts[p]),
+            )
+            for p in ordered
+        ]
+        members[1:] = sorted(members[1:], key=lambda m: (-m.score, m.path))
+        made.append(members)
+    made.sort(key=lambda ms: (-len(ms), ms[0].path))
+    return [DupGroup(rank, tuple(ms)) for rank, ms in enumerate(made, start=1)]
+
+
+def exact_duplicates(store: Store) -> list[DupGroup]:
+    """Groups of stored files with identical bytes (same SHA-256), largest first."""
+    facts = store.image_facts(None)
+    components = _Components(len(facts))
+    _link_identical(facts, components)
+    return _make_groups(facts, components.groups(), lambda a, b: 1.0)
+
+
+def _project(vectors: np.ndarray, dim: int, sample: int = 8_000) -> np.ndarray:
+    """``vectors`` centred and projected on ``dim`` orthonormal axes close to their main axes
+    (a few rounds of subspace iteration on a sample's covariance; cheaper than a full
+    eigendecomposition), so that the projection keeps most of the distances.
+
+    An orthogonal projection never lengthens a difference, so two vectors within distance r
+    stay within r after it, whichever axes were picked: a range search on the projection
+    finds every true pair (and some extra candidates, which are then checked in full).
+    """
+    rng = np.random.default_rng(0)
+    rows = vectors if len(vectors) <= sample else vectors[rng.choice(len(vectors), sample, False)]
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    cov = (centred.T @ centred).astype(np.float64)
+    axes = _orthonormal(cov @ rng.standard_normal((cov.shape[0], dim)))
+    for _ in range(3):
+        axes = _orthonormal(cov @ axes)
+    projected: np.ndarray = (vectors - mean) @ axes.astype(np.float32)
+    return projected
+
+
+def _orthonormal(columns: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of ``columns``' span (float64 (d, k), k <= d).
+
+    Cholesky-QR, twice for accuracy: a few small products, where LAPACK's QR can crawl when
+    the BLAS threads compete for busy cores. Falls back to QR when the columns are too close
+    to dependent for it.
+    """
+    q = columns
+    try:
+        for _ in range(2):
+            lower = np.linalg.cholesky(q.T @ q)
+            q = np.linalg.solve(lower, q.T).T
+    except np.linalg.LinAlgError:
+        q, _ = np.linalg.qr(columns)
+    return q
+
+
+def near_duplicates(
+    store: Store,
+    record: SpaceRecord,
+    threshold: float,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = BATCH,
+    project_dim: int = PROJECT_DIM,
+) -> list[DupGroup]:
+    """Groups of images in a space linked by a cosine score of at least ``threshold`` (or by
+    identical bytes), as connected components, largest first.
+
+    Exact and without an N x N matrix: a blocked range search over the vectors projected on
+    their ``project_dim`` main axes (a lossless pre-filter, see :func:`_project`) proposes
+    pairs, and each is confirmed on the full vectors. Memory: the vectors, their projection
+    and one ``batch`` x N block of distances.
+    """
+    generation, ids, vectors = store.vectors(record.id)
+    facts = store.image_facts(record.id)
+    if [f.id for f in facts] != ids.tolist():  # changed between the two reads: read again
+        generation, ids, vectors = store.vectors(record.id)
+        facts = store.image_facts(record.id, ids.tolist())
+    total, dim = vectors.shape
+    components = _Components(total)
+    _link_identical(facts, components)
+    reduced = _project(vectors, project_dim) if dim > 2 * project_dim and total > 1 else vectors
+    norms = np.einsum("ij,ij->i", reduced, reduced)
+    # Unit vectors scoring >= t lie within squared distance 2 - 2t; the slack covers rounding
+    # and vectors whose norm is not exactly 1.
+    radius_sq = 2.0 - 2.0 * threshold + 1e-3
+    proposed = confirmed = 0
+    for start in range(0, total, batch):
+        stop = min(start + batch, total)
+        block = reduced[start:stop] @ reduced[start:].T  # this block against itself and later
+        block *= -2.0
+        block += norms[start:stop, None]
+        block += norms[None, start:]
+        rows, cols = np.nonzero(block <= radius_sq)
+        a, b = rows + start, cols + start
+        keep = b > a  # each pair once, never an image with itself
+        a, b = a[keep], b[keep]
+        proposed += len(a)
+        for lo in range(0, len(a), 50_000):  # confirm on the full vectors, in bounded chunks
+            pa, pb = a[lo : lo + 50_000], b[lo : lo + 50_000]
+            scores = np.einsum("ij,ij->i", vectors[pa], vectors[pb])
+            for x, y in zip(pa[scores >= threshold], pb[scores >= threshold], strict=True):
+                components.union(int(x), int(y))
+                confirmed += 1
+        if progress is not None:
+            progress(stop, total)
+    log.info(
+        "near-duplicates: %d vectors (generation %d), %d pairs proposed, %d confirmed",
+        total,
+        generation,
+        proposed,
+        confirmed,
+    )
+    return _make_groups(
+        facts, components.groups(), lambda a, b: float(np.dot(vectors[a], vectors[b]))
+    )

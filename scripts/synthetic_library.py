@@ -1,0 +1,195 @@
+"""Build large libraries for benchmarks without embedding 100,000 images.
+
+Real embeddings come first: the sample photos (Debian's mate-backgrounds, fetched with
+``apt-get download`` as scripts/demo does, or any folder given with --photos) are indexed
+with the default model (efficientnet_lite0), and a few edits of each (flip, crops, grey,
+colour shift) are embedded too. Every synthetic vector is then a random mix of three real
+ones plus noise, re-normalised, so scores between them look like those of a real library
+(most pairs far apart, some close). About 1% of them get 1-3 planted near-copies (cosine
+about 0.95-0.995 to their original), a fifth of those copies with the same content hash
+(byte-identical files). Rows are written straight into the store with plausible sizes,
+dates and paths (the files do not exist), and the FAISS index is published.
+
+    .venv/bin/python scripts/synthetic_library.py --n 10000   # prints the library path
+
+Libraries are cached in bench-data/ by size and seed; planted groups are saved beside them
+(``*.planted.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "bench-data"
+CHUNK = 2000
+
+
+def photos_folder(given: Path | None) -> Path:
+    """A folder of real photos: ``given``, else demo-data/photos, else mate-backgrounds."""
+    if given is not None:
+        return given
+    for folder in (DATA / "photos", ROOT / "demo-data" / "photos"):
+        if folder.is_dir() and any(folder.rglob("*.jpg")):
+            return folder
+    DATA.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        print("fetching sample photos: apt-get download mate-backgrounds", file=sys.stderr)
+        subprocess.run(["apt-get", "download", "-q", "mate-backgrounds"], cwd=tmp, check=True)
+        deb = next(Path(tmp).glob("mate-backgrounds_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
+        shutil.copytree(f"{tmp}/x/usr/share/backgrounds/mate", DATA / "photos")
+    return DATA / "photos"
+
+
+def real_vectors(photos: Path) -> tuple[np.ndarray, dict[str, object], Path]:
+    """Embeddings of the photos and of edits of them: (float32 (M, dim), space spec dict,
+    seed library path)."""
+    from PIL import Image, ImageOps
+
+    from featx_search import ExtractorSpec, Library
+    from featx_search.store import Store
+
+    seed_db = DATA / "seed.db"
+    cache, cache_spec = DATA / "base-vectors.npy", DATA / "base-vectors.json"
+    if cache.exists() and cache_spec.exists():
+        return np.load(cache), json.loads(cache_spec.read_text()), seed_db
+    with Library.open(seed_db) as lib:
+        lib.index([photos], spec=ExtractorSpec())
+        edits = []
+        for path in sorted(p for p in photos.rglob("*") if p.suffix.lower() in {".jpg", ".png"}):
+            with Image.open(path) as img:
+                img.draft("RGB", (640, 640))
+                small = img.convert("RGB")
+            small.thumbnail((640, 640))
+            w, h = small.size
+            edits += [
+                ImageOps.mirror(small),
+                small.crop((0, 0, w * 2 // 3, h * 2 // 3)),
+                small.crop((w // 3, h // 3, w, h)),
+                ImageOps.grayscale(small).convert("RGB"),
+                Image.eval(small, lambda v: min(255, int(v * 1.3))),
+            ]
+        extra = np.concatenate([lib.embed(edits[i : i + 16]) for i in range(0, len(edits), 16)])
+    store = Store.open(seed_db)
+    try:
+        record = store.spaces()[0]
+        _, _, stored = store.vectors(record.id)
+        spec = record.spec.to_dict()
+    finally:
+        store.close()
+    base = np.concatenate([stored, extra]).astype(np.float32)
+    np.save(cache, base)
+    cache_spec.write_text(json.dumps(spec))
+    return base, spec, seed_db
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out.astype(np.float32)
+
+
+def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
+    """The library of ``n`` synthetic images (built once, then reused); returns its path."""
+    from featx_search.config import SpaceSpec
+    from featx_search.index import VectorIndex, publish_index
+    from featx_search.store import FileResult, Store
+
+    db = DATA / f"synthetic-{n}-s{seed}.db"
+    planted_file = db.with_suffix(".planted.json")
+    if db.exists() and planted_file.exists():
+        return db
+    for stale in (db, planted_file):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(db.with_name(db.name + ".indexes"), ignore_errors=True)
+    base, spec, _ = real_vectors(photos_folder(photos))
+    rng = np.random.default_rng(seed)
+    dim = base.shape[1]
+    store = Store.open(db)
+    record = store.ensure_space(SpaceSpec.from_dict(spec))
+    root_id, _ = store.root_for(DATA / f"synthetic-{n}-photos")
+    sizes = [(4000, 3000), (1920, 1080), (3024, 4032), (800, 600), (2048, 1536)]
+    start = datetime(2012, 1, 1)
+    planted: list[list[int]] = []
+    made = 0
+    print(f"writing {n} synthetic vectors into {db}", file=sys.stderr)
+    while made < n:
+        count = min(CHUNK, n - made)
+        picks = rng.integers(0, len(base), (count, 3))
+        mix = np.einsum("ij,ijk->ik", rng.dirichlet([1.0, 1.0, 1.0], count), base[picks])
+        mix = _normalise(mix)
+        noise = rng.standard_normal((count, dim), dtype=np.float32)
+        noise *= (rng.uniform(0.3, 0.9, count) / np.sqrt(dim))[:, None].astype(np.float32)
+        vectors = _normalise(mix + noise)
+        hashes = [hashlib.sha256(f"{seed}-{made + i}".encode()).hexdigest() for i in range(count)]
+        groups: list[list[int]] = []  # positions inside this chunk
+        originals = rng.choice(count, max(1, count // 100), replace=False)
+        copies, copy_hashes = [], []
+        for original in originals:
+            members = [int(original)]
+            for _ in range(int(rng.integers(1, 4))):
+                if made + count + len(copies) >= n:
+                    break
+                r = rng.uniform(0.1, 0.3)
+                jitter = rng.standard_normal(dim).astype(np.float32) * (r / np.sqrt(dim))
+                copies.append(_normalise((vectors[original] + jitter)[None])[0])
+                same = rng.random() < 0.2
+                copy_hashes.append(hashes[original] if same else f"copy-{made}-{len(copies)}")
+                members.append(count + len(copies) - 1)
+            if len(members) > 1:
+                groups.append(members)
+        if copies:
+            vectors = np.concatenate([vectors, np.stack(copies)])
+            hashes += copy_hashes
+        results = []
+        for i, vector in enumerate(vectors):
+            w, h = sizes[int(rng.integers(0, len(sizes)))]
+            when = start + timedelta(seconds=int(rng.integers(0, 12 * 365 * 86400)))
+            number = made + i
+            results.append(
+                FileResult(
+                    root_id=root_id,
+                    relpath=f"{number // 1000:03d}/img{number:06d}.jpg",
+                    size=int(rng.integers(200_000, 8_000_000)),
+                    mtime_ns=int(when.timestamp() * 1e9),
+                    vector=vector,
+                    width=w,
+                    height=h,
+                    content_hash=hashes[i],
+                    taken_at=when if rng.random() < 0.7 else None,
+                )
+            )
+        added, _ = store.write_batch(record.id, results)
+        planted += [[added[p] for p in members] for members in groups]
+        made += len(results)
+        print(f"  {made}/{n}", file=sys.stderr, end="\r")
+    print(file=sys.stderr)
+    record = store.space(record.id)
+    generation, ids, vectors = store.vectors(record.id)
+    publish_index(store, record, VectorIndex.build(dim, ids, vectors), generation)
+    store.close()
+    planted_file.write_text(json.dumps(planted))
+    return db
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="number of images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photos", type=Path, help="real photos to draw embeddings from")
+    args = parser.parse_args()
+    print(build(args.n, seed=args.seed, photos=args.photos))
+
+
+if __name__ == "__main__":
+    main()
