@@ -232,6 +232,10 @@ class Library:
             # Made with a model's default layers or pooling, which have changed since: rebuild
             # the space from what it resolved to.
             extractor = self._extractor(resolved, compute)
+        if extractor.space.preprocess != record.spec.preprocess:
+            # The input handling stored with the space wins over the model's current default
+            # (inputs are prepared from record.spec.preprocess everywhere).
+            extractor.space = replace(extractor.space, preprocess=record.spec.preprocess)
         if extractor.space.fingerprint != record.fingerprint:
             now, then = extractor.space.identity(), record.spec.identity()
             keys = [key for key in then if then[key] != now[key]]

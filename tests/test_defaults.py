@@ -66,3 +66,31 @@ def test_a_space_made_with_old_defaults_still_opens(
         make_photo(photos / "later.png", seed=50)
         assert lib.index([photos]).added == 1  # still the old space, not a new one
         assert len(lib.spaces()) == 1
+
+
+def test_space_keeps_its_stored_input_handling(db: Path, photos: Path) -> None:
+    """A space stored with another input fit than the model's current default (as lite0
+    spaces made before the full-frame default) still opens for queries and indexing."""
+    import json
+
+    from sqlalchemy import update
+
+    from featx_search.config import SpaceSpec
+    from featx_search.schema import Space
+
+    with Library.open(db) as lib:
+        lib.index([photos / "a"], spec=TINY)
+        record = lib._store.spaces()[0]
+        data = record.spec.to_dict()
+        data["preprocess"]["fit"] = "full"
+        moved = SpaceSpec.from_dict(data)
+        with lib._store.transaction() as s:
+            s.execute(
+                update(Space)
+                .where(Space.id == record.id)
+                .values(spec_json=json.dumps(data), fingerprint=moved.fingerprint)
+            )
+    with Library.open(db) as lib:
+        hits = lib.search(photos / "a" / "img01.jpg", k=3)
+        assert len(hits) == 3
+        assert lib.index([photos / "b"]).added == 6
