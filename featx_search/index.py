@@ -406,15 +406,13 @@ class VectorIndex:
         """
         faiss = _faiss()
         try:
-            if mmap:
-                digest = hashlib.sha256()
-                with path.open("rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        digest.update(block)
-                actual, data, size = digest.hexdigest(), None, path.stat().st_size
-            else:
-                data = path.read_bytes()
-                actual, size = hashlib.sha256(data).hexdigest(), len(data)
+            # Hash while streaming, then let faiss read the file itself: no second copy of
+            # the whole index in Python memory. Published files are never rewritten in place.
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+            actual, size = digest.hexdigest(), path.stat().st_size
         except OSError as err:
             raise LibraryError(f"cannot read index file {path}: {err}") from err
         if actual != checksum:
@@ -422,11 +420,9 @@ class VectorIndex:
         # No vector inside a file can be larger than the file: a damaged length field then
         # fails cleanly instead of asking for terabytes (faiss allows 1 TiB by default).
         faiss.set_deserialization_vector_byte_limit(max(size, 1 << 20))
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
-            if data is None:
-                raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-            else:
-                raw = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            raw = faiss.read_index(str(path), flags)
         except RuntimeError as err:
             raise LibraryError(f"cannot load index file {path}: {err}") from err
         if raw.d != dim:
