@@ -429,8 +429,8 @@ def run_index(
                 running = model.submit(_embed, extractor, batch, record.spec.dim)
                 if pending is not None:  # torch releases the GIL: this overlaps the model
                     finish(*pending)
-                    if stop.is_set():  # stop after the batch just stored; drop the next
-                        running.cancel()
+                    if stop.is_set():  # store the batch already in the model too, then stop
+                        finish(batch, running)
                         pending = None
                         break
                 pending = (batch, running)

@@ -217,11 +217,12 @@ def test_ctrl_c_stops_after_the_batch_and_the_next_run_resumes(
             signal.raise_signal(signal.SIGINT)
 
     report = library.index([photos], spec=TINY, batch_size=4, progress=interrupt)
-    assert report.interrupted and (report.added, report.remaining) == (4, 8)
-    assert calls == [4]
-    assert library.spaces()[0].count == 4
+    # The batch being embedded when Ctrl-C came is finished and saved too, then the run stops.
+    assert report.interrupted and (report.added, report.remaining) == (8, 4)
+    assert calls == [4, 8]
+    assert library.spaces()[0].count == 8
     rest = library.index([photos])
-    assert (rest.added, rest.unchanged, rest.interrupted) == (8, 4, False)
+    assert (rest.added, rest.unchanged, rest.interrupted) == (4, 8, False)
     assert library.spaces()[0].count == 12
 
 
