@@ -348,7 +348,7 @@ def index(
     Only new and changed files are embedded, and moved files keep their vectors. Files that
     cannot be read are recorded as failed (see `info --failed`) and tried again when they
     change. Files gone from a folder are removed, unless the folder cannot be read or is
-    empty. Ctrl-C stops after the current batch; run the same command again to resume.
+    empty. Ctrl-C stops after the batches in flight; run the same command again to resume.
     Another --model/--weights/--layer/--pool/--precision makes a second space;
     --workers, --threads, --device and --channels-last only change the speed.
     """

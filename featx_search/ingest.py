@@ -327,7 +327,7 @@ def default_workers() -> int:
 
 @contextmanager
 def _stop_on_interrupt() -> Iterator[threading.Event]:
-    """While indexing, the first Ctrl-C asks the run to stop after the batch in flight; a
+    """While indexing, the first Ctrl-C asks the run to stop after the batches in flight; a
     second one stops at once (the committed batches are kept either way)."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
