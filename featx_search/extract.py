@@ -476,29 +476,38 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
     return Extractor(graph, space, placement)
 
 
+def _traced_nodes(built: _Built, spec: ExtractorSpec, fallback: str) -> list[str] | None:
+    """The model's FX node names, or None when layers are to be read with forward hooks:
+    ``method="hook"``, or ``auto`` on a model FX cannot trace (logged with ``fallback``).
+    With ``method="fx"`` an untraceable model raises :class:`ModelError`."""
+    if spec.method == "hook":
+        return None
+    try:
+        return _node_names(built.model, spec.model)
+    except ModelError as err:
+        if spec.method == "fx":
+            raise
+        log.warning("%s; %s", err.message.splitlines()[0], fallback)
+        return None
+
+
 def _cut(built: _Built, spec: ExtractorSpec) -> tuple[nn.Module | _HookGraph, tuple[str, ...]]:
     """The callable that maps a batch to {layer: output}, and the layers it returns."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    if spec.method != "hook":
-        try:
-            nodes = _node_names(built.model, spec.model)
-        except ModelError as err:
-            if spec.method == "fx":
-                raise
-            log.warning(
-                "%s; reading layers with forward hooks instead, so the whole network runs "
-                "for every image",
-                err.message.splitlines()[0],
-            )
-        else:
-            preferred = MODEL_DEFAULTS.get(spec.model, ((), ""))[0]
-            layers = spec.layers or preferred or (default_layer(built.model, nodes),)
-            _check_layers(layers, nodes, spec.model)
-            with _quiet_fx():
-                graph = create_feature_extractor(built.model, return_nodes={n: n for n in layers})
-            graph.eval()
-            return graph, tuple(layers)
+    nodes = _traced_nodes(
+        built,
+        spec,
+        "reading layers with forward hooks instead, so the whole network runs for every image",
+    )
+    if nodes is not None:
+        preferred = MODEL_DEFAULTS.get(spec.model, ((), ""))[0]
+        layers = spec.layers or preferred or (default_layer(built.model, nodes),)
+        _check_layers(layers, nodes, spec.model)
+        with _quiet_fx():
+            graph = create_feature_extractor(built.model, return_nodes={n: n for n in layers})
+        graph.eval()
+        return graph, tuple(layers)
     modules = _called_modules(built.model, built.preprocess.crop)
     layers = spec.layers or (_default_module(built.model, modules),)
     _check_modules(layers, modules, spec.model)
@@ -624,15 +633,9 @@ def list_layers(spec: ExtractorSpec) -> list[Layer]:
     that run, in the order they finish, each with cost 1.0.
     """
     built = _build(spec)
-    if spec.method != "hook":
-        try:
-            nodes = _node_names(built.model, spec.model)
-        except ModelError as err:
-            if spec.method == "fx":
-                raise
-            log.warning("%s; listing modules for forward hooks instead", err.message)
-        else:
-            return _fx_layers(built, nodes)
+    nodes = _traced_nodes(built, spec, "listing modules for forward hooks instead")
+    if nodes is not None:
+        return _fx_layers(built, nodes)
     modules = _called_modules(built.model, built.preprocess.crop)
     default = _default_module(built.model, modules)
     return [
