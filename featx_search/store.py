@@ -196,6 +196,14 @@ def _drop_vectors(s: Session, image_ids: Sequence[int]) -> dict[int, list[int]]:
     return by_space
 
 
+def _has_vector(space_id: int | None = None) -> Any:
+    """SQL: the image of the row has a vector (in ``space_id``, or in any space)."""
+    query = select(Vector.image_id).where(Vector.image_id == Image.id)
+    if space_id is not None:
+        query = query.where(Vector.space_id == space_id)
+    return query.exists()
+
+
 def _on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN")
 
@@ -437,11 +445,7 @@ class Store:
 
     def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
         """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
-        has_vector = (
-            select(Vector.image_id)
-            .where(Vector.space_id == space_id, Vector.image_id == Image.id)
-            .exists()
-        )
+        has_vector = _has_vector(space_id)
         query = select(
             Image.id,
             Image.relpath,
@@ -470,11 +474,7 @@ class Store:
         wanted = set(hashes)
         if not wanted:
             return {}
-        has_vector = (
-            select(Vector.image_id)
-            .where(Vector.space_id == space_id, Vector.image_id == Image.id)
-            .exists()
-        )
+        has_vector = _has_vector(space_id)
         query = (
             select(Image.content_hash, Image.id, Root.path, Image.relpath, Image.status, has_vector)
             .join(Root, Root.id == Image.root_id)
@@ -561,7 +561,7 @@ class Store:
     def integrity_problems(self) -> list[str]:
         """What SQLite's integrity and foreign-key checks, and the image states, find wrong."""
         problems: list[str] = []
-        has_vector = select(Vector.image_id).where(Vector.image_id == Image.id).exists()
+        has_vector = _has_vector()
         with self.transaction() as s:
             rows = [r[0] for r in s.execute(text("PRAGMA integrity_check"))]
             if rows != ["ok"]:
