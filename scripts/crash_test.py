@@ -48,10 +48,13 @@ def _generation(db: Path) -> int:
 
 
 def _snapshot(db: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """(path -> state, path -> vector) of the library's only space."""
+    """(path -> state, path -> vector) of the library's only space (empty before it exists)."""
     with Library.open(db, create=False) as lib:
         store = lib._store
-        _, ids, matrix = store.vectors(store.spaces()[0].id)
+        spaces = store.spaces()
+        if not spaces:  # killed before the space was stored
+            return {}, {}
+        _, ids, matrix = store.vectors(spaces[0].id)
         paths = store.paths(ids.tolist())
         vectors = {paths[int(i)]: row for i, row in zip(ids, matrix, strict=True)}
         states = {p: "indexed" for p in vectors} | {p: "failed" for p, _ in lib.failures()}
@@ -99,12 +102,7 @@ def _mutate(folder: Path, rng: random.Random, round_: int) -> set[Path]:
 
 
 def _stored_paths(db: Path) -> set[str]:
-    with Library.open(db, create=False) as lib:
-        store = lib._store
-        spaces = store.spaces()
-        if not spaces:  # killed before the space was stored
-            return set()
-        return set(store.paths(store.vectors(spaces[0].id)[1].tolist()).values())
+    return set(_snapshot(db)[1])
 
 
 def _check(db: Path) -> int:

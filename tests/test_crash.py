@@ -71,27 +71,26 @@ def _wait_for_rows(db: Path, proc: subprocess.Popen[str], rows: int) -> None:
         time.sleep(0.01)
 
 
-def test_killed_indexer_loop_converges_to_a_clean_run(many: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/crash_test.py", str(many), "--rounds", "3", "--", *TINY_ARGS],
+def _crash_loop(photos: Path, rounds: int, timeout: int) -> subprocess.CompletedProcess[str]:
+    script = ["scripts/crash_test.py", str(photos), "--rounds", str(rounds)]
+    return subprocess.run(
+        [sys.executable, *script, "--", *TINY_ARGS],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+def test_killed_indexer_loop_converges_to_a_clean_run(many: Path) -> None:
+    result = _crash_loop(many, rounds=3, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the final library equals a clean run" in result.stdout
 
 
 @pytest.mark.slow
 def test_killed_indexer_many_times(many: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/crash_test.py", str(many), "--rounds", "25", "--", *TINY_ARGS],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
+    result = _crash_loop(many, rounds=25, timeout=3600)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
