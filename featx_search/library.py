@@ -721,8 +721,7 @@ class Library:
                     f"space {record.fingerprint}: index file behind the store (rebuilt on next use)"
                 )
             index, _ = open_index(self._store, record)
-            _, ids, _ = self._store.vectors(record.id)
-            if sorted(index.ids().tolist()) != ids.tolist():
+            if sorted(index.ids().tolist()) != self._store.vector_ids(record.id).tolist():
                 problems.append(
                     f"space {record.fingerprint}: index ids differ from the stored vectors"
                 )

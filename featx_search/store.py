@@ -602,6 +602,13 @@ class Store:
             matrix[i] = np.frombuffer(row[1], dtype=VECTOR_DTYPE)
         return int(generation), out_ids, matrix
 
+    def vector_ids(self, space_id: int) -> np.ndarray:
+        """The image ids that have a vector in a space: int64 (N,), ascending (no blobs read)."""
+        query = select(Vector.image_id).where(Vector.space_id == space_id)
+        with self.transaction() as s:
+            ids = s.scalars(query.order_by(Vector.image_id)).all()
+        return np.asarray(ids, dtype=np.int64)
+
     def image_id(self, path: Path) -> int | None:
         """The id of the stored image at ``path`` (absolute, resolved), or None."""
         with self.transaction() as s:

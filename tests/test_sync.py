@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from featx_search import Library, Progress, ingest
 from featx_search import scan as scan_module
@@ -287,3 +287,14 @@ def test_progress_bar_on_a_terminal(db: Path, photos: Path) -> None:
     screen = b"".join(chunks).decode(errors="replace")
     assert "embedding" in screen and "12/12" in screen and "img/s" in screen
     assert "indexed 12 (added 12, updated 0)" in screen
+
+
+def test_check_finds_an_index_that_disagrees_with_the_store(library: Library, photos: Path) -> None:
+    library.index([photos], spec=TINY)
+    assert library.check().ok
+    with library._store.transaction() as s:  # a vector lost behind the index file's back
+        s.execute(text("DELETE FROM vectors WHERE image_id = (SELECT min(image_id) FROM vectors)"))
+    report = library.check()
+    assert not report.ok
+    assert any("index ids differ" in p for p in report.problems)
+    assert any("marked indexed but have no vector" in p for p in report.problems)
