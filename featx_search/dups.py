@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .query import image_date
-from .store import ImageFacts, SpaceRecord, Store
+from .reader import ImageFacts, Reader, SpaceRecord
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _make_groups(
     return [DupGroup(rank, tuple(ms)) for rank, ms in enumerate(made, start=1)]
 
 
-def exact_duplicates(store: Store) -> list[DupGroup]:
+def exact_duplicates(store: Reader) -> list[DupGroup]:
     """Groups of stored files with identical bytes (same SHA-256), largest first."""
     facts = store.image_facts(None)
     components = _Components(len(facts))
@@ -193,7 +193,7 @@ def _orthonormal(columns: np.ndarray) -> np.ndarray:
 
 
 def near_duplicates(
-    store: Store,
+    store: Reader,
     record: SpaceRecord,
     threshold: float,
     *,

@@ -32,7 +32,8 @@ from .indexspec import (
 from .indexspec import check_spec as _check_spec_text
 
 if TYPE_CHECKING:
-    from .store import SpaceRecord, Store
+    from .reader import Reader, SpaceRecord
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -621,7 +622,7 @@ def _fsync_dir(folder: Path) -> None:
 # These take the store as an argument; the store is the truth, the file a rebuildable cache.
 
 
-def index_path(store: Store, record: SpaceRecord, generation: int) -> Path:
+def index_path(store: Reader, record: SpaceRecord, generation: int) -> Path:
     return store.index_dir / f"{record.fingerprint}-g{generation}.faiss"
 
 
@@ -629,7 +630,7 @@ def _kind_spec(kind: str) -> str:
     return "Flat" if kind == LEGACY_KIND else kind
 
 
-def wanted_spec(store: Store, record: SpaceRecord, count: int | None = None) -> str:
+def wanted_spec(store: Reader, record: SpaceRecord, count: int | None = None) -> str:
     """The spec a space's index should have now (``auto`` and untrainable specs resolved)."""
     from .whiten import index_dim
 
@@ -663,7 +664,7 @@ class BuildInfo:
 
 
 def build_from_store(
-    store: Store, record: SpaceRecord, spec: str | None = None
+    store: Reader, record: SpaceRecord, spec: str | None = None
 ) -> tuple[VectorIndex, int]:
     """A new index of the space from its stored vectors (no re-embedding), and the generation
     it reflects. ``spec`` None means the space's own (see :func:`wanted_spec`).
@@ -683,7 +684,7 @@ def build_from_store(
     return index, generation
 
 
-def _store_fetch(store: Store, record: SpaceRecord) -> Fetch:
+def _store_fetch(store: Reader, record: SpaceRecord) -> Fetch:
     from .whiten import for_index
 
     def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -694,7 +695,7 @@ def _store_fetch(store: Store, record: SpaceRecord) -> Fetch:
 
 
 def open_index(
-    store: Store, record: SpaceRecord, *, mmap: bool | None = False
+    store: Reader, record: SpaceRecord, *, mmap: bool | None = False
 ) -> tuple[VectorIndex, int]:
     """The index of a space at the store's current generation, and that generation.
 
@@ -764,7 +765,7 @@ def publish_index(
         index, generation = build_from_store(store, record, want)
     path = index_path(store, record, generation)
     checksum = index.save(path)
-    from .store import Manifest
+    from .reader import Manifest
 
     store.set_manifest(
         record.id,

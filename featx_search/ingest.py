@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,9 +23,12 @@ from .errors import ConfigError, ImageError
 from .extract import Extractor
 from .images import decode_file, hash_file, preprocess
 from .index import VectorIndex, open_index, publish_index
+from .reader import FAILED, FileResult, Move, SpaceRecord
 from .scan import FileInfo, scan, stat_or_lstat
-from .store import FAILED, FileResult, Move, SpaceRecord, Store
 from .whiten import for_index
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ from .images import ImageInput, describe, load_input
 from .indexspec import AUTO, SearchParams, parse_memory
 from .ingest import IndexReport, ProgressCallback
 from .query import Filters, Match, check_k, check_threshold, combine_vectors, search_vectors
-from .store import IndexSettings, SpaceRecord, Store
+from .reader import IndexSettings, Reader, SpaceRecord
 
 if TYPE_CHECKING:
     from .extract import Extractor, Layer
     from .index import BuildInfo, VectorIndex
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class Library:
                 print(match.rank, f"{match.score:.3f}", match.path)
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Reader) -> None:
+        # A Reader (plain sqlite3) until something writes; then the Store (SQLAlchemy).
         self._store = store
         self._extractors: dict[tuple[ExtractorSpec, Compute], Extractor] = {}
         self._indexes: dict[int, tuple[int, VectorIndex]] = {}
@@ -137,7 +139,23 @@ class Library:
         """Open the library at ``db`` (default: :func:`default_db_path`) and migrate it to the
         current schema. A missing library is created, or with ``create=False`` refused.
         Raises :class:`LibraryError`."""
-        return cls(Store.open(db if db is not None else default_db_path(), create=create))
+        path = Path(db if db is not None else default_db_path())
+        reader = Reader.open(path)  # at the newest schema: no SQLAlchemy until a write
+        if reader is not None:
+            return cls(reader)
+        from .store import Store
+
+        return cls(Store.open(path, create=create))
+
+    def _writer(self) -> Store:
+        """The library's :class:`Store`, opened on the first write (it imports SQLAlchemy)."""
+        from .store import Store
+
+        if not isinstance(self._store, Store):
+            reader = self._store
+            self._store = Store.open(reader.path, create=False)
+            reader.close()
+        return self._store
 
     @property
     def path(self) -> Path:
@@ -300,10 +318,10 @@ class Library:
                 stored = [r for r in self._store.spaces() if r.fingerprint == resolved.fingerprint]
                 record = stored[0] if stored else SpaceRecord(-1, resolved, 0, 0)
             else:
-                record = self._store.ensure_space(resolved)
+                record = self._writer().ensure_space(resolved)
         if dry_run:
             return run_index(
-                self._store,
+                self._writer(),
                 lambda: self._extractor_for(record, writing=True, compute=compute),
                 record,
                 paths,
@@ -311,10 +329,11 @@ class Library:
                 retry_failed=retry_failed,
                 prune_empty=prune_empty,
             )
-        with self._store.writer_lock():
+        store = self._writer()
+        with store.writer_lock():
             self._set_index_settings(record, index_spec, max_memory)
             report = run_index(
-                self._store,
+                store,
                 lambda: self._extractor_for(record, writing=True, compute=compute),
                 record,
                 paths,
@@ -324,7 +343,7 @@ class Library:
                 retry_failed=retry_failed,
                 prune_empty=prune_empty,
             )
-            _publish_if_needed(self._store, record)
+            _publish_if_needed(store, record)
         self._indexes.pop(record.id, None)
         return report
 
@@ -348,7 +367,7 @@ class Library:
         fixed = dict(old.params)
         if params is not None:
             fixed.update(params.to_dict())
-        self._store.set_index_settings(record.id, IndexSettings(spec, budget, fixed))
+        self._writer().set_index_settings(record.id, IndexSettings(spec, budget, fixed))
 
     def reindex(
         self,
@@ -365,9 +384,10 @@ class Library:
         from .index import rebuild_index
 
         record = self._record(space)
-        with self._store.writer_lock():
+        store = self._writer()
+        with store.writer_lock():
             self._set_index_settings(record, index_spec, max_memory, params)
-            built = rebuild_index(self._store, record)
+            built = rebuild_index(store, record)
         self._indexes.pop(record.id, None)
         return built
 
@@ -683,15 +703,14 @@ class Library:
         if dims < 0:
             raise ConfigError(f"--whiten must be 0 (off) or more, got {dims}")
         record = self._record(space)
-        with self._store.writer_lock():
-            _, _, vectors = self._store.vectors(record.id)
+        store = self._writer()
+        with store.writer_lock():
+            _, _, vectors = store.vectors(record.id)
             whitening = learn(vectors, dims) if dims else None
-            self._store.set_transform(
-                record.id, whitening.to_bytes() if whitening is not None else None
-            )
-            current = self._store.space(record.id)
-            index, generation = open_index(self._store, current)
-            publish_index(self._store, current, index, generation)
+            store.set_transform(record.id, whitening.to_bytes() if whitening is not None else None)
+            current = store.space(record.id)
+            index, generation = open_index(store, current)
+            publish_index(store, current, index, generation)
         self._indexes.pop(record.id, None)
         return WhitenReport(record.fingerprint, record.label, dims, len(vectors))
 
@@ -746,7 +765,7 @@ class WhitenReport:
         return asdict(self)
 
 
-def _whitened(store: Store, record: SpaceRecord) -> int | None:
+def _whitened(store: Reader, record: SpaceRecord) -> int | None:
     from .whiten import stored
 
     whitening = stored(store, record)
@@ -816,6 +835,8 @@ class SchemaStatus:
 
 def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
     """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
+    from .store import Store
+
     store = Store.open(db if db is not None else default_db_path(), migrate=False, create=False)
     try:
         return SchemaStatus(str(store.path), store.current_revision(), store.head_revision())

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import ConfigError
 from .index import VectorIndex
 from .indexspec import SearchParams
-from .store import ImageFacts, Store
+from .reader import ImageFacts, Reader
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def image_date(fact: ImageFacts) -> datetime:
 
 
 def search_vectors(
-    store: Store,
+    store: Reader,
     index: VectorIndex,
     queries: np.ndarray,
     k: int,

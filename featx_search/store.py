@@ -1,7 +1,8 @@
-"""The library database: engine, pragmas, migrations on open, transactions and queries.
+"""The library database, write side: engine, pragmas, migrations on open, transactions.
 
-SQLite (WAL mode) is the source of truth for metadata and vectors; the only user of
-SQLAlchemy and Alembic besides :mod:`featx_search.schema`.
+SQLite (WAL mode) is the source of truth for metadata and vectors. :class:`Store` adds
+writes and migrations (SQLAlchemy and Alembic; the only users of them besides
+:mod:`featx_search.schema`) to the plain-``sqlite3`` reads of :class:`~.reader.Reader`.
 """
 
 from __future__ import annotations
@@ -11,30 +12,56 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from .config import SpaceSpec
 from .errors import LibraryError, LibraryVersionError, SpaceError
+from .reader import (
+    FAILED,
+    HEAD_REVISION,
+    INDEXED,
+    VECTOR_DTYPE,
+    FileResult,
+    ImageFacts,
+    IndexSettings,
+    KnownFile,
+    Manifest,
+    Move,
+    Reader,
+    SpaceRecord,
+    StoredCopy,
+    _inside,
+)
 from .schema import Image, IndexManifest, Root, Space, Vector
+
+# Records and constants live in .reader (importing them loads no SQLAlchemy); they are
+# re-exported here for code that writes.
+__all__ = [
+    "FAILED",
+    "HEAD_REVISION",
+    "INDEXED",
+    "VECTOR_DTYPE",
+    "FileResult",
+    "ImageFacts",
+    "IndexSettings",
+    "KnownFile",
+    "Manifest",
+    "Move",
+    "SpaceRecord",
+    "Store",
+    "StoredCopy",
+]
 
 log = logging.getLogger(__name__)
 
 # How long a second indexer waits for the first before giving up.
 WRITER_WAIT_SECONDS = 10.0
-INDEXED = "indexed"
-FAILED = "failed"
-VECTOR_DTYPE = np.dtype("<f4")
-# The newest migration's revision; a library already there opens without loading Alembic.
-# tests/test_store.py checks it against migrations/versions.
-HEAD_REVISION = "5b0d36316739"
 
 
 def migrations_dir() -> Path:
@@ -54,110 +81,6 @@ def _alembic_config(url: str) -> Any:
     return cfg
 
 
-@dataclass(frozen=True)
-class SpaceRecord:
-    """A space as stored: its id, spec, number of vectors and generation."""
-
-    id: int
-    spec: SpaceSpec
-    count: int
-    generation: int
-
-    @property
-    def fingerprint(self) -> str:
-        return self.spec.fingerprint
-
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-
-@dataclass(frozen=True)
-class KnownFile:
-    """What the store knows about one file under a root."""
-
-    id: int
-    size: int
-    mtime_ns: int
-    status: str
-    has_vector: bool
-    content_hash: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredCopy:
-    """A stored image with a given content hash: where it was, and its state in a space."""
-
-    id: int
-    path: Path
-    root: Path
-    status: str
-    has_vector: bool
-
-
-@dataclass(frozen=True)
-class Move:
-    """A stored image found at a new place: same row and vectors, new path, size and time."""
-
-    image_id: int
-    root_id: int
-    relpath: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """The outcome of processing one file, written by :meth:`Store.write_batch`."""
-
-    root_id: int
-    relpath: str
-    size: int
-    mtime_ns: int
-    vector: np.ndarray | None = None
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-    content_hash: str | None = None
-    taken_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    """What queries filter on and duplicate finding ranks by, for one stored image."""
-
-    id: int
-    path: str
-    width: int | None
-    height: int | None
-    size: int
-    mtime_ns: int
-    taken_at: datetime | None
-    content_hash: str | None
-
-
-@dataclass(frozen=True)
-class Manifest:
-    generation: int
-    count: int
-    checksum: str
-    filename: str
-    kind: str
-    # removed vectors still inside the file (HNSW) and the file's tuned search params (JSON)
-    tombstones: int = 0
-    params_json: str | None = None
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """How a space's index is chosen: its spec (None: ``auto``), the memory budget of
-    ``auto`` in bytes (None: none), and search params the user fixed for the space."""
-
-    spec: str | None = None
-    max_memory: int | None = None
-    params: dict[str, int] = field(default_factory=dict)
-
-
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see _on_begin),
     # so that reads inside one transaction see one snapshot.
@@ -175,11 +98,6 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _text(message: str) -> str:
     """``message`` made storable as UTF-8 text: undecodable path bytes become ``\\xNN``."""
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _inside(path: str, folder: str) -> bool:
-    """True when ``path`` lies strictly below ``folder`` (both absolute)."""
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _drop_vectors(s: Session, image_ids: Sequence[int]) -> dict[int, list[int]]:
@@ -208,17 +126,13 @@ def _on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
-class Store:
-    """One library database. Open with :meth:`open`; close with :meth:`close`."""
+class Store(Reader):
+    """One library database, for writing (reads are :class:`Reader`'s). Open with
+    :meth:`open`; close with :meth:`close`."""
 
     def __init__(self, path: Path, engine: Engine) -> None:
-        self.path = path
+        super().__init__(path)
         self.engine = engine
-
-    @property
-    def index_dir(self) -> Path:
-        """The folder beside the database that holds this library's index files."""
-        return self.path.with_name(self.path.name + ".indexes")
 
     @classmethod
     def open(
@@ -267,6 +181,7 @@ class Store:
         return store
 
     def close(self) -> None:
+        super().close()
         self.engine.dispose()
 
     @contextmanager
@@ -354,21 +269,6 @@ class Store:
 
     # -- spaces -------------------------------------------------------------------------
 
-    def spaces(self) -> list[SpaceRecord]:
-        with self.transaction() as s:
-            counts = dict(
-                s.execute(select(Vector.space_id, func.count()).group_by(Vector.space_id)).all()
-            )
-            return [
-                SpaceRecord(
-                    row.id,
-                    SpaceSpec.from_dict(json.loads(row.spec_json)),
-                    int(counts.get(row.id, 0)),
-                    row.generation,
-                )
-                for row in s.scalars(select(Space).order_by(Space.id))
-            ]
-
     def ensure_space(self, spec: SpaceSpec) -> SpaceRecord:
         """The stored space with ``spec``'s fingerprint, created when new."""
         for record in self.spaces():
@@ -386,12 +286,6 @@ class Store:
             s.flush()
             return SpaceRecord(row.id, spec, 0, 0)
 
-    def transform(self, space_id: int) -> bytes | None:
-        """The learned vector transform stored with a space (see whiten.py), or None."""
-        with self.transaction() as s:
-            data = s.scalar(select(Space.transform).where(Space.id == space_id))
-            return None if data is None else bytes(data)
-
     def set_transform(self, space_id: int, data: bytes | None) -> None:
         """Store (or with None remove) a space's transform. The space's generation grows, so
         its index file is stale and is rebuilt from the stored vectors."""
@@ -401,12 +295,6 @@ class Store:
                 .where(Space.id == space_id)
                 .values(transform=data, generation=Space.generation + 1)
             )
-
-    def space(self, space_id: int) -> SpaceRecord:
-        for record in self.spaces():
-            if record.id == space_id:
-                return record
-        raise SpaceError(f"no space with id {space_id}")
 
     # -- roots and files ----------------------------------------------------------------
 
@@ -433,15 +321,6 @@ class Store:
                     s.flush()
                     s.delete(root)
             return new.id, folder
-
-    def find_root(self, folder: Path) -> tuple[int | None, Path]:
-        """Like :meth:`root_for`, but read-only: (None, ``folder``) when no root holds it."""
-        folder_str = str(folder)
-        with self.transaction() as s:
-            for root in s.scalars(select(Root)):
-                if folder_str == root.path or _inside(folder_str, root.path):
-                    return root.id, Path(root.path)
-        return None, folder
 
     def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
         """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
@@ -558,160 +437,7 @@ class Store:
             )
         return added, sorted(set(dropped.get(space_id, ())) - set(added))
 
-    def integrity_problems(self) -> list[str]:
-        """What SQLite's integrity and foreign-key checks, and the image states, find wrong."""
-        problems: list[str] = []
-        has_vector = _has_vector()
-        with self.transaction() as s:
-            rows = [r[0] for r in s.execute(text("PRAGMA integrity_check"))]
-            if rows != ["ok"]:
-                problems.extend(f"integrity_check: {r}" for r in rows)
-            for table, rowid, parent, _ in s.execute(text("PRAGMA foreign_key_check")):
-                problems.append(f"{table} row {rowid} points to a missing {parent} row")
-            lonely = s.scalar(select(func.count()).where(Image.status == INDEXED, ~has_vector))
-            if lonely:
-                problems.append(f"{lonely} images are marked indexed but have no vector")
-            stale = s.scalar(select(func.count()).where(Image.status == FAILED, has_vector))
-            if stale:
-                problems.append(f"{stale} images are marked failed but still have vectors")
-        return problems
-
-    # -- vectors ------------------------------------------------------------------------
-
-    def vectors(
-        self, space_id: int, ids: Sequence[int] | None = None
-    ) -> tuple[int, np.ndarray, np.ndarray]:
-        """Stored vectors of a space, read in one snapshot.
-
-        Returns (generation, int64 ids (N,), float32 matrix (N, dim)), rows ordered by id.
-        """
-        with self.transaction() as s:
-            space = s.execute(
-                select(Space.dim, Space.generation).where(Space.id == space_id)
-            ).first()
-            if space is None:
-                raise SpaceError(f"no space with id {space_id}")
-            record_dim, generation = space
-            query = select(Vector.image_id, Vector.data).where(Vector.space_id == space_id)
-            if ids is not None:
-                query = query.where(Vector.image_id.in_(list(ids)))
-            rows = s.execute(query.order_by(Vector.image_id)).all()
-        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        matrix = np.empty((len(rows), record_dim), dtype=np.float32)
-        for i, row in enumerate(rows):
-            matrix[i] = np.frombuffer(row[1], dtype=VECTOR_DTYPE)
-        return int(generation), out_ids, matrix
-
-    def vector_ids(self, space_id: int) -> np.ndarray:
-        """The image ids that have a vector in a space: int64 (N,), ascending (no blobs read)."""
-        query = select(Vector.image_id).where(Vector.space_id == space_id)
-        with self.transaction() as s:
-            ids = s.scalars(query.order_by(Vector.image_id)).all()
-        return np.asarray(ids, dtype=np.int64)
-
-    def image_id(self, path: Path) -> int | None:
-        """The id of the stored image at ``path`` (absolute, resolved), or None."""
-        with self.transaction() as s:
-            for root in s.scalars(select(Root)):
-                if _inside(str(path), root.path):
-                    found = s.scalar(
-                        select(Image.id).where(
-                            Image.root_id == root.id,
-                            Image.relpath == os.path.relpath(path, root.path),
-                        )
-                    )
-                    if found is not None:
-                        return int(found)
-        return None
-
-    def paths(self, ids: Iterable[int]) -> dict[int, str]:
-        """Absolute paths of images by id."""
-        wanted = list(ids)
-        with self.transaction() as s:
-            rows = s.execute(
-                select(Image.id, Root.path, Image.relpath).join(Root).where(Image.id.in_(wanted))
-            ).all()
-        return {row[0]: os.path.join(row[1], row[2]) for row in rows}
-
-    def image_facts(
-        self, space_id: int | None, ids: Sequence[int] | None = None
-    ) -> list[ImageFacts]:
-        """Path, size, dates and content hash of every image with a vector in a space (every
-        stored image when ``space_id`` is None), or of those ``ids`` among them, ordered by
-        id. Used by filters and duplicate finding."""
-        query = (
-            select(
-                Image.id,
-                Root.path,
-                Image.relpath,
-                Image.width,
-                Image.height,
-                Image.size,
-                Image.mtime_ns,
-                Image.taken_at,
-                Image.content_hash,
-            )
-            .join(Root)
-            .order_by(Image.id)
-        )
-        if space_id is not None:
-            query = query.join(Vector, Vector.image_id == Image.id).where(
-                Vector.space_id == space_id
-            )
-        if ids is not None:
-            query = query.where(Image.id.in_(list(ids)))
-        with self.transaction() as s:
-            rows = s.execute(query).all()
-        return [
-            ImageFacts(
-                id=row[0],
-                path=os.path.join(row[1], row[2]),
-                width=row[3],
-                height=row[4],
-                size=row[5],
-                mtime_ns=row[6],
-                taken_at=row[7],
-                content_hash=row[8],
-            )
-            for row in rows
-        ]
-
-    def image_counts(self) -> dict[str, int]:
-        with self.transaction() as s:
-            return {
-                status: int(n)
-                for status, n in s.execute(
-                    select(Image.status, func.count()).group_by(Image.status)
-                )
-            }
-
-    def failures(self) -> list[tuple[str, str]]:
-        """(absolute path, error) of every failed file."""
-        with self.transaction() as s:
-            rows = s.execute(
-                select(Root.path, Image.relpath, Image.error)
-                .join(Root)
-                .where(Image.status == FAILED)
-                .order_by(Root.path, Image.relpath)
-            )
-            return [(os.path.join(r[0], r[1]), r[2] or "") for r in rows]
-
     # -- index manifest -----------------------------------------------------------------
-
-    def manifest(self, space_id: int) -> Manifest | None:
-        with self.transaction() as s:
-            row = s.get(IndexManifest, space_id)
-            if row is None:
-                return None
-            return Manifest(
-                row.generation,
-                row.count,
-                row.checksum,
-                row.filename,
-                row.kind,
-                row.tombstones or 0,
-                row.params_json,
-            )
 
     def set_manifest(self, space_id: int, manifest: Manifest) -> None:
         with self.transaction() as s:
@@ -729,18 +455,6 @@ class Store:
             )
 
     # -- index settings (spaces.index_spec and the "index" key of spaces.settings_json) ------
-
-    def index_settings(self, space_id: int) -> IndexSettings:
-        with self.transaction() as s:
-            row = s.get(Space, space_id)
-            if row is None:
-                raise SpaceError(f"no space with id {space_id}")
-            own = json.loads(row.settings_json or "{}").get("index", {})
-            return IndexSettings(
-                spec=row.index_spec,
-                max_memory=own.get("max_memory"),
-                params={k: int(v) for k, v in own.get("params", {}).items()},
-            )
 
     def set_index_settings(self, space_id: int, settings: IndexSettings) -> None:
         """Store a space's index settings (other keys of ``settings_json`` are kept)."""

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import ConfigError, LibraryError
 
 if TYPE_CHECKING:
-    from .store import SpaceRecord, Store
+    from .reader import Reader, SpaceRecord
 
 # Eigenvalues below this share of the largest are raised to it, so that directions with
 # almost no variance are not blown up into noise.
@@ -107,19 +107,19 @@ def learn(vectors: np.ndarray, dims: int) -> Whitening:
     return Whitening(mean.astype(np.float32), projection.astype(np.float32), count)
 
 
-def stored(store: Store, record: SpaceRecord) -> Whitening | None:
+def stored(store: Reader, record: SpaceRecord) -> Whitening | None:
     """The whitening stored with a space, or None."""
     data = store.transform(record.id)
     return None if data is None else Whitening.from_bytes(data)
 
 
-def for_index(store: Store, record: SpaceRecord, vectors: np.ndarray) -> np.ndarray:
+def for_index(store: Reader, record: SpaceRecord, vectors: np.ndarray) -> np.ndarray:
     """``vectors`` (raw, of the space) as they go into or query the space's index."""
     whitening = stored(store, record)
     return vectors if whitening is None else whitening.apply(vectors)
 
 
-def index_dim(store: Store, record: SpaceRecord) -> int:
+def index_dim(store: Reader, record: SpaceRecord) -> int:
     """The size of the vectors in a space's index: the whitened size, else the space's."""
     whitening = stored(store, record)
     return record.spec.dim if whitening is None else whitening.dims

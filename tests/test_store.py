@@ -116,3 +116,94 @@ def test_head_revision_constant_matches_the_migrations() -> None:
     from featx_search.store import HEAD_REVISION
 
     assert Store.head_revision() == HEAD_REVISION, "update store.HEAD_REVISION"
+
+
+def test_reader_reads_back_what_the_store_wrote(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Writes go through SQLAlchemy, reads through plain sqlite3: paths that are not UTF-8,
+    dates, blobs and long id lists (read in chunks) must survive the crossing."""
+    from datetime import datetime
+
+    from featx_search import reader
+    from featx_search.config import ExtractorSpec, Preprocess, SpaceSpec
+    from featx_search.store import FileResult
+
+    monkeypatch.setattr(reader, "_CHUNK", 3)  # several "IN (...)" chunks per call
+    store = Store.open(tmp_path / "lib.db")
+    try:
+        root = tmp_path / "photos"
+        root.mkdir()
+        spec = SpaceSpec(
+            model="m",
+            weights="none",
+            weights_sha256=None,
+            layers=("x",),
+            pool="avg",
+            preprocess=Preprocess(),
+            dim=4,
+            torch_version="t",
+            torchvision_version="tv",
+            request=ExtractorSpec(model="m", weights="none"),
+        )
+        space = store.ensure_space(spec)
+        root_id, _ = store.root_for(root)
+        names = [f"img{i}.jpg" for i in range(6)] + [
+            b"caf\xe9.jpg".decode("utf-8", "surrogateescape")
+        ]
+        taken = datetime(2019, 7, 1, 12, 30, 5, 250)
+        rng = np.random.default_rng(0)
+        vectors = rng.normal(size=(len(names), 4)).astype(np.float32)
+        results = [
+            FileResult(
+                root_id,
+                name,
+                100 + i,
+                10**18 + i,
+                vector=vectors[i],
+                width=40,
+                height=30,
+                content_hash=f"{i:064x}",
+                taken_at=taken if i == 6 else None,
+            )
+            for i, name in enumerate(names)
+        ]
+        results.append(FileResult(root_id, "broken.jpg", 1, 1, error="not an image"))
+        added, _ = store.write_batch(space.id, results)
+
+        read = reader.Reader.open(store.path)
+        assert read is not None
+        try:
+            assert [r.fingerprint for r in read.spaces()] == [spec.fingerprint]
+            assert read.spaces()[0].count == len(names)
+            ids = sorted(added)
+            generation, got_ids, got = read.vectors(space.id, [*ids[::-1], 999_999])
+            assert got_ids.tolist() == ids and generation == read.space(space.id).generation
+            np.testing.assert_array_equal(got, vectors)
+            np.testing.assert_array_equal(read.vector_ids(space.id), ids)
+            paths = read.paths(ids)
+            assert [paths[i] for i in ids] == [str(root / n) for n in names]
+            odd = root / names[-1]
+            assert read.image_id(odd) == ids[-1] and read.image_id(root / "nope.jpg") is None
+            facts = read.image_facts(space.id, ids[2:])
+            assert [f.id for f in facts] == ids[2:]
+            assert facts[-1].taken_at == taken and facts[0].taken_at is None
+            assert facts[-1].path == str(odd) and facts[-1].mtime_ns == 10**18 + 6
+            assert read.image_counts() == {"indexed": len(names), "failed": 1}
+            assert read.failures() == [(str(root / "broken.jpg"), "not an image")]
+            assert read.find_root(root / "sub") == (root_id, root)
+            assert read.integrity_problems() == []
+        finally:
+            read.close()
+    finally:
+        store.close()
+
+
+def test_library_at_an_older_revision_is_migrated_on_open(db: Path) -> None:
+    from featx_search import Library
+    from featx_search.reader import Reader
+
+    Store.open(db).close()
+    command.downgrade(_alembic_config(f"sqlite:///{db}"), "-1")
+    assert Reader.open(db) is None  # the plain-sqlite3 path only serves the newest schema
+    with Library.open(db) as lib:
+        assert lib.info().revision == Store.head_revision()
+    assert Reader.open(db) is not None
