@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, output
-from .compute import DEVICES, Compute, prefer_passive_openmp
+from .compute import DEVICES, FREEZE_MIN_IMAGES, FREEZES, Compute, prefer_passive_openmp
 from .config import (
     DEFAULT_MODEL,
     DEFAULT_PRECISION,
@@ -303,6 +303,14 @@ class _Bar:
     help="NHWC memory layout for convolutions  [default: on for cpu and cuda]",
 )
 @click.option(
+    "--freeze",
+    type=click.Choice(FREEZES),
+    default="auto",
+    show_default=True,
+    help="Compile the model graph for inference (TorchScript + oneDNN); auto does so on the "
+    f"CPU for runs of {FREEZE_MIN_IMAGES}+ images, keeping it only when it measures faster.",
+)
+@click.option(
     "--dry-run", "-n", is_flag=True, help="List what would be added, updated, moved and removed."
 )
 @click.option("--retry-failed", is_flag=True, help="Try files that failed before again.")
@@ -334,6 +342,7 @@ def index(
     device: str,
     precision: str | None,
     channels_last: bool | None,
+    freeze: str,
     dry_run: bool,
     retry_failed: bool,
     prune_empty: bool,
@@ -350,7 +359,7 @@ def index(
     change. Files gone from a folder are removed, unless the folder cannot be read or is
     empty. Ctrl-C stops after the batches in flight; run the same command again to resume.
     Another --model/--weights/--layer/--pool/--precision makes a second space;
-    --workers, --threads, --device and --channels-last only change the speed.
+    --workers, --threads, --device, --channels-last and --freeze only change the speed.
     """
     bar = _Bar() if not (quiet or as_json or dry_run) and sys.stderr.isatty() else None
     with _open(ctx, create=not dry_run) as lib:
@@ -367,7 +376,9 @@ def index(
                 dry_run=dry_run,
                 retry_failed=retry_failed,
                 prune_empty=prune_empty,
-                compute=Compute(device=device, threads=threads, channels_last=channels_last),
+                compute=Compute(
+                    device=device, threads=threads, channels_last=channels_last, freeze=freeze
+                ),
             )
         finally:
             if bar is not None:

@@ -315,12 +315,19 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
         yield batch
 
 
-def _embed(extractor: Extractor | None, batch: list[_Decoded], dim: int) -> np.ndarray:
-    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim))."""
+def _embed(
+    extractor: Extractor | None, batch: list[_Decoded], dim: int, run_size: int = 0
+) -> np.ndarray:
+    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim)).
+    ``run_size`` > 0 marks the run's first batch: the extractor may first freeze its graph
+    for a run of that many images (see :attr:`Compute.freeze`)."""
     arrays = [d.array for d in batch if d.array is not None]
     if not arrays or extractor is None:
         return np.empty((0, dim), np.float32)
-    return extractor.embed(np.stack(arrays))
+    stacked = np.stack(arrays)
+    if run_size:
+        extractor.prepare_run(stacked, run_size)
+    return extractor.embed(stacked)
 
 
 def default_workers() -> int:
@@ -428,8 +435,10 @@ def run_index(
         decoded = _prefetch(pool, plan.jobs, record, 2 * batch_size)
         try:
             pending: tuple[list[_Decoded], Future[np.ndarray]] | None = None
+            first = len(plan.jobs)
             for batch in _batches(decoded, batch_size):
-                running = model.submit(_embed, extractor, batch, record.spec.dim)
+                running = model.submit(_embed, extractor, batch, record.spec.dim, first)
+                first = 0
                 if pending is not None:  # torch releases the GIL: this overlaps the model
                     finish(*pending)
                     if stop.is_set():  # store the batch already in the model too, then stop

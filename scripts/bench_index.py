@@ -12,9 +12,13 @@ quality 75-95.
 
 For each model it measures:
 
-(a) the bare extractor on already-decoded input (precision and layout the pipeline uses),
+(a) the bare extractor on already-decoded input (precision, layout and graph the pipeline
+    uses on a large library: ``--freeze auto`` decides, as for a run of 1000+ images, whether
+    the graph is frozen; the plain graph's rate is printed too),
 (b) ``featx-search index`` as a subprocess on the first n/5 and on all n photos, each into a
-    new library; b = (n - n/5) / (t_n - t_n/5) cancels start-up (imports, model load),
+    new library; b = (n - n/5) / (t_n - t_n/5) cancels start-up (imports, model load, and
+    freezing the graph). Both runs get ``--freeze on`` or ``off`` as (a) decided: runs this
+    small would not freeze by themselves (see ``FREEZE_MIN_IMAGES``),
 (c) the article's recipe: per image, PIL open, torchvision transforms, the whole model with a
     forward hook on the layer featx-search reads, and ``faiss.IndexFlatIP.add``,
 (d) CPU ms/image of the fastest decode (draft/reduce, then resize, crop, normalise) alone,
@@ -288,6 +292,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from featx_search import Compute, ExtractorSpec
+    from featx_search.compute import FREEZE_MIN_IMAGES
     from featx_search.extract import load_extractor
 
     cores = os.cpu_count() or 1
@@ -304,12 +309,20 @@ def main() -> None:
     with section("decode (d)"):
         d_fast, d_plain = decode_ms(sample)
     rows = []
+    frozen_rows = []
     for model in args.models.split(","):
         spec = ExtractorSpec(model=model, weights=WEIGHTS[model])
         with section(f"{model}: bare model (a), precisions and layouts"):
-            fp32 = load_extractor(spec, Compute(device="cpu"))
+            fp32 = load_extractor(spec, Compute(device="cpu", freeze="off"))
             inputs = decoded_inputs(sample, fp32.space.preprocess)
-            a = model_rate(fp32, inputs, args.batch_size)
+            a_plain = model_rate(fp32, inputs, args.batch_size)
+            tuned = load_extractor(spec, Compute(device="cpu"))  # freeze="auto"
+            t0 = time.perf_counter()
+            tuned.prepare_run(inputs[: args.batch_size], FREEZE_MIN_IMAGES)
+            freeze_s = time.perf_counter() - t0
+            a = model_rate(tuned, inputs, args.batch_size)
+            freeze = "on" if tuned.frozen else "off"
+            del tuned
             nchw = load_extractor(spec, Compute(device="cpu", channels_last=False))
             a_nchw = model_rate(nchw, inputs, args.batch_size, rounds=1)
             # bf16 is emulated (slow) on CPUs without AVX-512 BF16 / AMX: a few images only.
@@ -326,7 +339,7 @@ def main() -> None:
             same = same_top5(exact, exact[: len(few)], low)
             del nchw, bf16
         with section(f"{model}: featx-search index, {small} and {args.n} photos (b)"):
-            extra = args.extra.split()
+            extra = ["--freeze", freeze, *args.extra.split()]
             t_small, rss_small = run_cli(subset(args.cache, paths[:small]), model, extra)
             t_full, rss_full = run_cli(subset(args.cache, paths), model, extra)
             b = (args.n - small) / (t_full - t_small)
@@ -334,6 +347,7 @@ def main() -> None:
             c = recipe_rate(model, sample[:32])
         limit = 1 / (d_fast / 1000 / cores + 1 / a)
         rows.append((model, a, a_nchw, a_bf16, same, b, c, limit, rss_small, rss_full))
+        frozen_rows.append((model, freeze, freeze_s, a_plain, a))
 
     print(
         f"\nload average now {os.getloadavg()[0]:.1f} on {cores} cores (busy machine: "
@@ -352,8 +366,13 @@ def main() -> None:
             f"{rss_small:8.0f}M{rss_full:7.0f}M{grow:7.1f}%"
         )
     print(f"\n{'model':<20}{'fp32 NHWC':>10}{'fp32 NCHW':>10}{'bf16 NHWC':>10}{'top-5 same':>11}")
-    for model, a, a_nchw, a_bf16, same, *_ in rows:
-        print(f"{model:<20}{a:10.1f}{a_nchw:10.1f}{a_bf16:10.1f}{100 * same:10.0f}%")
+    for (model, _, a_nchw, a_bf16, same, *_), (*_, a_plain, _) in zip(
+        rows, frozen_rows, strict=True
+    ):
+        print(f"{model:<20}{a_plain:10.1f}{a_nchw:10.1f}{a_bf16:10.1f}{100 * same:10.0f}%")
+    print(f"\n{'model':<20}{'freeze':>7}{'took s':>8}{'a plain':>9}{'a used':>8}{'x':>6}")
+    for model, freeze, took, plain, used in frozen_rows:
+        print(f"{model:<20}{freeze:>7}{took:8.1f}{plain:9.1f}{used:8.1f}{used / plain:6.2f}")
 
 
 if __name__ == "__main__":

@@ -39,17 +39,20 @@ def reference() -> Extractor:
 
 
 # A covering set (not the full product): batch size, decode workers, model threads,
-# channels_last (None: automatic), precision.
-COMBOS: list[tuple[int, int, int | None, bool | None, str]] = [
-    (1, 1, 1, False, "fp32"),
-    (5, 3, None, True, "fp32"),
-    (16, 2, 2, None, "fp32"),
-    (4, 1, None, True, "bf16"),
-    (7, 2, 1, False, "fp16"),
+# channels_last (None: automatic), precision, freeze.
+COMBOS: list[tuple[int, int, int | None, bool | None, str, str]] = [
+    (1, 1, 1, False, "fp32", "off"),
+    (5, 3, None, True, "fp32", "on"),
+    (16, 2, 2, None, "fp32", "auto"),
+    (4, 1, None, True, "bf16", "on"),
+    (7, 2, 1, False, "fp16", "auto"),
+    (3, 2, None, False, "fp32", "on"),
 ]
 
 
-@pytest.mark.parametrize(("batch_size", "workers", "threads", "channels_last", "precision"), COMBOS)
+@pytest.mark.parametrize(
+    ("batch_size", "workers", "threads", "channels_last", "precision", "freeze"), COMBOS
+)
 def test_every_option_combination_indexes_correctly(
     library: Library,
     photos: Path,
@@ -59,9 +62,10 @@ def test_every_option_combination_indexes_correctly(
     threads: int | None,
     channels_last: bool | None,
     precision: str,
+    freeze: str,
 ) -> None:
     threads_before = torch.get_num_threads()
-    compute = Compute(device="cpu", threads=threads, channels_last=channels_last)
+    compute = Compute(device="cpu", threads=threads, channels_last=channels_last, freeze=freeze)
     try:
         report = library.index(
             [photos],
@@ -130,6 +134,7 @@ def test_devices_resolve_here() -> None:
     [
         (lambda: Compute(device="tpu"), "unknown --device 'tpu'"),
         (lambda: Compute(threads=0), "--threads must be at least 1, got 0"),
+        (lambda: Compute(freeze="yes"), "unknown --freeze 'yes'"),
         (lambda: ExtractorSpec(precision="fp8"), "unknown --precision 'fp8'"),
     ],
 )
@@ -167,3 +172,58 @@ def test_openmp_threads_sleep_unless_told_otherwise(given: str | None, passive: 
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == [str(passive), given or "PASSIVE", "False"]
+
+
+def _batch(n: int = 4) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, 3, 224, 224)).astype(np.float32)
+
+
+def test_frozen_graph_gives_the_plain_vectors(reference: Extractor) -> None:
+    frozen = load_extractor(TINY, Compute(device="cpu", freeze="on"))
+    frozen.prepare_run(_batch(), 1)  # "on": frozen whatever the run's size
+    assert frozen.frozen
+    assert frozen.space.fingerprint == reference.space.fingerprint
+    for n in (4, 1, 7):  # other batch sizes than the traced one
+        np.testing.assert_allclose(frozen.embed(_batch(n)), reference.embed(_batch(n)), atol=1e-5)
+
+
+def test_freeze_auto_needs_a_long_cpu_run_and_a_faster_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from featx_search import extract
+    from featx_search.compute import FREEZE_MIN_IMAGES
+
+    def make() -> Extractor:
+        return load_extractor(TINY, Compute(device="cpu"))  # freeze="auto" by default
+
+    short = make()
+    short.prepare_run(_batch(), FREEZE_MIN_IMAGES - 1)
+    assert not short.frozen  # not worth its start-up cost
+    # The first batch is timed on both graphs; the faster one is kept.
+    timings = iter([1.0, 2.0])  # plain, frozen
+    monkeypatch.setattr(extract, "_seconds", lambda graph, inputs: next(timings))
+    slower = make()
+    slower.prepare_run(_batch(), FREEZE_MIN_IMAGES)
+    assert not slower.frozen
+    timings = iter([2.0, 1.0])
+    faster = make()
+    faster.prepare_run(_batch(), FREEZE_MIN_IMAGES)
+    assert faster.frozen
+    bf16 = load_extractor(replace(TINY, precision="bf16"), Compute(device="cpu"))
+    bf16.prepare_run(_batch(), 10 * FREEZE_MIN_IMAGES)
+    assert not bf16.frozen  # auto freezes fp32 only
+    off = load_extractor(TINY, Compute(device="cpu", freeze="off"))
+    off.prepare_run(_batch(), 10 * FREEZE_MIN_IMAGES)
+    assert not off.frozen
+
+
+def test_a_graph_that_cannot_be_frozen_runs_plain(
+    reference: Extractor, caplog: pytest.LogCaptureFixture
+) -> None:
+    hooked = load_extractor(replace(TINY, method="hook"), Compute(device="cpu", freeze="on"))
+    hooked.prepare_run(_batch(), 1)
+    assert not hooked.frozen  # hooks read the eager model's modules: nothing to trace
+    broken = load_extractor(TINY, Compute(device="cpu", freeze="on"))
+    broken.prepare_run(np.zeros((2, 3, 5), np.float32), 1)  # a batch tracing cannot run
+    assert not broken.frozen and "could not freeze" in caplog.text
+    np.testing.assert_allclose(broken.embed(_batch()), reference.embed(_batch()), atol=1e-5)
