@@ -40,6 +40,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import shutil
@@ -123,16 +124,18 @@ def build_set(cache: Path, source: Path, n: int) -> list[Path]:
 
 def subset(cache: Path, paths: list[Path]) -> Path:
     """A folder holding exactly ``paths`` (hard links), for one ``featx-search index`` run."""
-    folder = cache / "sets" / f"first-{len(paths)}"
+    tag = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:8]
+    folder = cache / "sets" / f"first-{len(paths)}-{tag}"
     if folder.is_dir() and len(list(folder.iterdir())) == len(paths):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    for p in paths:
+    for i, p in enumerate(paths):
+        name = f"{i:04d}{p.suffix.lower()}"  # names from several folders may collide
         try:
-            os.link(p, folder / p.name)
+            os.link(p, folder / name)
         except OSError:
-            shutil.copy2(p, folder / p.name)
+            shutil.copy2(p, folder / name)
     return folder
 
 
@@ -283,6 +286,12 @@ def main() -> None:
     parser.add_argument("--models", default="resnet50,efficientnet_lite0")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-data")
     parser.add_argument("--source", type=Path, help="photos to build from (default: apt-get)")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        help="time these JPEG/PNG photos as they are instead of building a set (e.g. photos "
+        "no one here made); --n is then their number",
+    )
     parser.add_argument("--sample", type=int, default=48, help="photos for (a), (c), (d)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--bf16-images", type=int, default=8, help="queries for the bf16 check")
@@ -296,8 +305,15 @@ def main() -> None:
     from featx_search.extract import load_extractor
 
     cores = os.cpu_count() or 1
-    source = args.source or fetch_source(args.cache)
-    paths = build_set(args.cache, source, args.n)
+    if args.photos:
+        paths = sorted(
+            p for p in args.photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        )
+        if len(paths) < 5:
+            raise SystemExit(f"need at least 5 JPEG/PNG photos under {args.photos}")
+        args.n = len(paths)
+    else:
+        paths = build_set(args.cache, args.source or fetch_source(args.cache), args.n)
     small = max(1, args.n // 5)
     # Seeded, not every k-th photo: the long sides cycle through LONG_SIDES.
     sample = sorted(random.Random(0).sample(paths, min(args.sample, len(paths))))
