@@ -428,10 +428,18 @@ class Extractor:
             vectors = combine(features, self.space.pool)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
-    def prepare_run(self, sample: np.ndarray, images: int) -> None:
+    def prepare_run(self, images: int, batch_size: int) -> None:
         """Apply the freeze policy (:attr:`Compute.freeze`) before a run that embeds ``images``
-        images; ``sample`` is its first batch. Never raises: a graph that cannot be frozen
-        runs as it is (with a warning)."""
+        images in batches of ``batch_size``. Call it before other threads start: it silences
+        torch's deprecation warnings with :func:`warnings.catch_warnings`, which is not
+        thread-safe. Never raises: a graph that cannot be frozen runs as it is (with a
+        warning)."""
+        size = self.space.preprocess.crop
+        shape = (max(1, min(batch_size, images)), 3, size, size)
+        sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        self._prepare(sample, images)
+
+    def _prepare(self, sample: np.ndarray, images: int) -> None:
         placement = self.placement
         if placement is None or placement.freeze == "off" or self.frozen:
             return

@@ -130,6 +130,14 @@ def _decode(
                 return _upright_rgb(source, source.size)
             with Image.open(source, formats=_formats()) as img:
                 size = img.size
+                # Checked here too: the filter above is process-wide, and another thread
+                # leaving its own catch_warnings block can restore the filters without it.
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and size[0] * size[1] > limit:
+                    raise Image.DecompressionBombWarning(
+                        f"Image size ({size[0] * size[1]} pixels) exceeds limit of {limit} "
+                        "pixels, could be decompression bomb DOS attack."
+                    )
                 taken.append(_taken_at(img))
                 if img.format == "JPEG" and min_side > 0:
                     img.draft("RGB", (min_side, min_side))

@@ -315,19 +315,12 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
         yield batch
 
 
-def _embed(
-    extractor: Extractor | None, batch: list[_Decoded], dim: int, run_size: int = 0
-) -> np.ndarray:
-    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim)).
-    ``run_size`` > 0 marks the run's first batch: the extractor may first freeze its graph
-    for a run of that many images (see :attr:`Compute.freeze`)."""
+def _embed(extractor: Extractor | None, batch: list[_Decoded], dim: int) -> np.ndarray:
+    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim))."""
     arrays = [d.array for d in batch if d.array is not None]
     if not arrays or extractor is None:
         return np.empty((0, dim), np.float32)
-    stacked = np.stack(arrays)
-    if run_size:
-        extractor.prepare_run(stacked, run_size)
-    return extractor.embed(stacked)
+    return extractor.embed(np.stack(arrays))
 
 
 def default_workers() -> int:
@@ -412,6 +405,8 @@ def run_index(
     index, _ = open_index(store, record)
     # Loaded only when some file needs embedding: a no-change run never imports torch.
     extractor = load_extractor() if plan.jobs else None
+    if extractor is not None:  # before the decoding threads start (see prepare_run)
+        extractor.prepare_run(len(plan.jobs), batch_size)
     done = 0
 
     def finish(batch: list[_Decoded], vectors: Future[np.ndarray]) -> None:
@@ -435,10 +430,8 @@ def run_index(
         decoded = _prefetch(pool, plan.jobs, record, 2 * batch_size)
         try:
             pending: tuple[list[_Decoded], Future[np.ndarray]] | None = None
-            first = len(plan.jobs)
             for batch in _batches(decoded, batch_size):
-                running = model.submit(_embed, extractor, batch, record.spec.dim, first)
-                first = 0
+                running = model.submit(_embed, extractor, batch, record.spec.dim)
                 if pending is not None:  # torch releases the GIL: this overlaps the model
                     finish(*pending)
                     if stop.is_set():  # store the batch already in the model too, then stop

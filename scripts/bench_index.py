@@ -334,7 +334,7 @@ def main() -> None:
             a_plain = model_rate(fp32, inputs, args.batch_size)
             tuned = load_extractor(spec, Compute(device="cpu"))  # freeze="auto"
             t0 = time.perf_counter()
-            tuned.prepare_run(inputs[: args.batch_size], FREEZE_MIN_IMAGES)
+            tuned.prepare_run(FREEZE_MIN_IMAGES, args.batch_size)
             freeze_s = time.perf_counter() - t0
             a = model_rate(tuned, inputs, args.batch_size)
             freeze = "on" if tuned.frozen else "off"

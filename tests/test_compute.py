@@ -180,7 +180,7 @@ def _batch(n: int = 4) -> np.ndarray:
 
 def test_frozen_graph_gives_the_plain_vectors(reference: Extractor) -> None:
     frozen = load_extractor(TINY, Compute(device="cpu", freeze="on"))
-    frozen.prepare_run(_batch(), 1)  # "on": frozen whatever the run's size
+    frozen.prepare_run(1, 4)  # "on": frozen whatever the run's size
     assert frozen.frozen
     assert frozen.space.fingerprint == reference.space.fingerprint
     for n in (4, 1, 7):  # other batch sizes than the traced one
@@ -197,33 +197,38 @@ def test_freeze_auto_needs_a_long_cpu_run_and_a_faster_graph(
         return load_extractor(TINY, Compute(device="cpu"))  # freeze="auto" by default
 
     short = make()
-    short.prepare_run(_batch(), FREEZE_MIN_IMAGES - 1)
+    short.prepare_run(FREEZE_MIN_IMAGES - 1, 16)
     assert not short.frozen  # not worth its start-up cost
     # The first batch is timed on both graphs; the faster one is kept.
     timings = iter([1.0, 2.0])  # plain, frozen
     monkeypatch.setattr(extract, "_seconds", lambda graph, inputs: next(timings))
     slower = make()
-    slower.prepare_run(_batch(), FREEZE_MIN_IMAGES)
+    slower.prepare_run(FREEZE_MIN_IMAGES, 16)
     assert not slower.frozen
     timings = iter([2.0, 1.0])
     faster = make()
-    faster.prepare_run(_batch(), FREEZE_MIN_IMAGES)
+    faster.prepare_run(FREEZE_MIN_IMAGES, 16)
     assert faster.frozen
     bf16 = load_extractor(replace(TINY, precision="bf16"), Compute(device="cpu"))
-    bf16.prepare_run(_batch(), 10 * FREEZE_MIN_IMAGES)
+    bf16.prepare_run(10 * FREEZE_MIN_IMAGES, 16)
     assert not bf16.frozen  # auto freezes fp32 only
     off = load_extractor(TINY, Compute(device="cpu", freeze="off"))
-    off.prepare_run(_batch(), 10 * FREEZE_MIN_IMAGES)
+    off.prepare_run(10 * FREEZE_MIN_IMAGES, 16)
     assert not off.frozen
 
 
 def test_a_graph_that_cannot_be_frozen_runs_plain(
-    reference: Extractor, caplog: pytest.LogCaptureFixture
+    reference: Extractor, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hooked = load_extractor(replace(TINY, method="hook"), Compute(device="cpu", freeze="on"))
-    hooked.prepare_run(_batch(), 1)
+    hooked.prepare_run(1, 4)
     assert not hooked.frozen  # hooks read the eager model's modules: nothing to trace
     broken = load_extractor(TINY, Compute(device="cpu", freeze="on"))
-    broken.prepare_run(np.zeros((2, 3, 5), np.float32), 1)  # a batch tracing cannot run
+
+    def untraceable(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("data-dependent control flow")
+
+    monkeypatch.setattr(torch.jit, "trace", untraceable)
+    broken.prepare_run(4, 4)
     assert not broken.frozen and "could not freeze" in caplog.text
     np.testing.assert_allclose(broken.embed(_batch()), reference.embed(_batch()), atol=1e-5)

@@ -67,3 +67,20 @@ def test_fast_decode_gives_the_same_vectors(tmp_path: Path) -> None:
     assert cosine.min() > 0.999, cosine
     # Each fast vector is still nearest to its own plain vector.
     assert (np.argmax(fast @ plain.T, axis=1) == np.arange(len(paths))).all()
+
+
+def test_a_large_image_is_refused_even_when_the_warning_filter_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow only warns between MAX_IMAGE_PIXELS and twice that; decoding turns the warning
+    into an error with a process-wide filter, which another thread leaving its own
+    catch_warnings block can undo. The size is checked without the filter too."""
+    from PIL import Image
+
+    from featx_search import ImageError, images
+
+    photo = make_photo(tmp_path / "big.jpg", 0, size=(160, 120))  # 19,200 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # warns above, errors at 2x
+    monkeypatch.setattr(images.warnings, "simplefilter", lambda *args, **kwargs: None)
+    with pytest.raises(ImageError, match="exceeds limit of 10000 pixels"):
+        decode(photo)
