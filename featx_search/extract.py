@@ -417,6 +417,14 @@ class Extractor:
         return inputs if self.placement is None else to_input(inputs, self.placement)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
+        step = self.placement.micro_batch if self.placement is not None else None
+        if step is None or len(batch) <= step:
+            return self._embed(batch)
+        return np.concatenate(
+            [self._embed(batch[i : i + step]) for i in range(0, len(batch), step)]
+        )
+
+    def _embed(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         from .pooling import combine
@@ -435,7 +443,10 @@ class Extractor:
         thread-safe. Never raises: a graph that cannot be frozen runs as it is (with a
         warning)."""
         size = self.space.preprocess.crop
-        shape = (max(1, min(batch_size, images)), 3, size, size)
+        calls = [batch_size, images]
+        if self.placement is not None and self.placement.micro_batch is not None:
+            calls.append(self.placement.micro_batch)  # the size the graph is called with
+        shape = (max(1, min(calls)), 3, size, size)
         sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         self._prepare(sample, images)
 

@@ -16,9 +16,10 @@ For each model it measures:
     uses on a large library: ``--freeze auto`` decides, as for a run of 1000+ images, whether
     the graph is frozen; the plain graph's rate is printed too),
 (b) ``featx-search index`` as a subprocess on the first n/5 and on all n photos, each into a
-    new library; b = (n - n/5) / (t_n - t_n/5) cancels start-up (imports, model load, and
-    freezing the graph). Both runs get ``--freeze on`` or ``off`` as (a) decided: runs this
-    small would not freeze by themselves (see ``FREEZE_MIN_IMAGES``),
+    new library, --repeat times (fastest kept); b = (n - n/5) / (t_n - t_n/5) cancels
+    start-up (imports, model load, and freezing the graph). Both runs get ``--freeze on``
+    or ``off`` as (a) decided: runs this small would not freeze by themselves (see
+    ``FREEZE_MIN_IMAGES``),
 (c) the article's recipe: per image, PIL open, torchvision transforms, the whole model with a
     forward hook on the layer featx-search reads, and ``faiss.IndexFlatIP.add``,
 (d) CPU ms/image of the fastest decode (draft/reduce, then resize, crop, normalise) alone,
@@ -294,6 +295,7 @@ def main() -> None:
     )
     parser.add_argument("--sample", type=int, default=48, help="photos for (a), (c), (d)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each (b) size")
     parser.add_argument("--bf16-images", type=int, default=8, help="queries for the bf16 check")
     parser.add_argument(
         "--extra", default="", help="more `index` options for (b), e.g. '--workers 1'"
@@ -356,8 +358,13 @@ def main() -> None:
             del nchw, bf16
         with section(f"{model}: featx-search index, {small} and {args.n} photos (b)"):
             extra = ["--freeze", freeze, *args.extra.split()]
-            t_small, rss_small = run_cli(subset(args.cache, paths[:small]), model, extra)
-            t_full, rss_full = run_cli(subset(args.cache, paths), model, extra)
+            # Interleaved repeats, fastest of each: a start-up that happens to be slow in one
+            # run would otherwise move b a lot (it is a difference of two times).
+            small_runs, full_runs = [], []
+            for _ in range(args.repeat):
+                small_runs.append(run_cli(subset(args.cache, paths[:small]), model, extra))
+                full_runs.append(run_cli(subset(args.cache, paths), model, extra))
+            (t_small, rss_small), (t_full, rss_full) = min(small_runs), min(full_runs)
             b = (args.n - small) / (t_full - t_small)
         with section(f"{model}: article recipe (c)"):
             c = recipe_rate(model, sample[:32])

@@ -39,19 +39,20 @@ def reference() -> Extractor:
 
 
 # A covering set (not the full product): batch size, decode workers, model threads,
-# channels_last (None: automatic), precision, freeze.
-COMBOS: list[tuple[int, int, int | None, bool | None, str, str]] = [
-    (1, 1, 1, False, "fp32", "off"),
-    (5, 3, None, True, "fp32", "on"),
-    (16, 2, 2, None, "fp32", "auto"),
-    (4, 1, None, True, "bf16", "on"),
-    (7, 2, 1, False, "fp16", "auto"),
-    (3, 2, None, False, "fp32", "on"),
+# channels_last (None: automatic), precision, freeze, micro-batch (None: automatic).
+COMBOS: list[tuple[int, int, int | None, bool | None, str, str, int | None]] = [
+    (1, 1, 1, False, "fp32", "off", None),
+    (5, 3, None, True, "fp32", "on", 2),
+    (16, 2, 2, None, "fp32", "auto", None),
+    (4, 1, None, True, "bf16", "on", 16),
+    (7, 2, 1, False, "fp16", "auto", 3),
+    (3, 2, None, False, "fp32", "on", 1),
 ]
 
 
 @pytest.mark.parametrize(
-    ("batch_size", "workers", "threads", "channels_last", "precision", "freeze"), COMBOS
+    ("batch_size", "workers", "threads", "channels_last", "precision", "freeze", "micro_batch"),
+    COMBOS,
 )
 def test_every_option_combination_indexes_correctly(
     library: Library,
@@ -63,9 +64,16 @@ def test_every_option_combination_indexes_correctly(
     channels_last: bool | None,
     precision: str,
     freeze: str,
+    micro_batch: int | None,
 ) -> None:
     threads_before = torch.get_num_threads()
-    compute = Compute(device="cpu", threads=threads, channels_last=channels_last, freeze=freeze)
+    compute = Compute(
+        device="cpu",
+        threads=threads,
+        channels_last=channels_last,
+        freeze=freeze,
+        micro_batch=micro_batch,
+    )
     try:
         report = library.index(
             [photos],
@@ -135,6 +143,7 @@ def test_devices_resolve_here() -> None:
         (lambda: Compute(device="tpu"), "unknown --device 'tpu'"),
         (lambda: Compute(threads=0), "--threads must be at least 1, got 0"),
         (lambda: Compute(freeze="yes"), "unknown --freeze 'yes'"),
+        (lambda: Compute(micro_batch=0), "--micro-batch must be at least 1, got 0"),
         (lambda: ExtractorSpec(precision="fp8"), "unknown --precision 'fp8'"),
     ],
 )
@@ -232,3 +241,17 @@ def test_a_graph_that_cannot_be_frozen_runs_plain(
     broken.prepare_run(4, 4)
     assert not broken.frozen and "could not freeze" in caplog.text
     np.testing.assert_allclose(broken.embed(_batch()), reference.embed(_batch()), atol=1e-5)
+
+
+def test_micro_batches_give_the_same_vectors(reference: Extractor) -> None:
+    from featx_search.compute import CPU_MICRO_BATCH
+
+    sliced = load_extractor(TINY, Compute(device="cpu", channels_last=False, micro_batch=3))
+    default = load_extractor(TINY, Compute(device="cpu"))
+    assert default.placement is not None and default.placement.micro_batch == CPU_MICRO_BATCH
+    calls: list[int] = []
+    graph = sliced._graph
+    sliced._graph = lambda inputs: (calls.append(len(inputs)), graph(inputs))[1]
+    batch = _batch(7)
+    np.testing.assert_allclose(sliced.embed(batch), reference.embed(batch), atol=1e-5)
+    assert calls == [3, 3, 1]  # the model saw slices, the caller one batch
