@@ -282,7 +282,7 @@ class _Bar:
     "--micro-batch",
     type=click.IntRange(min=1),
     help="Images per model call  [default: "
-    f"{CPU_MICRO_BATCH} on the CPU, where it measured fastest; the whole batch on a GPU]",
+    f"{CPU_MICRO_BATCH} on the CPU, which measured fastest; the whole batch on a GPU]",
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]")
 @click.option(

@@ -29,9 +29,11 @@ FREEZES: tuple[str, ...] = ("auto", "on", "off")
 # tries the frozen graph. Freezing resnet50 costs about 13 s here and saves about 7 ms per
 # image, so it pays for itself after some 1800 images (README, "Speed").
 FREEZE_MIN_IMAGES = 2000
-# Images per model call on the CPU when not given: on this machine (2 cores, 32 MiB L3)
-# batches of 4 ran fastest for both measured models, 1.8x faster than 16 for
-# efficientnet_lite0 and 1.1x for resnet50: their activations stay in cache (README, "Speed").
+# Images per model call on the CPU when not given. On this machine (2 cores, 32 MiB L3), with
+# OpenMP's default waiting (as in a Python program using the API), calls of 4 images ran
+# fastest for both measured models: 1.8x faster than 16 for efficientnet_lite0 and 1.1x for
+# resnet50, as their activations stay in cache. With the CLI's passive waiting
+# (prefer_passive_openmp) 4 and 16 ran alike (README, "Speed").
 CPU_MICRO_BATCH = 4
 
 
