@@ -37,6 +37,7 @@ from .reader import (
     SpaceRecord,
     StoredCopy,
     _inside,
+    revision,
 )
 from .schema import Image, IndexManifest, Root, Space, Vector
 
@@ -162,7 +163,7 @@ class Store(Reader):
         event.listen(engine, "begin", _on_begin)
         store = cls(db, engine)
         try:
-            if store._quick_revision() != HEAD_REVISION:  # skips Alembic when up to date
+            if revision(db) != HEAD_REVISION:  # skips Alembic when up to date
                 store._check_revision()
                 if migrate:
                     store.upgrade()
@@ -213,15 +214,6 @@ class Store(Reader):
             yield session
 
     # -- migrations ---------------------------------------------------------------------
-
-    def _quick_revision(self) -> str | None:
-        """The stored revision read with plain SQL (None for a new or foreign database)."""
-        try:
-            with self.engine.connect() as conn:
-                row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
-        except OperationalError:  # no such table yet
-            return None
-        return None if row is None else str(row[0])
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
