@@ -442,15 +442,6 @@ class Extractor:
         torch's deprecation warnings with :func:`warnings.catch_warnings`, which is not
         thread-safe. Never raises: a graph that cannot be frozen runs as it is (with a
         warning)."""
-        size = self.space.preprocess.crop
-        calls = [batch_size, images]
-        if self.placement is not None and self.placement.micro_batch is not None:
-            calls.append(self.placement.micro_batch)  # the size the graph is called with
-        shape = (max(1, min(calls)), 3, size, size)
-        sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        self._prepare(sample, images)
-
-    def _prepare(self, sample: np.ndarray, images: int) -> None:
         placement = self.placement
         if placement is None or placement.freeze == "off" or self.frozen:
             return
@@ -462,6 +453,12 @@ class Extractor:
             and images >= FREEZE_MIN_IMAGES
         ):
             return
+        calls = [batch_size, images]
+        if placement.micro_batch is not None:
+            calls.append(placement.micro_batch)  # the size the graph is called with
+        size = self.space.preprocess.crop
+        shape = (max(1, min(calls)), 3, size, size)
+        sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         self._freeze(sample, only_if_faster=placement.freeze == "auto")
 
     def _freeze(self, sample: np.ndarray, *, only_if_faster: bool) -> None:
