@@ -459,7 +459,7 @@ class Reader:
                     out_ids[n] = image_id
                     matrix[n] = np.frombuffer(data, dtype=VECTOR_DTYPE)
                     n += 1
-        return int(generation), out_ids[:n].copy(), matrix[:n].copy() if n < count else matrix
+        return int(generation), out_ids[:n], matrix[:n]  # shorter when some ids had no vector
 
     def vector_ids(self, space_id: int) -> np.ndarray:
         """The image ids that have a vector in a space: int64 (N,), ascending (no blobs read)."""
