@@ -44,7 +44,7 @@ from .library import (
     upgrade_schema,
 )
 from .output import Listing, dup_listing, match_listing
-from .query import Filters, parse_date
+from .query import Filters, Match, parse_date
 
 F = TypeVar("F", bound=Callable[..., Any])
 DB_HELP = "Library database file (default: $FEATX_DB, else a per-user data directory)."
@@ -564,6 +564,29 @@ def _filters(
     )
 
 
+def _query(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``search_many`` / ``similar_many`` from the values of
+    :func:`query_options` and :func:`search_options` (the filter options become ``filters``)."""
+    rest = dict(options)
+    filters = _filters(rest.pop("under"), rest.pop("glob"), rest.pop("after"), rest.pop("before"))
+    return {**rest, "filters": filters}
+
+
+def _emit_matches(
+    command: str,
+    names: list[str],
+    files: list[list[str]],
+    results: list[list[Match]],
+    options: dict[str, Any],
+    fmt: str,
+    html_file: Path | None,
+    montage_file: Path | None,
+) -> None:
+    if options["combine"]:  # one result list for all the queries together
+        names, files = [" + ".join(names)], [[f[0] for f in files]]
+    _emit(match_listing(command, names, results, files), fmt, html_file, montage_file)
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @query_options
@@ -577,47 +600,27 @@ def _filters(
 @click.pass_context
 def search(
     ctx: click.Context,
+    /,
     images: tuple[Path, ...],
-    k: int,
-    threshold: float | None,
-    combine: bool,
-    exclude_self: bool,
-    under: Path | None,
-    glob: str | None,
-    after: str | None,
-    before: str | None,
     space: str | None,
-    nprobe: int | None,
-    ef_search: int | None,
-    rerank: int | None,
     fmt: str,
     html_file: Path | None,
     montage_file: Path | None,
+    **options: Any,
 ) -> None:
     """Show the indexed images most similar to each of IMAGES (any image files).
 
     Filters (--under, --glob, --after, --before) are applied inside the index search, so -k
     results come back whenever that many images pass them.
     """
-    filters = _filters(under, glob, after, before)
+    query = _query(options)
     with _open(ctx) as lib:
-        results = lib.search_many(
-            list(images),
-            k=k,
-            space=space,
-            filters=filters,
-            threshold=threshold,
-            exclude_self=exclude_self,
-            combine=combine,
-            nprobe=nprobe,
-            ef_search=ef_search,
-            rerank=rerank,
-        )
+        results = lib.search_many(list(images), space=space, **query)
     names = [str(image) for image in images]
-    files = [[str(image)] for image in images]
-    if combine:
-        names, files = [" + ".join(names)], [[f[0] for f in files]]
-    _emit(match_listing("featx-search search", names, results, files), fmt, html_file, montage_file)
+    files = [[name] for name in names]
+    _emit_matches(
+        "featx-search search", names, files, results, options, fmt, html_file, montage_file
+    )
 
 
 @cli.command()
@@ -630,22 +633,13 @@ def search(
 @click.pass_context
 def similar(
     ctx: click.Context,
+    /,
     images: tuple[str, ...],
-    k: int,
-    threshold: float | None,
-    combine: bool,
-    exclude_self: bool,
-    under: Path | None,
-    glob: str | None,
-    after: str | None,
-    before: str | None,
     space: str | None,
-    nprobe: int | None,
-    ef_search: int | None,
-    rerank: int | None,
     fmt: str,
     html_file: Path | None,
     montage_file: Path | None,
+    **options: Any,
 ) -> None:
     """Show the images most similar to each IMAGE, an indexed file (path) or image id.
 
@@ -655,26 +649,12 @@ def similar(
     targets: list[str | int] = [
         int(image) if image.isdigit() and not Path(image).exists() else image for image in images
     ]
-    filters = _filters(under, glob, after, before)
+    query = _query(options)
     with _open(ctx) as lib:
-        results = lib.similar_many(
-            targets,
-            k=k,
-            space=space,
-            filters=filters,
-            threshold=threshold,
-            exclude_self=exclude_self,
-            combine=combine,
-            nprobe=nprobe,
-            ef_search=ef_search,
-            rerank=rerank,
-        )
+        results = lib.similar_many(targets, space=space, **query)
         files = [[lib.image_path(t)] for t in targets]
-    names = list(images)
-    if combine:
-        names, files = [" + ".join(names)], [[f[0] for f in files]]
-    _emit(
-        match_listing("featx-search similar", names, results, files), fmt, html_file, montage_file
+    _emit_matches(
+        "featx-search similar", list(images), files, results, options, fmt, html_file, montage_file
     )
 
 
