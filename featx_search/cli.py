@@ -18,6 +18,8 @@ from .compute import (
     DEVICES,
     FREEZE_MIN_IMAGES,
     FREEZES,
+    OPENVINO_MIN_IMAGES,
+    RUNTIMES,
     Compute,
     prefer_passive_openmp,
 )
@@ -324,6 +326,15 @@ class _Bar:
     f"CPU for runs of {FREEZE_MIN_IMAGES}+ images, keeping it only when it measures faster.",
 )
 @click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="What runs the model graph: torch, or OpenVINO (CPU, fp32; the openvino package). "
+    f"auto uses OpenVINO for CPU runs of {OPENVINO_MIN_IMAGES}+ images when installed, "
+    "if it gives torch's vectors and measures faster.",
+)
+@click.option(
     "--dry-run", "-n", is_flag=True, help="List what would be added, updated, moved and removed."
 )
 @click.option("--retry-failed", is_flag=True, help="Try files that failed before again.")
@@ -357,6 +368,7 @@ def index(
     precision: str | None,
     channels_last: bool | None,
     freeze: str,
+    runtime: str,
     dry_run: bool,
     retry_failed: bool,
     prune_empty: bool,
@@ -373,8 +385,8 @@ def index(
     change. Files gone from a folder are removed, unless the folder cannot be read or is
     empty. Ctrl-C stops after the batches in flight; run the same command again to resume.
     Another --model/--weights/--layer/--pool/--precision makes a second space;
-    --micro-batch, --workers, --threads, --device, --channels-last and --freeze only change
-    the speed.
+    --micro-batch, --workers, --threads, --device, --channels-last, --freeze and --runtime
+    only change the speed.
     """
     bar = _Bar() if not (quiet or as_json or dry_run) and sys.stderr.isatty() else None
     with _open(ctx, create=not dry_run) as lib:
@@ -397,6 +409,7 @@ def index(
                     channels_last=channels_last,
                     micro_batch=micro_batch,
                     freeze=freeze,
+                    runtime=runtime,
                 ),
             )
         finally:

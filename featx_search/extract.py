@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compute import FREEZE_MIN_IMAGES, Compute, Placement, place, to_input
+from .compute import FREEZE_MIN_IMAGES, OPENVINO_MIN_IMAGES, Compute, Placement, place, to_input
 from .config import NO_WEIGHTS, ExtractorSpec, Preprocess, SpaceSpec
 from .errors import ConfigError, LayerError, ModelError, WeightsError
 
@@ -408,7 +408,8 @@ class Extractor:
         self._graph: Any = graph
         self.space = space
         self.placement = placement
-        self.frozen = False
+        self.frozen = False  # running a frozen TorchScript graph
+        self.runtime = "torch"  # or "openvino": what runs the graph
 
     def _inputs(self, batch: np.ndarray) -> torch.Tensor:
         import torch
@@ -437,73 +438,194 @@ class Extractor:
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
     def prepare_run(self, images: int, batch_size: int) -> None:
-        """Apply the freeze policy (:attr:`Compute.freeze`) before a run that embeds ``images``
-        images in batches of ``batch_size``. Call it before other threads start: it silences
-        torch's deprecation warnings with :func:`warnings.catch_warnings`, which is not
-        thread-safe. Never raises: a graph that cannot be frozen runs as it is (with a
+        """Choose what runs the graph for a run that embeds ``images`` images in batches of
+        ``batch_size``: OpenVINO (:attr:`Compute.runtime`), else a frozen TorchScript graph
+        (:attr:`Compute.freeze`), else the plain FX graph. Call it before other threads
+        start: it silences tracing warnings with :func:`warnings.catch_warnings`, which is not
+        thread-safe. Never raises: a graph that cannot be converted runs as it is (with a
         warning)."""
         placement = self.placement
-        if placement is None or placement.freeze == "off" or self.frozen:
+        if placement is None or self.frozen or self.runtime != "torch":
             return
         if isinstance(self._graph, _HookGraph):
+            if placement.runtime == "openvino" or placement.freeze == "on":
+                log.warning("layers read with forward hooks run in plain torch")
             return  # hooks read modules of the eager model; nothing to trace
-        if placement.freeze == "auto" and not (
-            placement.device == "cpu"
-            and str(placement.dtype) == "torch.float32"
-            and images >= FREEZE_MIN_IMAGES
-        ):
+        cpu_fp32 = placement.device == "cpu" and str(placement.dtype) == "torch.float32"
+        openvino = placement.runtime == "openvino" or (
+            placement.runtime == "auto" and cpu_fp32 and images >= OPENVINO_MIN_IMAGES
+        )
+        freeze = placement.freeze == "on" or (
+            placement.freeze == "auto" and cpu_fp32 and images >= FREEZE_MIN_IMAGES
+        )
+        if not (openvino or freeze):
             return
         calls = [batch_size, images]
         if placement.micro_batch is not None:
             calls.append(placement.micro_batch)  # the size the graph is called with
         size = self.space.preprocess.crop
         shape = (max(1, min(calls)), 3, size, size)
-        sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        self._freeze(sample, only_if_faster=placement.freeze == "auto")
+        sample = self._inputs(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        if openvino and self._adopt("openvino", sample, only_if_faster=placement.runtime == "auto"):
+            self.runtime = "openvino"
+        elif freeze and self._adopt("frozen", sample, only_if_faster=placement.freeze == "auto"):
+            self.frozen = True
 
-    def _freeze(self, sample: np.ndarray, *, only_if_faster: bool) -> None:
+    def _adopt(self, kind: str, inputs: torch.Tensor, *, only_if_faster: bool) -> bool:
+        """Build the ``kind`` form of the graph (``openvino`` or ``frozen``) and run it from
+        now on if it gives the plain graph's outputs on ``inputs`` (and, with
+        ``only_if_faster``, runs them faster)."""
         import torch
 
         started = time.perf_counter()
         try:
-            inputs = self._inputs(sample)
             with warnings.catch_warnings():
-                # torch.jit is deprecated in favour of torch.compile, which needs a C++
-                # compiler at run time and took 38 s to compile resnet50 here (vs 10 s).
+                # Tracing warns about the FX graph's dict output; torch.jit is deprecated in
+                # favour of torch.compile, which needs a C++ compiler at run time and took
+                # 38 s to compile resnet50 here (vs 10 s to freeze).
                 warnings.simplefilter("ignore")
-                with torch.no_grad():
-                    traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                        self._graph, inputs, strict=False
-                    )
-                    frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                build = _openvino_graph if kind == "openvino" else _frozen_graph
+                candidate = build(self._graph, inputs, self.space.layers)
                 with torch.inference_mode():
                     want = self._graph(inputs)
-                    got = frozen(inputs)  # the first calls also build oneDNN's kernels
-                    got = frozen(inputs)
+                    got = candidate(inputs)  # the first calls also build the kernels
+                    got = candidate(inputs)
         except Exception as err:  # any failure means: run the plain graph
-            log.warning("could not freeze the model graph (%s); running it as it is", err)
-            return
+            log.warning("could not make the %s graph (%s); running it as it is", kind, err)
+            return False
         for name in self.space.layers:
             scale = float(want[name].abs().max()) or 1.0
             error = float((got[name].float() - want[name].float()).abs().max())
             if error > 1e-4 * scale:
                 log.warning(
-                    "the frozen graph differs at %s (max error %.3g); running the plain one",
+                    "the %s graph differs at %s (max error %.3g); running the plain one",
+                    kind,
                     name,
                     error,
                 )
-                return
+                return False
         if only_if_faster:
-            plain, fast = _seconds(self._graph, inputs), _seconds(frozen, inputs)
+            plain, fast = _seconds(self._graph, inputs), _seconds(candidate, inputs)
             if fast >= plain:
                 log.info(
-                    "frozen graph not faster (%.0f vs %.0f ms/batch); running the plain one",
+                    "%s graph not faster (%.0f vs %.0f ms/batch); running the plain one",
+                    kind,
                     1000 * fast,
                     1000 * plain,
                 )
-                return
-        self._graph, self.frozen = frozen, True
-        log.info("model graph frozen for inference in %.1f s", time.perf_counter() - started)
+                return False
+        self._graph = candidate
+        log.info("model graph %s in %.1f s", kind, time.perf_counter() - started)
+        return True
+
+
+def _frozen_graph(graph: Any, inputs: torch.Tensor, _layers: tuple[str, ...]) -> Any:
+    """``graph`` traced with TorchScript, frozen and optimised for inference (oneDNN: batch
+    norm folded into convolutions, prepacked weights)."""
+    import torch
+
+    with torch.no_grad():
+        traced = torch.jit.trace(graph, inputs, strict=False)  # type: ignore[no-untyped-call]
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def _import_openvino() -> Any:
+    """``import openvino`` without its usage statistics.
+
+    Unless the user opted out, importing openvino sends an event to Google Analytics
+    (openvino-telemetry), as does each ``convert_model``, and keeps a client id under ~/intel;
+    a local photo tool must not. OpenVINO's modules bind a no-op stub when openvino-telemetry
+    cannot be imported, so it is made unimportable while they load. Where the host program
+    imported openvino first, :func:`_no_openvino_telemetry` covers the conversions.
+    """
+    import sys
+
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    blocked = "openvino_telemetry" not in sys.modules
+    if blocked:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # ImportError
+    try:
+        return importlib.import_module("openvino")
+    finally:
+        if blocked:
+            del sys.modules["openvino_telemetry"]
+
+
+@contextmanager
+def _no_openvino_telemetry() -> Iterator[None]:
+    """Swap OpenVINO's no-op telemetry stub into its conversion modules while converting."""
+    from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils, utils
+
+    modules = (convert_impl, telemetry_utils, utils)
+    saved = [module.__dict__.get("tm") for module in modules]
+    for module in modules:
+        module.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        for module, tm in zip(modules, saved, strict=True):
+            module.tm = tm
+
+
+class _OpenVinoGraph:
+    """The cut graph compiled by OpenVINO for this CPU, called like the FX graph: a float32
+    batch in, {layer: output} out. One infer request, so one calling thread."""
+
+    def __init__(self, compiled: Any, layers: tuple[str, ...]) -> None:
+        self._request = compiled.create_infer_request()
+        self._layers = layers
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        import torch
+
+        outputs = self._request.infer({0: batch.contiguous().numpy()})  # copies the outputs
+        return {name: torch.from_numpy(outputs[i]) for i, name in enumerate(self._layers)}
+
+
+def _openvino_graph(graph: Any, inputs: torch.Tensor, layers: tuple[str, ...]) -> _OpenVinoGraph:
+    """``graph`` exported with ``torch.export`` (any batch size), converted to OpenVINO and
+    compiled for this CPU in fp32 (OpenVINO would pick bf16 on CPUs with AMX; the space is
+    fp32), with as many threads as torch uses. ``torch.export``, not OpenVINO's TorchScript
+    tracing, which is deprecated and fails on numbered submodules (nn.Sequential)."""
+    import torch
+    from torch import nn
+
+    class Outputs(nn.Module):  # a tuple of tensors out, not the FX graph's dict
+        def __init__(self) -> None:
+            super().__init__()
+            self.cut = graph  # not "graph": the exported module's FX graph is called that
+
+        def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            found = self.cut(batch)
+            return tuple(found[name] for name in layers)
+
+    openvino = _import_openvino()
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with torch.no_grad(), _no_openvino_telemetry():
+            # A sample of one image would fix the batch size to 1 (export specialises 0/1).
+            example = inputs.contiguous() if len(inputs) > 1 else inputs.repeat(2, 1, 1, 1)
+            batch = torch.export.Dim("batch", min=1)
+            exported = torch.export.export(
+                Outputs().eval(), (example,), dynamic_shapes=({0: batch},)
+            )
+            converted = openvino.convert_model(exported)
+    finally:
+        # convert_model sets the root logger to ERROR while it runs and does not restore it
+        # when it fails (openvino 2026.4), which would hide every later warning.
+        root.setLevel(level)
+    compiled = openvino.Core().compile_model(
+        converted,
+        "CPU",
+        {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        },
+    )
+    return _OpenVinoGraph(compiled, layers)
 
 
 def _seconds(graph: Any, inputs: torch.Tensor) -> float:

@@ -13,13 +13,15 @@ quality 75-95.
 For each model it measures:
 
 (a) the bare extractor on already-decoded input (precision, layout and graph the pipeline
-    uses on a large library: ``--freeze auto`` decides, as for a run of 2000+ images, whether
-    the graph is frozen; the plain graph's rate is printed too),
+    uses on a large library: ``--runtime auto`` and ``--freeze auto`` decide, as for a run of
+    2000+ images, whether OpenVINO or a frozen TorchScript graph runs it; the plain torch
+    graph's rate is printed too, with the largest change of a cosine similarity between the
+    sample photos that the used graph makes),
 (b) ``featx-search index`` as a subprocess on the first n/5 and on all n photos, each into a
     new library, --repeat times (fastest kept); b = (n - n/5) / (t_n - t_n/5) cancels
-    start-up (imports, model load, and freezing the graph). Both runs get ``--freeze on``
-    or ``off`` as (a) decided: runs this small would not freeze by themselves (see
-    ``FREEZE_MIN_IMAGES``),
+    start-up (imports, model load, and converting or freezing the graph). Both runs get the
+    ``--runtime`` and ``--freeze`` that (a) decided: runs this small would not convert by
+    themselves (see ``OPENVINO_MIN_IMAGES`` and ``FREEZE_MIN_IMAGES``),
 (c) the article's recipe: per image, PIL open, torchvision transforms, the whole model with a
     forward hook on the layer featx-search reads, and ``faiss.IndexFlatIP.add``; in a child
     process with the default OpenMP settings, run before and after (b), fastest kept,
@@ -329,7 +331,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from featx_search import Compute, ExtractorSpec
-    from featx_search.compute import FREEZE_MIN_IMAGES
+    from featx_search.compute import FREEZE_MIN_IMAGES, OPENVINO_MIN_IMAGES
     from featx_search.extract import load_extractor
 
     cores = os.cpu_count() or 1
@@ -353,19 +355,25 @@ def main() -> None:
     with section("decode (d)"):
         d_fast, d_plain = decode_ms(sample)
     rows = []
-    frozen_rows = []
+    graph_rows = []
     for model in args.models.split(","):
         spec = ExtractorSpec(model=model, weights=WEIGHTS[model])
         with section(f"{model}: bare model (a), precisions and layouts"):
-            fp32 = load_extractor(spec, Compute(device="cpu", freeze="off"))
+            fp32 = load_extractor(spec, Compute(device="cpu", freeze="off", runtime="torch"))
             inputs = decoded_inputs(sample, fp32.space.preprocess)
             a_plain = model_rate(fp32, inputs, args.batch_size)
-            tuned = load_extractor(spec, Compute(device="cpu"))  # freeze="auto"
+            exact = fp32.embed(inputs)
+            tuned = load_extractor(spec, Compute(device="cpu"))  # runtime, freeze: "auto"
             t0 = time.perf_counter()
-            tuned.prepare_run(FREEZE_MIN_IMAGES, args.batch_size)
-            freeze_s = time.perf_counter() - t0
+            tuned.prepare_run(max(FREEZE_MIN_IMAGES, OPENVINO_MIN_IMAGES), args.batch_size)
+            graph_s = time.perf_counter() - t0
             a = model_rate(tuned, inputs, args.batch_size)
-            freeze = "on" if tuned.frozen else "off"
+            # Largest change of any query-to-sample cosine against the plain graph; layout or
+            # micro-batch changes alone move them by about 4e-7 here.
+            drift = float(np.abs((tuned.embed(inputs) - exact) @ exact.T).max())
+            graph = (
+                "openvino" if tuned.runtime == "openvino" else "frozen" if tuned.frozen else "plain"
+            )
             del tuned
             nchw = load_extractor(spec, Compute(device="cpu", channels_last=False))
             a_nchw = model_rate(nchw, inputs, args.batch_size, rounds=1)
@@ -379,13 +387,16 @@ def main() -> None:
             t0 = time.perf_counter()
             low = bf16.embed(few)
             a_bf16 = len(few) / (time.perf_counter() - t0)
-            exact = fp32.embed(inputs)
             same = same_top5(exact, exact[: len(few)], low)
             del nchw, bf16
         with section(f"{model}: article recipe (c), first of two"):
             c_runs = [recipe_in_child(model, sample[:32])]
         with section(f"{model}: featx-search index, {small} and {args.n} photos (b)"):
-            extra = ["--freeze", freeze, *args.extra.split()]
+            extra = [
+                *("--runtime", "openvino" if graph == "openvino" else "torch"),
+                *("--freeze", "on" if graph == "frozen" else "off"),
+                *args.extra.split(),
+            ]
             # Interleaved repeats, fastest of each: a start-up that happens to be slow in one
             # run would otherwise move b a lot (it is a difference of two times).
             small_runs, full_runs = [], []
@@ -394,6 +405,7 @@ def main() -> None:
                 full_runs.append(run_cli(subset(args.cache, paths), model, extra))
             (t_small, rss_small), (t_full, rss_full) = min(small_runs), min(full_runs)
             b = (args.n - small) / (t_full - t_small)
+            log(f"   index runs: {t_small:.1f} s for {small}, {t_full:.1f} s for {args.n} photos")
         with section(f"{model}: article recipe (c), second of two"):
             # Before and after (b), fastest kept: on a shared machine one short loop can
             # land in a busy moment, and a slow (c) would flatter b/c.
@@ -401,7 +413,7 @@ def main() -> None:
             c = max(c_runs)
         limit = 1 / (d_fast / 1000 / cores + 1 / a)
         rows.append((model, a, a_nchw, a_bf16, same, b, c, limit, rss_small, rss_full))
-        frozen_rows.append((model, freeze, freeze_s, a_plain, a))
+        graph_rows.append((model, graph, graph_s, a_plain, a, drift))
 
     print(
         f"\nload average now {os.getloadavg()[0]:.1f} on {cores} cores (busy machine: "
@@ -420,13 +432,19 @@ def main() -> None:
             f"{rss_small:8.0f}M{rss_full:7.0f}M{grow:7.1f}%"
         )
     print(f"\n{'model':<20}{'fp32 NHWC':>10}{'fp32 NCHW':>10}{'bf16 NHWC':>10}{'top-5 same':>11}")
-    for (model, _, a_nchw, a_bf16, same, *_), (*_, a_plain, _) in zip(
-        rows, frozen_rows, strict=True
+    for (model, _, a_nchw, a_bf16, same, *_), (_, _, _, a_plain, _, _) in zip(
+        rows, graph_rows, strict=True
     ):
         print(f"{model:<20}{a_plain:10.1f}{a_nchw:10.1f}{a_bf16:10.1f}{100 * same:10.0f}%")
-    print(f"\n{'model':<20}{'freeze':>7}{'took s':>8}{'a plain':>9}{'a used':>8}{'x':>6}")
-    for model, freeze, took, plain, used in frozen_rows:
-        print(f"{model:<20}{freeze:>7}{took:8.1f}{plain:9.1f}{used:8.1f}{used / plain:6.2f}")
+    print(
+        f"\n{'model':<20}{'graph':>9}{'took s':>8}{'a plain':>9}{'a used':>8}{'x':>6}"
+        f"{'max dcos':>10}"
+    )
+    for model, graph, took, plain, used, drift in graph_rows:
+        print(
+            f"{model:<20}{graph:>9}{took:8.1f}{plain:9.1f}{used:8.1f}{used / plain:6.2f}"
+            f"{drift:10.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ import torch
 from click.testing import CliRunner
 
 from featx_search import Compute, ConfigError, ExtractorSpec, Library
+from featx_search import compute as compute_module
 from featx_search.cli import cli
-from featx_search.compute import fast_precisions, resolve_device
+from featx_search.compute import fast_precisions, openvino_installed, resolve_device
 from featx_search.config import SpaceSpec
 from featx_search.extract import Extractor, load_extractor
 from featx_search.images import is_image_name, load_input
 from tests.conftest import TINY
 
+needs_openvino = pytest.mark.skipif(not openvino_installed(), reason="openvino is not installed")
 # Cosine of each stored vector with the fp32 reference: exact for fp32, format noise else.
 MIN_COSINE = {"fp32": 1 - 1e-5, "fp16": 0.999, "bf16": 0.99}
 
@@ -39,19 +41,30 @@ def reference() -> Extractor:
 
 
 # A covering set (not the full product): batch size, decode workers, model threads,
-# channels_last (None: automatic), precision, freeze, micro-batch (None: automatic).
-COMBOS: list[tuple[int, int, int | None, bool | None, str, str, int | None]] = [
-    (1, 1, 1, False, "fp32", "off", None),
-    (5, 3, None, True, "fp32", "on", 2),
-    (16, 2, 2, None, "fp32", "auto", None),
-    (4, 1, None, True, "bf16", "on", 16),
-    (7, 2, 1, False, "fp16", "auto", 3),
-    (3, 2, None, False, "fp32", "on", 1),
+# channels_last (None: automatic), precision, freeze, micro-batch (None: automatic), runtime.
+COMBOS: list[tuple[int, int, int | None, bool | None, str, str, int | None, str]] = [
+    (1, 1, 1, False, "fp32", "off", None, "torch"),
+    (5, 3, None, True, "fp32", "on", 2, "torch"),
+    (16, 2, 2, None, "fp32", "auto", None, "auto"),
+    (4, 1, None, True, "bf16", "on", 16, "auto"),
+    (7, 2, 1, False, "fp16", "auto", 3, "torch"),
+    (3, 2, None, False, "fp32", "on", 1, "torch"),
+    (5, 2, 1, True, "fp32", "auto", 2, "openvino"),
+    (16, 1, None, None, "fp32", "off", None, "openvino"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("batch_size", "workers", "threads", "channels_last", "precision", "freeze", "micro_batch"),
+    (
+        "batch_size",
+        "workers",
+        "threads",
+        "channels_last",
+        "precision",
+        "freeze",
+        "micro_batch",
+        "runtime",
+    ),
     COMBOS,
 )
 def test_every_option_combination_indexes_correctly(
@@ -65,7 +78,10 @@ def test_every_option_combination_indexes_correctly(
     precision: str,
     freeze: str,
     micro_batch: int | None,
+    runtime: str,
 ) -> None:
+    if runtime == "openvino" and not openvino_installed():
+        pytest.skip("openvino is not installed")
     threads_before = torch.get_num_threads()
     compute = Compute(
         device="cpu",
@@ -73,6 +89,7 @@ def test_every_option_combination_indexes_correctly(
         channels_last=channels_last,
         freeze=freeze,
         micro_batch=micro_batch,
+        runtime=runtime,
     )
     try:
         report = library.index(
@@ -203,7 +220,7 @@ def test_freeze_auto_needs_a_long_cpu_run_and_a_faster_graph(
     from featx_search.compute import FREEZE_MIN_IMAGES
 
     def make() -> Extractor:
-        return load_extractor(TINY, Compute(device="cpu"))  # freeze="auto" by default
+        return load_extractor(TINY, Compute(device="cpu", runtime="torch"))  # freeze="auto"
 
     short = make()
     short.prepare_run(FREEZE_MIN_IMAGES - 1, 16)
@@ -220,8 +237,8 @@ def test_freeze_auto_needs_a_long_cpu_run_and_a_faster_graph(
     assert faster.frozen
     bf16 = load_extractor(replace(TINY, precision="bf16"), Compute(device="cpu"))
     bf16.prepare_run(10 * FREEZE_MIN_IMAGES, 16)
-    assert not bf16.frozen  # auto freezes fp32 only
-    off = load_extractor(TINY, Compute(device="cpu", freeze="off"))
+    assert not bf16.frozen and bf16.runtime == "torch"  # auto freezes fp32 only
+    off = load_extractor(TINY, Compute(device="cpu", freeze="off", runtime="torch"))
     off.prepare_run(10 * FREEZE_MIN_IMAGES, 16)
     assert not off.frozen
 
@@ -239,8 +256,107 @@ def test_a_graph_that_cannot_be_frozen_runs_plain(
 
     monkeypatch.setattr(torch.jit, "trace", untraceable)
     broken.prepare_run(4, 4)
-    assert not broken.frozen and "could not freeze" in caplog.text
+    assert not broken.frozen and "could not make the frozen graph" in caplog.text
     np.testing.assert_allclose(broken.embed(_batch()), reference.embed(_batch()), atol=1e-5)
+
+
+@needs_openvino
+def test_openvino_runtime_gives_the_plain_vectors(reference: Extractor) -> None:
+    compiled = load_extractor(TINY, Compute(device="cpu", runtime="openvino", micro_batch=4))
+    assert compiled.space.fingerprint == reference.space.fingerprint  # not part of the space
+    compiled.prepare_run(1, 4)  # asked for: used whatever the run's size
+    assert compiled.runtime == "openvino" and not compiled.frozen
+    assert not isinstance(compiled._graph, torch.nn.Module)
+    for n in (4, 1, 7):  # other batch sizes than the converted one
+        np.testing.assert_allclose(compiled.embed(_batch(n)), reference.embed(_batch(n)), atol=1e-5)
+
+
+@needs_openvino
+def test_openvino_auto_needs_a_long_cpu_fp32_run_and_a_faster_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from featx_search import extract
+    from featx_search.compute import OPENVINO_MIN_IMAGES
+
+    def make(**kwargs: str) -> Extractor:
+        return load_extractor(TINY, Compute(device="cpu", freeze="off", **kwargs))
+
+    short = make()
+    short.prepare_run(OPENVINO_MIN_IMAGES - 1, 16)
+    assert short.runtime == "torch"  # not worth converting
+    timings = iter([1.0, 2.0])  # plain, openvino
+    monkeypatch.setattr(extract, "_seconds", lambda graph, inputs: next(timings))
+    slower = make()
+    slower.prepare_run(OPENVINO_MIN_IMAGES, 16)
+    assert slower.runtime == "torch"
+    timings = iter([2.0, 1.0])
+    faster = make()
+    faster.prepare_run(OPENVINO_MIN_IMAGES, 16)
+    assert faster.runtime == "openvino"
+    never = make(runtime="torch")
+    never.prepare_run(10 * OPENVINO_MIN_IMAGES, 16)
+    assert never.runtime == "torch"
+    # Not installed: auto quietly runs torch; asking for it fails with a hint.
+    monkeypatch.setattr(compute_module, "openvino_installed", lambda: False)
+    missing = make()
+    missing.prepare_run(10 * OPENVINO_MIN_IMAGES, 16)
+    assert missing.runtime == "torch"
+    with pytest.raises(ConfigError, match="needs the openvino package") as err:
+        Compute(runtime="openvino")
+    assert "pip install openvino" in (err.value.hint or "")
+
+
+@needs_openvino
+def test_openvino_is_refused_for_what_it_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="fp32 models on the CPU only, not bf16 on cpu"):
+        load_extractor(replace(TINY, precision="bf16"), Compute(device="cpu", runtime="openvino"))
+    bf16 = load_extractor(replace(TINY, precision="bf16"), Compute(device="cpu"))
+    bf16.prepare_run(100_000, 16)
+    assert bf16.runtime == "torch"  # auto leaves other precisions to torch
+
+
+@needs_openvino
+def test_openvino_conversion_sends_no_usage_statistics(tmp_path: Path) -> None:
+    # Importing openvino and each convert_model report to Google Analytics (openvino-telemetry)
+    # and keep a client id under ~/intel unless the user opted out; featx-search must not.
+    code = (
+        "from featx_search import Compute\n"
+        "from featx_search.extract import load_extractor\n"
+        "from tests.conftest import TINY\n"
+        "e = load_extractor(TINY, Compute(device='cpu', runtime='openvino'))\n"
+        "e.prepare_run(4, 4)\n"
+        "print(e.runtime)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)  # where openvino-telemetry keeps its files on Linux and macOS
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["openvino"]
+    assert list(tmp_path.iterdir()) == []  # no ~/intel: no client id, no consent check
+
+
+@needs_openvino
+def test_a_graph_openvino_cannot_convert_runs_in_torch(
+    reference: Extractor, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unconvertible(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(torch.export, "export", unconvertible)
+    broken = load_extractor(TINY, Compute(device="cpu", runtime="openvino", freeze="on"))
+    broken.prepare_run(4, 4)
+    assert "could not make the openvino graph" in caplog.text
+    assert broken.runtime == "torch" and broken.frozen  # the next choice down
+    np.testing.assert_allclose(broken.embed(_batch()), reference.embed(_batch()), atol=1e-5)
+    hooked = load_extractor(replace(TINY, method="hook"), Compute(device="cpu", runtime="openvino"))
+    hooked.prepare_run(4, 4)
+    assert hooked.runtime == "torch" and "run in plain torch" in caplog.text
 
 
 def test_micro_batches_give_the_same_vectors(reference: Extractor) -> None:
