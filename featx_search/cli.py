@@ -208,10 +208,16 @@ def _summary(report: IndexReport) -> str:
             f"remove {report.removed}; unchanged {report.unchanged}; "
             f"space {report.space} ({report.label})"
         )
+    embedded = report.indexed + report.failed
+    rate = (
+        f" ({embedded / report.embed_seconds:.1f} img/s while embedding)"
+        if embedded and report.embed_seconds > 0
+        else ""
+    )
     return (
         f"indexed {report.indexed} (added {report.added}, updated {report.updated}), "
         f"moved {report.moved}, unchanged {report.unchanged}, failed {report.failed}, "
-        f"removed {report.removed} in {report.seconds:.1f} s; "
+        f"removed {report.removed} in {report.seconds:.1f} s{rate}; "
         f"space {report.space} ({report.label})"
     )
 

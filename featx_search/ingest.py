@@ -40,7 +40,10 @@ class IndexReport:
     ``changes`` lists (action, path) for every file added, updated, moved ("old -> new") or
     removed; ``held`` counts stored files kept because their folder could not be read or
     looked unmounted; ``interrupted`` is set when Ctrl-C stopped the run after a batch.
-    ``to_dict`` gives the ``--json`` summary.
+    ``seconds`` is the whole run; ``embed_seconds`` the part from handing the first file to
+    the decoders to committing the last batch, i.e. without start-up (loading, converting or
+    freezing the model) and without publishing the index file. ``to_dict`` gives the
+    ``--json`` summary.
     """
 
     space: str
@@ -53,6 +56,7 @@ class IndexReport:
     removed: int = 0
     held: int = 0
     seconds: float = 0.0
+    embed_seconds: float = 0.0
     dry_run: bool = False
     interrupted: bool = False
     remaining: int = 0
@@ -83,6 +87,7 @@ class IndexReport:
             "remaining": self.remaining,
             "dry_run": self.dry_run,
             "seconds": round(self.seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
         }
         if self.dry_run:
             out["changes"] = [{"action": a, "path": p} for a, p in self.changes]
@@ -424,6 +429,7 @@ def run_index(
                 )
             )
 
+    embed_started = time.perf_counter()
     with _stop_on_interrupt() as stop:
         pool = ThreadPoolExecutor(workers or default_workers(), thread_name_prefix="featx-decode")
         model = ThreadPoolExecutor(1, thread_name_prefix="featx-model")
@@ -441,6 +447,7 @@ def run_index(
                 pending = (batch, running)
             if pending is not None:
                 finish(*pending)
+            report.embed_seconds = time.perf_counter() - embed_started
             if done < len(plan.jobs):
                 report.interrupted = True
                 report.remaining = len(plan.jobs) - done

@@ -29,9 +29,11 @@ For each model it measures:
     on one thread; also the plain full-resolution decode, for comparison.
 
 Then L = 1 / (d / cores + 1 / a), the best any pipeline could do with this decode and this
-model, and b/L, b/c, peak RSS of both (b) runs. A side table compares, on the same decoded
-input, channels_last on and off, and fp32 with bf16: speed, and how many of the top-5
-neighbours (among the sample, in fp32) a bf16 query keeps.
+model, and b/L, b/c, peak RSS of both (b) runs, and "b run": the n photos over the
+``embed_seconds`` that ``index --json`` reports for its own pipeline (start-up excluded
+without subtracting two runs, whose start-ups vary by a second or two). A side table
+compares, on the same decoded input, channels_last on and off, and fp32 with bf16: speed,
+and how many of the top-5 neighbours (among the sample, in fp32) a bf16 query keeps.
 
 Like the CLI, this process sets OMP_WAIT_POLICY=PASSIVE before torch loads, so (a) gets the
 same OpenMP setting as (b); (c) keeps the default one, which is faster for its one-image
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -207,8 +210,9 @@ PEAK_RSS = (
 )
 
 
-def run_cli(folder: Path, model: str, extra: list[str]) -> tuple[float, float]:
-    """Seconds and peak RSS (MiB) of ``featx-search index folder`` into a new library."""
+def run_cli(folder: Path, model: str, extra: list[str]) -> tuple[float, float, float]:
+    """Seconds, peak RSS (MiB) and the reported ``embed_seconds`` (the run without its
+    start-up) of ``featx-search index folder`` into a new library."""
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
         cmd = [
             sys.executable,
@@ -222,7 +226,7 @@ def run_cli(folder: Path, model: str, extra: list[str]) -> tuple[float, float]:
             model,
             "-w",
             WEIGHTS[model],
-            "-q",
+            "--json",
             *extra,
         ]
         t0 = time.perf_counter()
@@ -234,7 +238,8 @@ def run_cli(folder: Path, model: str, extra: list[str]) -> tuple[float, float]:
         seconds = time.perf_counter() - t0
         if out.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed with {out.returncode}")
-    return seconds, int(out.stdout.split()[-1]) / 1024
+    report, peak = out.stdout.strip().rsplit("\n", 1)
+    return seconds, int(peak) / 1024, json.loads(report)["embed_seconds"]
 
 
 def recipe_rate(model_name: str, paths: list[Path]) -> float:
@@ -403,8 +408,10 @@ def main() -> None:
             for _ in range(args.repeat):
                 small_runs.append(run_cli(subset(args.cache, paths[:small]), model, extra))
                 full_runs.append(run_cli(subset(args.cache, paths), model, extra))
-            (t_small, rss_small), (t_full, rss_full) = min(small_runs), min(full_runs)
+            (t_small, rss_small, _), (t_full, rss_full, _) = min(small_runs), min(full_runs)
             b = (args.n - small) / (t_full - t_small)
+            # Cross-check without the subtraction: the CLI's own timing of its pipeline.
+            b_run = args.n / min(embed for *_, embed in full_runs)
             log(f"   index runs: {t_small:.1f} s for {small}, {t_full:.1f} s for {args.n} photos")
         with section(f"{model}: article recipe (c), second of two"):
             # Before and after (b), fastest kept: on a shared machine one short loop can
@@ -412,7 +419,7 @@ def main() -> None:
             c_runs.append(recipe_in_child(model, sample[:32]))
             c = max(c_runs)
         limit = 1 / (d_fast / 1000 / cores + 1 / a)
-        rows.append((model, a, a_nchw, a_bf16, same, b, c, limit, rss_small, rss_full))
+        rows.append((model, a, a_nchw, a_bf16, same, b, c, limit, rss_small, rss_full, b_run))
         graph_rows.append((model, graph, graph_s, a_plain, a, drift))
 
     print(
@@ -424,13 +431,17 @@ def main() -> None:
         f"({d_plain / d_fast:.1f}x)"
     )
     head = f"{'model':<20}{'a img/s':>9}{'b img/s':>9}{'c img/s':>9}{'L img/s':>9}"
-    print(head + f"{'b/L':>7}{'b/c':>7}{'RSS n/5':>9}{'RSS n':>8}{'RSS +%':>8}")
-    for model, a, _, _, _, b, c, limit, rss_small, rss_full in rows:
+    print(head + f"{'b/L':>7}{'b/c':>7}{'RSS n/5':>9}{'RSS n':>8}{'RSS +%':>8}{'b run':>7}")
+    for model, a, _, _, _, b, c, limit, rss_small, rss_full, b_run in rows:
         grow = 100 * (rss_full / rss_small - 1)
         print(
             f"{model:<20}{a:9.1f}{b:9.1f}{c:9.1f}{limit:9.1f}{b / limit:7.2f}{b / c:7.2f}"
-            f"{rss_small:8.0f}M{rss_full:7.0f}M{grow:7.1f}%"
+            f"{rss_small:8.0f}M{rss_full:7.0f}M{grow:7.1f}%{b_run:7.1f}"
         )
+    print(
+        "b run: images / embed_seconds of the fastest full run, as `index --json` reports it "
+        "(a cross-check of b without the subtraction of two runs)"
+    )
     print(f"\n{'model':<20}{'fp32 NHWC':>10}{'fp32 NCHW':>10}{'bf16 NHWC':>10}{'top-5 same':>11}")
     for (model, _, a_nchw, a_bf16, same, *_), (_, _, _, a_plain, _, _) in zip(
         rows, graph_rows, strict=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,14 +41,18 @@ def test_index_json_summary(db: Path, photos: Path) -> None:
         "failed": 0,
         "removed": 0,
     }
+    # The embedding phase is timed apart from start-up (model load) for an img/s rate.
+    assert 0 < summary["embed_seconds"] < summary["seconds"]
     again = json.loads(run("index", photos, "--json", "--db", db).stdout)
     assert again["unchanged"] == 12 and again["space"] == summary["space"]
+    assert again["embed_seconds"] == 0  # nothing to embed: no model, no pipeline
 
 
 def test_index_text_summary_lists_failures(db: Path, photos: Path) -> None:
     (photos / "fake.jpg").write_text("hello")
     result = run("--db", db, "index", photos, *TINY_ARGS)
     assert "indexed 12 (added 12, updated 0), moved 0, unchanged 0, failed 1" in result.output
+    assert re.search(r" in [0-9.]+ s \([0-9.]+ img/s while embedding\); space ", result.output)
     assert "fake.jpg" in result.output
     failed = run("--db", db, "info", "--failed").stdout
     assert str(photos / "fake.jpg") in failed and "cannot decode" in failed
