@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -570,16 +571,19 @@ def _no_openvino_telemetry() -> Iterator[None]:
 
 class _OpenVinoGraph:
     """The cut graph compiled by OpenVINO for this CPU, called like the FX graph: a float32
-    batch in, {layer: output} out. One infer request, so one calling thread."""
+    batch in, {layer: output} out. Calls are serialised: an infer request serves one call at
+    a time, and one call already uses every thread it was compiled for."""
 
     def __init__(self, compiled: Any, layers: tuple[str, ...]) -> None:
         self._request = compiled.create_infer_request()
         self._layers = layers
+        self._lock = threading.Lock()
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
 
-        outputs = self._request.infer({0: batch.contiguous().numpy()})  # copies the outputs
+        with self._lock:  # infer copies the outputs out of the request
+            outputs = self._request.infer({0: batch.contiguous().numpy()})
         return {name: torch.from_numpy(outputs[i]) for i, name in enumerate(self._layers)}
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -269,6 +270,12 @@ def test_openvino_runtime_gives_the_plain_vectors(reference: Extractor) -> None:
     assert not isinstance(compiled._graph, torch.nn.Module)
     for n in (4, 1, 7):  # other batch sizes than the converted one
         np.testing.assert_allclose(compiled.embed(_batch(n)), reference.embed(_batch(n)), atol=1e-5)
+    # A Library keeps the extractor for later searches, which may come from several threads.
+    batches = [_batch(n) for n in (1, 2, 3, 4, 5, 6)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(compiled.embed, batches))
+    for batch, got in zip(batches, results, strict=True):
+        np.testing.assert_allclose(got, reference.embed(batch), atol=1e-5)
 
 
 @needs_openvino
