@@ -615,7 +615,8 @@ def _openvino_graph(graph: Any, inputs: torch.Tensor, layers: tuple[str, ...]) -
             exported = torch.export.export(
                 Outputs().eval(), (example,), dynamic_shapes=({0: batch},)
             )
-            converted = openvino.convert_model(exported)
+            # Own copies of the weights: the torch graph is freed once this one is adopted.
+            converted = openvino.convert_model(exported, share_weights=False)
     finally:
         # convert_model sets the root logger to ERROR while it runs and does not restore it
         # when it fails (openvino 2026.4), which would hide every later warning.
