@@ -328,7 +328,7 @@ def main() -> None:
     )
     parser.add_argument("--sample", type=int, default=48, help="photos for (a), (c), (d)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each (b) size")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (b) size")
     parser.add_argument("--bf16-images", type=int, default=8, help="queries for the bf16 check")
     parser.add_argument(
         "--extra", default="", help="more `index` options for (b), e.g. '--workers 1'"
