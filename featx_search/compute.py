@@ -28,8 +28,9 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 FREEZES: tuple[str, ...] = ("auto", "on", "off")
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino")
 # With runtime="auto", an index run that embeds at least this many images on the CPU in fp32
-# tries OpenVINO (when installed). Exporting and converting took 6 to 9 s here and saves 12 to
-# 20 ms per image (efficientnet_lite0, resnet50), so it pays for itself after 500 to 600 images.
+# tries OpenVINO (when installed). Exporting and converting took 6 to 12 s here and saves 12
+# to 20 ms per image (efficientnet_lite0, resnet50), so it pays for itself after some 300 to
+# 1000 images.
 OPENVINO_MIN_IMAGES = 1000
 # With freeze="auto", an index run that embeds at least this many images on the CPU in fp32
 # tries the frozen graph. Freezing resnet50 costs about 13 s here and saves about 7 ms per
@@ -65,8 +66,8 @@ class Compute:
       compiles the same FX graph for this CPU with Intel's OpenVINO (fp32 only, the CPU only;
       needs the ``openvino`` package). ``auto`` uses OpenVINO when it is installed and a CPU
       fp32 run embeds at least :data:`OPENVINO_MIN_IMAGES` images, if its vectors agree with
-      torch's on a sample batch and it runs that batch faster (resnet50 1.2 to 1.6x,
-      efficientnet_lite0 about 2x here; README, "Speed"). Queries always run in torch.
+      torch's on a sample batch and it runs that batch faster (resnet50 1.5 to 2.1x,
+      efficientnet_lite0 3 to 4.5x here; README, "Speed"). Queries always run in torch.
     """
 
     device: str = "auto"
@@ -109,6 +110,8 @@ class Placement:
     channels_last: bool
     freeze: str = "off"
     micro_batch: int | None = None  # None: the whole batch in one call
+    # "auto" only where OpenVINO may be tried (CPU, fp32, installed); place() makes it
+    # "torch" elsewhere.
     runtime: str = "torch"
 
 

@@ -452,10 +452,11 @@ class Extractor:
             if placement.runtime == "openvino" or placement.freeze == "on":
                 log.warning("layers read with forward hooks run in plain torch")
             return  # hooks read modules of the eager model; nothing to trace
-        cpu_fp32 = placement.device == "cpu" and str(placement.dtype) == "torch.float32"
+        # place() left runtime "auto" only where OpenVINO may run: CPU, fp32, installed.
         openvino = placement.runtime == "openvino" or (
-            placement.runtime == "auto" and cpu_fp32 and images >= OPENVINO_MIN_IMAGES
+            placement.runtime == "auto" and images >= OPENVINO_MIN_IMAGES
         )
+        cpu_fp32 = placement.device == "cpu" and str(placement.dtype) == "torch.float32"
         freeze = placement.freeze == "on" or (
             placement.freeze == "auto" and cpu_fp32 and images >= FREEZE_MIN_IMAGES
         )
