@@ -16,7 +16,25 @@ class FeatxError(Exception):
 
 
 class ConfigError(FeatxError, ValueError):
-    """An argument or option has a bad value (the message names it)."""
+    """An argument or option has a bad value.
+
+    The message names the Python parameter (``k must be at least 1``); ``param`` holds that
+    name so that a front end can say it in its own terms (the CLI shows ``-k``).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.param = param
+
+    def renamed(self, name: str) -> ConfigError:
+        """The same error with the parameter called ``name`` (e.g. a command-line flag)."""
+        if self.param is None or not self.message.startswith(self.param):
+            return self
+        err = type(self).__new__(type(self))
+        ConfigError.__init__(
+            err, name + self.message[len(self.param) :], hint=self.hint, param=self.param
+        )
+        return err
 
 
 class LayerError(ConfigError):
