@@ -23,21 +23,26 @@ from .evaluate import EvalResult, evaluate
 from .extract import Layer
 from .index import BuildInfo
 from .indexspec import SearchParams, choose_spec
-from .ingest import IndexReport, Progress
 from .library import (
-    CheckReport,
     Library,
-    LibraryInfo,
-    RecallReport,
     SchemaStatus,
-    SpaceInfo,
-    WhitenReport,
+    SpaceSelector,
     default_db_path,
     list_layers,
     schema_status,
     upgrade_schema,
 )
+from .options import Progress, ProgressCallback, Query, SyncOptions
 from .query import Filters, Match, parse_date
+from .reports import (
+    CheckReport,
+    IndexReport,
+    LibraryInfo,
+    RecallReport,
+    SpaceInfo,
+    WhitenReport,
+)
+from .space import Space, StoredImage
 
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 
@@ -64,12 +69,18 @@ __all__ = [
     "ModelError",
     "Preprocess",
     "Progress",
+    "ProgressCallback",
+    "Query",
     "RecallReport",
     "SchemaStatus",
     "SearchParams",
+    "Space",
     "SpaceError",
     "SpaceInfo",
+    "SpaceSelector",
     "SpaceSpec",
+    "StoredImage",
+    "SyncOptions",
     "WeightsError",
     "WhitenReport",
     "__version__",

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .options import Progress, ProgressCallback
 from .query import image_date
-from .reader import ImageFacts, Reader, SpaceRecord
+from .reader import ImageFacts, Reader
+
+if TYPE_CHECKING:
+    from .space import Space
 
 log = logging.getLogger(__name__)
 
-# Cosine score from which two images count as near-duplicates. With efficientnet_lite0,
-# resized, re-encoded and mildly cropped copies of a photo score about 0.9 and above, while
-# different photos (even of one scene) stay below 0.85 (see README, "Duplicates").
+# Cosine score from which two images count as near-duplicates: resized, re-encoded and mildly
+# cropped copies of a photo score above it with the default model, different photos below it
+# (docs/benchmarks.md, "Duplicates", has the scores behind it).
 DEFAULT_DUP_THRESHOLD = 0.9
 # Rows per block of the range search: one block holds BATCH x N float32 distances.
 BATCH = 512
@@ -193,11 +198,10 @@ def _orthonormal(columns: np.ndarray) -> np.ndarray:
 
 
 def near_duplicates(
-    store: Reader,
-    record: SpaceRecord,
+    space: Space,
     threshold: float,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     batch: int = BATCH,
     project_dim: int = PROJECT_DIM,
 ) -> list[DupGroup]:
@@ -209,11 +213,12 @@ def near_duplicates(
     pairs, and each is confirmed on the full vectors. Memory: the vectors, their projection
     and one ``batch`` x N block of distances.
     """
-    generation, ids, vectors = store.vectors(record.id)
-    facts = store.image_facts(record.id)
+    started = time.perf_counter()
+    generation, ids, vectors = space.vectors()
+    facts = space.image_facts()
     if [f.id for f in facts] != ids.tolist():  # changed between the two reads: read again
-        generation, ids, vectors = store.vectors(record.id)
-        facts = store.image_facts(record.id, ids.tolist())
+        generation, ids, vectors = space.vectors()
+        facts = space.image_facts(ids.tolist())
     total, dim = vectors.shape
     components = _Components(total)
     _link_identical(facts, components)
@@ -241,7 +246,7 @@ def near_duplicates(
                 components.union(int(x), int(y))
                 confirmed += 1
         if progress is not None:
-            progress(stop, total)
+            progress(Progress(stop, total, elapsed=time.perf_counter() - started))
     log.info(
         "near-duplicates: %d vectors (generation %d), %d pairs proposed, %d confirmed",
         total,

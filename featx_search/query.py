@@ -34,21 +34,22 @@ class Match:
 
 def check_k(k: int) -> None:
     if k < 1:
-        raise ConfigError(f"-k must be at least 1, got {k}")
+        raise ConfigError(f"k must be at least 1, got {k}", param="k")
 
 
-def check_threshold(threshold: float | None, option: str = "--threshold") -> None:
+def check_threshold(threshold: float | None, param: str = "threshold") -> None:
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise ConfigError(
-            f"{option} must be a cosine score between -1 and 1, got {threshold}",
+            f"{param} must be a cosine score between -1 and 1, got {threshold}",
             hint="scores are cosine similarities; 0.9 keeps only very close images",
+            param=param,
         )
 
 
 _PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{1,2}))?$")
 
 
-def parse_date(text: str, option: str = "date") -> datetime:
+def parse_date(text: str, param: str = "date") -> datetime:
     """A naive datetime from ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or ``YYYY-MM-DD[T ]HH:MM[:SS]``
     (the start of the year, month or day when parts are missing). Raises :class:`ConfigError`."""
     text = text.strip()
@@ -59,8 +60,9 @@ def parse_date(text: str, option: str = "date") -> datetime:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ConfigError(
-            f"{option} {text!r} is not a date",
+            f"{param} {text!r} is not a date",
             hint="use YYYY-MM-DD (or YYYY, YYYY-MM, YYYY-MM-DDTHH:MM)",
+            param=param,
         ) from None
     if parsed.tzinfo is not None:  # dates taken are naive local times; compare like with like
         parsed = parsed.astimezone().replace(tzinfo=None)
@@ -85,12 +87,13 @@ class Filters:
 
     def __post_init__(self) -> None:
         if self.glob is not None and not self.glob:
-            raise ConfigError("--glob must not be empty", hint="e.g. --glob '*.jpg'")
+            raise ConfigError("glob must not be empty", hint="e.g. '*.jpg'", param="glob")
         if self.after and self.before and self.after >= self.before:
             raise ConfigError(
-                f"--after {self.after:%Y-%m-%d %H:%M} is not before "
-                f"--before {self.before:%Y-%m-%d %H:%M}",
-                hint="--after is inclusive, --before exclusive: give an earlier --after",
+                f"after {self.after:%Y-%m-%d %H:%M} is not before "
+                f"before {self.before:%Y-%m-%d %H:%M}",
+                hint="after is inclusive, before exclusive: give an earlier after",
+                param="after",
             )
 
     @property
@@ -104,7 +107,9 @@ class Filters:
         folder = Path(self.under).expanduser().absolute().resolve()
         if not folder.is_dir():
             raise ConfigError(
-                f"--under {self.under}: no such folder", hint="give a folder that was indexed"
+                f"under {self.under}: no such folder",
+                hint="give a folder that was indexed",
+                param="under",
             )
         return str(folder)
 
@@ -194,8 +199,9 @@ def combine_vectors(vectors: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(mean))
     if norm < 1e-12:
         raise ConfigError(
-            "--combine: the query images cancel out (their mean vector is zero)",
-            hint="search them separately, without --combine",
+            "combine: the query images cancel out (their mean vector is zero)",
+            hint="search them separately, without combine",
+            param="combine",
         )
     combined: np.ndarray = (mean / norm).astype(np.float32)
     return combined

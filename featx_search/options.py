@@ -1,0 +1,81 @@
+"""Options as values: what a query asks for, how a sync runs, and what progress reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .compute import Compute
+from .errors import ConfigError
+from .indexspec import SearchParams
+from .query import Filters, check_k, check_threshold
+
+
+@dataclass(frozen=True, kw_only=True)
+class Query:
+    """How to answer a search: ``k`` results per query, best first.
+
+    - ``filters`` limit which images may be returned; they apply inside the FAISS search,
+      so ``k`` results come back whenever ``k`` images pass.
+    - ``threshold``: drop matches whose cosine score is below it.
+    - ``exclude_self``: never return a query image itself (when it is indexed).
+    - ``combine``: search once with the normalised mean of all query vectors (one result
+      list for all queries).
+    - ``params``: nprobe (IVF), ef_search (HNSW) and rerank (PQ/SQ codes) for these queries,
+      over the space's own; higher is slower and more exact.
+    """
+
+    k: int = 10
+    filters: Filters = field(default_factory=Filters)
+    threshold: float | None = None
+    exclude_self: bool = False
+    combine: bool = False
+    params: SearchParams = field(default_factory=SearchParams)
+
+    def __post_init__(self) -> None:
+        check_k(self.k)
+        check_threshold(self.threshold)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncOptions:
+    """How a sync runs.
+
+    ``batch_size`` images go through the model at once and are committed together;
+    ``workers`` threads decode ahead of the model (default: one per core, at most 8);
+    ``retry_failed`` tries files that failed before even when they have not changed;
+    ``prune_empty`` removes the stored files of a scanned folder that is empty (an empty
+    folder is otherwise taken for an unmounted drive and its files kept); ``compute`` says
+    where and how the model runs, which never changes the space.
+    """
+
+    batch_size: int = 16
+    workers: int | None = None
+    retry_failed: bool = False
+    prune_empty: bool = False
+    compute: Compute = field(default_factory=Compute)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(
+                f"batch_size must be at least 1, got {self.batch_size}", param="batch_size"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}", param="workers")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Passed to a progress callback: ``done`` of ``total`` units (images embedded, vectors
+    compared), the last ``path`` handled when there is one, ``failed`` files so far and the
+    seconds since the operation started."""
+
+    done: int
+    total: int
+    path: str = ""
+    failed: int = 0
+    elapsed: float = 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+"""The one callback type of every long operation (sync, duplicates)."""

@@ -1,0 +1,531 @@
+"""A :class:`Space` is one embedding space of a library: its record, whitening, index and
+extractor, loaded once and kept while the store does not move on."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, overload
+
+import numpy as np
+
+from .compute import Compute
+from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, near_duplicates
+from .errors import ConfigError, ImageError, SpaceError
+from .images import ImageInput, describe, load_input
+from .indexspec import AUTO, SearchParams, parse_memory
+from .options import ProgressCallback, Query, SyncOptions
+from .query import Match, check_k, check_threshold, combine_vectors, search_vectors
+from .reader import ImageFacts, IndexSettings, Reader, SpaceRecord
+from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
+
+if TYPE_CHECKING:
+    from .extract import Extractor
+    from .index import BuildInfo, VectorIndex
+    from .store import Store
+    from .whiten import Whitening
+
+log = logging.getLogger(__name__)
+
+StoredImage = int | str | os.PathLike[str]
+"""An image already in the library: its id, or the path of its file."""
+
+
+class StoreHandle:
+    """The library's database, shared by the library and its spaces: a plain-sqlite
+    :class:`Reader` until the first write, then the :class:`Store` (which imports SQLAlchemy)."""
+
+    def __init__(self, store: Reader) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+
+    @property
+    def reader(self) -> Reader:
+        return self._store
+
+    @property
+    def path(self) -> Path:
+        return self._store.path
+
+    def writer(self) -> Store:
+        from .store import Store
+
+        with self._lock:
+            if not isinstance(self._store, Store):
+                reader = self._store
+                self._store = Store.open(reader.path, create=False)
+                reader.close()
+            return self._store
+
+    def close(self) -> None:
+        self._store.close()
+
+
+# What a cached index and whitening were loaded from: the space's generation and the
+# published manifest (generation and checksum). When it moves on, they are loaded again.
+_State = tuple[int, tuple[int, str] | None]
+
+
+class Space:
+    """One embedding space of a library. Get it from :meth:`Library.space`,
+    :meth:`Library.spaces` or :meth:`Library.create_space`.
+
+    A space holds its vectors' meaning (model, weights, layers, pooling, input handling),
+    and caches what it needs to answer queries: its whitening and index (loaded on first use,
+    loaded again when the library changes) and its extractor (built once, on the first query
+    that needs a model). It is safe to share between threads.
+    """
+
+    def __init__(self, stores: StoreHandle, record: SpaceRecord) -> None:
+        self._stores = stores
+        self._first = record
+        self._extractors: dict[Compute, Extractor] = {}
+        self._model_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._cached: tuple[_State, Whitening | None, VectorIndex] | None = None
+
+    # -- what it is ---------------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self._first.id
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of everything that gives the vectors their meaning."""
+        return self._first.fingerprint
+
+    @property
+    def label(self) -> str:
+        """A readable name: model, layers and pooling."""
+        return self._first.label
+
+    @property
+    def dim(self) -> int:
+        """The size of the space's vectors (before any whitening)."""
+        return self._first.spec.dim
+
+    @property
+    def record(self) -> SpaceRecord:
+        """The space as stored now (count and generation read afresh)."""
+        return self._store.space(self.id)
+
+    @property
+    def count(self) -> int:
+        """Images with a vector in this space."""
+        return self.record.count
+
+    @property
+    def generation(self) -> int:
+        """Grows with every change to the space's vectors."""
+        return self.record.generation
+
+    @property
+    def _store(self) -> Reader:
+        return self._stores.reader
+
+    def __repr__(self) -> str:
+        return f"<Space {self.id} {self.fingerprint} {self.label}>"
+
+    def info(self) -> SpaceInfo:
+        """The space with its counts and the state of its index."""
+        from .index import LEGACY_KIND
+
+        record = self.record
+        manifest = self._store.manifest(record.id)
+        settings = self._store.index_settings(record.id)
+        whitening = self.whitening()
+        spec = record.spec
+        kind = None if manifest is None else manifest.kind
+        return SpaceInfo(
+            id=record.id,
+            fingerprint=record.fingerprint,
+            label=record.label,
+            model=spec.model,
+            weights=spec.weights,
+            layers=spec.layers,
+            pool=spec.pool,
+            dim=spec.dim,
+            count=record.count,
+            generation=record.generation,
+            index_generation=manifest.generation if manifest else None,
+            whitened=None if whitening is None else whitening.dims,
+            index_spec=settings.spec or AUTO,
+            index_kind="Flat" if kind == LEGACY_KIND else kind,
+        )
+
+    def vectors(self, ids: Sequence[int] | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+        """The stored vectors (raw, float32 (N, dim)) of ``ids`` or of every image, with their
+        ids (int64, ascending) and the generation they were read at."""
+        return self._store.vectors(self.id, ids)
+
+    def image_facts(self, ids: Sequence[int] | None = None) -> list[ImageFacts]:
+        """Path, size, date and content hash of the space's images (of ``ids`` or all)."""
+        return self._store.image_facts(self.id, ids)
+
+    # -- cached state -------------------------------------------------------------------
+
+    def _state(self, record: SpaceRecord | None = None) -> _State:
+        record = record or self.record
+        manifest = self._store.manifest(record.id)
+        published = None if manifest is None else (manifest.generation, manifest.checksum)
+        return record.generation, published
+
+    def _loaded(self) -> tuple[Whitening | None, VectorIndex]:
+        record = self.record
+        state = self._state(record)
+        cached = self._cached
+        if cached is not None and cached[0] == state:
+            return cached[1], cached[2]
+        with self._index_lock:  # one thread loads; the others wait and share it
+            cached = self._cached
+            if cached is None or cached[0] != state:
+                from .index import open_index
+                from .whiten import stored
+
+                whitening = stored(self._store, record)
+                index, _ = open_index(self._store, record, mmap=None)
+                cached = self._cached = (state, whitening, index)
+        return cached[1], cached[2]
+
+    def whitening(self) -> Whitening | None:
+        """The PCA-whitening stored with the space, or None (see :meth:`whiten`)."""
+        return self._loaded()[0]
+
+    def index(self) -> VectorIndex:
+        """The space's vector index at the store's current generation (shared: read only)."""
+        return self._loaded()[1]
+
+    def for_index(self, vectors: np.ndarray) -> np.ndarray:
+        """Raw vectors of the space as they go into or query its index (whitened or not)."""
+        whitening = self.whitening()
+        return vectors if whitening is None else whitening.apply(vectors)
+
+    def forget(self) -> None:
+        """Drop the cached index and whitening (they load again on next use)."""
+        self._cached = None
+
+    def extractor(self, compute: Compute | None = None, *, writing: bool = False) -> Extractor:
+        """The model that makes this space's vectors, built once per ``compute`` (under a
+        lock, so threads share one). For ``writing`` the vectors must match the stored ones
+        exactly; queries tolerate another torch/torchvision release, with a warning."""
+        key = compute or Compute()
+        with self._model_lock:
+            extractor = self._extractors.get(key)
+            if extractor is None:
+                extractor = self._extractors[key] = self._build(key)
+        if extractor.space.fingerprint != self.fingerprint:
+            now, then = extractor.space.identity(), self._first.spec.identity()
+            keys = [name for name in then if then[name] != now[name]]
+            changed = ", ".join(f"{name}: {then[name]} -> {now[name]}" for name in keys)
+            if writing or not set(keys) <= {"torch", "torchvision"}:
+                raise SpaceError(
+                    f"space {self.fingerprint} ({self.label}) cannot be reproduced here "
+                    f"({changed})",
+                    hint="index again with an explicit model, weights and layer to make a "
+                    "new space",
+                )
+            log.warning(
+                "space %s was built with other library versions (%s); query vectors may "
+                "differ slightly from stored ones",
+                self.fingerprint,
+                changed,
+            )
+        return extractor
+
+    def _build(self, compute: Compute) -> Extractor:
+        from .extract import load_extractor
+
+        stored = self._first.spec
+        extractor = load_extractor(stored.request, compute)
+        resolved = replace(stored.request, layers=stored.layers, pool=stored.pool)
+        if extractor.space.fingerprint != stored.fingerprint and resolved != stored.request:
+            # Made with a model's default layers or pooling, which have changed since.
+            extractor = load_extractor(resolved, compute)
+        # The input handling stored with the space wins over the model's current default.
+        extractor.space = replace(extractor.space, preprocess=stored.preprocess)
+        return extractor
+
+    def adopt(self, extractor: Extractor, compute: Compute | None = None) -> None:
+        """Use ``extractor`` (built for this space) instead of building it again."""
+        with self._model_lock:
+            self._extractors.setdefault(compute or Compute(), extractor)
+
+    # -- queries ------------------------------------------------------------------------
+
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Vectors of ``images`` (paths or PIL images) in this space: float32 (N, dim).
+        Raises :class:`ImageError` naming the first image that cannot be decoded."""
+        extractor = self.extractor()
+        spec = self._first.spec.preprocess
+        return extractor.embed(np.stack([load_input(image, spec) for image in images]))
+
+    @overload
+    def search(self, images: ImageInput, query: Query | None = None) -> list[Match]: ...
+    @overload
+    def search(
+        self, images: list[ImageInput] | tuple[ImageInput, ...], query: Query | None = None
+    ) -> list[list[Match]]: ...
+    def search(
+        self,
+        images: ImageInput | list[ImageInput] | tuple[ImageInput, ...],
+        query: Query | None = None,
+    ) -> list[Match] | list[list[Match]]:
+        """The images most like ``images`` (a path or PIL image, or a list of them, embedded
+        in one batch): a list of matches, best first, or one such list per query image."""
+        query = query or Query()
+        one = not isinstance(images, (list, tuple))
+        batch: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not batch:
+            return []
+        for image in batch:
+            if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
+                raise ImageError(
+                    f"query image not found: {describe(image)}",
+                    hint="give the path of an image file",
+                )
+        selves: list[list[int]] = [[] for _ in batch]
+        if query.exclude_self:
+            for row, image in zip(selves, batch, strict=True):
+                if isinstance(image, (str, os.PathLike)):
+                    found = self._store.image_id(Path(image).expanduser().absolute().resolve())
+                    row.extend([] if found is None else [found])
+        found_rows = self._query(self.embed(batch), selves, query)
+        return found_rows[0] if one and not query.combine else found_rows
+
+    @overload
+    def similar(self, images: StoredImage, query: Query | None = None) -> list[Match]: ...
+    @overload
+    def similar(
+        self, images: list[StoredImage] | tuple[StoredImage, ...], query: Query | None = None
+    ) -> list[list[Match]]: ...
+    def similar(
+        self,
+        images: StoredImage | list[StoredImage] | tuple[StoredImage, ...],
+        query: Query | None = None,
+    ) -> list[Match] | list[list[Match]]:
+        """The images most like images already in the space (ids or paths), from their stored
+        vectors: no model is loaded. The image itself comes first unless ``exclude_self``."""
+        query = query or Query()
+        one = not isinstance(images, (list, tuple))
+        batch: list[StoredImage] = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not batch:
+            return []
+        ids = [self._stored_id(image) for image in batch]
+        _, found, vectors = self.vectors(ids)
+        by_id = dict(zip(found.tolist(), vectors, strict=True))
+        rows = self._query(np.stack([by_id[i] for i in ids]), [[i] for i in ids], query)
+        return rows[0] if one and not query.combine else rows
+
+    def search_vectors(self, vectors: np.ndarray, query: Query | None = None) -> list[list[Match]]:
+        """The images nearest to raw vectors of this space (from :meth:`embed`, or any encoder
+        of the space's size): float32 (dim,) or (N, dim); one list of matches per row."""
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise ConfigError(
+                f"vectors must have shape (N, {self.dim}) for space {self.fingerprint}, "
+                f"got {np.shape(vectors)}",
+                hint="use vectors from Space.embed or an encoder of the space's size",
+                param="vectors",
+            )
+        return self._query(array, [[] for _ in array], query or Query())
+
+    def _query(
+        self, vectors: np.ndarray, selves: list[list[int]], query: Query
+    ) -> list[list[Match]]:
+        if query.combine:
+            vectors = combine_vectors(vectors)
+            selves = [sorted({i for row in selves for i in row})]
+        allowed = None
+        if query.filters.active:
+            allowed = query.filters.select(self._store.image_facts(self.id))
+        whitening, index = self._loaded()
+        return search_vectors(
+            self._store,
+            index,
+            vectors if whitening is None else whitening.apply(vectors),
+            query.k,
+            allowed=allowed,
+            exclude=selves if query.exclude_self else (),
+            threshold=query.threshold,
+            params=self.search_params(query.params),
+        )
+
+    def search_params(self, override: SearchParams | None = None) -> SearchParams:
+        """The space's fixed search params (see :meth:`configure_index`) with ``override``'s
+        values on top."""
+        fixed = SearchParams.from_dict(self._store.index_settings(self.id).params)
+        return fixed.merged(override)
+
+    def _stored_id(self, image: StoredImage) -> int:
+        if isinstance(image, int):
+            image_id: int | None = image
+            name = f"image id {image}"
+        else:
+            name = os.fspath(image)
+            image_id = self._store.image_id(Path(image).expanduser().absolute().resolve())
+        if image_id is None or len(self._store.vectors(self.id, [image_id])[1]) == 0:
+            raise ImageError(
+                f"{name} is not indexed in space {self.fingerprint} ({self.label})",
+                hint="index it first, or search with the image file instead",
+            )
+        return image_id
+
+    def duplicates(
+        self, threshold: float = DEFAULT_DUP_THRESHOLD, *, progress: ProgressCallback | None = None
+    ) -> list[DupGroup]:
+        """Groups of images whose vectors score at least ``threshold`` (or whose bytes are
+        identical), largest first, each with a suggested keeper. Exact, from the stored
+        vectors: neither a model nor the index is loaded."""
+        check_threshold(threshold)
+        return near_duplicates(self, threshold, progress=progress)
+
+    # -- changes ------------------------------------------------------------------------
+
+    def sync(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        options: SyncOptions | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        stop: threading.Event | None = None,
+    ) -> IndexReport:
+        """Bring the space up to date with the image files under ``paths`` (folders,
+        recursively, or single files) and publish its index. Only new and changed files are
+        embedded; moved files keep their vectors; files gone from a scanned folder are
+        removed. ``progress`` is called after every committed batch; setting ``stop`` ends
+        the run after the batch in flight (a later sync resumes). Raises
+        :class:`LibraryError` when another process is writing to the library."""
+        from .ingest import run_sync
+
+        store = self._stores.writer()
+        with store.writer_lock():
+            report, index = run_sync(
+                self, store, list(paths), options or SyncOptions(), progress=progress, stop=stop
+            )
+            self._settle(store, index)
+        return report
+
+    def plan(
+        self, paths: Iterable[str | os.PathLike[str]], options: SyncOptions | None = None
+    ) -> IndexReport:
+        """What :meth:`sync` would do, listed in ``changes``: nothing is written and no model
+        is loaded."""
+        from .plan import plan_report
+
+        options = options or SyncOptions()
+        return plan_report(
+            self._stores.writer(),
+            (self.id, self.fingerprint, self.label),
+            list(paths),
+            retry_failed=options.retry_failed,
+            prune_empty=options.prune_empty,
+        )
+
+    def configure_index(
+        self,
+        index: str | None = None,
+        *,
+        max_memory: int | str | None = None,
+        params: SearchParams | None = None,
+    ) -> BuildInfo | None:
+        """Change the space's index: ``index`` a FAISS factory string or ``auto``,
+        ``max_memory`` (bytes, or a size such as ``2G``) the budget ``auto`` plans for,
+        ``params`` nprobe / ef_search / rerank fixed for its searches. Rebuilds and publishes
+        the index when the kind it should have changed; returns what was built, or None."""
+        from .index import check_spec
+
+        if index is None and max_memory is None and params is None:
+            return None
+        store = self._stores.writer()
+        with store.writer_lock():
+            old = store.index_settings(self.id)
+            spec = old.spec
+            if index is not None:
+                checked = check_spec(index, self.dim)
+                spec = None if checked == AUTO else checked
+            budget = old.max_memory if max_memory is None else parse_memory(max_memory)
+            fixed = {**old.params, **(params.to_dict() if params else {})}
+            store.set_index_settings(self.id, IndexSettings(spec, budget, fixed))
+            return self._settle(store)
+
+    def rebuild(self) -> BuildInfo:
+        """Rebuild the index from the stored vectors (nothing is embedded) and publish it."""
+        from .index import rebuild_index
+
+        store = self._stores.writer()
+        with store.writer_lock():
+            built = rebuild_index(store, store.space(self.id))
+        self.forget()
+        return built
+
+    def whiten(self, dims: int) -> WhitenReport:
+        """Learn PCA-whitening to ``dims`` dimensions from the stored vectors (0 removes it).
+        Vectors are whitened as they enter the index, queries before they are searched; the
+        stored vectors do not change. Rebuilds and publishes the index."""
+        from .index import rebuild_index
+        from .whiten import learn
+
+        if dims < 0:
+            raise ConfigError(f"dims must be 0 (off) or more, got {dims}", param="dims")
+        store = self._stores.writer()
+        with store.writer_lock():
+            _, _, vectors = store.vectors(self.id)
+            whitening = learn(vectors, dims) if dims else None
+            store.set_transform(self.id, None if whitening is None else whitening.to_bytes())
+            rebuild_index(store, store.space(self.id))
+        self.forget()
+        return WhitenReport(self.fingerprint, self.label, dims, len(vectors))
+
+    def _settle(self, store: Store, index: VectorIndex | None = None) -> BuildInfo | None:
+        """Publish the space's index when its file is missing, behind the store or of another
+        kind than the space wants now: ``index`` (kept up to date by a sync) when given and
+        current, else one rebuilt from the store. The one place that decides to publish."""
+        from .index import LEGACY_KIND, publish_index, rebuild_index, wanted_spec
+
+        record = store.space(self.id)
+        manifest = store.manifest(self.id)
+        self.forget()
+        if manifest is not None and manifest.generation == record.generation:
+            kind = "Flat" if manifest.kind == LEGACY_KIND else manifest.kind
+            if kind == wanted_spec(store, record):
+                return None
+            return rebuild_index(store, record)
+        if index is None:
+            return rebuild_index(store, record)
+        publish_index(store, record, index, record.generation)
+        return None
+
+    def recall(
+        self, k: int = 10, sample: int = 200, *, seed: int = 0, params: SearchParams | None = None
+    ) -> RecallReport:
+        """Recall@k of the index against exact search, on ``sample`` stored vectors (each
+        asks for its k nearest other images). Reads every stored vector of the space."""
+        from .index import recall_at_k
+
+        check_k(k)
+        if sample < 1:
+            raise ConfigError(f"sample must be at least 1, got {sample}", param="sample")
+        whitening, index = self._loaded()
+        merged = self.search_params(params)
+        _, ids, vectors = self._store.vectors(self.id)
+        vectors = vectors if whitening is None else whitening.apply(vectors)
+        started = time.perf_counter()
+        value = recall_at_k(index, ids, vectors, k=k, sample=sample, seed=seed, params=merged)
+        return RecallReport(
+            space=self.fingerprint,
+            spec=index.spec,
+            count=len(ids),
+            k=k,
+            queries=min(sample, len(ids)),
+            recall=value,
+            params=index.params.merged(merged).to_dict(),
+            seconds=time.perf_counter() - started,
+        )
