@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,20 +36,22 @@ from .config import (
     ExtractorSpec,
 )
 from .dups import DEFAULT_DUP_THRESHOLD
-from .errors import FeatxError
+from .errors import ConfigError, FeatxError
 from .evaluate import EDITS, INPUTS, EvalResult, evaluate
 from .indexspec import SearchParams, format_bytes
-from .ingest import IndexReport, Progress
 from .library import (
     Library,
-    WhitenReport,
+    SpaceSelector,
     default_db_path,
     list_layers,
     schema_status,
     upgrade_schema,
 )
+from .options import Progress, Query, SyncOptions
 from .output import Listing, dup_listing, match_listing
 from .query import Filters, Match, parse_date
+from .reports import IndexReport, WhitenReport
+from .space import StoredImage
 
 F = TypeVar("F", bound=Callable[..., Any])
 DB_HELP = "Library database file (default: $FEATX_DB, else a per-user data directory)."
@@ -58,8 +63,21 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as err:
+            raise click.ClickException(str(err.renamed(_flag(err.param)))) from err
         except FeatxError as err:
             raise click.ClickException(str(err)) from err
+
+
+# Python parameters whose command-line name is not --the-same-words.
+_FLAGS = {"k": "-k", "dims": "DIMS", "index": "--index", "vectors": "IMAGES"}
+
+
+def _flag(param: str | None) -> str:
+    """The command-line name of a library parameter named in a :class:`ConfigError`."""
+    if param is None:
+        return ""
+    return _FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
 def _remember_db(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
@@ -121,6 +139,33 @@ def search_options(func: F) -> F:
         type=click.IntRange(min=1),
         help="IVF indexes: inverted lists visited per query  [default: tuned to recall 0.95]",
     )(func)
+
+
+def _selector(space: str | None) -> SpaceSelector | None:
+    """--space as a space selector: digits are an id, anything else a label or fingerprint."""
+    return int(space) if space is not None and space.isdigit() else space
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """While indexing, the first Ctrl-C asks the run to stop after the batches in flight; a
+    second one stops at once (the committed batches are kept either way)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping after the batch in flight (Ctrl-C again to stop now)", err=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _db(ctx: click.Context) -> Path:
@@ -395,35 +440,40 @@ def index(
     only change the speed.
     """
     bar = _Bar() if not (quiet or as_json or dry_run) and sys.stderr.isatty() else None
+    spec = _spec(model, weights, layers, pool, precision, method)
+    compute = Compute(
+        device=device,
+        threads=threads,
+        channels_last=channels_last,
+        micro_batch=micro_batch,
+        freeze=freeze,
+        runtime=runtime,
+    )
+    options = SyncOptions(
+        batch_size=batch_size,
+        workers=workers,
+        retry_failed=retry_failed,
+        prune_empty=prune_empty,
+        compute=compute,
+    )
+    whitened = None
     with _open(ctx, create=not dry_run) as lib:
-        try:
-            report = lib.index(
-                paths,
-                spec=_spec(model, weights, layers, pool, precision, method),
-                space=space,
-                batch_size=batch_size,
-                workers=workers,
-                index_spec=index_spec,
-                max_memory=max_memory,
-                progress=bar,
-                dry_run=dry_run,
-                retry_failed=retry_failed,
-                prune_empty=prune_empty,
-                compute=Compute(
-                    device=device,
-                    threads=threads,
-                    channels_last=channels_last,
-                    micro_batch=micro_batch,
-                    freeze=freeze,
-                    runtime=runtime,
-                ),
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        whitened = None
-        if whiten_dims is not None and not dry_run and not report.interrupted:
-            whitened = lib.whiten(whiten_dims, space=report.space)
+        if dry_run:
+            report = lib.plan(paths, spec, space=_selector(space), options=options)
+        else:
+            if spec is not None:
+                target = lib.create_space(spec, compute=compute)
+            else:
+                target = lib.space_for(None, _selector(space))
+            target.configure_index(index_spec, max_memory=max_memory)
+            try:
+                with _stop_on_interrupt() as stop:
+                    report = target.sync(paths, options, progress=bar, stop=stop)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if whiten_dims is not None and not report.interrupted:
+                whitened = target.whiten(whiten_dims)
     if as_json:
         click.echo(
             json.dumps({**report.to_dict(), **({"whiten": whitened.dims} if whitened else {})})
@@ -480,7 +530,7 @@ def whiten(ctx: click.Context, dims: int, space: str | None, as_json: bool) -> N
     new images.
     """
     with _open(ctx) as lib:
-        report = lib.whiten(dims, space=space)
+        report = lib.space(_selector(space)).whiten(dims)
     click.echo(json.dumps(report.to_dict()) if as_json else _whiten_summary(report))
 
 
@@ -578,17 +628,24 @@ def _filters(
     return Filters(
         under=None if under is None else str(under),
         glob=glob,
-        after=None if after is None else parse_date(after, "--after"),
-        before=None if before is None else parse_date(before, "--before"),
+        after=None if after is None else parse_date(after, "after"),
+        before=None if before is None else parse_date(before, "before"),
     )
 
 
-def _query(options: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``search_many`` / ``similar_many`` from the values of
-    :func:`query_options` and :func:`search_options` (the filter options become ``filters``)."""
-    rest = dict(options)
-    filters = _filters(rest.pop("under"), rest.pop("glob"), rest.pop("after"), rest.pop("before"))
-    return {**rest, "filters": filters}
+def _query(options: dict[str, Any]) -> Query:
+    """The :class:`Query` that the values of :func:`query_options` and :func:`search_options`
+    ask for."""
+    return Query(
+        k=options["k"],
+        filters=_filters(options["under"], options["glob"], options["after"], options["before"]),
+        threshold=options["threshold"],
+        exclude_self=options["exclude_self"],
+        combine=options["combine"],
+        params=SearchParams(
+            nprobe=options["nprobe"], ef_search=options["ef_search"], rerank=options["rerank"]
+        ),
+    )
 
 
 def _emit_matches(
@@ -634,7 +691,7 @@ def search(
     """
     query = _query(options)
     with _open(ctx) as lib:
-        results = lib.search_many(list(images), space=space, **query)
+        results = lib.search(list(images), query, space=_selector(space))
     names = [str(image) for image in images]
     files = [[name] for name in names]
     _emit_matches(
@@ -665,12 +722,12 @@ def similar(
     Starts from the stored vectors, so no model is loaded: fast even on a cold start. Each
     image comes first in its own results unless --exclude-self.
     """
-    targets: list[str | int] = [
+    targets: list[StoredImage] = [
         int(image) if image.isdigit() and not Path(image).exists() else image for image in images
     ]
     query = _query(options)
     with _open(ctx) as lib:
-        results = lib.similar_many(targets, space=space, **query)
+        results = lib.similar(targets, query, space=_selector(space))
         files = [[lib.image_path(t)] for t in targets]
     _emit_matches(
         "featx-search similar", list(images), files, results, options, fmt, html_file, montage_file
@@ -713,20 +770,20 @@ def dups(
     """
     bar: Any = None
 
-    def progress(done: int, total: int) -> None:
+    def progress(p: Progress) -> None:
         nonlocal bar
         if bar is None:
-            bar = click.progressbar(length=total, label="comparing", file=sys.stderr)
+            bar = click.progressbar(length=p.total, label="comparing", file=sys.stderr)
             bar.__enter__()
-        bar.update(done - bar.pos)
+        bar.update(p.done - bar.pos)
 
     show_bar = not quiet and sys.stderr.isatty()
     with _open(ctx) as lib:
         try:
             groups = lib.duplicates(
-                threshold=threshold,
+                threshold,
                 exact=exact,
-                space=space,
+                space=_selector(space),
                 progress=progress if show_bar else None,
             )
         finally:
@@ -768,9 +825,8 @@ def info(
     """Show the library: spaces, image counts and index state."""
     if recall:
         with _open(ctx) as lib:
-            report = lib.recall(
-                space=space, sample=sample, nprobe=nprobe, ef_search=ef_search, rerank=rerank
-            )
+            override = SearchParams(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+            report = lib.space(_selector(space)).recall(sample=sample, params=override)
         if as_json:
             click.echo(json.dumps(report.to_dict()))
             return
@@ -843,9 +899,9 @@ def reindex(
     if nprobe is not None or ef_search is not None:
         params = SearchParams(nprobe=nprobe, ef_search=ef_search)
     with _open(ctx) as lib:
-        built = lib.reindex(
-            space=space, index_spec=index_spec, max_memory=max_memory, params=params
-        )
+        target = lib.space(_selector(space))
+        built = target.configure_index(index_spec, max_memory=max_memory, params=params)
+        built = built or target.rebuild()
     if as_json:
         click.echo(json.dumps(built.to_dict()))
         return
