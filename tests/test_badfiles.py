@@ -126,11 +126,9 @@ def _corpus(root: Path) -> dict[str, str]:
 def test_every_file_ends_in_its_expected_state(library: Library, tmp_path: Path) -> None:
     root = tmp_path / "corpus"
     expected = _corpus(root)
-    report = library.index([root], spec=TINY)
+    report = library.index([root], TINY)
     failed = {Path(p).name: reason for p, reason in library.failures()}
-    indexed = {
-        Path(p).name for p in library._store.paths(library._store.vectors(1)[1].tolist()).values()
-    }
+    indexed = {Path(m.path).name for m in library.space().image_facts()}
     states = {name: "failed" for name in failed} | {name: "indexed" for name in indexed}
     assert states == expected
     assert report.failed == len(failed) and report.added == len(indexed)
@@ -207,7 +205,7 @@ def test_unreadable_file_is_recorded(
             return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
         monkeypatch.setattr(images_module, "open", guarded, raising=False)
-    report = library.index([photos], spec=TINY)
+    report = library.index([photos], TINY)
     assert (report.added, report.failed) == (11, 1)
     ((path, reason),) = library.failures()
     assert path == str(secret) and "Permission denied" in reason

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx_search import Library, LibraryError
+from featx_search import Library, LibraryError, Query
 from featx_search.index import VectorIndex
 
 from .conftest import TINY, make_photo
@@ -124,12 +124,12 @@ def test_searches_run_while_indexing(many: Path, db: Path, tmp_path: Path) -> No
     for i in range(6):
         make_photo(first / f"f{i}.jpg", seed=100 + i)
     with Library.open(db) as lib:
-        lib.index([first], spec=TINY)
+        lib.index([first], TINY)
     proc = _indexer(db, many, "--space", "1", "--batch-size", "2")
     seen_counts: set[int] = set()
     with Library.open(db, create=False) as lib:
         while proc.poll() is None:
-            hits = lib.similar(first / "f0.jpg", k=50)
+            hits = lib.similar(first / "f0.jpg", Query(k=50))
             assert hits[0].path == str(first / "f0.jpg")
             scores = [m.score for m in hits]
             assert scores == sorted(scores, reverse=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx_search import ExtractorSpec, Library, Preprocess
+from featx_search import ExtractorSpec, Library, Preprocess, Query
 from featx_search import extract as extract_module
 from featx_search.errors import ConfigError
 from featx_search.images import preprocess
@@ -56,13 +56,13 @@ def test_a_space_made_with_old_defaults_still_opens(
 ) -> None:
     query = make_photo(tmp_path / "q.png", seed=7)
     with Library.open(db) as lib:
-        lib.index([photos], spec=TINY)
-        before = lib.search(query, k=5)
+        lib.index([photos], TINY)
+        before = lib.search(query, Query(k=5))
     monkeypatch.setitem(extract_module.MODEL_DEFAULTS, TINY.model, (("3",), "max"))
     with Library.open(db) as lib:
         (space,) = lib.spaces()
-        assert (space.layers, space.pool) == (("4",), "avg")
-        assert lib.search(query, k=5) == before
+        assert (space.info().layers, space.info().pool) == (("4",), "avg")
+        assert lib.search(query, Query(k=5)) == before
         make_photo(photos / "later.png", seed=50)
         assert lib.index([photos]).added == 1  # still the old space, not a new one
         assert len(lib.spaces()) == 1
@@ -79,7 +79,7 @@ def test_space_keeps_its_stored_input_handling(db: Path, photos: Path) -> None:
     from featx_search.schema import Space
 
     with Library.open(db) as lib:
-        lib.index([photos / "a"], spec=TINY)
+        lib.index([photos / "a"], TINY)
         record = lib._store.spaces()[0]
         data = record.spec.to_dict()
         data["preprocess"]["fit"] = "full"
@@ -91,6 +91,6 @@ def test_space_keeps_its_stored_input_handling(db: Path, photos: Path) -> None:
                 .values(spec_json=json.dumps(data), fingerprint=moved.fingerprint)
             )
     with Library.open(db) as lib:
-        hits = lib.search(photos / "a" / "img01.jpg", k=3)
+        hits = lib.search(photos / "a" / "img01.jpg", Query(k=3))
         assert len(hits) == 3
         assert lib.index([photos / "b"]).added == 6

@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 
 from featx_search import DupGroup, ExtractorSpec, Library
 from featx_search.dups import near_duplicates
-from featx_search.store import Store
 from tests.conftest import TINY, make_photo
 
 
@@ -71,7 +70,7 @@ def test_planted_copies_are_found_and_different_images_are_not(tmp_path: Path) -
     os.utime(root / "more" / "scene3 copy.jpg", (old, old))  # the older of the two
     db = tmp_path / "lib.db"
     with Library.open(db) as lib:
-        lib.index([root], spec=ExtractorSpec())  # efficientnet_lite0, pretrained
+        lib.index([root], ExtractorSpec())  # efficientnet_lite0, pretrained
         # Copies score >= 0.84 against their original here; different scenes <= 0.72.
         groups = lib.duplicates(threshold=0.8)
         exact = lib.duplicates(exact=True)
@@ -109,7 +108,7 @@ def tiny_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(root / "p05.png", root / "p05 again.png")
     db = root.parent / "lib.db"
     with Library.open(db) as lib:
-        lib.index([root], spec=TINY)
+        lib.index([root], TINY)
     return db
 
 
@@ -121,10 +120,9 @@ def _as_sets(groups: list[DupGroup]) -> list[frozenset[int]]:
 def test_groups_are_the_connected_components_of_a_brute_force_graph(
     tiny_library: Path, quantile: float
 ) -> None:
-    store = Store.open(tiny_library)
-    try:
-        record = store.spaces()[0]
-        _, ids, vectors = store.vectors(record.id)
+    with Library.open(tiny_library, create=False) as lib:
+        space = lib.space()
+        _, ids, vectors = space.vectors()
         sims = vectors @ vectors.T
         upper = sims[np.triu_indices(len(ids), 1)]
         threshold = float(np.quantile(upper, quantile))
@@ -140,7 +138,7 @@ def test_groups_are_the_connected_components_of_a_brute_force_graph(
         )
         assert want and max(map(len, want)) < len(ids)  # a graph worth checking
         for batch, project in ((1, 128), (7, 8), (512, 4)):  # neither batches nor projection
-            got = near_duplicates(store, record, threshold, batch=batch, project_dim=project)
+            got = near_duplicates(space, threshold, batch=batch, project_dim=project)
             assert _as_sets(got) == want
             assert [len(g) for g in got] == sorted((len(g) for g in got), reverse=True)
             for g in got:  # every score is the keeper's cosine similarity
@@ -148,8 +146,6 @@ def test_groups_are_the_connected_components_of_a_brute_force_graph(
                 for m in g.members[1:]:
                     other = int(np.searchsorted(ids, m.image_id))
                     assert m.score == pytest.approx(float(sims[keep, other]), abs=1e-5)
-    finally:
-        store.close()
 
 
 def test_identical_files_group_even_above_any_threshold(tiny_library: Path) -> None:
@@ -171,7 +167,7 @@ def test_keeper_has_most_pixels(tmp_path: Path) -> None:
     old = datetime(2001, 1, 1).timestamp()
     os.utime(root / "small.png", (old, old))  # older, but fewer pixels
     with Library.open(tmp_path / "lib.db") as lib:
-        lib.index([root], spec=TINY)
+        lib.index([root], TINY)
         [group] = lib.duplicates(threshold=0.9)
     assert [Path(m.path).name for m in group.members] == ["big.png", "small.png"]
     assert (group.keeper.width, group.keeper.height) == (200, 150)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx_search import ExtractorSpec, ImageError, Library, SpaceError
+from featx_search import ExtractorSpec, ImageError, Library, Query, SpaceError, SyncOptions
 from tests.conftest import RESNET18, TINY, make_photo
 
 
@@ -23,9 +23,9 @@ def _files(folder: Path) -> list[Path]:
 def test_every_image_finds_itself_first(
     library: Library, photos: Path, spec: ExtractorSpec
 ) -> None:
-    report = library.index([photos], spec=spec, batch_size=5)
+    report = library.index([photos], spec, options=SyncOptions(batch_size=5))
     assert (report.added, report.failed, report.unchanged) == (12, 0, 0)
-    results = library.search_many(_files(photos), k=3)
+    results = library.search(list(_files(photos)), Query(k=3))
     for path, matches in zip(_files(photos), results, strict=False):
         assert matches[0].path == str(path)
         assert matches[0].score >= 0.999
@@ -33,7 +33,7 @@ def test_every_image_finds_itself_first(
 
 
 def test_ranking_equals_brute_force(library: Library, photos: Path, tmp_path: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     space = library.spaces()[0]
     _, ids, matrix = library._store.vectors(space.id)
     queries = [make_photo(tmp_path / f"q{i}.jpg", seed=100 + i) for i in range(3)]
@@ -41,37 +41,42 @@ def test_ranking_equals_brute_force(library: Library, photos: Path, tmp_path: Pa
     for query, vector in zip(queries, vectors, strict=False):
         sims = matrix @ vector
         order = np.argsort(-sims, kind="stable")
-        matches = library.search(query, k=12)
+        matches = library.search(query, Query(k=12))
         assert [m.image_id for m in matches] == ids[order].tolist()
         np.testing.assert_allclose([m.score for m in matches], sims[order], atol=1e-5)
         assert all(a.score >= b.score for a, b in itertools.pairwise(matches))
 
 
 def test_two_spaces_stay_apart(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     # Layer "4" is already pooled to 1x1, so read the 4-D map before it for a real max pool.
     library.index(
-        [photos], spec=ExtractorSpec(model=TINY.model, weights="none", layers=("3",), pool="max")
+        [photos], ExtractorSpec(model=TINY.model, weights="none", layers=("3",), pool="max")
     )
     spaces = library.spaces()
     assert len(spaces) == 2 and spaces[0].fingerprint != spaces[1].fingerprint
     assert [s.count for s in spaces] == [12, 12]
-    with pytest.raises(SpaceError, match="2 spaces") as err:
-        library.search(_files(photos)[0])
+    assert library.space().id == spaces[1].id  # the newest is the default
+    with pytest.raises(SpaceError, match="matches no space") as err:
+        library.search(_files(photos)[0], space="nosuchspace")
     assert spaces[0].fingerprint in str(err.value) and spaces[1].fingerprint in str(err.value)
     query = _files(photos)[0]
-    by_space = {s.fingerprint: library.search(query, k=12, space=s.fingerprint[:8]) for s in spaces}
+    newest = library.search(query, Query(k=12))
+    by_space = {
+        s.fingerprint: library.search(query, Query(k=12), space=s.fingerprint[:8]) for s in spaces
+    }
     avg, mx = by_space.values()
     assert avg[0].path == mx[0].path == str(query)
+    assert [m.score for m in newest] == [m.score for m in mx]
     # Same images, different vectors: the scores must differ between spaces.
     assert [m.score for m in avg] != pytest.approx([m.score for m in mx])
     for space in spaces:
-        _, _ids, matrix = library._store.vectors(space.id)
+        _, _ids, matrix = space.vectors()
         assert matrix.shape == (12, space.dim)
 
 
 def test_rerun_is_incremental(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     again = library.index([photos])  # the library's only space is reused
     assert (again.added, again.updated, again.unchanged, again.removed) == (0, 0, 12, 0)
     changed = photos / "b" / "img00.png"
@@ -82,15 +87,15 @@ def test_rerun_is_incremental(library: Library, photos: Path) -> None:
     report = library.index([photos])
     assert (report.added, report.updated, report.unchanged, report.removed) == (1, 1, 10, 1)
     assert library.spaces()[0].count == 12
-    assert library.search(changed, k=1)[0].path == str(changed)
-    paths = {m.path for m in library.search(changed, k=50)}
+    assert library.search(changed, Query(k=1))[0].path == str(changed)
+    paths = {m.path for m in library.search(changed, Query(k=50))}
     assert str(photos / "a" / "img01.jpg") not in paths
     assert str(photos / "new" / "fresh.png") in paths
 
 
 def test_bad_file_is_recorded_and_run_goes_on(library: Library, photos: Path) -> None:
     (photos / "broken.jpg").write_text("not an image at all")
-    report = library.index([photos], spec=TINY)
+    report = library.index([photos], TINY)
     assert (report.added, report.failed) == (12, 1)
     failures = library.failures()
     assert len(failures) == 1 and failures[0][0] == str(photos / "broken.jpg")
@@ -104,42 +109,42 @@ def test_bad_file_is_recorded_and_run_goes_on(library: Library, photos: Path) ->
 
 
 def test_missing_root_changes_nothing(library: Library, photos: Path, tmp_path: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     report = library.index([tmp_path / "unplugged-drive"])
     assert report.missing == [str(tmp_path / "unplugged-drive")]
     assert library.spaces()[0].count == 12
 
 
 def test_subfolder_and_single_file_share_the_root(library: Library, photos: Path) -> None:
-    library.index([photos / "a"], spec=TINY)
+    library.index([photos / "a"], TINY)
     library.index([photos / "b" / "img00.png"])
     assert library.spaces()[0].count == 7
     report = library.index([photos])  # the parent absorbs both
     assert (report.added, report.unchanged) == (5, 7)
-    assert library.search(photos / "a" / "img01.jpg", k=1)[0].path == str(
+    assert library.search(photos / "a" / "img01.jpg", Query(k=1))[0].path == str(
         photos / "a" / "img01.jpg"
     )
 
 
 def test_reopened_library_searches_without_reindexing(db: Path, photos: Path) -> None:
     with Library.open(db) as lib:
-        lib.index([photos], spec=TINY)
+        lib.index([photos], TINY)
     with Library.open(db) as lib:
-        assert lib.spaces()[0].index_current
-        assert lib.search(_files(photos)[3], k=1)[0].path == str(_files(photos)[3])
+        assert lib.spaces()[0].info().index_current
+        assert lib.search(_files(photos)[3], Query(k=1))[0].path == str(_files(photos)[3])
 
 
 def test_search_accepts_pil_images(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     path = _files(photos)[2]
     with Image.open(path) as img:
-        assert library.search(img, k=1)[0].path == str(path)
+        assert library.search(img, Query(k=1))[0].path == str(path)
 
 
 def test_query_errors_name_the_file(library: Library, photos: Path, tmp_path: Path) -> None:
     with pytest.raises(SpaceError, match="no images yet"):
         library.search(_files(photos)[0])
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     with pytest.raises(ImageError, match=r"nope\.jpg"):
         library.search(tmp_path / "nope.jpg")
     bad = tmp_path / "bad.png"
@@ -149,7 +154,7 @@ def test_query_errors_name_the_file(library: Library, photos: Path, tmp_path: Pa
 
 
 def test_unknown_space_lists_the_spaces(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     with pytest.raises(SpaceError, match="matches no space") as err:
         library.search(_files(photos)[0], space="zzzz")
     assert library.spaces()[0].fingerprint in str(err.value)
@@ -169,7 +174,7 @@ def test_torch_release_change_warns_on_query_and_refuses_writes(
     import sqlite3
 
     with Library.open(db) as lib:
-        lib.index([photos], spec=TINY)
+        lib.index([photos], TINY)
     with sqlite3.connect(db) as conn:
         (spec_json,) = conn.execute("select spec_json from spaces").fetchone()
         spec = json.loads(spec_json)
@@ -177,7 +182,7 @@ def test_torch_release_change_warns_on_query_and_refuses_writes(
         conn.execute("update spaces set spec_json = ?", (json.dumps(spec),))
     query = photos / "a" / "img01.jpg"
     with Library.open(db) as lib, caplog.at_level("WARNING", logger="featx_search"):
-        assert lib.search(query, k=1)[0].path == str(query)
+        assert lib.search(query, Query(k=1))[0].path == str(query)
         assert "other library versions" in caplog.text
         make_photo(photos / "late.jpg", seed=4321)
         with pytest.raises(SpaceError, match=r"torch: 1\.0\.0 ->"):
@@ -186,14 +191,14 @@ def test_torch_release_change_warns_on_query_and_refuses_writes(
 
 
 def test_similar_uses_stored_vectors(library: Library, photos: Path, tmp_path: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     path = photos / "b" / "img04.jpg"
-    by_path = library.similar(path, k=5)
-    by_search = library.search(path, k=5)
+    by_path = library.similar(path, Query(k=5))
+    by_search = library.search(path, Query(k=5))
     assert [m.image_id for m in by_path] == [m.image_id for m in by_search]
     np.testing.assert_allclose([m.score for m in by_path], [m.score for m in by_search], atol=1e-5)
     assert by_path[0].path == str(path)
-    assert library.similar(by_path[0].image_id, k=5) == by_path
+    assert library.similar(by_path[0].image_id, Query(k=5)) == by_path
     with pytest.raises(ImageError, match="not indexed"):
         library.similar(make_photo(tmp_path / "outside.jpg", seed=5))
     with pytest.raises(ImageError, match="image id 99999"):
@@ -205,10 +210,10 @@ def test_non_utf8_file_name_round_trips(library: Library, photos: Path) -> None:
     odd = os.fsdecode(bytes(photos / "a") + b"/caf\xe9.jpg")  # Latin-1 bytes, not UTF-8
     make_photo(Path(odd), seed=31)
     (photos / "zero.jpg").write_bytes(b"")
-    report = library.index([photos], spec=TINY)
+    report = library.index([photos], TINY)
     assert (report.added, report.failed) == (13, 1)
-    assert library.search(odd, k=1)[0].path == odd
-    assert library.similar(odd, k=1)[0].path == odd
+    assert library.search(odd, Query(k=1))[0].path == odd
+    assert library.similar(odd, Query(k=1))[0].path == odd
     assert library.index([photos]).unchanged == 14
 
 
@@ -222,7 +227,7 @@ def test_stored_size_is_full_resolution_and_upright(library: Library, tmp_path: 
         exif[0x0112] = 6  # rotate 90 degrees on display: width and height swap
         img.convert("RGB").save(folder / "rotated.jpg", exif=exif)
     src.unlink()
-    library.index([folder], spec=TINY)  # decoded with JPEG draft scaling to ~1/4 size
+    library.index([folder], TINY)  # decoded with JPEG draft scaling to ~1/4 size
     row = sqlite3.connect(library.path).execute("select width, height from images").fetchone()
     assert row == (900, 1200)
 
@@ -237,7 +242,7 @@ def test_second_indexer_fails_clearly_and_writes_nothing(
     from featx_search import store as store_module
 
     with Library.open(db) as lib:
-        lib.index([photos / "a"], spec=TINY)
+        lib.index([photos / "a"], TINY)
     # A real second process holds the writer lock, as a running indexer would.
     holder = subprocess.Popen(
         [
@@ -262,7 +267,7 @@ def test_second_indexer_fails_clearly_and_writes_nothing(
                 lib.index([photos])
             assert time.monotonic() - started >= 0.3
             assert lib.spaces()[0].count == 6  # nothing half-written
-            assert lib.search(photos / "a" / "img01.jpg", k=1)[0].path == str(
+            assert lib.search(photos / "a" / "img01.jpg", Query(k=1))[0].path == str(
                 photos / "a" / "img01.jpg"
             )  # readers still work
     finally:
@@ -276,21 +281,21 @@ def test_second_indexer_fails_clearly_and_writes_nothing(
 def test_changed_file_leaves_no_stale_vector_in_other_spaces(
     library: Library, photos: Path
 ) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     other = ExtractorSpec(model=TINY.model, weights="none", layers=("3",), pool="max")
-    library.index([photos], spec=other)
-    _, second = library.spaces()
+    library.index([photos], other)
+    second = library.spaces()[1].info()
     changed = photos / "b" / "img00.png"
     make_photo(changed, seed=555)
     os.utime(changed, ns=(1, 2_000_000_000))
-    assert library.index([photos], spec=TINY).updated == 1
-    after = {s.id: s for s in library.spaces()}
+    assert library.index([photos], TINY).updated == 1
+    after = {s.id: s.info() for s in library.spaces()}
     # The other space lost the image's old vector, so its index file is out of date ...
     assert after[second.id].count == 11
     assert after[second.id].generation > second.generation
     assert not after[second.id].index_current
     # ... and its searches never return the image with its old content.
-    hits = library.search(photos / "a" / "img01.jpg", k=20, space=second.fingerprint)
+    hits = library.search(photos / "a" / "img01.jpg", Query(k=20), space=second.fingerprint)
     assert str(changed) not in {m.path for m in hits} and len(hits) == 11
     assert library.index([photos], space=second.fingerprint).added == 1
-    assert library.similar(changed, k=1, space=second.fingerprint)[0].path == str(changed)
+    assert library.similar(changed, Query(k=1), space=second.fingerprint)[0].path == str(changed)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx_search import ConfigError, Filters, ImageError, Library, Match, parse_date
+from featx_search import ConfigError, Filters, ImageError, Library, Match, Query, parse_date
 from featx_search.store import Store
 from tests.conftest import TINY, make_photo
 
@@ -62,7 +62,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     dates = _plant(root)
     db = base / "lib.db"
     with Library.open(db) as lib:
-        lib.index([root], spec=TINY)
+        lib.index([root], TINY)
     store = Store.open(db)
     try:
         space = store.spaces()[0].id
@@ -170,13 +170,13 @@ def test_each_filter_matches_brute_force(
     assert 0 < len(passing) < N, f"{name}: the planted corpus should split ({len(passing)})"
     query_id = _id(corpus, "a/img03.jpg")
     for k in (3, N):
-        matches = lib.similar(query_id, k=k, filters=_filters(corpus, raw))
+        matches = lib.similar(query_id, Query(k=k, filters=_filters(corpus, raw)))
         ref = reference(corpus, _vector(corpus, query_id), lambda p: keep(corpus, p))
         assert_top_k(matches, ref, k)
     # k larger than what passes: every passing image, none other
-    assert {m.path for m in lib.similar(query_id, k=N, filters=_filters(corpus, raw))} == set(
-        passing
-    )
+    assert {
+        m.path for m in lib.similar(query_id, Query(k=N, filters=_filters(corpus, raw)))
+    } == set(passing)
 
 
 def test_k_with_a_filter_still_fills_k(corpus: Corpus, lib: Library) -> None:
@@ -185,7 +185,7 @@ def test_k_with_a_filter_still_fills_k(corpus: Corpus, lib: Library) -> None:
     overall = reference(corpus, _vector(corpus, query_id), lambda p: True)
     # Fetching the 5 best and dropping the others would come up short here:
     assert sum(in_c(corpus.paths[i]) for i, _ in overall[:5]) < 5
-    matches = lib.similar(query_id, k=5, filters=Filters(under=str(corpus.root / "b" / "c")))
+    matches = lib.similar(query_id, Query(k=5, filters=Filters(under=str(corpus.root / "b" / "c"))))
     assert len(matches) == 5 and all(in_c(m.path) for m in matches)
     assert_top_k(matches, reference(corpus, _vector(corpus, query_id), in_c), 5)
 
@@ -211,22 +211,22 @@ def test_threshold_keeps_exactly_the_scores_above(corpus: Corpus, lib: Library) 
     query_id = _id(corpus, "b/img01.jpg")
     ref = reference(corpus, _vector(corpus, query_id), lambda p: True)
     cut = (ref[6][1] + ref[7][1]) / 2  # between the 7th and 8th best
-    matches = lib.similar(query_id, k=N, threshold=cut)
+    matches = lib.similar(query_id, Query(k=N, threshold=cut))
     assert [m.image_id for m in matches] == [i for i, s in ref if s >= cut]
     assert len(matches) == 7
-    assert lib.similar(query_id, k=3, threshold=cut) == matches[:3]
+    assert lib.similar(query_id, Query(k=3, threshold=cut)) == matches[:3]
 
 
 def test_exclude_self_and_combine(corpus: Corpus, lib: Library) -> None:
     a, b = _id(corpus, "a/img03.jpg"), _id(corpus, "b/c/img05.jpg")
-    alone = lib.similar(a, k=4, exclude_self=True)
+    alone = lib.similar(a, Query(k=4, exclude_self=True))
     assert a not in {m.image_id for m in alone}
     assert_top_k(alone, reference(corpus, _vector(corpus, a), lambda p: True, frozenset({a})), 4)
 
-    separate = lib.similar_many([a, b], k=3)
+    separate = lib.similar([a, b], Query(k=3))
     assert [rows[0].image_id for rows in separate] == [a, b]
 
-    [combined] = lib.similar_many([a, b], k=5, combine=True, exclude_self=True)
+    [combined] = lib.similar([a, b], Query(k=5, exclude_self=True, combine=True))
     mean = _vector(corpus, a) + _vector(corpus, b)
     mean /= np.linalg.norm(mean)
     assert_top_k(combined, reference(corpus, mean, lambda p: True, frozenset({a, b})), 5)
@@ -234,30 +234,34 @@ def test_exclude_self_and_combine(corpus: Corpus, lib: Library) -> None:
 
 def test_search_with_filters_and_exclude_self(corpus: Corpus, lib: Library) -> None:
     query = corpus.root / "b" / "img04.png"
-    plain = lib.search(query, k=2)
+    plain = lib.search(query, Query(k=2))
     assert plain[0].path == str(query) and plain[0].score > 0.999
-    filtered = lib.search(query, k=4, filters=Filters(under=str(corpus.root / "a")))
+    filtered = lib.search(query, Query(k=4, filters=Filters(under=str(corpus.root / "a"))))
     assert len(filtered) == 4 and all("/a/" in m.path for m in filtered)
-    assert str(query) not in {m.path for m in lib.search(query, k=N, exclude_self=True)}
-    [together] = lib.search_many([query, corpus.root / "a" / "img03.jpg"], k=3, combine=True)
+    assert str(query) not in {m.path for m in lib.search(query, Query(k=N, exclude_self=True))}
+    [together] = lib.search([query, corpus.root / "a" / "img03.jpg"], Query(k=3, combine=True))
     assert len(together) == 3
 
 
 def test_a_filter_that_matches_nothing_returns_nothing(lib: Library, corpus: Corpus) -> None:
-    assert lib.similar(_id(corpus, "a/img03.jpg"), filters=Filters(glob="*.gif")) == []
+    assert lib.similar(_id(corpus, "a/img03.jpg"), Query(filters=Filters(glob="*.gif"))) == []
 
 
 def test_bad_query_arguments_are_clear(lib: Library, corpus: Corpus, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--after 'last week' is not a date"):
-        parse_date("last week", "--after")
+    with pytest.raises(ConfigError, match="after 'last week' is not a date") as err:
+        parse_date("last week", "after")
+    assert err.value.param == "after"
     with pytest.raises(ConfigError, match="is not before"):
         Filters(after=datetime(2022, 1, 1), before=datetime(2021, 1, 1))
     with pytest.raises(ConfigError, match="no such folder"):
-        lib.similar(_id(corpus, "a/img03.jpg"), filters=Filters(under=str(tmp_path / "nope")))
-    with pytest.raises(ConfigError, match="--threshold must be"):
-        lib.similar(_id(corpus, "a/img03.jpg"), threshold=1.5)
+        lib.similar(
+            _id(corpus, "a/img03.jpg"), Query(filters=Filters(under=str(tmp_path / "nope")))
+        )
+    with pytest.raises(ConfigError, match="threshold must be") as bad:
+        lib.similar(_id(corpus, "a/img03.jpg"), Query(threshold=1.5))
+    assert bad.value.param == "threshold"
     with pytest.raises(ImageError, match="image id 999999 is not indexed"):
-        lib.similar_many([_id(corpus, "a/img03.jpg"), 999999])
+        lib.similar([_id(corpus, "a/img03.jpg"), 999999])
     assert parse_date("2020-02-03T04:05") == datetime(2020, 2, 3, 4, 5)
     assert parse_date("2020-02") == datetime(2020, 2, 1)
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select, text
 
-from featx_search import Library, Progress, ingest
+from featx_search import Library, Progress, Query, SyncOptions, ingest
 from featx_search import scan as scan_module
 from featx_search.schema import Image
 
@@ -36,7 +37,7 @@ def test_content_hash_and_date_taken_are_recorded(library: Library, tmp_path: Pa
     exif = img.getexif()
     exif.get_ifd(0x8769)[0x9003] = "2019:07:04 18:30:05"
     img.save(dated, exif=exif)
-    library.index([root], spec=TINY)
+    library.index([root], TINY)
     rows = _rows(library)
     for name in ("plain.jpg", "dated.jpg"):
         expected = hashlib.sha256((root / name).read_bytes()).hexdigest()
@@ -71,7 +72,7 @@ class _Opened:
 def test_sync_follows_edits_moves_and_deletions(
     library: Library, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     before = _vectors(library)
     opened = _Opened(monkeypatch)
     # rename within the folder, move to a new subfolder, edit one, delete one, add one
@@ -103,11 +104,11 @@ def test_sync_follows_edits_moves_and_deletions(
     assert str(photos / "a" / "img01.jpg") not in after
     assert str(photos / "a" / "img03.png") not in after
     assert len(after) == 12
-    hits = library.similar(photos / "a" / "renamed.jpg", k=1)
+    hits = library.similar(photos / "a" / "renamed.jpg", Query(k=1))
     assert hits[0].path == str(photos / "a" / "renamed.jpg")
     # The index agrees with the store.
-    index_ids = sorted(library._index(library._store.spaces()[0]).ids().tolist())
-    assert index_ids == sorted(library._store.vectors(library._store.spaces()[0].id)[1].tolist())
+    space = library.space()
+    assert sorted(space.index().ids().tolist()) == space.vectors()[1].tolist()
 
 
 def test_move_from_a_root_not_scanned_keeps_the_vector(
@@ -117,7 +118,7 @@ def test_move_from_a_root_not_scanned_keeps_the_vector(
     for i in range(3):
         make_photo(old / f"p{i}.jpg", seed=i)
     make_photo(new / "other.jpg", seed=50)
-    library.index([old, new], spec=TINY)
+    library.index([old, new], TINY)
     (old / "p1.jpg").rename(new / "p1.jpg")
     opened = _Opened(monkeypatch)
     report = library.index([new])
@@ -127,7 +128,7 @@ def test_move_from_a_root_not_scanned_keeps_the_vector(
 
 
 def test_a_copy_is_embedded_not_moved(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     shutil.copy2(photos / "a" / "img01.jpg", photos / "copy.jpg")
     report = library.index([photos])
     assert (report.added, report.moved) == (1, 0)
@@ -137,7 +138,7 @@ def test_a_copy_is_embedded_not_moved(library: Library, photos: Path) -> None:
 def test_dry_run_lists_changes_and_writes_nothing(
     library: Library, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     (photos / "a" / "img01.jpg").rename(photos / "a" / "moved.jpg")
     edited = photos / "b" / "img04.jpg"
     make_photo(edited, seed=404)
@@ -147,7 +148,7 @@ def test_dry_run_lists_changes_and_writes_nothing(
     db = library.path
     snapshot = db.read_bytes(), sorted(p.name for p in (db.parent).iterdir())
     opened = _Opened(monkeypatch)
-    report = library.index([photos], dry_run=True)
+    report = library.plan([photos])
     assert report.dry_run and opened.paths == []
     assert (report.added, report.updated, report.moved, report.removed) == (1, 1, 1, 1)
     assert sorted(report.changes) == sorted(
@@ -166,7 +167,7 @@ def test_dry_run_lists_changes_and_writes_nothing(
 def test_unreadable_folder_holds_its_files(
     library: Library, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     real_walk = os.walk
 
     def walk(top: Any, onerror: Any = None, **kw: Any) -> Any:
@@ -185,39 +186,44 @@ def test_unreadable_folder_holds_its_files(
 
 
 def test_empty_root_looks_unmounted_and_is_kept(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     shutil.rmtree(photos)
     photos.mkdir()  # what an unmounted mount point looks like
     report = library.index([photos])
     assert (report.removed, report.held) == (0, 12)
     assert "--prune-empty" in report.warnings[0]
     assert library.spaces()[0].count == 12
-    pruned = library.index([photos], prune_empty=True)
+    pruned = library.index([photos], options=SyncOptions(prune_empty=True))
     assert pruned.removed == 12 and library.spaces()[0].count == 0
 
 
 def test_retry_failed(library: Library, photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (photos / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    assert library.index([photos], spec=TINY).failed == 1
+    assert library.index([photos], TINY).failed == 1
     opened = _Opened(monkeypatch)
     assert library.index([photos]).failed == 0 and opened.paths == []
-    retried = library.index([photos], retry_failed=True)
+    retried = library.index([photos], options=SyncOptions(retry_failed=True))
     assert retried.failed == 1 and opened.paths == [str(photos / "bad.jpg")]
     assert len(library.failures()) == 1
 
 
-def test_ctrl_c_stops_after_the_batch_and_the_next_run_resumes(
+def test_stop_ends_after_the_batch_and_the_next_run_resumes(
     library: Library, photos: Path
 ) -> None:
     calls: list[int] = []
+    stop = threading.Event()
+    handler = signal.getsignal(signal.SIGINT)
 
     def interrupt(p: Progress) -> None:
         calls.append(p.done)
+        assert signal.getsignal(signal.SIGINT) is handler  # library code leaves SIGINT alone
         if len(calls) == 1:
-            signal.raise_signal(signal.SIGINT)
+            stop.set()
 
-    report = library.index([photos], spec=TINY, batch_size=4, progress=interrupt)
-    # The batch being embedded when Ctrl-C came is finished and saved too, then the run stops.
+    report = library.index(
+        [photos], TINY, options=SyncOptions(batch_size=4), progress=interrupt, stop=stop
+    )
+    # The batch being embedded when stop was set is finished and saved too, then it stops.
     assert report.interrupted and (report.added, report.remaining) == (8, 4)
     assert calls == [4, 8]
     assert library.spaces()[0].count == 8
@@ -290,7 +296,7 @@ def test_progress_bar_on_a_terminal(db: Path, photos: Path) -> None:
 
 
 def test_check_finds_an_index_that_disagrees_with_the_store(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     assert library.check().ok
     with library._store.transaction() as s:  # a vector lost behind the index file's back
         s.execute(text("DELETE FROM vectors WHERE image_id = (SELECT min(image_id) FROM vectors)"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx_search import Library
+from featx_search import Library, Query
 from featx_search.errors import ConfigError, LibraryError
 from featx_search.whiten import Whitening, learn
 from tests.conftest import TINY, make_photo
@@ -64,50 +64,50 @@ def _brute(raw: np.ndarray, w: Whitening | None, query: np.ndarray) -> np.ndarra
 def test_library_whitening_applies_to_index_queries_and_new_images(
     library: Library, photos: Path, tmp_path: Path
 ) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     query = make_photo(tmp_path / "q.png", seed=99)
-    before = library.search(query, k=12)
-    report = library.whiten(8)
+    before = library.search(query, Query(k=12))
+    report = library.space().whiten(8)
     assert (report.dims, report.learned_from) == (8, 12)
-    (info,) = library.spaces()
+    info = library.space().info()
     assert info.whitened == 8 and info.index_current and info.dim == 32
-    _, ids, raw = library._store.vectors(info.id)
+    _, ids, raw = library.space(info.id).vectors()
     w = learn(raw, 8)
     scores = _brute(raw, w, library.embed([query]))
-    after = library.search(query, k=12)
+    after = library.search(query, Query(k=12))
     assert [m.image_id for m in after] == list(ids[np.argsort(-scores, kind="stable")])
     np.testing.assert_allclose([m.score for m in after], np.sort(scores)[::-1], atol=1e-5)
     assert [m.image_id for m in after] != [m.image_id for m in before]
     # similar() whitens the stored vector too: an image is its own best match with score 1.
-    first = library.similar(int(ids[0]), k=1)[0]
+    first = library.similar(int(ids[0]), Query(k=1))[0]
     assert first.image_id == ids[0] and first.score == pytest.approx(1.0, abs=1e-5)
     # Images indexed later are whitened with what was learned, not learned again.
     extra = make_photo(photos / "new.png", seed=42)
     library.index([photos])
-    assert library.spaces()[0].whitened == 8
-    top = library.search(extra, k=1)[0]
+    assert library.spaces()[0].info().whitened == 8
+    top = library.search(extra, Query(k=1))[0]
     assert top.path == str(extra) and top.score == pytest.approx(1.0, abs=1e-5)
-    _, ids, raw = library._store.vectors(info.id)
+    _, ids, raw = library.space(info.id).vectors()
     assert len(ids) == 13  # stored vectors stay raw (32-d), the truth
     assert raw.shape == (13, 32)
     # A fresh library object reads the stored whitening and the published index.
     with Library.open(library.path) as again:
-        assert [m.image_id for m in again.search(query, k=13)] == [
-            m.image_id for m in library.search(query, k=13)
+        assert [m.image_id for m in again.search(query, Query(k=13))] == [
+            m.image_id for m in library.search(query, Query(k=13))
         ]
-    library.whiten(0)
-    assert library.spaces()[0].whitened is None
+    library.space().whiten(0)
+    assert library.spaces()[0].info().whitened is None
     scores = _brute(raw, None, library.embed([query]))
     np.testing.assert_allclose(
-        [m.score for m in library.search(query, k=13)], np.sort(scores)[::-1], atol=1e-5
+        [m.score for m in library.search(query, Query(k=13))], np.sort(scores)[::-1], atol=1e-5
     )
 
 
 def test_whiten_errors_keep_the_library(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
     with pytest.raises(ConfigError, match="needs more than 12 indexed images"):
-        library.whiten(12)
-    assert library.spaces()[0].whitened is None and library.spaces()[0].index_current
+        library.space().whiten(12)
+    assert library.spaces()[0].info().whitened is None and library.spaces()[0].info().index_current
 
 
 def test_cli_index_whiten_and_whiten_command(db: Path, photos: Path) -> None:
