@@ -89,13 +89,15 @@ def learn(vectors: np.ndarray, dims: int) -> Whitening:
     count, dim = vectors.shape
     if not 1 <= dims <= dim:
         raise ConfigError(
-            f"--whiten {dims} is outside 1..{dim} (the space's vector size)",
+            f"dims {dims} is outside 1..{dim} (the space's vector size)",
             hint=f"choose at most {dim} dimensions, e.g. {min(dim, 256)}",
+            param="dims",
         )
     if count <= dims:
         raise ConfigError(
-            f"--whiten {dims} needs more than {dims} indexed images; the space has {count}",
+            f"dims {dims} needs more than {dims} indexed images; the space has {count}",
             hint=f"index more images first, or choose fewer than {count} dimensions",
+            param="dims",
         )
     data = vectors.astype(np.float64)
     mean = data.mean(axis=0)

@@ -49,7 +49,7 @@ def test_whitening_survives_bytes_and_refuses_garbage() -> None:
 
 
 def test_learn_refuses_bad_sizes() -> None:
-    with pytest.raises(ConfigError, match=r"--whiten 17 is outside 1\.\.16"):
+    with pytest.raises(ConfigError, match=r"dims 17 is outside 1\.\.16"):
         learn(_vectors(2), 17)
     with pytest.raises(ConfigError, match="needs more than 12 indexed images; the space has 10"):
         learn(_vectors(2, n=10), 12)
@@ -121,4 +121,4 @@ def test_cli_index_whiten_and_whiten_command(db: Path, photos: Path) -> None:
     out = run("--db", db, "whiten", "0").stdout
     assert out.startswith("whitening removed from space")
     result = run("--db", db, "whiten", "40", ok=False)
-    assert result.exit_code == 1 and "--whiten 40 is outside 1..32" in result.output
+    assert result.exit_code == 1 and "DIMS 40 is outside 1..32" in result.output
