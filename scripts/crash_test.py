@@ -50,12 +50,11 @@ def _generation(db: Path) -> int:
 def _snapshot(db: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     """(path -> state, path -> vector) of the library's only space (empty before it exists)."""
     with Library.open(db, create=False) as lib:
-        store = lib._store
-        spaces = store.spaces()
+        spaces = lib.spaces()
         if not spaces:  # killed before the space was stored
             return {}, {}
-        _, ids, matrix = store.vectors(spaces[0].id)
-        paths = store.paths(ids.tolist())
+        _, ids, matrix = spaces[0].vectors()
+        paths = {facts.id: facts.path for facts in spaces[0].image_facts(ids.tolist())}
         vectors = {paths[int(i)]: row for i, row in zip(ids, matrix, strict=True)}
         states = {p: "indexed" for p in vectors} | {p: "failed" for p, _ in lib.failures()}
         return states, vectors
