@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=TARGET, help="default: docs/cli.md")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))  # document this checkout's commands
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # document this checkout's commands
     page = render()
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
