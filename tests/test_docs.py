@@ -191,3 +191,21 @@ MEASUREMENT = re.compile(
 def test_measurements_only_in_benchmarks(page: Path) -> None:
     found = MEASUREMENT.findall(page.read_text(encoding="utf-8"))
     assert not found, f"{page.name} quotes measurements {found}; they belong in benchmarks.md"
+
+
+# -- docs/ARCHITECTURE.md ----------------------------------------------------------------------
+
+
+def test_architecture_code_map_matches_the_package() -> None:
+    text = (DOCS / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    package = ROOT / "featx_search"
+    modules = {
+        f"featx_search/{p.name}" + ("/" if p.is_dir() else "")
+        for p in package.iterdir()
+        if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
+    }
+    named = set(re.findall(r"`(featx_search/[\w/.]+)`", text))
+    unmapped = sorted(m for m in modules if m not in named)
+    assert not unmapped, f"docs/ARCHITECTURE.md has no code-map row for: {unmapped}"
+    gone = sorted(n for n in named if not (ROOT / n).exists())
+    assert not gone, f"docs/ARCHITECTURE.md names paths that do not exist: {gone}"
