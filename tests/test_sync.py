@@ -207,9 +207,7 @@ def test_retry_failed(library: Library, photos: Path, monkeypatch: pytest.Monkey
     assert len(library.failures()) == 1
 
 
-def test_stop_ends_after_the_batch_and_the_next_run_resumes(
-    library: Library, photos: Path
-) -> None:
+def test_stop_ends_after_the_batch_and_the_next_run_resumes(library: Library, photos: Path) -> None:
     calls: list[int] = []
     stop = threading.Event()
     handler = signal.getsignal(signal.SIGINT)
