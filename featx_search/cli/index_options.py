@@ -127,7 +127,7 @@ device_option = click.option(
     show_default=True,
     help="Where the model runs; auto picks CUDA, else MPS, else the CPU.",
 )
-_LATE_COMPUTE_OPTIONS = [
+_GRAPH_OPTIONS = [
     click.option(
         "--channels-last/--no-channels-last",
         default=None,
@@ -153,9 +153,10 @@ _LATE_COMPUTE_OPTIONS = [
 ]
 
 
-def late_compute_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--channels-last``, ``--freeze`` and ``--runtime`` (read by :data:`builds_sync_options`)."""
-    return apply(func, _LATE_COMPUTE_OPTIONS)
+def graph_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How the model graph runs: ``--channels-last``, ``--freeze`` and ``--runtime`` (read by
+    :data:`builds_sync_options`)."""
+    return apply(func, _GRAPH_OPTIONS)
 
 
 batch_size_option = click.option(

@@ -35,7 +35,7 @@ from .progress import progress_bar
 @flags.threads_option
 @flags.device_option
 @flags.precision_option
-@flags.late_compute_options
+@flags.graph_options
 @click.option(
     "--dry-run", "-n", is_flag=True, help="List what would be added, updated, moved and removed."
 )
