@@ -226,3 +226,50 @@ def test_similar_needs_neither_torch_nor_sqlalchemy(indexed: Path, photos: Path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Neither the model stack nor the ORM: `similar` must answer in well under a second.
     assert out.stdout.split() == [str(target), "3", "False", "False"]
+
+
+def test_option_groups_build_the_typed_values() -> None:
+    import click
+
+    from featx_search.cli import index_options, options
+    from featx_search.cli.output import ListingOutput
+    from featx_search.config import ExtractorSpec
+    from featx_search.options import Query, SyncOptions
+
+    seen: dict[str, object] = {}
+
+    @click.command()
+    @index_options.builds_sync_options
+    @index_options.spec_options
+    @options.query_options("where")
+    @index_options.batch_size_option
+    @index_options.micro_batch_option
+    @index_options.workers_option
+    @index_options.threads_option
+    @index_options.device_option
+    @index_options.precision_option
+    @index_options.graph_options
+    @index_options.retry_failed_option
+    @index_options.prune_empty_option
+    @options.output_options
+    def probe(**values: object) -> None:
+        seen.update(values)
+
+    args = ["-k", "3", "--glob", "*.jpg", "--after", "2020-05", "--nprobe", "7", "--space", "12"]
+    args += ["--layer", "3", "--precision", "bf16", "--batch-size", "5", "--threads", "2"]
+    args += ["--no-channels-last", "--retry-failed", "--csv", "--html", "r.html"]
+    result = CliRunner().invoke(probe, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert set(seen) == {"query", "space", "spec", "options", "out"}
+    query, spec, sync = seen["query"], seen["spec"], seen["options"]
+    assert isinstance(query, Query) and isinstance(sync, SyncOptions)
+    assert (query.k, query.filters.glob, query.params.nprobe) == (3, "*.jpg", 7)
+    assert query.filters.after is not None and query.filters.after.month == 5
+    assert seen["space"] == 12  # digits select a space by id
+    assert isinstance(spec, ExtractorSpec) and (spec.layers, spec.precision) == (("3",), "bf16")
+    assert (sync.batch_size, sync.retry_failed, sync.compute.threads) == (5, True, 2)
+    assert sync.compute.channels_last is False
+    out = seen["out"]
+    assert isinstance(out, ListingOutput) and (out.fmt, out.html_file) == ("csv", Path("r.html"))
+    # Without any model flag the library's space is kept.
+    assert CliRunner().invoke(probe, []).exit_code == 0 and seen["spec"] is None

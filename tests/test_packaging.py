@@ -99,6 +99,11 @@ def test_wheel_installs_and_creates_a_library_at_head(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
     assert all(n.split("/")[0].startswith("featx_search") for n in names), names
+    # Every subpackage is listed in pyproject.toml (the console script lives in one).
+    packages = {
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "featx_search").rglob("__init__.py")
+    }
+    assert packages <= set(names), sorted(packages - set(names))
     shipped = {Path(n).name for n in names if n.startswith("featx_search/migrations/versions/")}
     in_repo = {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
     assert in_repo <= shipped

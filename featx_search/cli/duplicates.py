@@ -1,0 +1,49 @@
+"""The `dups` command: groups of duplicate images with a suggested keeper."""
+
+from __future__ import annotations
+
+import click
+
+from ..dups import DEFAULT_DUP_THRESHOLD
+from ..library import SpaceSelector
+from . import output
+from .options import db_option, open_library, output_options, space_option
+from .output import ListingOutput
+from .progress import progress_bar
+
+
+@click.command()
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1.0, 1.0),
+    default=DEFAULT_DUP_THRESHOLD,
+    show_default=True,
+    help="Cosine score from which two images count as near-duplicates.",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Only byte-identical files (same SHA-256); needs no space and no index.",
+)
+@space_option("Space to compare in (fingerprint prefix, id or label).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@output_options
+@db_option
+@click.pass_context
+def dups(
+    ctx: click.Context,
+    threshold: float,
+    exact: bool,
+    space: SpaceSelector | None,
+    quiet: bool,
+    out: ListingOutput,
+) -> None:
+    """List groups of duplicate images, largest group first, the suggested keeper first.
+
+    The keeper is the image with the most pixels, then the oldest (date taken, else file
+    time). Near-duplicates are found by a range search over the space's vectors (no model is
+    loaded); identical files always group. `same` marks files identical to the keeper.
+    """
+    with open_library(ctx) as lib, progress_bar("comparing", show=not quiet) as bar:
+        groups = lib.duplicates(threshold, exact=exact, space=space, progress=bar)
+    output.duplicates("featx-search dups", groups, out)

@@ -1,0 +1,231 @@
+"""The flags of `index` that say which space and how to run: they arrive as an
+:class:`ExtractorSpec` and a :class:`SyncOptions` with its :class:`Compute`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from ..compute import (
+    CPU_MICRO_BATCH,
+    DEVICES,
+    FREEZE_MIN_IMAGES,
+    FREEZES,
+    OPENVINO_MIN_IMAGES,
+    RUNTIMES,
+    Compute,
+)
+from ..config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    DEFAULT_WEIGHTS,
+    METHODS,
+    POOLS,
+    PRECISIONS,
+    ExtractorSpec,
+)
+from ..options import SyncOptions
+from .options import apply, builds
+
+method_option = click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    help="How layers are read: fx (the graph stops at the layer), hook (forward hooks; "
+    "the whole network runs), auto (fx, or hook when the model cannot be traced)  "
+    "[default: auto]",
+)
+
+_SPEC_OPTIONS = [
+    click.option(
+        "--model",
+        "-m",
+        help=f"torchvision model name, {DEFAULT_MODEL}, or "
+        f"package.module:factory  [default: {DEFAULT_MODEL}, or the library's space]",
+    ),
+    click.option(
+        "--weights",
+        "-w",
+        help="Weights name (DEFAULT, IMAGENET1K_V2, ...), 'none' for "
+        "seeded random init, or a state-dict file  [default: DEFAULT]",
+    ),
+    click.option(
+        "--layer",
+        "-l",
+        "layers",
+        multiple=True,
+        help="FX node to read (repeatable)  [default: the node feeding the classifier]",
+    ),
+    click.option(
+        "--pool",
+        type=click.Choice(POOLS),
+        help="Pooling of feature maps  "
+        "[default: the model's, gem for efficientnet_lite0, else avg]",
+    ),
+    method_option,
+]
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Number format of the model; part of the space, so another one makes a new space  "
+    f"[default: {DEFAULT_PRECISION}, or the library's space]",
+)
+
+
+def _spec(
+    *,
+    model: str | None,
+    weights: str | None,
+    layers: Sequence[str],
+    pool: str | None,
+    precision: str | None,
+    method: str | None,
+) -> ExtractorSpec | None:
+    if (
+        model is None
+        and weights is None
+        and not layers
+        and pool is None
+        and precision is None
+        and method is None
+    ):
+        return None  # keep the library's space
+    return ExtractorSpec(
+        model=model or DEFAULT_MODEL,
+        weights=weights or DEFAULT_WEIGHTS,
+        layers=tuple(layers),
+        pool=pool,
+        precision=precision or DEFAULT_PRECISION,
+        method=method or "auto",
+    )
+
+
+def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model``, ``--weights``, ``--layer``, ``--pool`` and ``--method``; with
+    :data:`precision_option` somewhere on the command they arrive as ``spec``, an
+    :class:`ExtractorSpec`, or None when none is given (the library's space)."""
+    keys = ["model", "weights", "layers", "pool", "precision", "method"]
+    return apply(builds("spec", _spec, keys)(func), _SPEC_OPTIONS)
+
+
+micro_batch_option = click.option(
+    "--micro-batch",
+    type=click.IntRange(min=1),
+    help="Images per model call  [default: "
+    f"{CPU_MICRO_BATCH} on the CPU, which measured fastest; the whole batch on a GPU]",
+)
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads the model uses (torch intra-op)  [default: cores]",
+)
+device_option = click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where the model runs; auto picks CUDA, else MPS, else the CPU.",
+)
+_GRAPH_OPTIONS = [
+    click.option(
+        "--channels-last/--no-channels-last",
+        default=None,
+        help="NHWC memory layout for convolutions  [default: on for cpu and cuda]",
+    ),
+    click.option(
+        "--freeze",
+        type=click.Choice(FREEZES),
+        default="auto",
+        show_default=True,
+        help="Compile the model graph for inference (TorchScript + oneDNN); auto does so on the "
+        f"CPU for runs of {FREEZE_MIN_IMAGES}+ images, keeping it only when it measures faster.",
+    ),
+    click.option(
+        "--runtime",
+        type=click.Choice(RUNTIMES),
+        default="auto",
+        show_default=True,
+        help="What runs the model graph: torch, or OpenVINO (CPU, fp32; the openvino package). "
+        f"auto uses OpenVINO for CPU runs of {OPENVINO_MIN_IMAGES}+ images when installed, "
+        "if it gives torch's vectors and measures faster.",
+    ),
+]
+
+
+def graph_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How the model graph runs: ``--channels-last``, ``--freeze`` and ``--runtime`` (read by
+    :data:`builds_sync_options`)."""
+    return apply(func, _GRAPH_OPTIONS)
+
+
+batch_size_option = click.option(
+    "--batch-size",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per committed transaction (and per step of the progress bar).",
+)
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]"
+)
+retry_failed_option = click.option(
+    "--retry-failed", is_flag=True, help="Try files that failed before again."
+)
+prune_empty_option = click.option(
+    "--prune-empty",
+    is_flag=True,
+    help="Remove the stored files of a folder that is now empty (kept by default: an "
+    "unmounted drive looks empty).",
+)
+
+
+def _sync_options(
+    *,
+    batch_size: int,
+    workers: int | None,
+    retry_failed: bool,
+    prune_empty: bool,
+    device: str,
+    threads: int | None,
+    channels_last: bool | None,
+    micro_batch: int | None,
+    freeze: str,
+    runtime: str,
+) -> SyncOptions:
+    compute = Compute(
+        device=device,
+        threads=threads,
+        channels_last=channels_last,
+        micro_batch=micro_batch,
+        freeze=freeze,
+        runtime=runtime,
+    )
+    return SyncOptions(
+        batch_size=batch_size,
+        workers=workers,
+        retry_failed=retry_failed,
+        prune_empty=prune_empty,
+        compute=compute,
+    )
+
+
+builds_sync_options = builds(
+    "options",
+    _sync_options,
+    [
+        "batch_size",
+        "workers",
+        "retry_failed",
+        "prune_empty",
+        "device",
+        "threads",
+        "channels_last",
+        "micro_batch",
+        "freeze",
+        "runtime",
+    ],
+)
+"""Makes the values of the batch, worker, retry, prune and compute options (placed on the
+command one by one, in the order its help lists them) arrive as ``options``, a
+:class:`SyncOptions` with its :class:`Compute`."""
