@@ -7,7 +7,15 @@ import click
 from ..indexspec import SearchParams
 from ..library import SpaceSelector, schema_status, upgrade_schema
 from . import output
-from .options import db_option, db_path, json_option, open_library, search_options, space_option
+from .options import (
+    db_option,
+    db_path,
+    json_option,
+    open_library,
+    refuse_ambiguous,
+    search_options,
+    space_option,
+)
 
 
 @click.command()
@@ -41,6 +49,7 @@ def info(
     """Show the library: spaces, image counts and index state."""
     with open_library(ctx) as lib:
         if recall:
+            refuse_ambiguous(lib, space)
             output.recall_report(
                 lib.space(space).recall(sample=sample, params=params), as_json=as_json
             )

@@ -7,7 +7,7 @@ import click
 from ..dups import DEFAULT_DUP_THRESHOLD
 from ..library import SpaceSelector
 from . import output
-from .options import db_option, open_library, output_options, space_option
+from .options import db_option, open_library, output_options, refuse_ambiguous, space_option
 from .output import ListingOutput
 from .progress import progress_bar
 
@@ -45,5 +45,7 @@ def dups(
     loaded); identical files always group. `same` marks files identical to the keeper.
     """
     with open_library(ctx) as lib, progress_bar("comparing", show=not quiet) as bar:
+        if not exact:
+            refuse_ambiguous(lib, space)
         groups = lib.duplicates(threshold, exact=exact, space=space, progress=bar)
     output.duplicates("featx-search dups", groups, out)

@@ -7,12 +7,20 @@ from pathlib import Path
 import click
 
 from ..config import ExtractorSpec
+from ..errors import ConfigError
 from ..indexspec import SearchParams
 from ..library import SpaceSelector
 from ..options import SyncOptions
 from . import index_options as flags
 from . import output
-from .options import db_option, index_options, json_option, open_library, space_option
+from .options import (
+    db_option,
+    index_options,
+    json_option,
+    open_library,
+    refuse_ambiguous,
+    space_option,
+)
 from .process import stop_on_interrupt
 from .progress import progress_bar
 
@@ -73,6 +81,8 @@ def index(
     """
     whitened = None
     with open_library(ctx, create=not dry_run) as lib:
+        if spec is None:
+            refuse_ambiguous(lib, space)
         if dry_run:
             report = lib.plan(paths, spec, space=space, options=options)
         else:
@@ -88,7 +98,10 @@ def index(
             ):
                 report = target.sync(paths, options, progress=bar, stop=stop)
             if whiten_dims is not None and not report.interrupted:
-                whitened = target.whiten(whiten_dims)
+                try:
+                    whitened = target.whiten(whiten_dims)
+                except ConfigError as err:
+                    raise err.renamed("--whiten") from None
     output.index_report(report, whitened, as_json=as_json, quiet=quiet, verbose=verbose)
     if report.interrupted:
         output.interrupted(report)
@@ -109,6 +122,7 @@ def whiten(ctx: click.Context, dims: int, space: SpaceSelector | None, as_json: 
     new images.
     """
     with open_library(ctx) as lib:
+        refuse_ambiguous(lib, space)
         report = lib.space(space).whiten(dims)
     output.whiten_report(report, as_json=as_json)
 
@@ -146,6 +160,7 @@ def reindex(
     if nprobe is not None or ef_search is not None:
         params = SearchParams(nprobe=nprobe, ef_search=ef_search)
     with open_library(ctx) as lib:
+        refuse_ambiguous(lib, space)
         target = lib.space(space)
         built = target.configure_index(index_spec, max_memory=max_memory, params=params)
         built = built or target.rebuild()

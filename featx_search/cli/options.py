@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..errors import SpaceError
 from ..indexspec import SearchParams
 from ..library import Library, SpaceSelector, default_db_path
 from ..options import Query
@@ -82,6 +83,20 @@ def db_path(ctx: click.Context) -> Path:
 
 def open_library(ctx: click.Context, *, create: bool = False) -> Library:
     return Library.open(db_path(ctx), create=create)
+
+
+def refuse_ambiguous(lib: Library, space: SpaceSelector | None) -> None:
+    """The command line never guesses a space: with no --space, a library of several spaces
+    is an error listing them (Python's ``Library.space()`` takes the newest)."""
+    if space is not None:
+        return
+    spaces = lib.spaces()
+    if len(spaces) > 1:
+        raise SpaceError(
+            f"library {lib.path} has {len(spaces)} spaces; choose one with --space",
+            hint="spaces: "
+            + "; ".join(f"{s.id}: {s.fingerprint} ({s.label}, {s.count} images)" for s in spaces),
+        )
 
 
 def selector(space: str | None) -> SpaceSelector | None:

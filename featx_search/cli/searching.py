@@ -11,7 +11,7 @@ from ..library import SpaceSelector
 from ..options import Query
 from ..space import StoredImage
 from . import output
-from .options import db_option, open_library, output_options, query_options
+from .options import db_option, open_library, output_options, query_options, refuse_ambiguous
 from .output import ListingOutput
 
 
@@ -36,6 +36,7 @@ def search(
     results come back whenever that many images pass them.
     """
     with open_library(ctx) as lib:
+        refuse_ambiguous(lib, space)
         results = lib.search(list(images), query, space=space)
     names = [str(image) for image in images]
     files = [[name] for name in names]
@@ -64,6 +65,7 @@ def similar(
         int(image) if image.isdigit() and not Path(image).exists() else image for image in images
     ]
     with open_library(ctx) as lib:
+        refuse_ambiguous(lib, space)
         results = lib.similar(targets, query, space=space)
         files = [[lib.image_path(t)] for t in targets]
     output.matches("featx-search similar", images, files, results, out, combined=query.combine)
