@@ -55,13 +55,13 @@ _SPEC_OPTIONS = [
         "-l",
         "layers",
         multiple=True,
-        help="FX node to read (repeatable)  [default: the node feeding the classifier]",
+        help="FX node to read (repeatable)  [default: the model's own (efficientnet_lite0: "
+        "_blocks.12 and _swish_1), else the node feeding the classifier]",
     ),
     click.option(
         "--pool",
         type=click.Choice(POOLS),
-        help="Pooling of feature maps  "
-        "[default: the model's, gem for efficientnet_lite0, else avg]",
+        help="Pooling of feature maps  [default: avg]",
     ),
     method_option,
 ]
