@@ -53,8 +53,10 @@ class StoreHandle:
         return self._store.path
 
     def writer(self) -> Store:
+        """The store, for writing; raises :class:`ReadOnlyError` on a read-only library."""
         from .store import Store
 
+        self._store.require_writable()
         with self._lock:
             if not isinstance(self._store, Store):
                 reader = self._store

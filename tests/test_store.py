@@ -11,9 +11,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from featx_search import LibraryError, LibraryVersionError, schema_status
-from featx_search.schema import Base
-from featx_search.store import Store, _alembic_config
+from featx_search import LibraryError, LibraryVersionError, Query, schema_status
+from featx_search.schema import HEAD_REVISION, metadata
+from featx_search.store import Store, _alembic_config, alembic_head
 
 
 def test_new_library_is_migrated_to_head(db: Path) -> None:
@@ -34,9 +34,9 @@ def test_migrations_agree_with_models(db: Path) -> None:
     store = Store.open(db)
     try:
         with store.engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
-        cfg = _alembic_config(str(store.engine.url))
+        cfg = _alembic_config(store.engine.url)
         command.check(cfg)  # raises when autogenerate would write a new revision
     finally:
         store.close()
@@ -106,21 +106,20 @@ def test_vectors_are_float32_blobs(library, photos: Path, db: Path) -> None:  # 
         assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
     some = next(p for p in photos.rglob("*.jpg"))
     stored = dict(rows)
-    match = library.search(some, k=1)[0]
+    match = library.search(some, Query(k=1))[0]
     np.testing.assert_allclose(
         np.frombuffer(stored[match.image_id], "<f4"), library.embed([some])[0], atol=1e-6
     )
 
 
 def test_head_revision_constant_matches_the_migrations() -> None:
-    from featx_search.store import HEAD_REVISION
-
-    assert Store.head_revision() == HEAD_REVISION, "update store.HEAD_REVISION"
+    assert alembic_head() == HEAD_REVISION, f"set schema.HEAD_REVISION to {alembic_head()!r}"
+    assert Store.head_revision() == HEAD_REVISION
 
 
 def test_reader_reads_back_what_the_store_wrote(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Writes go through SQLAlchemy, reads through plain sqlite3: paths that are not UTF-8,
-    dates, blobs and long id lists (read in chunks) must survive the crossing."""
+    """A Reader (its own read-only-capable engine) reads back what a Store wrote: paths that
+    are not UTF-8, dates, blobs and long id lists (read in chunks) survive the crossing."""
     from datetime import datetime
 
     from featx_search import reader
@@ -203,7 +202,7 @@ def test_library_at_an_older_revision_is_migrated_on_open(db: Path) -> None:
 
     Store.open(db).close()
     command.downgrade(_alembic_config(f"sqlite:///{db}"), "-1")
-    assert Reader.open(db) is None  # the plain-sqlite3 path only serves the newest schema
+    assert Reader.open(db) is None  # the Alembic-free path only serves the newest schema
     with Library.open(db) as lib:
         assert lib.info().revision == Store.head_revision()
     assert Reader.open(db) is not None
