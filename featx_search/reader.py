@@ -202,15 +202,18 @@ def writable(db: Path) -> bool:
 def database_url(db: Path, *, read_only: bool = False) -> URL:
     """The SQLAlchemy URL of the SQLite file ``db`` (any characters a file system allows).
 
-    Read-only opens use SQLite's ``mode=ro``; when the folder cannot be written either (so
-    SQLite cannot create the WAL's shared-memory file beside the database) and no WAL files
-    are there already, ``immutable=1``: nothing can change the file meanwhile anyway.
+    A read-only open of a library this process could write uses SQLite's ``mode=ro``. On
+    storage it cannot write, ``mode=ro`` would need to create the WAL's ``-shm`` and ``-wal``
+    files, and where it can it leaves them behind with the database's read-only permission,
+    which then blocks writers; so there the file is opened ``immutable=1`` (nothing is
+    created or locked) unless both files exist already.
     """
     if not read_only:
         return URL.create("sqlite", database=str(db))
-    query = {"uri": "true", "mode": "ro"}
-    wal = [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm")]
-    if not _may_write(db.parent) and not all(p.exists() for p in wal):
+    wal_files = all(db.with_name(db.name + suffix).exists() for suffix in ("-wal", "-shm"))
+    if writable(db) or wal_files:
+        query = {"uri": "true", "mode": "ro"}
+    else:
         query = {"uri": "true", "immutable": "1"}
     return URL.create("sqlite", database=db.as_uri(), query=query)
 
@@ -285,8 +288,8 @@ class Reader:
 
         check_known_revision(db, current)  # a newer featx-search's library: say so
         raise ReadOnlyError(
-            f"library {db} is at schema revision {current}; this featx-search needs "
-            f"{HEAD_REVISION}, and migrating writes to it, but it is read-only here",
+            f"library {db} is at schema revision {current} and needs migrating to "
+            f"{HEAD_REVISION}, which writes to it, but it is read-only here",
             hint="open it once where it can be written, or use the featx-search that wrote it",
         )
 
