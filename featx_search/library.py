@@ -20,12 +20,13 @@ from .errors import ImageError, LayerError, SpaceError
 from .images import ImageInput
 from .options import ProgressCallback, Query, SyncOptions
 from .query import Match, check_threshold
-from .reader import Reader, SpaceRecord
+from .records import SpaceRecord
 from .reports import CheckReport, IndexReport, LibraryInfo, SpaceInfo
 from .space import Space, StoredImage, StoreHandle
 
 if TYPE_CHECKING:
     from .extract import Layer
+    from .reader import Reader
 
 ENV_DB = "FEATX_DB"
 
@@ -79,6 +80,8 @@ class Library:
         queries work, and anything that would write raises :class:`ReadOnlyError`.
         Raises :class:`LibraryError`."""
         path = Path(db if db is not None else default_db_path()).expanduser()
+        from .reader import Reader
+
         reader = Reader.open(path, read_only=read_only)  # at the newest schema: no Alembic
         if reader is not None:
             return cls(reader)

@@ -2,7 +2,7 @@
 ``dups``, ``info``) or a sync plan makes, written once in SQLAlchemy Core against the tables
 of :mod:`featx_search.schema`. :class:`~featx_search.store.Store` (writes, migrations)
 extends :class:`Reader`, so each read exists once whichever class runs it. The records both
-sides pass around are defined here too. Nothing here imports SQLAlchemy's ORM or Alembic: a
+sides pass around are in :mod:`.records`. Nothing here imports SQLAlchemy's ORM or Alembic: a
 library at the newest schema revision is read without them.
 
 A library this process cannot write (a read-only folder or mount, a file without write
@@ -19,8 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -42,121 +41,42 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .config import SpaceSpec
 from .errors import LibraryError, ReadOnlyError, SpaceError
+from .records import (
+    FAILED,
+    INDEXED,
+    VECTOR_DTYPE,
+    FileResult,
+    ImageFacts,
+    IndexSettings,
+    KnownFile,
+    Manifest,
+    Move,
+    SpaceRecord,
+    StoredCopy,
+)
 from .schema import HEAD_REVISION, images, index_manifest, roots, spaces, vectors
 
-__all__ = ["HEAD_REVISION"]  # re-exported: the one constant lives in .schema
+# Re-exported: the records live in .records, the one revision constant in .schema.
+__all__ = [
+    "FAILED",
+    "HEAD_REVISION",
+    "INDEXED",
+    "VECTOR_DTYPE",
+    "FileResult",
+    "ImageFacts",
+    "IndexSettings",
+    "KnownFile",
+    "Manifest",
+    "Move",
+    "Reader",
+    "SpaceRecord",
+    "StoredCopy",
+]
 
-INDEXED = "indexed"
-FAILED = "failed"
-VECTOR_DTYPE = np.dtype("<f4")
 # Ids per "IN (...)" clause (SQLite allows 32766 variables per statement).
 _CHUNK = 10_000
 # Alembic's own table: not part of our schema, read only to learn the revision.
 _alembic_version = _table("alembic_version", _column("version_num"))
-
-
-@dataclass(frozen=True)
-class SpaceRecord:
-    """A space as stored: its id, spec, number of vectors and generation."""
-
-    id: int
-    spec: SpaceSpec
-    count: int
-    generation: int
-
-    @property
-    def fingerprint(self) -> str:
-        return self.spec.fingerprint
-
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-
-@dataclass(frozen=True)
-class KnownFile:
-    """What the store knows about one file under a root."""
-
-    id: int
-    size: int
-    mtime_ns: int
-    status: str
-    has_vector: bool
-    content_hash: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredCopy:
-    """A stored image with a given content hash: where it was, and its state in a space."""
-
-    id: int
-    path: Path
-    root: Path
-    status: str
-    has_vector: bool
-
-
-@dataclass(frozen=True)
-class Move:
-    """A stored image found at a new place: same row and vectors, new path, size and time."""
-
-    image_id: int
-    root_id: int
-    relpath: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """The outcome of processing one file, written by :meth:`Store.write_batch`."""
-
-    root_id: int
-    relpath: str
-    size: int
-    mtime_ns: int
-    vector: np.ndarray | None = None
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-    content_hash: str | None = None
-    taken_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    """What queries filter on and duplicate finding ranks by, for one stored image."""
-
-    id: int
-    path: str
-    width: int | None
-    height: int | None
-    size: int
-    mtime_ns: int
-    taken_at: datetime | None
-    content_hash: str | None
-
-
-@dataclass(frozen=True)
-class Manifest:
-    generation: int
-    count: int
-    checksum: str
-    filename: str
-    kind: str
-    # removed vectors still inside the file (HNSW) and the file's tuned search params (JSON)
-    tombstones: int = 0
-    params_json: str | None = None
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """How a space's index is chosen: its spec (None: ``auto``), the memory budget of
-    ``auto`` in bytes (None: none), and search params the user fixed for the space."""
-
-    spec: str | None = None
-    max_memory: int | None = None
-    params: dict[str, int] = field(default_factory=dict)
 
 
 def _inside(path: str, folder: str) -> bool:
