@@ -21,10 +21,11 @@ from sqlalchemy import URL, Connection, CursorResult, bindparam, delete, insert,
 from sqlalchemy.exc import DBAPIError
 
 from .config import SpaceSpec
+from .connect import database_url, library_path, make_engine, writable
 from .errors import LibraryError, LibraryVersionError, ReadOnlyError, SpaceError
-from .reader import (
+from .reader import Reader, _inside
+from .records import (
     FAILED,
-    HEAD_REVISION,
     INDEXED,
     VECTOR_DTYPE,
     FileResult,
@@ -33,19 +34,12 @@ from .reader import (
     KnownFile,
     Manifest,
     Move,
-    Reader,
     SpaceRecord,
     StoredCopy,
-    _inside,
-    database_url,
-    library_path,
-    make_engine,
-    writable,
 )
-from .schema import images, index_manifest, roots, spaces, utcnow, vectors
+from .schema import HEAD_REVISION, images, index_manifest, roots, spaces, utcnow, vectors
 
-# Records and constants live in .reader (importing them loads no Alembic); they are
-# re-exported here for code that writes.
+# Records and constants live in .records; they are re-exported here for code that writes.
 __all__ = [
     "FAILED",
     "HEAD_REVISION",

@@ -222,7 +222,7 @@ def _first_photo(photos: Path) -> Path:
 
 @pytest.mark.parametrize("folder", ODD_FOLDERS)
 def test_any_path_works_as_a_library_path(tmp_path: Path, photos: Path, folder: str) -> None:
-    from featx_search.reader import database_url
+    from featx_search.connect import database_url
     from tests.conftest import TINY
 
     db = tmp_path / folder / f"{folder}.db"
@@ -365,10 +365,10 @@ def test_read_only_storage_answers_queries(
 ) -> None:
     """Storage this process may not write (as root, chmod cannot show it: the check that
     decides is made to say "not writable", as it does on a read-only mount)."""
-    from featx_search import reader
+    from featx_search import connect
 
     before = _snapshot(whitened)
-    monkeypatch.setattr(reader, "_may_write", lambda path: False)
+    monkeypatch.setattr(connect, "_may_write", lambda path: False)
     with Library.open(whitened) as lib:
         assert lib._store.read_only
         # Neither -wal nor -shm can be made beside the file: SQLite reads it as immutable.
@@ -418,12 +418,12 @@ def test_read_only_folder_and_file_for_real(whitened: Path, photos: Path) -> Non
 def test_read_only_library_that_needs_migrating_says_so(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from featx_search import reader
+    from featx_search import connect
     from featx_search.errors import ReadOnlyError
 
     Store.open(db).close()
     command.downgrade(_alembic_config(f"sqlite:///{db}"), "-1")
-    monkeypatch.setattr(reader, "_may_write", lambda path: False)
+    monkeypatch.setattr(connect, "_may_write", lambda path: False)
     with pytest.raises(ReadOnlyError, match="needs migrating") as err:
         Library.open(db)
     assert str(db) in str(err.value)
