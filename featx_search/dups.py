@@ -13,9 +13,10 @@ import numpy as np
 
 from .options import Progress, ProgressCallback
 from .query import image_date
-from .reader import ImageFacts, Reader
+from .records import ImageFacts
 
 if TYPE_CHECKING:
+    from .reader import Reader
     from .space import Space
 
 log = logging.getLogger(__name__)

@@ -63,3 +63,8 @@ class LibraryVersionError(LibraryError):
 
 class SpaceError(LibraryError):
     """An embedding space is unknown, ambiguous, or not usable here."""
+
+
+class ReadOnlyError(LibraryError):
+    """The library cannot be written here (read-only storage, no write permission, or opened
+    with ``read_only``); it still answers queries."""

@@ -765,7 +765,7 @@ def publish_index(
         index, generation = build_from_store(store, record, want)
     path = index_path(store, record, generation)
     checksum = index.save(path)
-    from .reader import Manifest
+    from .records import Manifest
 
     store.set_manifest(
         record.id,

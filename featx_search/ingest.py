@@ -23,7 +23,7 @@ from .images import decode_file, preprocess
 from .index import open_index
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job, make_plan, start_report
-from .reader import FileResult, SpaceRecord
+from .records import FileResult, SpaceRecord
 from .reports import IndexReport
 from .whiten import stored
 

@@ -20,12 +20,13 @@ from .errors import ImageError, LayerError, SpaceError
 from .images import ImageInput
 from .options import ProgressCallback, Query, SyncOptions
 from .query import Match, check_threshold
-from .reader import Reader, SpaceRecord
+from .records import SpaceRecord
 from .reports import CheckReport, IndexReport, LibraryInfo, SpaceInfo
 from .space import Space, StoredImage, StoreHandle
 
 if TYPE_CHECKING:
     from .extract import Layer
+    from .reader import Reader
 
 ENV_DB = "FEATX_DB"
 
@@ -64,12 +65,24 @@ class Library:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Library:
+    def open(
+        cls,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+    ) -> Library:
         """Open the library at ``db`` (default: :func:`default_db_path`) and migrate it to the
         current schema. A missing library is created, or with ``create=False`` refused.
+
+        A library on storage this process may not write (a read-only folder or mount, a file
+        without write permission), or any library with ``read_only``, is opened read-only:
+        queries work, and anything that would write raises :class:`ReadOnlyError`.
         Raises :class:`LibraryError`."""
         path = Path(db if db is not None else default_db_path()).expanduser()
-        reader = Reader.open(path)  # at the newest schema: no SQLAlchemy until a write
+        from .reader import Reader
+
+        reader = Reader.open(path, read_only=read_only)  # at the newest schema: no Alembic
         if reader is not None:
             return cls(reader)
         from .store import Store
@@ -151,8 +164,8 @@ class Library:
         ``max_memory`` set the space's index (for an existing space, when given)."""
         from .extract import load_extractor
 
+        store = self._stores.writer()  # a read-only library refuses before a model loads
         extractor = load_extractor(spec or ExtractorSpec(), compute)
-        store = self._stores.writer()
         known = {r.fingerprint for r in store.spaces()}
         space = self._handle(store.ensure_space(extractor.space))
         space.adopt(extractor, compute)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .images import hash_file
-from .reader import FAILED, Move
+from .records import FAILED, Move
 from .reports import IndexReport
 from .scan import FileInfo, scan, stat_or_lstat
 

@@ -9,14 +9,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ConfigError
 from .index import VectorIndex
 from .indexspec import SearchParams
-from .reader import ImageFacts, Reader
+from .records import ImageFacts
+
+if TYPE_CHECKING:
+    from .reader import Reader
 
 
 @dataclass(frozen=True)

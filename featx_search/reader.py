@@ -1,145 +1,80 @@
-"""The library database, read side: plain ``sqlite3``, no SQLAlchemy.
+"""The library database, read side: every read that a query (``search``, ``similar``,
+``dups``, ``info``) or a sync plan makes, written once in SQLAlchemy Core against the tables
+of :mod:`featx_search.schema`. :class:`~featx_search.store.Store` (writes, migrations)
+extends :class:`Reader`, so each read exists once whichever class runs it. The records both
+sides pass around are in :mod:`.records`. Nothing here imports SQLAlchemy's ORM or Alembic: a
+library at the newest schema revision is read without them.
 
-Queries that need no new embedding (``similar``, ``dups``, ``info``) should answer in well
-under a second, and importing SQLAlchemy's ORM alone costs about half of that. So every read
-a query makes lives here, written against the tables of :mod:`featx_search.schema`, and
-:class:`~featx_search.store.Store` (writes, migrations) extends :class:`Reader`: each read
-exists once, whichever class runs it. The records both sides pass around are defined here
-too, so that importing them loads no SQLAlchemy either.
+A library this process cannot write (a read-only folder or mount, a file without write
+permission), or one opened with ``read_only``, is read through SQLite's read-only modes and
+refuses writes with :class:`ReadOnlyError`.
 
-Each read runs in its own transaction (one snapshot); connections are opened per thread and
-kept until :meth:`Reader.close`.
+Each read runs in its own transaction (one snapshot); connections are pooled until
+:meth:`Reader.close`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sqlalchemy import (
+    Connection,
+    Engine,
+    exists,
+    func,
+    inspect,
+    select,
+)
+from sqlalchemy import column as _column
+from sqlalchemy import table as _table
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .config import SpaceSpec
-from .errors import LibraryError, SpaceError
+from .connect import database_url, library_path, make_engine, writable
+from .errors import LibraryError, ReadOnlyError, SpaceError
+from .records import (
+    FAILED,
+    INDEXED,
+    VECTOR_DTYPE,
+    FileResult,
+    ImageFacts,
+    IndexSettings,
+    KnownFile,
+    Manifest,
+    Move,
+    SpaceRecord,
+    StoredCopy,
+)
+from .schema import HEAD_REVISION, images, index_manifest, roots, spaces, vectors
 
-INDEXED = "indexed"
-FAILED = "failed"
-VECTOR_DTYPE = np.dtype("<f4")
-# The newest migration's revision; a library already there opens without SQLAlchemy or
-# Alembic. tests/test_store.py checks it against migrations/versions.
-HEAD_REVISION = "5b0d36316739"
+# Re-exported: the records live in .records, the one revision constant in .schema.
+__all__ = [
+    "FAILED",
+    "HEAD_REVISION",
+    "INDEXED",
+    "VECTOR_DTYPE",
+    "FileResult",
+    "ImageFacts",
+    "IndexSettings",
+    "KnownFile",
+    "Manifest",
+    "Move",
+    "Reader",
+    "SpaceRecord",
+    "StoredCopy",
+]
+
 # Ids per "IN (...)" clause (SQLite allows 32766 variables per statement).
 _CHUNK = 10_000
-
-
-@dataclass(frozen=True)
-class SpaceRecord:
-    """A space as stored: its id, spec, number of vectors and generation."""
-
-    id: int
-    spec: SpaceSpec
-    count: int
-    generation: int
-
-    @property
-    def fingerprint(self) -> str:
-        return self.spec.fingerprint
-
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-
-@dataclass(frozen=True)
-class KnownFile:
-    """What the store knows about one file under a root."""
-
-    id: int
-    size: int
-    mtime_ns: int
-    status: str
-    has_vector: bool
-    content_hash: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredCopy:
-    """A stored image with a given content hash: where it was, and its state in a space."""
-
-    id: int
-    path: Path
-    root: Path
-    status: str
-    has_vector: bool
-
-
-@dataclass(frozen=True)
-class Move:
-    """A stored image found at a new place: same row and vectors, new path, size and time."""
-
-    image_id: int
-    root_id: int
-    relpath: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """The outcome of processing one file, written by :meth:`Store.write_batch`."""
-
-    root_id: int
-    relpath: str
-    size: int
-    mtime_ns: int
-    vector: np.ndarray | None = None
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-    content_hash: str | None = None
-    taken_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class ImageFacts:
-    """What queries filter on and duplicate finding ranks by, for one stored image."""
-
-    id: int
-    path: str
-    width: int | None
-    height: int | None
-    size: int
-    mtime_ns: int
-    taken_at: datetime | None
-    content_hash: str | None
-
-
-@dataclass(frozen=True)
-class Manifest:
-    generation: int
-    count: int
-    checksum: str
-    filename: str
-    kind: str
-    # removed vectors still inside the file (HNSW) and the file's tuned search params (JSON)
-    tombstones: int = 0
-    params_json: str | None = None
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """How a space's index is chosen: its spec (None: ``auto``), the memory budget of
-    ``auto`` in bytes (None: none), and search params the user fixed for the space."""
-
-    spec: str | None = None
-    max_memory: int | None = None
-    params: dict[str, int] = field(default_factory=dict)
+# Alembic's own table: not part of our schema, read only to learn the revision.
+_alembic_version = _table("alembic_version", _column("version_num"))
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -147,58 +82,67 @@ def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _join(root: bytes, relpath: bytes) -> str:
-    # Paths are stored as raw bytes (schema.FsPath), so undecodable names survive.
-    return os.path.join(os.fsdecode(root), os.fsdecode(relpath))
-
-
-def _datetime(value: str | None) -> datetime | None:
-    # SQLAlchemy stores DateTime in SQLite as "YYYY-MM-DD HH:MM:SS[.ffffff]".
-    return None if value is None else datetime.fromisoformat(value)
-
-
 def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
     for start in range(0, len(ids), _CHUNK):
         yield [int(i) for i in ids[start : start + _CHUNK]]
 
 
-def _marks(values: Sequence[int]) -> str:
-    return ",".join("?" * len(values))
-
-
-def revision(path: Path) -> str | None:
-    """The schema revision stored in the database at ``path``, read with plain SQL: None
-    for a missing, new, foreign or unreadable file (:meth:`Store.open` explains those)."""
-    if not path.is_file():
-        return None
-    try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return None
-    try:
-        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error:  # no such table, or not a database
-        return None
-    finally:
-        conn.close()
-    return None if row is None else str(row[0])
+def _has_vector(space_id: int | None = None) -> Any:
+    """SQL: the image of the row has a vector (in ``space_id``, or in any space)."""
+    query = select(vectors.c.image_id).where(vectors.c.image_id == images.c.id)
+    if space_id is not None:
+        query = query.where(vectors.c.space_id == space_id)
+    return exists(query)
 
 
 class Reader:
-    """Read access to one library database. Open with :meth:`open`; close with :meth:`close`."""
+    """Read access to one library database. Open with :meth:`open`; close with :meth:`close`.
 
-    def __init__(self, path: Path) -> None:
+    ``read_only`` says whether writes are refused (see :meth:`require_writable`): the
+    library was opened so, or this process may not write it.
+    """
+
+    def __init__(
+        self, path: Path, *, read_only: bool = False, engine: Engine | None = None
+    ) -> None:
         self.path = path
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self.read_only = read_only
+        self.engine = engine or make_engine(database_url(path, read_only=read_only))
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Reader | None:
+    def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> Reader | None:
         """A reader of the library at ``path`` when it exists at the newest schema revision,
-        else None (then :meth:`Store.open` creates, migrates or refuses it)."""
-        db = Path(path).expanduser().resolve()
-        return cls(db) if revision(db) == HEAD_REVISION else None
+        else None (then :meth:`Store.open` creates, migrates or refuses it).
+
+        A library this process cannot write is opened read-only, as with ``read_only``; one
+        that would need creating or migrating first raises :class:`ReadOnlyError` then.
+        """
+        db = library_path(path)
+        if not db.is_file():
+            if read_only:
+                raise LibraryError(f"no library at {db}", hint="check the path of the library")
+            return None
+        if not read_only and not writable(db):
+            read_only = True
+        reader = cls(db, read_only=read_only)
+        try:
+            current = reader.current_revision() if read_only else reader._revision_or_none()
+            if current == HEAD_REVISION:
+                return reader
+        except BaseException:
+            reader.close()
+            raise
+        reader.close()
+        if not read_only:
+            return None
+        from .store import check_known_revision
+
+        check_known_revision(db, current)  # a newer featx-search's library: say so
+        raise ReadOnlyError(
+            f"library {db} is at schema revision {current} and needs migrating to "
+            f"{HEAD_REVISION}, which writes to it, but it is read-only here",
+            hint="open it once where it can be written, or use the featx-search that wrote it",
+        )
 
     @property
     def index_dir(self) -> Path:
@@ -206,49 +150,56 @@ class Reader:
         return self.path.with_name(self.path.name + ".indexes")
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self.engine.dispose()
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: transactions begin where _read says, not implicitly.
-            conn = sqlite3.connect(
-                self.path, timeout=10, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA busy_timeout=10000")
-            with self._lock:
-                self._connections.append(conn)
-            self._local.conn = conn
-        return conn
+    def require_writable(self) -> None:
+        """Raise :class:`ReadOnlyError` when the library is read-only (see ``read_only``)."""
+        if not self.read_only:
+            return
+        why = "it was opened read-only" if writable(self.path) else "this process may not write it"
+        raise ReadOnlyError(
+            f"library {self.path} is read-only: {why}; nothing was changed",
+            hint="searches work as they are; to index, copy the library (the .db file and "
+            "its .indexes folder) somewhere writable, or give write access to it and its folder",
+        )
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Connection]:
         """A connection inside one read transaction: every query in the block sees one
         snapshot of the library (WAL mode lets a writer go on meanwhile)."""
-        conn = self._connection()
         try:
-            conn.execute("BEGIN")
-            try:
+            with self.engine.connect() as conn, conn.begin():
                 yield conn
-            finally:
-                conn.execute("ROLLBACK")  # nothing was written; ends the snapshot
-        except sqlite3.Error as err:
-            raise LibraryError(f"cannot read library {self.path}: {err}") from err
+        except OperationalError as err:
+            raise LibraryError(f"cannot read library {self.path}: {err.orig}") from err
+        except DBAPIError as err:  # e.g. "file is not a database"
+            raise LibraryError(
+                f"{self.path} is not a featx-search library: {err.orig}",
+                hint="point db at a library file or a new path",
+            ) from err
 
     def current_revision(self) -> str | None:
-        """The schema revision the database is at."""
-        return revision(self.path)
+        """The schema revision the database is at; None for a new, empty database. Raises
+        :class:`LibraryError` for a file that is not a library or cannot be read."""
+        with self._read() as conn:
+            if not inspect(conn).has_table(_alembic_version.name):
+                return None
+            value = conn.execute(select(_alembic_version.c.version_num)).scalar()
+        return None if value is None else str(value)
+
+    def _revision_or_none(self) -> str | None:
+        try:
+            return self.current_revision()
+        except LibraryError:  # Store.open explains it
+            return None
 
     # -- spaces -------------------------------------------------------------------------
 
     def spaces(self) -> list[SpaceRecord]:
+        counts_query = select(vectors.c.space_id, func.count()).group_by(vectors.c.space_id)
+        query = select(spaces.c.id, spaces.c.spec_json, spaces.c.generation).order_by(spaces.c.id)
         with self._read() as conn:
-            counts = dict(conn.execute("SELECT space_id, count(*) FROM vectors GROUP BY space_id"))
-            rows = conn.execute("SELECT id, spec_json, generation FROM spaces ORDER BY id")
+            counts: dict[int, int] = dict(conn.execute(counts_query).all())
             return [
                 SpaceRecord(
                     space_id,
@@ -256,7 +207,7 @@ class Reader:
                     int(counts.get(space_id, 0)),
                     int(generation),
                 )
-                for space_id, spec_json, generation in rows
+                for space_id, spec_json, generation in conn.execute(query)
             ]
 
     def space(self, space_id: int) -> SpaceRecord:
@@ -267,43 +218,37 @@ class Reader:
 
     def transform(self, space_id: int) -> bytes | None:
         """The learned vector transform stored with a space (see whiten.py), or None."""
+        query = select(spaces.c.transform).where(spaces.c.id == space_id)
         with self._read() as conn:
-            row = conn.execute("SELECT transform FROM spaces WHERE id = ?", (space_id,)).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
+            data = conn.execute(query).scalar()
+        return None if data is None else bytes(data)
 
     def index_settings(self, space_id: int) -> IndexSettings:
+        query = select(spaces.c.index_spec, spaces.c.settings_json).where(spaces.c.id == space_id)
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT index_spec, settings_json FROM spaces WHERE id = ?", (space_id,)
-            ).fetchone()
+            row = conn.execute(query).first()
         if row is None:
             raise SpaceError(f"no space with id {space_id}")
-        own = json.loads(row[1] or "{}").get("index", {})
+        own = json.loads(row.settings_json or "{}").get("index", {})
         return IndexSettings(
-            spec=row[0],
+            spec=row.index_spec,
             max_memory=own.get("max_memory"),
             params={k: int(v) for k, v in own.get("params", {}).items()},
         )
 
     def manifest(self, space_id: int) -> Manifest | None:
+        query = select(index_manifest).where(index_manifest.c.space_id == space_id)
         with self._read() as conn:
-            row = conn.execute(
-                "SELECT generation, count, checksum, filename, kind, tombstones, params_json "
-                "FROM index_manifest WHERE space_id = ?",
-                (space_id,),
-            ).fetchone()
+            row = conn.execute(query).mappings().first()
         if row is None:
             return None
-        generation, count, checksum, filename, kind, tombstones, params_json = row
-        return Manifest(generation, count, checksum, filename, kind, tombstones or 0, params_json)
+        # Every field of Manifest is a column of the same name.
+        return Manifest(**{f.name: row[f.name] for f in fields(Manifest)})
 
     # -- roots and images ---------------------------------------------------------------
 
-    def _roots(self, conn: sqlite3.Connection) -> list[tuple[int, str]]:
-        return [
-            (root_id, os.fsdecode(path))
-            for root_id, path in conn.execute("SELECT id, path FROM roots ORDER BY id")
-        ]
+    def _roots(self, conn: Connection) -> list[tuple[int, str]]:
+        return list(conn.execute(select(roots.c.id, roots.c.path).order_by(roots.c.id)))
 
     def find_root(self, folder: Path) -> tuple[int | None, Path]:
         """The id and path of the root that holds ``folder`` (absolute, resolved), or
@@ -320,25 +265,26 @@ class Reader:
         with self._read() as conn:
             for root_id, root in self._roots(conn):
                 if _inside(str(path), root):
-                    row = conn.execute(
-                        "SELECT id FROM images WHERE root_id = ? AND relpath = ?",
-                        (root_id, os.fsencode(os.path.relpath(path, root))),
-                    ).fetchone()
-                    if row is not None:
-                        return int(row[0])
+                    found = conn.execute(
+                        select(images.c.id).where(
+                            images.c.root_id == root_id,
+                            images.c.relpath == os.path.relpath(path, root),
+                        )
+                    ).scalar()
+                    if found is not None:
+                        return int(found)
         return None
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         """Absolute paths of images by id."""
         out: dict[int, str] = {}
+        query = select(images.c.id, roots.c.path, images.c.relpath).join(
+            roots, roots.c.id == images.c.root_id
+        )
         with self._read() as conn:
             for chunk in _chunks(list(ids)):
-                rows = conn.execute(
-                    "SELECT images.id, roots.path, images.relpath FROM images "
-                    f"JOIN roots ON roots.id = images.root_id WHERE images.id IN ({_marks(chunk)})",
-                    chunk,
-                )
-                out.update((image_id, _join(root, rel)) for image_id, root, rel in rows)
+                rows = conn.execute(query.where(images.c.id.in_(chunk)))
+                out.update((image_id, os.path.join(root, rel)) for image_id, root, rel in rows)
         return out
 
     def image_facts(
@@ -347,73 +293,133 @@ class Reader:
         """Path, size, dates and content hash of every image with a vector in a space (every
         stored image when ``space_id`` is None), or of those ``ids`` among them, ordered by
         id. Used by filters and duplicate finding."""
-        sql = (
-            "SELECT images.id, roots.path, images.relpath, images.width, images.height, "
-            "images.size, images.mtime_ns, images.taken_at, images.content_hash "
-            "FROM images JOIN roots ON roots.id = images.root_id"
-        )
-        where: list[str] = []
-        args: list[int] = []
+        query = select(
+            images.c.id,
+            roots.c.path,
+            images.c.relpath,
+            images.c.width,
+            images.c.height,
+            images.c.size,
+            images.c.mtime_ns,
+            images.c.taken_at,
+            images.c.content_hash,
+        ).join(roots, roots.c.id == images.c.root_id)
         if space_id is not None:
-            sql += " JOIN vectors ON vectors.image_id = images.id"
-            where.append("vectors.space_id = ?")
-            args.append(space_id)
-        batches: Iterable[list[int] | None] = [None] if ids is None else _chunks(list(ids))
+            query = query.join(vectors, vectors.c.image_id == images.c.id).where(
+                vectors.c.space_id == space_id
+            )
+        queries = (
+            [query]
+            if ids is None
+            else [query.where(images.c.id.in_(chunk)) for chunk in _chunks(list(ids))]
+        )
         facts: list[ImageFacts] = []
         with self._read() as conn:
-            for chunk in batches:
-                clauses = where + ([] if chunk is None else [f"images.id IN ({_marks(chunk)})"])
-                query = sql + (" WHERE " + " AND ".join(clauses) if clauses else "")
-                for row in conn.execute(query, args + (chunk or [])):
+            for each in queries:
+                for row in conn.execute(each):
                     facts.append(
                         ImageFacts(
-                            id=row[0],
-                            path=_join(row[1], row[2]),
-                            width=row[3],
-                            height=row[4],
-                            size=row[5],
-                            mtime_ns=row[6],
-                            taken_at=_datetime(row[7]),
-                            content_hash=row[8],
+                            id=row.id,
+                            path=os.path.join(row.path, row.relpath),
+                            width=row.width,
+                            height=row.height,
+                            size=row.size,
+                            mtime_ns=row.mtime_ns,
+                            taken_at=row.taken_at,
+                            content_hash=row.content_hash,
                         )
                     )
         facts.sort(key=lambda fact: fact.id)
         return facts
 
     def image_counts(self) -> dict[str, int]:
+        query = select(images.c.status, func.count()).group_by(images.c.status)
         with self._read() as conn:
-            rows = conn.execute("SELECT status, count(*) FROM images GROUP BY status")
-            return {status: int(n) for status, n in rows}
+            return {status: int(n) for status, n in conn.execute(query)}
 
     def failures(self) -> list[tuple[str, str]]:
         """(absolute path, error) of every failed file."""
+        query = (
+            select(roots.c.path, images.c.relpath, images.c.error)
+            .join(roots, roots.c.id == images.c.root_id)
+            .where(images.c.status == FAILED)
+            .order_by(roots.c.path, images.c.relpath)
+        )
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT roots.path, images.relpath, images.error FROM images "
-                "JOIN roots ON roots.id = images.root_id WHERE images.status = ? "
-                "ORDER BY roots.path, images.relpath",
-                (FAILED,),
+            rows = conn.execute(query)
+            return [(os.path.join(root, rel), error or "") for root, rel, error in rows]
+
+    def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
+        """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
+        query = select(
+            images.c.id,
+            images.c.relpath,
+            images.c.size,
+            images.c.mtime_ns,
+            images.c.status,
+            _has_vector(space_id),
+            images.c.content_hash,
+        ).where(images.c.root_id == root_id)
+        # Paths are stored as bytes (see schema.FsPath), so the prefix is matched here.
+        under = prefix.rstrip(os.sep) + os.sep if prefix else ""
+        with self._read() as conn:
+            return {
+                rel: KnownFile(image_id, size, mtime_ns, status, bool(has), digest)
+                for image_id, rel, size, mtime_ns, status, has, digest in conn.execute(query)
+                if rel.startswith(under)
+            }
+
+    def stored_sizes(self) -> set[int]:
+        """The byte sizes of all stored images (to find files worth hashing for moves)."""
+        with self._read() as conn:
+            return set(conn.execute(select(images.c.size).distinct()).scalars())
+
+    def copies(self, hashes: Iterable[str], space_id: int) -> dict[str, list[StoredCopy]]:
+        """Stored images whose content hash is in ``hashes``, grouped by hash."""
+        wanted = sorted(set(hashes))
+        query = (
+            select(
+                images.c.content_hash,
+                images.c.id,
+                roots.c.path,
+                images.c.relpath,
+                images.c.status,
+                _has_vector(space_id),
             )
-            return [(_join(root, rel), error or "") for root, rel, error in rows]
+            .join(roots, roots.c.id == images.c.root_id)
+            .order_by(images.c.id)
+        )
+        found: dict[str, list[StoredCopy]] = {}
+        with self._read() as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = query.where(images.c.content_hash.in_(wanted[start : start + _CHUNK]))
+                for digest, image_id, root, rel, status, has in conn.execute(chunk):
+                    found.setdefault(digest or "", []).append(
+                        StoredCopy(image_id, Path(root, rel), Path(root), status, bool(has))
+                    )
+        for group in found.values():
+            group.sort(key=lambda copy: copy.id)
+        return found
 
     def integrity_problems(self) -> list[str]:
         """What SQLite's integrity and foreign-key checks, and the image states, find wrong."""
         problems: list[str] = []
-        has_vector = "EXISTS (SELECT 1 FROM vectors WHERE vectors.image_id = images.id)"
         with self._read() as conn:
-            rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check")]
             if rows != ["ok"]:
                 problems.extend(f"integrity_check: {r}" for r in rows)
-            for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check"):
+            for table, rowid, parent, _ in conn.exec_driver_sql("PRAGMA foreign_key_check"):
                 problems.append(f"{table} row {rowid} points to a missing {parent} row")
             for status, has, wrong in (
-                (INDEXED, "NOT", "are marked indexed but have no vector"),
-                (FAILED, "", "are marked failed but still have vectors"),
+                (INDEXED, False, "are marked indexed but have no vector"),
+                (FAILED, True, "are marked failed but still have vectors"),
             ):
-                (count,) = conn.execute(
-                    f"SELECT count(*) FROM images WHERE status = ? AND {has} {has_vector}",
-                    (status,),
-                ).fetchone()
+                vector = _has_vector()
+                count = conn.execute(
+                    select(func.count())
+                    .select_from(images)
+                    .where(images.c.status == status, vector if has else ~vector)
+                ).scalar()
                 if count:
                     problems.append(f"{count} images {wrong}")
         return problems
@@ -428,34 +434,31 @@ class Reader:
         Returns (generation, int64 ids (N,), float32 matrix (N, dim)), rows ordered by id.
         The rows are copied into the matrix as they are read (no second copy of the blobs).
         """
+        rows = select(vectors.c.image_id, vectors.c.data).where(vectors.c.space_id == space_id)
         with self._read() as conn:
             space = conn.execute(
-                "SELECT dim, generation FROM spaces WHERE id = ?", (space_id,)
-            ).fetchone()
+                select(spaces.c.dim, spaces.c.generation).where(spaces.c.id == space_id)
+            ).first()
             if space is None:
                 raise SpaceError(f"no space with id {space_id}")
             dim, generation = space
-            select = "SELECT image_id, data FROM vectors WHERE space_id = ?"
             if ids is None:
-                (count,) = conn.execute(
-                    "SELECT count(*) FROM vectors WHERE space_id = ?", (space_id,)
-                ).fetchone()
-                queries = [(select + " ORDER BY image_id", [space_id])]
+                count = conn.execute(
+                    select(func.count()).select_from(vectors).where(vectors.c.space_id == space_id)
+                ).scalar_one()
+                queries = [rows.order_by(vectors.c.image_id)]
             else:
                 wanted = sorted(set(int(i) for i in ids))
                 count = len(wanted)  # at most; trimmed below
                 queries = [
-                    (
-                        select + f" AND image_id IN ({_marks(chunk)}) ORDER BY image_id",
-                        [space_id, *chunk],
-                    )
+                    rows.where(vectors.c.image_id.in_(chunk)).order_by(vectors.c.image_id)
                     for chunk in _chunks(wanted)
                 ]
             out_ids = np.empty(count, dtype=np.int64)
             matrix = np.empty((count, dim), dtype=np.float32)
             n = 0
-            for sql, args in queries:
-                for image_id, data in conn.execute(sql, args):
+            for query in queries:
+                for image_id, data in conn.execute(query):
                     out_ids[n] = image_id
                     matrix[n] = np.frombuffer(data, dtype=VECTOR_DTYPE)
                     n += 1
@@ -463,8 +466,10 @@ class Reader:
 
     def vector_ids(self, space_id: int) -> np.ndarray:
         """The image ids that have a vector in a space: int64 (N,), ascending (no blobs read)."""
+        query = (
+            select(vectors.c.image_id)
+            .where(vectors.c.space_id == space_id)
+            .order_by(vectors.c.image_id)
+        )
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT image_id FROM vectors WHERE space_id = ? ORDER BY image_id", (space_id,)
-            )
-            return np.fromiter((r[0] for r in rows), dtype=np.int64)
+            return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)

@@ -1,4 +1,6 @@
-"""SQLAlchemy 2.0 typed models of a library (imports neither torch nor faiss)."""
+"""The one definition of a library's tables (SQLAlchemy Core) and of the schema revision they
+are at. Reads (:mod:`.reader`), writes (:mod:`.store`) and migrations (``migrations/``) all use
+these objects; no other module spells a table or column name in SQL."""
 
 from __future__ import annotations
 
@@ -8,17 +10,24 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# The revision of the newest migration in migrations/versions: a database at it is read and
+# written without Alembic. tests/test_store.py checks it against Alembic's head, and
+# Store.upgrade refuses to run when the two disagree.
+HEAD_REVISION = "5b0d36316739"
 
 
 def utcnow() -> datetime:
@@ -39,104 +48,82 @@ class FsPath(TypeDecorator[str]):
         return None if value is None else os.fsdecode(value)
 
 
-class Base(DeclarativeBase):
-    pass
+metadata = MetaData()
 
+roots = Table(
+    "roots",
+    metadata,
+    # A folder that was indexed; image paths are stored relative to it.
+    Column("id", Integer, primary_key=True),
+    Column("path", FsPath, nullable=False, unique=True),
+    Column("added_at", DateTime(timezone=True), nullable=False, default=utcnow),
+)
 
-class Root(Base):
-    """A folder that was indexed; image paths are stored relative to it."""
-
-    __tablename__ = "roots"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(FsPath, unique=True)
-    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-    images: Mapped[list[Image]] = relationship(back_populates="root")
-
-
-class Image(Base):
-    """One file seen by a scan, in one state: ``indexed`` or ``failed`` (with ``error``)."""
-
-    __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("root_id", "relpath"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
-    relpath: Mapped[str] = mapped_column(FsPath)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text, default=None)
-    width: Mapped[int | None] = mapped_column(Integer, default=None)
-    height: Mapped[int | None] = mapped_column(Integer, default=None)
+images = Table(
+    "images",
+    metadata,
+    # One file seen by a scan, in one state: "indexed" or "failed" (with an error).
+    Column("id", Integer, primary_key=True),
+    Column("root_id", ForeignKey("roots.id", ondelete="CASCADE"), nullable=False),
+    Column("relpath", FsPath, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    Column("width", Integer),
+    Column("height", Integer),
     # SHA-256 of the file's bytes: finds moved/renamed files and exact duplicates.
-    content_hash: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    Column("content_hash", String(64), index=True),
     # When the photo was taken (EXIF DateTimeOriginal, naive local time), if it says.
-    taken_at: Mapped[datetime | None] = mapped_column(DateTime(), default=None)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    Column("taken_at", DateTime()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow),
+    UniqueConstraint("root_id", "relpath"),
+)
 
-    root: Mapped[Root] = relationship(back_populates="images")
-
-
-class Space(Base):
-    """An embedding space: the resolved spec (JSON) and its fingerprint.
-
-    ``generation`` grows with every committed change to the space's vectors; an index file
-    built at an older generation is out of date.
-    """
-
-    __tablename__ = "spaces"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
-    label: Mapped[str] = mapped_column(Text)
-    spec_json: Mapped[str] = mapped_column(Text)
-    dim: Mapped[int] = mapped_column(Integer)
-    generation: Mapped[int] = mapped_column(BigInteger, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # The FAISS index spec for this space (factory string or "auto"); None means "auto".
-    index_spec: Mapped[str | None] = mapped_column(Text, default=None)
+spaces = Table(
+    "spaces",
+    metadata,
+    # An embedding space: the resolved spec (JSON) and its fingerprint. "generation" grows
+    # with every committed change to the space's vectors; an index file built at an older
+    # generation is out of date.
+    Column("id", Integer, primary_key=True),
+    Column("fingerprint", String(64), nullable=False, unique=True),
+    Column("label", Text, nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("generation", BigInteger, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    # The FAISS index spec for this space (factory string or "auto"); NULL means "auto".
+    Column("index_spec", Text),
     # Per-space settings that do not change stored vectors (JSON object), e.g. search params.
-    settings_json: Mapped[str | None] = mapped_column(Text, default=None)
-    # A learned transform applied to vectors before indexing and to queries (e.g. PCA-whitening),
-    # serialised by the module that owns it; None means none.
-    transform: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    Column("settings_json", Text),
+    # A learned transform applied to vectors before indexing and to queries (PCA-whitening),
+    # serialised by the module that owns it; NULL means none.
+    Column("transform", LargeBinary),
+)
 
+vectors = Table(
+    "vectors",
+    metadata,
+    # One image's vector in one space: little-endian float32 bytes (the source of truth).
+    Column("space_id", ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Index("ix_vectors_image", "image_id"),
+)
 
-class Vector(Base):
-    """One image's vector in one space: little-endian float32 bytes (the source of truth)."""
-
-    __tablename__ = "vectors"
-    __table_args__ = (Index("ix_vectors_image", "image_id"),)
-
-    space_id: Mapped[int] = mapped_column(
-        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
-    )
-    image_id: Mapped[int] = mapped_column(
-        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
-    )
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class IndexManifest(Base):
-    """Which index file is current for a space, and what it must contain."""
-
-    __tablename__ = "index_manifest"
-
-    space_id: Mapped[int] = mapped_column(
-        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
-    )
-    generation: Mapped[int] = mapped_column(BigInteger)
-    count: Mapped[int] = mapped_column(Integer)
-    checksum: Mapped[str] = mapped_column(String(64))
-    filename: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(64))
+index_manifest = Table(
+    "index_manifest",
+    metadata,
+    # Which index file is current for a space, and what it must contain.
+    Column("space_id", ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("kind", String(64), nullable=False),
     # Ids removed from the stored vectors but still inside an index that cannot delete (HNSW).
-    tombstones: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    params_json: Mapped[str | None] = mapped_column(Text, default=None)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    Column("tombstones", Integer, nullable=False, default=0, server_default="0"),
+    Column("params_json", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow),
+)

@@ -21,12 +21,13 @@ from .images import ImageInput, describe, load_input
 from .indexspec import AUTO, SearchParams, parse_memory
 from .options import ProgressCallback, Query, SyncOptions
 from .query import Match, check_k, check_threshold, combine_vectors, search_vectors
-from .reader import ImageFacts, IndexSettings, Reader, SpaceRecord
+from .records import ImageFacts, IndexSettings, SpaceRecord
 from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 
 if TYPE_CHECKING:
     from .extract import Extractor
     from .index import BuildInfo, VectorIndex
+    from .reader import Reader
     from .store import Store
     from .whiten import Whitening
 
@@ -53,8 +54,10 @@ class StoreHandle:
         return self._store.path
 
     def writer(self) -> Store:
+        """The store, for writing; raises :class:`ReadOnlyError` on a read-only library."""
         from .store import Store
 
+        self._store.require_writable()
         with self._lock:
             if not isinstance(self._store, Store):
                 reader = self._store

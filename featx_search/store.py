@@ -1,8 +1,8 @@
-"""The library database, write side: engine, pragmas, migrations on open, transactions.
+"""The library database, write side: opening, creating and migrating it, and every write.
 
 SQLite (WAL mode) is the source of truth for metadata and vectors. :class:`Store` adds
-writes and migrations (SQLAlchemy and Alembic; the only users of them besides
-:mod:`featx_search.schema`) to the plain-``sqlite3`` reads of :class:`~.reader.Reader`.
+writes (SQLAlchemy Core on the tables of :mod:`featx_search.schema`) and migrations
+(Alembic) to the reads of :class:`~.reader.Reader`.
 """
 
 from __future__ import annotations
@@ -12,19 +12,20 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, event, select, update
-from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy import URL, Connection, CursorResult, bindparam, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from .config import SpaceSpec
-from .errors import LibraryError, LibraryVersionError, SpaceError
-from .reader import (
+from .connect import database_url, library_path, make_engine, writable
+from .errors import LibraryError, LibraryVersionError, ReadOnlyError, SpaceError
+from .reader import Reader, _inside
+from .records import (
     FAILED,
-    HEAD_REVISION,
     INDEXED,
     VECTOR_DTYPE,
     FileResult,
@@ -33,16 +34,12 @@ from .reader import (
     KnownFile,
     Manifest,
     Move,
-    Reader,
     SpaceRecord,
     StoredCopy,
-    _inside,
-    revision,
 )
-from .schema import Image, IndexManifest, Root, Space, Vector
+from .schema import HEAD_REVISION, images, index_manifest, roots, spaces, utcnow, vectors
 
-# Records and constants live in .reader (importing them loads no SQLAlchemy); they are
-# re-exported here for code that writes.
+# Records and constants live in .records; they are re-exported here for code that writes.
 __all__ = [
     "FAILED",
     "HEAD_REVISION",
@@ -64,36 +61,62 @@ log = logging.getLogger(__name__)
 # How long a second indexer waits for the first before giving up.
 WRITER_WAIT_SECONDS = 10.0
 
+# FULL: a committed batch survives a power cut too (one fsync per batch, small next to the
+# model's time); NORMAL could lose the last commits, never corrupt.
+_WRITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON")
+
 
 def migrations_dir() -> Path:
     """Where the Alembic scripts live (``migrations/`` in a checkout, inside the wheel else)."""
     import importlib
 
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations" / "env.py").is_file():
+        # Even when an editable install maps featx_search.migrations to another checkout.
+        return checkout / "migrations"
     package = importlib.import_module("featx_search.migrations")
     return Path(str(package.__file__)).parent
 
 
-def _alembic_config(url: str) -> Any:
+def _alembic_config(url: str | URL) -> Any:
+    """Alembic's config for the database at ``url``. Its values go through ConfigParser
+    interpolation, so every ``%`` (in a path, or an escaped URL) is doubled."""
     from alembic.config import Config
 
+    text = url if isinstance(url, str) else url.render_as_string(hide_password=False)
     cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", text.replace("%", "%%"))
     return cfg
 
 
-def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see _on_begin),
-    # so that reads inside one transaction see one snapshot.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed batch survives a power cut too (one fsync per batch, small next to
-    # the model's time); NORMAL could lose the last commits, never corrupt.
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+def alembic_head() -> str:
+    """The newest revision among the migration scripts, as Alembic sees it."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations in {migrations_dir()}")
+    return head
+
+
+def check_known_revision(db: Path, current: str | None) -> None:
+    """Raise :class:`LibraryVersionError` when ``current`` (the revision of ``db``) is one no
+    migration script knows: the library was written by a newer featx-search."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if current is None:
+        return
+    scripts = ScriptDirectory.from_config(_alembic_config("sqlite://"))
+    try:
+        scripts.get_revision(current)
+    except CommandError:
+        raise LibraryVersionError(
+            f"library {db} has schema revision {current!r}, unknown to this featx-search "
+            f"(newest known: {HEAD_REVISION})",
+            hint="it was written by a newer featx-search: upgrade featx-search to use it",
+        ) from None
 
 
 def _text(message: str) -> str:
@@ -101,89 +124,77 @@ def _text(message: str) -> str:
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _drop_vectors(s: Session, image_ids: Sequence[int]) -> dict[int, list[int]]:
+def _drop_vectors(conn: Connection, image_ids: Sequence[int]) -> dict[int, list[int]]:
     """Delete every vector of ``image_ids`` in every space; returns {space id: image ids}."""
     if not image_ids:
         return {}
-    rows = s.execute(
-        select(Vector.space_id, Vector.image_id).where(Vector.image_id.in_(image_ids))
-    ).all()
-    s.execute(delete(Vector).where(Vector.image_id.in_(image_ids)))
+    rows = conn.execute(
+        select(vectors.c.space_id, vectors.c.image_id).where(vectors.c.image_id.in_(image_ids))
+    )
     by_space: dict[int, list[int]] = {}
     for space, image in rows:
         by_space.setdefault(space, []).append(image)
+    conn.execute(delete(vectors).where(vectors.c.image_id.in_(image_ids)))
     return by_space
 
 
-def _has_vector(space_id: int | None = None) -> Any:
-    """SQL: the image of the row has a vector (in ``space_id``, or in any space)."""
-    query = select(Vector.image_id).where(Vector.image_id == Image.id)
-    if space_id is not None:
-        query = query.where(Vector.space_id == space_id)
-    return query.exists()
-
-
-def _on_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    if key is None:
+        raise LibraryError("the database gave no id for a new row")
+    return int(key[0])
 
 
 class Store(Reader):
     """One library database, for writing (reads are :class:`Reader`'s). Open with
     :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, path: Path, engine: Engine) -> None:
-        super().__init__(path)
-        self.engine = engine
-
     @classmethod
-    def open(
+    def open(  # type: ignore[override]
         cls, path: str | os.PathLike[str], *, migrate: bool = True, create: bool = True
     ) -> Store:
-        """Open the database at ``path``, creating it when missing if ``create``.
+        """Open the database at ``path`` for writing, creating it when missing if ``create``.
 
         With ``migrate`` the schema is brought to the newest revision. A database whose
-        revision this version does not know raises :class:`LibraryVersionError`.
+        revision this version does not know raises :class:`LibraryVersionError`; one this
+        process may not write raises :class:`ReadOnlyError` (open it with
+        :meth:`Reader.open` to query it).
         """
-        db = Path(path).expanduser().resolve()
+        db = library_path(path)
         if db.is_dir():
             raise LibraryError(
-                f"library path {db} is a folder", hint="--db takes a database file, e.g. photos.db"
+                f"library path {db} is a folder", hint="give a database file, e.g. photos.db"
             )
         if not create and not db.exists():
             raise LibraryError(
                 f"no library at {db}",
-                hint=f"check --db / FEATX_DB, or create it: featx-search --db {db} index FOLDER",
+                hint=f"check the path, or create it: featx-search --db {db} index FOLDER",
+            )
+        if not writable(db):
+            what = "library" if db.exists() else "folder for a new library"
+            raise ReadOnlyError(
+                f"cannot write {db}: the {what} is read-only here",
+                hint="an existing library still answers queries; to index, choose a "
+                "writable place or give write access to it",
             )
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise LibraryError(f"cannot create folder for library {db}: {err}") from err
-        engine = create_engine(f"sqlite:///{db}", connect_args={"timeout": 10})
-        event.listen(engine, "connect", _on_connect)
-        event.listen(engine, "begin", _on_begin)
-        store = cls(db, engine)
+        store = cls(db, engine=make_engine(database_url(db), pragmas=_WRITE_PRAGMAS))
         try:
-            if revision(db) != HEAD_REVISION:  # skips Alembic when up to date
-                store._check_revision()
+            current = store.current_revision()
+            if current != HEAD_REVISION:  # skips Alembic when up to date
+                check_known_revision(db, current)
                 if migrate:
                     store.upgrade()
-        except OperationalError as err:
-            engine.dispose()
+        except DBAPIError as err:
+            store.close()
             raise LibraryError(f"cannot open library {db}: {err.orig}") from err
-        except DatabaseError as err:
-            engine.dispose()
-            raise LibraryError(
-                f"{db} is not a featx-search library: {err.orig}",
-                hint="point --db at a library file or a new path",
-            ) from err
         except BaseException:
-            engine.dispose()
+            store.close()
             raise
         return store
-
-    def close(self) -> None:
-        super().close()
-        self.engine.dispose()
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
@@ -208,56 +219,34 @@ class Store(Reader):
             lock.release()
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A session whose work is committed at the end of the block, or rolled back."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+    def transaction(self) -> Iterator[Connection]:
+        """A connection whose work is committed at the end of the block, or rolled back."""
+        with self.engine.begin() as conn:
+            yield conn
 
     # -- migrations ---------------------------------------------------------------------
 
-    def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        with self.engine.connect() as conn:
-            heads = MigrationContext.configure(conn).get_current_heads()
-        return heads[0] if heads else None
-
     @staticmethod
     def head_revision() -> str:
-        from alembic.script import ScriptDirectory
-
-        head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
-        assert head is not None  # the package always ships at least one revision
-        return head
-
-    def _check_revision(self) -> None:
-        from alembic.script import ScriptDirectory
-        from alembic.util import CommandError
-
-        current = self.current_revision()
-        if current is None:
-            return
-        scripts = ScriptDirectory.from_config(_alembic_config(str(self.engine.url)))
-        try:
-            scripts.get_revision(current)
-        except CommandError:
-            raise LibraryVersionError(
-                f"library {self.path} has schema revision {current!r}, unknown to this "
-                f"featx-search (newest known: {self.head_revision()})",
-                hint="it was written by a newer featx-search: upgrade featx-search to use it",
-            ) from None
+        """The schema revision this featx-search reads and writes."""
+        return HEAD_REVISION
 
     def upgrade(self) -> None:
         """Apply every migration up to the newest revision (a no-op when up to date)."""
         from alembic import command
 
-        if self.current_revision() == self.head_revision():
+        if self.current_revision() == HEAD_REVISION:
             return
-        cfg = _alembic_config(str(self.engine.url))
+        head = alembic_head()
+        if head != HEAD_REVISION:  # a migration was added without updating the constant
+            raise RuntimeError(
+                f"the newest migration is {head} but schema.HEAD_REVISION is {HEAD_REVISION}"
+            )
+        cfg = _alembic_config(self.engine.url)
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-        log.info("library %s migrated to %s", self.path, self.head_revision())
+        log.info("library %s migrated to %s", self.path, HEAD_REVISION)
 
     # -- spaces -------------------------------------------------------------------------
 
@@ -266,26 +255,26 @@ class Store(Reader):
         for record in self.spaces():
             if record.fingerprint == spec.fingerprint:
                 return record
-        with self.transaction() as s:
-            row = Space(
-                fingerprint=spec.fingerprint,
-                label=spec.label,
-                spec_json=json.dumps(spec.to_dict(), sort_keys=True),
-                dim=spec.dim,
-                generation=0,
+        with self.transaction() as conn:
+            result = conn.execute(
+                insert(spaces).values(
+                    fingerprint=spec.fingerprint,
+                    label=spec.label,
+                    spec_json=json.dumps(spec.to_dict(), sort_keys=True),
+                    dim=spec.dim,
+                    generation=0,
+                )
             )
-            s.add(row)
-            s.flush()
-            return SpaceRecord(row.id, spec, 0, 0)
+            return SpaceRecord(_inserted_id(result), spec, 0, 0)
 
     def set_transform(self, space_id: int, data: bytes | None) -> None:
         """Store (or with None remove) a space's transform. The space's generation grows, so
         its index file is stale and is rebuilt from the stored vectors."""
-        with self.transaction() as s:
-            s.execute(
-                update(Space)
-                .where(Space.id == space_id)
-                .values(transform=data, generation=Space.generation + 1)
+        with self.transaction() as conn:
+            conn.execute(
+                update(spaces)
+                .where(spaces.c.id == space_id)
+                .values(transform=data, generation=spaces.c.generation + 1)
             )
 
     # -- roots and files ----------------------------------------------------------------
@@ -296,79 +285,43 @@ class Store(Reader):
         A folder inside a known root uses that root; a folder above known roots absorbs them.
         """
         folder_str = str(folder)
-        with self.transaction() as s:
-            roots = list(s.scalars(select(Root)))
-            for root in roots:
-                if folder_str == root.path or _inside(folder_str, root.path):
-                    return root.id, Path(root.path)
-            new = Root(path=folder_str)
-            s.add(new)
-            s.flush()
-            for root in roots:
-                if _inside(root.path, folder_str):
-                    prefix = os.path.relpath(root.path, folder_str)
-                    for image in s.scalars(select(Image).where(Image.root_id == root.id)):
-                        image.root_id = new.id
-                        image.relpath = os.path.join(prefix, image.relpath)
-                    s.flush()
-                    s.delete(root)
-            return new.id, folder
-
-    def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
-        """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
-        has_vector = _has_vector(space_id)
-        query = select(
-            Image.id,
-            Image.relpath,
-            Image.size,
-            Image.mtime_ns,
-            Image.status,
-            has_vector,
-            Image.content_hash,
-        ).where(Image.root_id == root_id)
-        # Paths are stored as bytes (see schema.FsPath), so the prefix is matched here.
-        under = prefix.rstrip(os.sep) + os.sep if prefix else ""
-        with self.transaction() as s:
-            return {
-                row[1]: KnownFile(row[0], row[2], row[3], row[4], bool(row[5]), row[6])
-                for row in s.execute(query)
-                if row[1].startswith(under)
-            }
-
-    def stored_sizes(self) -> set[int]:
-        """The byte sizes of all stored images (to find files worth hashing for moves)."""
-        with self.transaction() as s:
-            return set(s.scalars(select(Image.size).distinct()))
-
-    def copies(self, hashes: Iterable[str], space_id: int) -> dict[str, list[StoredCopy]]:
-        """Stored images whose content hash is in ``hashes``, grouped by hash."""
-        wanted = set(hashes)
-        if not wanted:
-            return {}
-        has_vector = _has_vector(space_id)
-        query = (
-            select(Image.content_hash, Image.id, Root.path, Image.relpath, Image.status, has_vector)
-            .join(Root, Root.id == Image.root_id)
-            .where(Image.content_hash.in_(wanted))
-            .order_by(Image.id)
-        )
-        found: dict[str, list[StoredCopy]] = {}
-        with self.transaction() as s:
-            for digest, image_id, root, relpath, status, vector in s.execute(query):
-                found.setdefault(digest or "", []).append(
-                    StoredCopy(image_id, Path(root, relpath), Path(root), status, bool(vector))
-                )
-        return found
+        with self.transaction() as conn:
+            known = self._roots(conn)
+            for root_id, root in known:
+                if folder_str == root or _inside(folder_str, root):
+                    return root_id, Path(root)
+            new_id = _inserted_id(conn.execute(insert(roots).values(path=folder_str)))
+            for root_id, root in known:
+                if not _inside(root, folder_str):
+                    continue
+                prefix = os.path.relpath(root, folder_str)
+                moved = [
+                    {"_id": image_id, "root_id": new_id, "relpath": os.path.join(prefix, rel)}
+                    for image_id, rel in conn.execute(
+                        select(images.c.id, images.c.relpath).where(images.c.root_id == root_id)
+                    )
+                ]
+                if moved:
+                    conn.execute(update(images).where(images.c.id == bindparam("_id")), moved)
+                conn.execute(delete(roots).where(roots.c.id == root_id))
+            return new_id, folder
 
     def move(self, moves: Sequence[Move]) -> None:
         """Give images new paths in one transaction; their vectors (and index ids) stay."""
         if not moves:
             return
-        with self.transaction() as s:
-            for m in moves:
-                image = s.get_one(Image, m.image_id)
-                image.root_id, image.relpath = m.root_id, m.relpath
-                image.size, image.mtime_ns = m.size, m.mtime_ns
+        rows = [
+            {
+                "_id": m.image_id,
+                "root_id": m.root_id,
+                "relpath": m.relpath,
+                "size": m.size,
+                "mtime_ns": m.mtime_ns,
+            }
+            for m in moves
+        ]
+        with self.transaction() as conn:
+            conn.execute(update(images).where(images.c.id == bindparam("_id")), rows)
 
     def write_batch(
         self, space_id: int, results: Sequence[FileResult], removed: Iterable[int] = ()
@@ -380,82 +333,117 @@ class Store(Reader):
         Returns (ids given vectors, ids whose vectors left this space).
         """
         removed = list(removed)
-        with self.transaction() as s:
+        now = utcnow()
+        with self.transaction() as conn:
             existing = {
-                (image.root_id, image.relpath): image
-                for image in s.scalars(
-                    select(Image).where(Image.relpath.in_({r.relpath for r in results}))
+                (root_id, rel): (image_id, size, mtime_ns)
+                for image_id, root_id, rel, size, mtime_ns in conn.execute(
+                    select(
+                        images.c.id,
+                        images.c.root_id,
+                        images.c.relpath,
+                        images.c.size,
+                        images.c.mtime_ns,
+                    ).where(images.c.relpath.in_({r.relpath for r in results}))
                 )
             }
-            images: list[Image] = []
-            stale: list[Image] = []  # new content or undecodable: every stored vector is stale
+            changes: list[dict[str, Any]] = []
+            new: list[dict[str, Any]] = []
+            stale: list[int] = []  # new content or undecodable: every stored vector is stale
             for result in results:
-                image = existing.get((result.root_id, result.relpath))
-                if image is None:
-                    image = Image(root_id=result.root_id, relpath=result.relpath)
-                    s.add(image)
-                elif (image.size, image.mtime_ns) != (result.size, result.mtime_ns) or (
-                    result.vector is None
-                ):
-                    stale.append(image)
-                image.size, image.mtime_ns = result.size, result.mtime_ns
-                image.width, image.height = result.width, result.height
-                image.content_hash, image.taken_at = result.content_hash, result.taken_at
-                if result.vector is None:
-                    image.status, image.error = FAILED, _text(result.error or "unknown error")
-                else:
-                    image.status, image.error = INDEXED, None
-                images.append(image)
-            s.flush()
-            dropped = _drop_vectors(s, [image.id for image in stale] + removed)
-            added: list[int] = []
-            for image, result in zip(images, results, strict=True):
-                if result.vector is not None:
-                    s.merge(
-                        Vector(
-                            space_id=space_id,
-                            image_id=image.id,
-                            data=np.asarray(result.vector, VECTOR_DTYPE).tobytes(),
+                row: dict[str, Any] = {
+                    "size": result.size,
+                    "mtime_ns": result.mtime_ns,
+                    "width": result.width,
+                    "height": result.height,
+                    "content_hash": result.content_hash,
+                    "taken_at": result.taken_at,
+                    "status": INDEXED if result.vector is not None else FAILED,
+                    "error": None
+                    if result.vector is not None
+                    else _text(result.error or "unknown error"),
+                    "updated_at": now,
+                }
+                old = existing.get((result.root_id, result.relpath))
+                if old is None:
+                    new.append({"root_id": result.root_id, "relpath": result.relpath, **row})
+                    continue
+                if (old[1], old[2]) != (result.size, result.mtime_ns) or result.vector is None:
+                    stale.append(old[0])
+                changes.append({"_id": old[0], **row})
+            if changes:
+                conn.execute(update(images).where(images.c.id == bindparam("_id")), changes)
+            ids = {key: found[0] for key, found in existing.items()}
+            if new:
+                conn.execute(insert(images), new)
+                ids.update(
+                    ((root_id, rel), image_id)
+                    for image_id, root_id, rel in conn.execute(
+                        select(images.c.id, images.c.root_id, images.c.relpath).where(
+                            images.c.relpath.in_({row["relpath"] for row in new})
                         )
                     )
-                    added.append(image.id)
+                )
+            dropped = _drop_vectors(conn, stale + removed)
+            given = [
+                (ids[(r.root_id, r.relpath)], r.vector) for r in results if r.vector is not None
+            ]
+            added = [image_id for image_id, _ in given]
+            if given:
+                # An unchanged file indexed again (e.g. retried) replaces its vector.
+                conn.execute(
+                    delete(vectors).where(
+                        vectors.c.space_id == space_id, vectors.c.image_id.in_(added)
+                    )
+                )
+                conn.execute(
+                    insert(vectors),
+                    [
+                        {
+                            "space_id": space_id,
+                            "image_id": image_id,
+                            "data": np.asarray(vector, VECTOR_DTYPE).tobytes(),
+                        }
+                        for image_id, vector in given
+                    ],
+                )
             if removed:
-                s.execute(delete(Image).where(Image.id.in_(removed)))
+                conn.execute(delete(images).where(images.c.id.in_(removed)))
             # Every space that lost or gained vectors has a stale index file now.
-            s.execute(
-                update(Space)
-                .where(Space.id.in_({space_id, *dropped}))
-                .values(generation=Space.generation + 1)
+            conn.execute(
+                update(spaces)
+                .where(spaces.c.id.in_({space_id, *dropped}))
+                .values(generation=spaces.c.generation + 1)
             )
         return added, sorted(set(dropped.get(space_id, ())) - set(added))
 
     # -- index manifest -----------------------------------------------------------------
 
     def set_manifest(self, space_id: int, manifest: Manifest) -> None:
-        with self.transaction() as s:
-            s.merge(
-                IndexManifest(
-                    space_id=space_id,
-                    generation=manifest.generation,
-                    count=manifest.count,
-                    checksum=manifest.checksum,
-                    filename=manifest.filename,
-                    kind=manifest.kind,
-                    tombstones=manifest.tombstones,
-                    params_json=manifest.params_json,
-                )
+        # Every field of Manifest is a column of the same name.
+        values = asdict(manifest)
+        with self.transaction() as conn:
+            changed = conn.execute(
+                update(index_manifest).where(index_manifest.c.space_id == space_id).values(values)
             )
+            if changed.rowcount == 0:
+                conn.execute(insert(index_manifest).values(space_id=space_id, **values))
 
     # -- index settings (spaces.index_spec and the "index" key of spaces.settings_json) ------
 
     def set_index_settings(self, space_id: int, settings: IndexSettings) -> None:
         """Store a space's index settings (other keys of ``settings_json`` are kept)."""
-        with self.transaction() as s:
-            row = s.get(Space, space_id)
+        with self.transaction() as conn:
+            row = conn.execute(
+                select(spaces.c.settings_json).where(spaces.c.id == space_id)
+            ).first()
             if row is None:
                 raise SpaceError(f"no space with id {space_id}")
             data = json.loads(row.settings_json or "{}")
             own = {"max_memory": settings.max_memory, "params": dict(settings.params)}
             data["index"] = {k: v for k, v in own.items() if v}
-            row.index_spec = settings.spec
-            row.settings_json = json.dumps(data, sort_keys=True)
+            conn.execute(
+                update(spaces)
+                .where(spaces.c.id == space_id)
+                .values(index_spec=settings.spec, settings_json=json.dumps(data, sort_keys=True))
+            )

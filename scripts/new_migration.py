@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Write a new Alembic revision by comparing the models with a database at the newest revision.
+"""Write a new Alembic revision by comparing schema.py's tables with a database at the newest
+revision, and point schema.HEAD_REVISION at it.
 
 Usage: .venv/bin/python scripts/new_migration.py "what changed"
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from alembic import command
 from alembic.script import ScriptDirectory
 
+from featx_search import schema
 from featx_search.store import Store, _alembic_config
 
 
@@ -26,6 +29,17 @@ def main() -> None:
             Store.open(db).close()  # a database at head, to diff the models against
         cfg = _alembic_config(f"sqlite:///{db}")
         command.revision(cfg, message=sys.argv[1], autogenerate=True)
+    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    source = Path(schema.__file__)
+    text = re.sub(
+        r'^HEAD_REVISION = "\w*"$',
+        f'HEAD_REVISION = "{head}"',
+        source.read_text(),
+        count=1,
+        flags=re.M,
+    )
+    source.write_text(text)
+    print(f"{source}: HEAD_REVISION = {head!r}")
 
 
 if __name__ == "__main__":

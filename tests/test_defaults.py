@@ -76,7 +76,7 @@ def test_space_keeps_its_stored_input_handling(db: Path, photos: Path) -> None:
     from sqlalchemy import update
 
     from featx_search.config import SpaceSpec
-    from featx_search.schema import Space
+    from featx_search.schema import spaces
 
     with Library.open(db) as lib:
         lib.index([photos / "a"], TINY)
@@ -86,8 +86,8 @@ def test_space_keeps_its_stored_input_handling(db: Path, photos: Path) -> None:
         moved = SpaceSpec.from_dict(data)
         with lib._store.transaction() as s:
             s.execute(
-                update(Space)
-                .where(Space.id == record.id)
+                update(spaces)
+                .where(spaces.c.id == record.id)
                 .values(spec_json=json.dumps(data), fingerprint=moved.fingerprint)
             )
     with Library.open(db) as lib:

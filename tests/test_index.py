@@ -118,10 +118,12 @@ def test_stale_manifest_means_rebuild(library: Library, photos: Path) -> None:
     # Simulate a crash after a committed batch but before the index was published.
     from sqlalchemy import update
 
-    from featx_search.schema import Space
+    from featx_search.schema import spaces
 
     with store.transaction() as s:
-        s.execute(update(Space).where(Space.id == space_id).values(generation=Space.generation + 1))
+        s.execute(
+            update(spaces).where(spaces.c.id == space_id).values(generation=spaces.c.generation + 1)
+        )
     record = store.space(space_id)
     index, generation = open_index(store, record)
     assert generation == record.generation and len(index) == 12

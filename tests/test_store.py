@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -11,9 +12,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from featx_search import LibraryError, LibraryVersionError, schema_status
-from featx_search.schema import Base
-from featx_search.store import Store, _alembic_config
+from featx_search import Library, LibraryError, LibraryVersionError, Query, schema_status
+from featx_search.schema import HEAD_REVISION, metadata
+from featx_search.store import Store, _alembic_config, alembic_head
 
 
 def test_new_library_is_migrated_to_head(db: Path) -> None:
@@ -34,9 +35,9 @@ def test_migrations_agree_with_models(db: Path) -> None:
     store = Store.open(db)
     try:
         with store.engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
-        cfg = _alembic_config(str(store.engine.url))
+        cfg = _alembic_config(store.engine.url)
         command.check(cfg)  # raises when autogenerate would write a new revision
     finally:
         store.close()
@@ -106,21 +107,20 @@ def test_vectors_are_float32_blobs(library, photos: Path, db: Path) -> None:  # 
         assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
     some = next(p for p in photos.rglob("*.jpg"))
     stored = dict(rows)
-    match = library.search(some, k=1)[0]
+    match = library.search(some, Query(k=1))[0]
     np.testing.assert_allclose(
         np.frombuffer(stored[match.image_id], "<f4"), library.embed([some])[0], atol=1e-6
     )
 
 
 def test_head_revision_constant_matches_the_migrations() -> None:
-    from featx_search.store import HEAD_REVISION
-
-    assert Store.head_revision() == HEAD_REVISION, "update store.HEAD_REVISION"
+    assert alembic_head() == HEAD_REVISION, f"set schema.HEAD_REVISION to {alembic_head()!r}"
+    assert Store.head_revision() == HEAD_REVISION
 
 
 def test_reader_reads_back_what_the_store_wrote(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Writes go through SQLAlchemy, reads through plain sqlite3: paths that are not UTF-8,
-    dates, blobs and long id lists (read in chunks) must survive the crossing."""
+    """A Reader (its own read-only-capable engine) reads back what a Store wrote: paths that
+    are not UTF-8, dates, blobs and long id lists (read in chunks) survive the crossing."""
     from datetime import datetime
 
     from featx_search import reader
@@ -198,12 +198,235 @@ def test_reader_reads_back_what_the_store_wrote(tmp_path: Path, monkeypatch) -> 
 
 
 def test_library_at_an_older_revision_is_migrated_on_open(db: Path) -> None:
-    from featx_search import Library
     from featx_search.reader import Reader
 
     Store.open(db).close()
     command.downgrade(_alembic_config(f"sqlite:///{db}"), "-1")
-    assert Reader.open(db) is None  # the plain-sqlite3 path only serves the newest schema
+    assert Reader.open(db) is None  # the Alembic-free path only serves the newest schema
     with Library.open(db) as lib:
         assert lib.info().revision == Store.head_revision()
     assert Reader.open(db) is not None
+
+
+# -- any path a file system allows ----------------------------------------------------------
+
+TINY_ARGS = ["--model", "tests.models:tiny_cnn", "--weights", "none"]
+# "%" broke Alembic's config interpolation; "%25" and "%(x)s" are what an escaped URL or a
+# config value would look like; the rest are spaces and names that are not ASCII.
+ODD_FOLDERS = ["pct 100%", "50%25 off %(x)s", "with  spaces ", "naïve 写真 ü"]
+
+
+def _first_photo(photos: Path) -> Path:
+    return sorted(photos.rglob("*.jpg"))[0]
+
+
+@pytest.mark.parametrize("folder", ODD_FOLDERS)
+def test_any_path_works_as_a_library_path(tmp_path: Path, photos: Path, folder: str) -> None:
+    from featx_search.connect import database_url
+    from tests.conftest import TINY
+
+    db = tmp_path / folder / f"{folder}.db"
+    with Library.open(db) as lib:
+        assert lib.path == db
+        assert lib.index([photos], TINY).added == 12
+    # An older revision is migrated on open: Alembic runs on a path with these characters.
+    command.downgrade(_alembic_config(database_url(db)), "-1")
+    assert not schema_status(db).up_to_date
+    photo = _first_photo(photos)
+    with Library.open(db) as lib:
+        assert lib.info().revision == HEAD_REVISION
+        hit = lib.search(photo, Query(k=1))[0]
+        assert hit.path == str(photo)
+        assert lib.similar(hit.image_id, Query(k=1))[0].image_id == hit.image_id
+    with Library.open(db) as lib:  # the Alembic-free reader
+        assert lib.similar(photo, Query(k=1))[0].path == str(photo)
+    assert schema_status(db).up_to_date
+
+
+def test_a_leading_tilde_is_the_home_folder(
+    tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import TINY
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    with Library.open("~/my libs/lib.db") as lib:
+        assert lib.path == home / "my libs" / "lib.db"
+        lib.index([photos], TINY)
+    assert (home / "my libs" / "lib.db").is_file()
+    with Library.open(Path("~/my libs/lib.db"), create=False) as lib:
+        photo = _first_photo(photos)
+        assert lib.search(photo, Query(k=1))[0].path == str(photo)
+
+
+@pytest.mark.parametrize("folder", ["pct 100%", "naïve 写真", "~"])
+def test_cli_takes_any_library_path(
+    tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from featx_search.cli import cli
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    db = "~/lib/lib.db" if folder == "~" else str(tmp_path / folder / "lib.db")
+    where = tmp_path / "home" / "lib" / "lib.db" if folder == "~" else Path(db)
+
+    def run(*args: str | Path) -> str:
+        result = CliRunner().invoke(cli, [str(a) for a in args], env={"FEATX_DB": db})
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    run("index", photos, *TINY_ARGS)
+    assert where.is_file()
+    photo = _first_photo(photos)
+    assert json.loads(run("search", photo, "-k", "1", "--json"))["path"] == str(photo)
+    assert json.loads(run("info", "--json"))["path"] == str(where)
+    run("--db", db, "similar", photo, "-k", "2")
+
+
+def test_cli_process_creates_a_library_under_a_percent_path(tmp_path: Path, photos: Path) -> None:
+    """The reported failure, as reported: FEATX_DB='/tmp/pct 100%/lib.db' featx-search index."""
+    import os
+    import subprocess
+    import sys
+
+    db = tmp_path / "pct 100%" / "lib.db"
+    env = {**os.environ, "FEATX_DB": str(db)}
+    args = [sys.executable, "-m", "featx_search", "index", str(photos / "a"), *TINY_ARGS]
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "indexed 6" in done.stdout
+    assert schema_status(db).up_to_date
+
+
+# -- read-only libraries --------------------------------------------------------------------
+
+
+def _snapshot(db: Path) -> dict[str, bytes]:
+    """Every file of a library (database, WAL files, index files) and its bytes."""
+    files = [p for p in db.parent.rglob("*") if p.is_file()]
+    return {str(p.relative_to(db.parent)): p.read_bytes() for p in sorted(files)}
+
+
+def _read_only_checks(lib: Library, db: Path, photos: Path) -> None:
+    """Queries answer; every write raises ReadOnlyError naming the library."""
+    from featx_search import ExtractorSpec
+    from featx_search.errors import ReadOnlyError
+    from tests.conftest import TINY
+
+    photo = _first_photo(photos)
+    assert lib.search(photo, Query(k=1))[0].path == str(photo)
+    assert lib.similar(photo, Query(k=2))[0].path == str(photo)
+    assert lib.duplicates(0.9999) == [] and lib.duplicates(exact=True) == []
+    info = lib.info()
+    assert info.revision == HEAD_REVISION and info.images == {"indexed": 12}
+    assert lib.check().ok
+    space = lib.space()
+    writes = [
+        lambda: lib.index([photos]),
+        lambda: lib.index([photos], TINY),
+        lambda: lib.create_space(ExtractorSpec(model="tests.models:tiny_cnn", weights="none")),
+        lambda: lib.remove([photo]),
+        lambda: space.whiten(0),
+        lambda: space.rebuild(),
+        lambda: space.configure_index("Flat"),
+    ]
+    for write in writes:
+        with pytest.raises(ReadOnlyError, match="read-only") as err:
+            write()
+        assert str(db) in str(err.value) and err.value.hint
+    assert lib.search(photo, Query(k=1))[0].path == str(photo)  # still answering
+
+
+@pytest.fixture
+def whitened(tmp_path: Path, photos: Path) -> Path:
+    """A library of the 12 photos with PCA-whitening and a stale index file (so a query
+    rebuilds the index in memory, which must not be written back)."""
+    from sqlalchemy import update
+
+    from featx_search.schema import spaces
+    from tests.conftest import TINY
+
+    db = tmp_path / "lib" / "lib.db"
+    with Library.open(db) as lib:
+        lib.index([photos], TINY)
+        lib.space().whiten(4)
+        store = lib._stores.writer()
+        with store.transaction() as conn:
+            conn.execute(update(spaces).values(generation=spaces.c.generation + 1))
+    return db
+
+
+def test_read_only_storage_answers_queries(
+    whitened: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage this process may not write (as root, chmod cannot show it: the check that
+    decides is made to say "not writable", as it does on a read-only mount)."""
+    from featx_search import connect
+
+    before = _snapshot(whitened)
+    monkeypatch.setattr(connect, "_may_write", lambda path: False)
+    with Library.open(whitened) as lib:
+        assert lib._store.read_only
+        # Neither -wal nor -shm can be made beside the file: SQLite reads it as immutable.
+        assert lib._store.engine.url.query.get("immutable") == "1"
+        assert lib.space().whitening() is not None
+        _read_only_checks(lib, whitened, photos)
+    assert _snapshot(whitened) == before
+
+
+def test_open_read_only_on_purpose(whitened: Path, photos: Path) -> None:
+    from featx_search.errors import ReadOnlyError
+
+    before = _snapshot(whitened)
+    with Library.open(whitened, read_only=True) as lib:
+        assert lib._store.engine.url.query.get("mode") == "ro"
+        _read_only_checks(lib, whitened, photos)
+        with pytest.raises(ReadOnlyError, match="opened read-only"):
+            lib.index([photos])
+    assert _snapshot(whitened).keys() >= before.keys()
+    assert {k: v for k, v in _snapshot(whitened).items() if k in before} == before
+    with pytest.raises(LibraryError, match="no library at"):
+        Library.open(whitened.with_name("missing.db"), read_only=True)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="permission bits do not stop root (the test above covers the decision)",
+)
+def test_read_only_folder_and_file_for_real(whitened: Path, photos: Path) -> None:
+
+    before = _snapshot(whitened)
+    folders = [whitened.parent, whitened.with_name(whitened.name + ".indexes")]
+    whitened.chmod(0o444)
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        with Library.open(whitened) as lib:
+            assert lib._store.read_only
+            _read_only_checks(lib, whitened, photos)
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+        whitened.chmod(0o644)
+    assert _snapshot(whitened) == before
+
+
+def test_read_only_library_that_needs_migrating_says_so(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from featx_search import connect
+    from featx_search.errors import ReadOnlyError
+
+    Store.open(db).close()
+    command.downgrade(_alembic_config(f"sqlite:///{db}"), "-1")
+    monkeypatch.setattr(connect, "_may_write", lambda path: False)
+    with pytest.raises(ReadOnlyError, match="needs migrating") as err:
+        Library.open(db)
+    assert str(db) in str(err.value)
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        Library.open(db.with_name("new.db"))  # nothing can be created there either
+    assert not db.with_name("new.db").exists()

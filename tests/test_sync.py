@@ -19,14 +19,14 @@ from sqlalchemy import select, text
 
 from featx_search import Library, Progress, Query, SyncOptions, ingest
 from featx_search import scan as scan_module
-from featx_search.schema import Image
+from featx_search.schema import images
 
 from .conftest import TINY, make_photo
 
 
-def _rows(library: Library) -> dict[str, Image]:
+def _rows(library: Library) -> dict[str, Any]:
     with library._store.transaction() as s:
-        return {img.relpath: img for img in s.scalars(select(Image))}
+        return {row.relpath: row for row in s.execute(select(images))}
 
 
 def test_content_hash_and_date_taken_are_recorded(library: Library, tmp_path: Path) -> None:
