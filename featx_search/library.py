@@ -219,7 +219,7 @@ class Library:
             if not found:
                 options = options or SyncOptions()
                 return plan_report(
-                    self._stores.writer(),
+                    self._store,
                     (-1, "", f"{spec.model} (new space)"),
                     paths,
                     retry_failed=options.retry_failed,
@@ -392,13 +392,20 @@ class SchemaStatus:
 
 def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
     """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
+    from .connect import library_path, writable
+    from .reader import Reader
+    from .schema import HEAD_REVISION
     from .store import Store
 
-    store = Store.open(db if db is not None else default_db_path(), migrate=False, create=False)
+    path = library_path(db if db is not None else default_db_path())
+    if path.is_file() and not writable(path):  # read-only storage: read the revision only
+        reader: Reader = Reader(path, read_only=True)
+    else:
+        reader = Store.open(path, migrate=False, create=False)
     try:
-        return SchemaStatus(str(store.path), store.current_revision(), store.head_revision())
+        return SchemaStatus(str(reader.path), reader.current_revision(), HEAD_REVISION)
     finally:
-        store.close()
+        reader.close()
 
 
 def upgrade_schema(db: str | os.PathLike[str] | None = None) -> SchemaStatus:

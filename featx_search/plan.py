@@ -9,14 +9,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .images import hash_file
-from .records import FAILED, Move
+from .records import FAILED, KnownFile, Move
 from .reports import IndexReport
 from .scan import FileInfo, scan, stat_or_lstat
 
 if TYPE_CHECKING:
+    from .reader import Reader
     from .store import Store
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,23 @@ def _is_empty_folder(folder: Path) -> bool:
         return True
 
 
+def _known(
+    store: Reader, root_id: int | None, root_dir: Path, prefix: str, space_id: int
+) -> dict[str, KnownFile]:
+    """Stored files under ``prefix`` of a root, by path relative to it. A folder that is no
+    root yet (a dry run does not make it one) knows the files of the roots below it."""
+    if root_id is not None:
+        return store.known_files(root_id, prefix, space_id)
+    known: dict[str, KnownFile] = {}
+    for nested_id, nested in store.roots_below(root_dir):
+        rel = os.path.relpath(nested, root_dir)
+        for path, file in store.known_files(nested_id, "", space_id).items():
+            known[os.path.join(rel, path)] = file
+    return known
+
+
 def make_plan(
-    store: Store,
+    store: Reader,
     space_id: int,
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -76,11 +92,12 @@ def make_plan(
             plan.missing.append(str(path))
             log.warning("%s does not exist; nothing under it is changed", path)
             continue
-        root_id, root_dir = store.find_root(folder) if dry_run else store.root_for(folder)
+        if dry_run:
+            root_id, root_dir = store.find_root(folder)
+        else:
+            root_id, root_dir = cast("Store", store).root_for(folder)
         prefix = "" if folder == root_dir else os.path.relpath(folder, root_dir)
-        known = (
-            {} if root_id is None else store.known_files(root_id, prefix if whole else "", space_id)
-        )
+        known = _known(store, root_id, root_dir, prefix if whole else "", space_id)
         unreadable: list[Path] = []
         found: Iterable[FileInfo | None] = (
             scan(folder, unreadable) if whole else [stat_or_lstat(folder / path.name)]
@@ -130,7 +147,7 @@ def make_plan(
     return plan
 
 
-def _find_moves(store: Store, space_id: int, plan: Plan) -> None:
+def _find_moves(store: Reader, space_id: int, plan: Plan) -> None:
     """Turn new files whose bytes equal a vanished stored file into moves of that file.
 
     Only new files with the size of some stored file are hashed. A source qualifies when a
@@ -179,7 +196,7 @@ def _find_moves(store: Store, space_id: int, plan: Plan) -> None:
 
 
 def plan_report(
-    store: Store,
+    store: Reader,
     space: tuple[int, str, str],
     paths: Iterable[str | os.PathLike[str]],
     *,

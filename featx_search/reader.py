@@ -250,6 +250,12 @@ class Reader:
     def _roots(self, conn: Connection) -> list[tuple[int, str]]:
         return list(conn.execute(select(roots.c.id, roots.c.path).order_by(roots.c.id)))
 
+    def roots_below(self, folder: Path) -> list[tuple[int, Path]]:
+        """The roots strictly below ``folder`` (absolute, resolved): a sync of ``folder``
+        takes them in (see :meth:`Store.root_for`)."""
+        with self._read() as conn:
+            return [(i, Path(root)) for i, root in self._roots(conn) if _inside(root, str(folder))]
+
     def find_root(self, folder: Path) -> tuple[int | None, Path]:
         """The id and path of the root that holds ``folder`` (absolute, resolved), or
         (None, ``folder``) when none does. :meth:`Store.root_for` also creates it."""

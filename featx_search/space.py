@@ -425,7 +425,7 @@ class Space:
 
         options = options or SyncOptions()
         return plan_report(
-            self._stores.writer(),
+            self._store,
             (self.id, self.fingerprint, self.label),
             list(paths),
             retry_failed=options.retry_failed,

@@ -125,6 +125,8 @@ def test_plan_loads_no_model_and_writes_nothing(
     fresh = Library.open(library.path)
     report = fresh.plan([photos / "a"], TINY)
     assert (report.added, report.removed, report.unchanged) == (1, 1, 5)
+    above = fresh.plan([photos], TINY)  # a folder above the stored one sees its files
+    assert (above.added, above.removed, above.unchanged) == (7, 1, 5)
     assert fresh.space().count == 6
     new_space = fresh.plan([photos], RESNET18)
     assert new_space.added == 12 and len(fresh.spaces()) == 1

@@ -324,6 +324,8 @@ def _read_only_checks(lib: Library, db: Path, photos: Path) -> None:
     info = lib.info()
     assert info.revision == HEAD_REVISION and info.images == {"indexed": 12}
     assert lib.check().ok
+    assert lib.plan([photos]).unchanged == 12  # a dry run only reads
+    assert schema_status(db).up_to_date
     space = lib.space()
     writes = [
         lambda: lib.index([photos]),
