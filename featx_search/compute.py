@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import os
-import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
-from .config import DEFAULT_PRECISION
+from .config import DEFAULT_PRECISION, Precision, check_choice
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,23 +25,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-FREEZES: tuple[str, ...] = ("auto", "on", "off")
-RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino")
+# Where a model runs: ``auto`` is CUDA, else Apple MPS, else the CPU.
+Device = Literal["auto", "cpu", "cuda", "mps"]
+# Whether index runs use a frozen TorchScript graph.
+Freeze = Literal["auto", "on", "off"]
+# What runs the cut graph in index runs.
+Runtime = Literal["auto", "torch", "openvino"]
+
+DEVICES: tuple[Device, ...] = get_args(Device)
+FREEZES: tuple[Freeze, ...] = get_args(Freeze)
+RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 # With runtime="auto", an index run that embeds at least this many images on the CPU in fp32
-# tries OpenVINO (when installed). Exporting and converting took 6 to 12 s here and saves 12
-# to 20 ms per image (efficientnet_lite0, resnet50), so it pays for itself after some 300 to
-# 1000 images.
+# tries OpenVINO (when installed): converting takes seconds, which a shorter run would not win
+# back (docs/benchmarks.md).
 OPENVINO_MIN_IMAGES = 1000
 # With freeze="auto", an index run that embeds at least this many images on the CPU in fp32
-# tries the frozen graph. Freezing resnet50 costs about 13 s here and saves about 7 ms per
-# image, so it pays for itself after some 1800 images (README, "Speed").
+# tries the frozen graph, for the same reason.
 FREEZE_MIN_IMAGES = 2000
-# Images per model call on the CPU when not given. On this machine (2 cores, 32 MiB L3), with
-# OpenMP's default waiting (as in a Python program using the API), calls of 4 images ran
-# fastest for both measured models: 1.8x faster than 16 for efficientnet_lite0 and 1.1x for
-# resnet50, as their activations stay in cache. With the CLI's passive waiting
-# (prefer_passive_openmp) 4 and 16 ran alike (README, "Speed").
+# Images per model call on the CPU when not given: small calls keep activations in the CPU's
+# cache (docs/benchmarks.md).
 CPU_MICRO_BATCH = 4
 
 
@@ -49,70 +52,68 @@ class Compute:
     """How to run a model; none of it changes which space vectors belong to.
 
     - ``device``: ``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda`` or ``mps``.
-    - ``threads``: torch intra-op threads (process-wide); ``None`` keeps torch's default, one
-      per core.
+    - ``threads``: torch intra-op threads while this model embeds (set and restored around
+      each call); ``None`` keeps torch's setting.
     - ``channels_last``: NHWC memory layout for convolutions; ``None`` means on for CPU and
-      CUDA, where it measured faster (README, "Speed"), off for MPS.
+      CUDA, off for MPS.
     - ``micro_batch``: images per model call; a larger batch is embedded in slices of this
       size. ``None`` means :data:`CPU_MICRO_BATCH` on the CPU and the whole batch elsewhere.
     - ``freeze``: for index runs, compile the model graph for inference (TorchScript trace,
       freeze, oneDNN optimisations: batch norm folded into convolutions, prepacked weights).
       ``auto`` tries it on the CPU in fp32 when a run embeds at least
       :data:`FREEZE_MIN_IMAGES` images, and keeps it only when the first batch runs faster
-      than the plain graph (resnet50: about 1.4x here; efficientnet_lite0: slower, so not
-      kept); ``on`` always uses it, ``off`` never. Vectors agree with the plain graph's to
-      float rounding (checked on the first batch). Applies when the model runs in torch.
+      than the plain graph; ``on`` always uses it, ``off`` never. Vectors agree with the plain
+      graph's to float rounding (checked on the first batch). Applies when the model runs in
+      torch.
     - ``runtime``: for index runs, what runs the cut graph: ``torch``, or ``openvino``, which
       compiles the same FX graph for this CPU with Intel's OpenVINO (fp32 only, the CPU only;
       needs the ``openvino`` package). ``auto`` uses OpenVINO when it is installed and a CPU
       fp32 run embeds at least :data:`OPENVINO_MIN_IMAGES` images, if its vectors agree with
-      torch's on a sample batch and it runs that batch faster (resnet50 1.5 to 2.1x,
-      efficientnet_lite0 3 to 4.5x here; README, "Speed"). Queries always run in torch.
+      torch's on a sample batch and it runs that batch faster. Queries always run in torch.
+
+    Raises :class:`ConfigError` naming the parameter for a value out of range.
     """
 
-    device: str = "auto"
+    device: Device = "auto"
     threads: int | None = None
     channels_last: bool | None = None
     micro_batch: int | None = None
-    freeze: str = "auto"
-    runtime: str = "auto"
+    freeze: Freeze = "auto"
+    runtime: Runtime = "auto"
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ConfigError(
-                f"unknown --device {self.device!r}", hint=f"choose one of: {', '.join(DEVICES)}"
-            )
-        if self.freeze not in FREEZES:
-            raise ConfigError(
-                f"unknown --freeze {self.freeze!r}", hint=f"choose one of: {', '.join(FREEZES)}"
-            )
-        if self.runtime not in RUNTIMES:
-            raise ConfigError(
-                f"unknown --runtime {self.runtime!r}", hint=f"choose one of: {', '.join(RUNTIMES)}"
-            )
+        check_choice(self.device, DEVICES, "device")
+        check_choice(self.freeze, FREEZES, "freeze")
+        check_choice(self.runtime, RUNTIMES, "runtime")
         if self.runtime == "openvino" and not openvino_installed():
             raise ConfigError(
-                "--runtime openvino needs the openvino package, which is not installed",
-                hint="pip install openvino, or use --runtime auto or torch",
+                "runtime 'openvino' needs the openvino package, which is not installed",
+                hint="pip install openvino, or use runtime auto or torch",
+                param="runtime",
             )
         if self.micro_batch is not None and self.micro_batch < 1:
-            raise ConfigError(f"--micro-batch must be at least 1, got {self.micro_batch}")
+            raise ConfigError(
+                f"micro_batch must be at least 1, got {self.micro_batch}", param="micro_batch"
+            )
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+            raise ConfigError(f"threads must be at least 1, got {self.threads}", param="threads")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Placement:
-    """A :class:`Compute` resolved on this machine: the torch device and layout to use."""
+    """A :class:`Compute` resolved on this machine: the torch device and layout to use, and the
+    process-wide torch settings :func:`applied` sets while the model runs."""
 
     device: str
     dtype: torch.dtype
     channels_last: bool
-    freeze: str = "off"
+    freeze: Freeze = "off"
     micro_batch: int | None = None  # None: the whole batch in one call
     # "auto" only where OpenVINO may be tried (CPU, fp32, installed); place() makes it
     # "torch" elsewhere.
-    runtime: str = "torch"
+    runtime: Runtime = "torch"
+    threads: int | None = None  # torch intra-op threads while running; None: leave as is
+    exact_fp32: bool = False  # TF32 off while running (fp32 on CUDA)
 
 
 def openvino_installed() -> bool:
@@ -120,20 +121,63 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def prefer_passive_openmp() -> bool:
-    """Make torch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY``).
+class _Settings:
+    """Process-wide torch settings shared by every model that runs: the first caller to enter
+    saves what was there, the last to leave restores it (threads may overlap)."""
 
-    While indexing, decoding threads share the cores with the model's threads; spinning
-    threads burn the time the decoders need, and on a busy machine 2 spinning model threads
-    ran slower than 1 (README, "Speed"). Only works before torch is imported; a value the user
-    set is kept. Returns True when the setting is in effect.
-    """
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: tuple[int, bool, bool] | None = None
+
+    @contextmanager
+    def applied(self, placement: Placement) -> Iterator[None]:
+        import torch
+
+        with self._lock:
+            if self._users == 0:
+                self._saved = (
+                    torch.get_num_threads(),
+                    torch.backends.cudnn.allow_tf32,
+                    torch.backends.cuda.matmul.allow_tf32,
+                )
+            self._users += 1
+            if placement.threads is not None and torch.get_num_threads() != placement.threads:
+                torch.set_num_threads(placement.threads)
+            if placement.exact_fp32:
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._saved is not None:
+                    threads, cudnn_tf32, matmul_tf32 = self._saved
+                    if torch.get_num_threads() != threads:
+                        torch.set_num_threads(threads)
+                    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+                    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+                    self._saved = None
 
 
-def resolve_device(device: str) -> str:
+_SETTINGS = _Settings()
+
+
+@contextmanager
+def applied(placement: Placement | None) -> Iterator[None]:
+    """Run the block with ``placement``'s torch threads and TF32 setting, restored afterwards.
+
+    Torch holds these per process; while several threads run models at once, the last one to
+    enter sets them and the last one to leave restores what was there before the first."""
+    if placement is None or (placement.threads is None and not placement.exact_fp32):
+        yield
+        return
+    with _SETTINGS.applied(placement):
+        yield
+
+
+def resolve_device(device: Device) -> str:
     """``auto`` -> the best device present; an explicit device that is missing raises
     :class:`ConfigError`."""
     import torch
@@ -144,27 +188,28 @@ def resolve_device(device: str) -> str:
         return "cuda" if cuda else "mps" if mps else "cpu"
     if (device == "cuda" and not cuda) or (device == "mps" and not mps):
         raise ConfigError(
-            f"--device {device} is not available here",
-            hint="use --device auto or cpu (this torch build or machine has no such device)",
+            f"device {device!r} is not available here",
+            hint="use device auto or cpu (this torch build or machine has no such device)",
+            param="device",
         )
     return device
 
 
-def torch_dtype(precision: str) -> torch.dtype:
+def torch_dtype(precision: Precision) -> torch.dtype:
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @functools.cache
-def fast_precisions(device: str) -> tuple[str, ...]:
+def fast_precisions(device: str) -> tuple[Precision, ...]:
     """The precisions ``device`` runs natively (not emulated), fp32 first.
 
     On CPU bf16 needs AVX-512 BF16 or AMX (oneDNN says so); fp16 needs AVX-512 FP16 or AMX-FP16.
     """
     import torch
 
-    found = [DEFAULT_PRECISION]
+    found: list[Precision] = [DEFAULT_PRECISION]
     if device == "cpu":
         if torch.ops.mkldnn._is_mkldnn_bf16_supported():
             found.append("bf16")
@@ -179,24 +224,24 @@ def fast_precisions(device: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def place(model: nn.Module, precision: str, compute: Compute) -> tuple[nn.Module, Placement]:
+def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.Module, Placement]:
     """Move ``model`` (in place) to the device, dtype and layout ``compute`` resolves to.
 
-    Applies ``compute.threads`` to torch. A precision the device only emulates still works,
-    with a warning that it is slow. fp32 on CUDA stays true fp32 (TF32 is switched off), so an
-    fp32 space means the same vectors on every device.
+    Changes no process-wide setting: ``compute.threads``, and TF32 off for fp32 on CUDA (so
+    that an fp32 space means the same vectors on every device), go into the placement, which
+    :func:`applied` applies while the model runs. A precision the device only emulates still
+    works, with a warning that it is slow.
     """
     import torch
 
     device = resolve_device(compute.device)
     if compute.runtime == "openvino" and (device != "cpu" or precision != DEFAULT_PRECISION):
         raise ConfigError(
-            f"--runtime openvino runs {DEFAULT_PRECISION} models on the CPU only, "
+            f"runtime 'openvino' runs {DEFAULT_PRECISION} models on the CPU only, "
             f"not {precision} on {device}",
-            hint=f"use --device cpu and --precision {DEFAULT_PRECISION}, or --runtime auto",
+            hint=f"use device cpu and precision {DEFAULT_PRECISION}, or runtime auto",
+            param="runtime",
         )
-    if compute.threads is not None:
-        torch.set_num_threads(compute.threads)
     if precision not in fast_precisions(device):
         log.warning(
             "precision %s is not native on this %s (native: %s); it works, but slowly",
@@ -204,9 +249,6 @@ def place(model: nn.Module, precision: str, compute: Compute) -> tuple[nn.Module
             device,
             ", ".join(fast_precisions(device)),
         )
-    if device == "cuda" and precision == DEFAULT_PRECISION:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
     channels_last = compute.channels_last
     if channels_last is None:
         channels_last = device in ("cpu", "cuda")
@@ -222,7 +264,16 @@ def place(model: nn.Module, precision: str, compute: Compute) -> tuple[nn.Module
         device == "cpu" and precision == DEFAULT_PRECISION and openvino_installed()
     ):
         runtime = "torch"
-    return model, Placement(device, dtype, channels_last, compute.freeze, micro_batch, runtime)
+    return model, Placement(
+        device=device,
+        dtype=dtype,
+        channels_last=channels_last,
+        freeze=compute.freeze,
+        micro_batch=micro_batch,
+        runtime=runtime,
+        threads=compute.threads,
+        exact_fp32=device == "cuda" and precision == DEFAULT_PRECISION,
+    )
 
 
 def to_input(batch: torch.Tensor, placement: Placement) -> torch.Tensor:

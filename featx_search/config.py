@@ -4,34 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .errors import ConfigError
 
-POOLS: tuple[str, ...] = ("avg", "max", "gem")
+# How a feature map becomes a vector (see pooling.py).
+Pool = Literal["avg", "max", "gem"]
 # How features are read: FX when the model traces, else forward hooks (auto); or one of them.
-METHODS: tuple[str, ...] = ("auto", "fx", "hook")
+Method = Literal["auto", "fx", "hook"]
 # How an image meets a square model input: resize and centre crop, or squash the whole frame.
-FITS: tuple[str, ...] = ("crop", "full")
+Fit = Literal["crop", "full"]
+# Number formats a model can run in. fp32 is the default and the only one whose spaces keep
+# the fingerprints they had before precision existed.
+Precision = Literal["fp32", "bf16", "fp16"]
+# How images are resized (PIL's filters of the same names).
+Interpolation = Literal["bilinear", "bicubic"]
+
+POOLS: tuple[Pool, ...] = get_args(Pool)
+METHODS: tuple[Method, ...] = get_args(Method)
+FITS: tuple[Fit, ...] = get_args(Fit)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "DEFAULT"
 NO_WEIGHTS = "none"
-# Number formats a model can run in. fp32 is the default and the only one whose spaces keep
-# the fingerprints they had before precision existed.
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-DEFAULT_PRECISION = "fp32"
+DEFAULT_PRECISION: Precision = "fp32"
 
 
-def _check_pool(pool: str) -> None:
-    if pool not in POOLS:
-        raise ConfigError(f"unknown pooling {pool!r}", hint=f"choose one of: {', '.join(POOLS)}")
+def check_choice(value: object, choices: Collection[str], param: str) -> None:
+    """Raise :class:`ConfigError` naming ``param`` unless ``value`` is one of ``choices``.
 
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
+    The types say which strings are allowed; this checks values that come from users, files
+    or stored specs at run time."""
+    if value not in choices:
         raise ConfigError(
-            f"unknown --precision {precision!r}", hint=f"choose one of: {', '.join(PRECISIONS)}"
+            f"{param} must be one of {', '.join(choices)}, got {value!r}",
+            hint=f"choose one of: {', '.join(choices)}",
+            param=param,
         )
 
 
@@ -41,8 +52,8 @@ class ExtractorSpec:
 
     ``weights`` is a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V2``, ...), ``none``
     for a seeded random initialisation, or the path of a state-dict file. An empty ``layers``
-    means the model's default layer and ``pool=None`` its default pooling (see
-    ``MODEL_DEFAULTS`` in extract.py: chosen with ``featx-search eval``; else the node that
+    means the model's default layer and ``pool=None`` its default pooling (a built-in model's
+    entry in ``extract/registry.py``, chosen with ``featx-search eval``; else the node that
     feeds the classifier, pooled with avg). ``precision`` is the number format the model runs
     in (``fp32``, ``bf16``, ``fp16``); it changes vectors, so it is part of the embedding
     space. ``method`` is how features are read (see :data:`METHODS`); it is not part of the
@@ -52,28 +63,33 @@ class ExtractorSpec:
     model: str = DEFAULT_MODEL
     weights: str = DEFAULT_WEIGHTS
     layers: tuple[str, ...] = ()
-    pool: str | None = None
-    precision: str = DEFAULT_PRECISION
-    method: str = "auto"
+    pool: Pool | None = None
+    precision: Precision = DEFAULT_PRECISION
+    method: Method = "auto"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"unknown --method {self.method!r}", hint=f"choose one of: {', '.join(METHODS)}"
-            )
+        check_choice(self.method, METHODS, "method")
         if not self.model.strip():
-            raise ConfigError("--model is empty", hint="name a model, e.g. resnet50")
+            raise ConfigError("model is empty", hint="name a model, e.g. resnet50", param="model")
         if not self.weights.strip():
-            raise ConfigError("--weights is empty", hint="use DEFAULT, none or a file path")
+            raise ConfigError(
+                "weights is empty", hint="use DEFAULT, none or a file path", param="weights"
+            )
         object.__setattr__(self, "layers", tuple(self.layers))
         for layer in self.layers:
             if not layer.strip():
-                raise ConfigError("--layer is empty", hint="see `featx-search layers MODEL`")
+                raise ConfigError(
+                    "layers holds an empty name", hint="see list_layers(spec)", param="layers"
+                )
         if len(set(self.layers)) != len(self.layers):
-            raise ConfigError(f"--layer repeats a node: {', '.join(self.layers)}")
+            raise ConfigError(
+                f"layers repeat a node: {', '.join(self.layers)}",
+                hint="give each layer once",
+                param="layers",
+            )
         if self.pool is not None:
-            _check_pool(self.pool)
-        _check_precision(self.precision)
+            check_choice(self.pool, POOLS, "pool")
+        check_choice(self.precision, PRECISIONS, "precision")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers)}
@@ -102,16 +118,18 @@ class Preprocess:
     crop: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    fit: str = "crop"
+    interpolation: Interpolation = "bilinear"
+    fit: Fit = "crop"
 
     def __post_init__(self) -> None:
-        if self.fit not in FITS:
-            raise ConfigError(
-                f"unknown input fit {self.fit!r}", hint=f"choose one of: {', '.join(FITS)}"
-            )
+        check_choice(self.fit, FITS, "fit")
+        check_choice(self.interpolation, INTERPOLATIONS, "interpolation")
         if self.crop <= 0 or self.resize < self.crop:
-            raise ConfigError(f"bad preprocessing sizes: resize={self.resize} crop={self.crop}")
+            raise ConfigError(
+                f"crop must be positive and at most resize, got resize={self.resize} "
+                f"crop={self.crop}",
+                param="crop",
+            )
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -145,13 +163,17 @@ class SpaceSpec:
     weights: str
     weights_sha256: str
     layers: tuple[str, ...]
-    pool: str
+    pool: Pool
     preprocess: Preprocess
     dim: int
     torch_version: str
     torchvision_version: str
     request: ExtractorSpec = field(compare=False)
-    precision: str = DEFAULT_PRECISION
+    precision: Precision = DEFAULT_PRECISION
+
+    def __post_init__(self) -> None:
+        check_choice(self.pool, POOLS, "pool")
+        check_choice(self.precision, PRECISIONS, "precision")
 
     def identity(self) -> dict[str, Any]:
         """The fields that make up the fingerprint (everything but ``request``).

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from .config import FITS, ExtractorSpec, Preprocess
+from .config import FITS, ExtractorSpec, Fit, Preprocess
 from .errors import ConfigError
 from .images import is_image_name, load_rgb, preprocess
 from .scan import scan
@@ -162,7 +162,7 @@ def model_input(img: PILImage, spec: Preprocess, how: str) -> np.ndarray:
     """``img`` as float32 (3, crop, crop) for a model, fitted as ``how`` (see :data:`INPUTS`)."""
     if how not in INPUTS:
         raise ConfigError(f"unknown --input {how!r}", hint=f"choose one of: {', '.join(INPUTS)}")
-    return preprocess(img, replace(spec, fit=how))
+    return preprocess(img, replace(spec, fit=cast(Fit, how)))
 
 
 def evaluate(

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featx_search.compute import prefer_passive_openmp
+from featx_search.cli.process import prefer_passive_openmp
 
 RECIPE_CHILD = "FEATX_BENCH_RECIPE_CHILD"
 
@@ -249,11 +249,12 @@ def recipe_rate(model_name: str, paths: list[Path]) -> float:
     from torchvision import transforms
 
     from featx_search.config import ExtractorSpec
-    from featx_search.extract import _build, _node_names, default_layer
+    from featx_search.extract.cut import default_layer, node_names
+    from featx_search.extract.registry import build
 
-    built = _build(ExtractorSpec(model=model_name, weights=WEIGHTS[model_name]))
+    built = build(ExtractorSpec(model=model_name, weights=WEIGHTS[model_name]))
     model = built.model.eval()
-    layer = default_layer(model, _node_names(model, model_name))
+    layer = default_layer(model, node_names(model, model_name))
     pre = built.preprocess
     transform = transforms.Compose(
         [

@@ -13,16 +13,20 @@ Usage: .venv/bin/python scripts/bench_methods.py [--reps 5] [--batch 8] [--threa
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from featx_search import extract
-from featx_search.methods import Chain
+from featx_search.extract.weights import seeded
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ of this checkout
+from tests.reference_methods import Chain
 
 NODES = {
     "resnet18": ["layer1", "layer2", "layer3", "layer4", "avgpool"],
@@ -57,7 +61,7 @@ def main() -> None:
         "  fx/hook  trunc/hook"
     )
     for name, nodes in NODES.items():
-        with extract._seeded():
+        with seeded():
             model = torchvision.models.get_model(name, weights=None).eval()
         chain = Chain(model)
         for node in nodes:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featx_search import Compute, ConfigError, ExtractorSpec, Library
+from featx_search import Compute, ConfigError, ExtractorSpec, Library, Query, SyncOptions
 from featx_search import compute as compute_module
 from featx_search.cli import cli
 from featx_search.compute import fast_precisions, openvino_installed, resolve_device
@@ -95,28 +95,27 @@ def test_every_option_combination_indexes_correctly(
     try:
         report = library.index(
             [photos],
-            spec=replace(TINY, precision=precision),
-            batch_size=batch_size,
-            workers=workers,
-            compute=compute,
+            replace(TINY, precision=precision),
+            options=SyncOptions(batch_size=batch_size, workers=workers, compute=compute),
         )
+        threads_after = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads_before)
+    assert threads_after == threads_before  # set only while the model runs
     assert (report.added, report.failed) == (12, 0), report.failures
     space = library.spaces()[0]
     assert space.count == 12
-    _, ids, stored = library._store.vectors(space.id)
+    _, ids, stored = space.vectors()
+    image_ids = {facts.path: facts.id for facts in space.image_facts()}
     files = _files(photos)
     expected = reference.embed(np.stack([load_input(p, reference.space.preprocess) for p in files]))
     by_id = dict(zip(ids.tolist(), stored, strict=True))
     for path, want in zip(files, expected, strict=True):
-        image_id = library._store.image_id(path.resolve())
-        assert image_id is not None
-        got = by_id[image_id]
+        got = by_id[image_ids[str(path.resolve())]]
         assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-5)
         assert float(got @ want) >= MIN_COSINE[precision], (path, precision)
     # Retrieval is the same: every photo finds itself first.
-    for path, matches in zip(files, library.search_many(files, k=1), strict=True):
+    for path, matches in zip(files, library.search(files, Query(k=1)), strict=True):
         assert matches[0].path == str(path)
 
 
@@ -150,7 +149,7 @@ def test_devices_resolve_here() -> None:
     assert resolve_device("cpu") == "cpu"
     assert fast_precisions("cpu")[0] == "fp32"
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="--device cuda is not available") as err:
+        with pytest.raises(ConfigError, match="device 'cuda' is not available") as err:
             resolve_device("cuda")
         assert err.value.hint
 
@@ -158,11 +157,14 @@ def test_devices_resolve_here() -> None:
 @pytest.mark.parametrize(
     ("make", "pattern"),
     [
-        (lambda: Compute(device="tpu"), "unknown --device 'tpu'"),
-        (lambda: Compute(threads=0), "--threads must be at least 1, got 0"),
-        (lambda: Compute(freeze="yes"), "unknown --freeze 'yes'"),
-        (lambda: Compute(micro_batch=0), "--micro-batch must be at least 1, got 0"),
-        (lambda: ExtractorSpec(precision="fp8"), "unknown --precision 'fp8'"),
+        (lambda: Compute(device="tpu"), "device must be one of auto, cpu, cuda, mps, got 'tpu'"),
+        (lambda: Compute(threads=0), "threads must be at least 1, got 0"),
+        (lambda: Compute(freeze="yes"), "freeze must be one of auto, on, off, got 'yes'"),
+        (lambda: Compute(micro_batch=0), "micro_batch must be at least 1, got 0"),
+        (
+            lambda: ExtractorSpec(precision="fp8"),
+            "precision must be one of fp32, bf16, fp16, got 'fp8'",
+        ),
     ],
 )
 def test_bad_options_fail_clearly(make: Callable[[], object], pattern: str) -> None:
@@ -192,7 +194,7 @@ def test_openmp_threads_sleep_unless_told_otherwise(given: str | None, passive: 
     if given is not None:
         env["OMP_WAIT_POLICY"] = given
     code = (
-        "import os, sys; from featx_search.compute import prefer_passive_openmp as p; "
+        "import os, sys; from featx_search.cli.process import prefer_passive_openmp as p; "
         "print(p(), os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     )
     out = subprocess.run(
@@ -217,8 +219,8 @@ def test_frozen_graph_gives_the_plain_vectors(reference: Extractor) -> None:
 def test_freeze_auto_needs_a_long_cpu_run_and_a_faster_graph(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from featx_search import extract
     from featx_search.compute import FREEZE_MIN_IMAGES
+    from featx_search.extract import runtimes
 
     def make() -> Extractor:
         return load_extractor(TINY, Compute(device="cpu", runtime="torch"))  # freeze="auto"
@@ -228,7 +230,7 @@ def test_freeze_auto_needs_a_long_cpu_run_and_a_faster_graph(
     assert not short.frozen  # not worth its start-up cost
     # The first batch is timed on both graphs; the faster one is kept.
     timings = iter([1.0, 2.0])  # plain, frozen
-    monkeypatch.setattr(extract, "_seconds", lambda graph, inputs: next(timings))
+    monkeypatch.setattr(runtimes, "seconds", lambda graph, inputs: next(timings))
     slower = make()
     slower.prepare_run(FREEZE_MIN_IMAGES, 16)
     assert not slower.frozen
@@ -282,8 +284,8 @@ def test_openvino_runtime_gives_the_plain_vectors(reference: Extractor) -> None:
 def test_openvino_auto_needs_a_long_cpu_fp32_run_and_a_faster_graph(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from featx_search import extract
     from featx_search.compute import OPENVINO_MIN_IMAGES
+    from featx_search.extract import runtimes
 
     def make(**kwargs: str) -> Extractor:
         return load_extractor(TINY, Compute(device="cpu", freeze="off", **kwargs))
@@ -292,7 +294,7 @@ def test_openvino_auto_needs_a_long_cpu_fp32_run_and_a_faster_graph(
     short.prepare_run(OPENVINO_MIN_IMAGES - 1, 16)
     assert short.runtime == "torch"  # not worth converting
     timings = iter([1.0, 2.0])  # plain, openvino
-    monkeypatch.setattr(extract, "_seconds", lambda graph, inputs: next(timings))
+    monkeypatch.setattr(runtimes, "seconds", lambda graph, inputs: next(timings))
     slower = make()
     slower.prepare_run(OPENVINO_MIN_IMAGES, 16)
     assert slower.runtime == "torch"

@@ -12,6 +12,7 @@ from PIL import Image
 from featx_search import ExtractorSpec, Library, Preprocess, Query
 from featx_search import extract as extract_module
 from featx_search.errors import ConfigError
+from featx_search.extract import registry
 from featx_search.images import preprocess
 from tests.conftest import TINY, make_photo
 
@@ -37,14 +38,20 @@ def test_fit_enters_the_fingerprint_only_when_not_crop() -> None:
     assert Preprocess.from_dict(crop.to_dict()) == crop
     full = Preprocess(fit="full")
     assert full.to_dict()["fit"] == "full" and Preprocess.from_dict(full.to_dict()) == full
-    with pytest.raises(ConfigError, match="unknown input fit 'stretch'"):
+    with pytest.raises(ConfigError, match="fit must be one of crop, full, got 'stretch'"):
         Preprocess(fit="stretch")
+
+
+# TINY as a built-in model whose default layer and pooling are node 3 and max.
+_NEW_DEFAULTS = registry.ModelEntry(
+    name=TINY.model, build=registry.build_factory, layers=("3",), pool="max"
+)
 
 
 def test_pool_none_resolves_to_the_model_default(monkeypatch: pytest.MonkeyPatch) -> None:
     space = extract_module.load_extractor(TINY).space
     assert TINY.pool is None and space.pool == "avg" and space.layers == ("4",)
-    monkeypatch.setitem(extract_module.MODEL_DEFAULTS, TINY.model, (("3",), "max"))
+    monkeypatch.setitem(registry.BUILTIN, TINY.model, _NEW_DEFAULTS)
     space = extract_module.load_extractor(TINY).space
     assert (space.layers, space.pool, space.dim) == (("3",), "max", 32)
     explicit = ExtractorSpec(model=TINY.model, weights="none", layers=("1",), pool="avg")
@@ -58,7 +65,7 @@ def test_a_space_made_with_old_defaults_still_opens(
     with Library.open(db) as lib:
         lib.index([photos], TINY)
         before = lib.search(query, Query(k=5))
-    monkeypatch.setitem(extract_module.MODEL_DEFAULTS, TINY.model, (("3",), "max"))
+    monkeypatch.setitem(registry.BUILTIN, TINY.model, _NEW_DEFAULTS)
     with Library.open(db) as lib:
         (space,) = lib.spaces()
         assert (space.info().layers, space.info().pool) == (("4",), "avg")

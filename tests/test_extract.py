@@ -18,10 +18,9 @@ import torchvision.models._api
 from PIL import Image
 from torch import nn
 
-from featx_search import extract
 from featx_search.config import ExtractorSpec
 from featx_search.errors import ConfigError, LayerError, ModelError, WeightsError
-from featx_search.extract import Extractor, list_layers, load_extractor
+from featx_search.extract import Extractor, list_layers, load_extractor, weights
 from featx_search.images import load_input
 from tests.conftest import RESNET18, make_photo
 from tests.models import tiny_cnn
@@ -69,7 +68,7 @@ def resnet18() -> Extractor:
 @pytest.fixture(scope="module")
 def reference() -> nn.Module:
     """torchvision's resnet18 initialised exactly as the extractor's (same seed)."""
-    with extract._seeded():
+    with weights.seeded():
         model = torchvision.models.resnet18()
     return model.eval()
 
@@ -97,7 +96,7 @@ def maps(reference: nn.Module, batch: np.ndarray) -> dict[str, np.ndarray]:
 def other_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
     """A resnet18 state dict initialised under another seed, saved with torch.save."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(extract.SEED + 1)
+        torch.manual_seed(weights.SEED + 1)
         model = torchvision.models.resnet18().eval()
     path = tmp_path_factory.mktemp("weights") / "resnet18-other.pt"
     torch.save(model.state_dict(), path)
@@ -109,11 +108,11 @@ def other_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Mo
 
 def test_reference_has_the_extractor_weights(resnet18: Extractor, reference: nn.Module) -> None:
     # Without this the equivalence tests below could compare two unrelated random models.
-    assert resnet18.space.weights_sha256 == extract._state_sha256(reference)
+    assert resnet18.space.weights_sha256 == weights.state_sha256(reference)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(extract.SEED + 1)
+        torch.manual_seed(weights.SEED + 1)
         unrelated = torchvision.models.resnet18()
-    assert extract._state_sha256(unrelated) != resnet18.space.weights_sha256
+    assert weights.state_sha256(unrelated) != resnet18.space.weights_sha256
 
 
 def test_embed_equals_forward_hook_on_avgpool(
@@ -272,7 +271,7 @@ def test_offline_download_failure_names_alternatives(
     assert isinstance(info.value.__cause__, urllib.error.URLError)
     text = str(info.value)
     assert "ResNet18_Weights.IMAGENET1K_V1" in text and "no network in tests" in text
-    assert "--weights none" in text and "--weights PATH" in text
+    assert 'weights="none"' in text and "weights=PATH" in text
     assert "efficientnet_lite0" in text
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / Path(url).name) in text
 
@@ -304,7 +303,7 @@ def test_state_dict_file_gives_its_own_space(
     extractor = load_extractor(ExtractorSpec(model="resnet18", weights=str(path)))
     space = extractor.space
     assert space.weights == "file"
-    assert space.weights_sha256 == extract._state_sha256(model)
+    assert space.weights_sha256 == weights.state_sha256(model)
     assert space.weights_sha256 != resnet18.space.weights_sha256
     assert space.fingerprint != resnet18.space.fingerprint
     loaded = extractor.embed(batch)

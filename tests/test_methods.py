@@ -18,10 +18,10 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from featx_search import extract, methods
 from featx_search.config import ExtractorSpec
 from featx_search.errors import LayerError, ModelError
-from featx_search.extract import list_layers, load_extractor
+from featx_search.extract import cut, list_layers, load_extractor, registry, weights
+from tests import reference_methods
 
 ATOL = 1e-5
 MODELS = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]
@@ -53,18 +53,18 @@ def case(
     request: pytest.FixtureRequest, batch: torch.Tensor
 ) -> tuple[nn.Module, dict[str, np.ndarray]]:
     """A seeded random-init model and its FX features at every node and module name."""
-    with extract._seeded():
+    with weights.seeded():
         model = torchvision.models.get_model(request.param, weights=None).eval()
-    nodes = extract._node_names(model, request.param)
+    nodes = cut.node_names(model, request.param)
     # Every node at once: without this, nodes that a later in-place ReLU overwrites would be
     # returned overwritten (the copy keeps the model itself as torchvision builds it).
     fx_model = copy.deepcopy(model)
-    extract._no_inplace(fx_model)
-    with extract._quiet_fx(), torch.no_grad():
+    registry.no_inplace(fx_model)
+    with cut.quiet_fx(), torch.no_grad():
         graph = create_feature_extractor(fx_model, return_nodes={n: n for n in nodes}).eval()
         outputs = graph(batch)
     fx = {name: _unit(out) for name, out in outputs.items() if isinstance(out, torch.Tensor)}
-    for module, node in extract._module_outputs(nodes).items():
+    for module, node in cut.module_outputs(nodes).items():
         if node in fx:
             fx[module] = fx[node]
     return model, fx
@@ -94,7 +94,9 @@ def test_forward_hooks_equal_fx_at_every_module(
     # Both apply where a module runs once and FX names it (FX keeps torchvision's ops, such as
     # Conv2dNormActivation, whole, so their inner modules are no FX nodes).
     compared = [name for name in once if name in fx]
-    assert len(compared) > 40 and set(methods.Chain(model).points) & set(fx) <= set(compared)
+    assert len(compared) > 40 and set(reference_methods.Chain(model).points) & set(fx) <= set(
+        compared
+    )
     for name in compared:
         np.testing.assert_allclose(_unit(once[name]), fx[name], atol=ATOL, err_msg=name)
 
@@ -103,7 +105,7 @@ def test_sequential_truncation_equals_fx_at_every_chain_point(
     case: tuple[nn.Module, dict[str, np.ndarray]], batch: torch.Tensor
 ) -> None:
     model, fx = case
-    chain = methods.Chain(model)
+    chain = reference_methods.Chain(model)
     # FX keeps torchvision's Conv2dNormActivation whole: compare where FX names the point.
     points = [p for p in chain.points if p in fx]
     assert "avgpool" in points and len(points) >= 10
@@ -117,7 +119,7 @@ def test_identity_replacement_equals_fx_at_every_chain_point(
     case: tuple[nn.Module, dict[str, np.ndarray]], batch: torch.Tensor
 ) -> None:
     model, fx = case
-    chain = methods.Chain(model)
+    chain = reference_methods.Chain(model)
     points = [p for p in chain.points if p in fx]
     assert "avgpool" in points and len(points) >= 10
     for point in points:
@@ -128,10 +130,10 @@ def test_identity_replacement_equals_fx_at_every_chain_point(
 
 
 def test_reference_methods_refuse_points_off_the_chain() -> None:
-    with extract._seeded():
+    with weights.seeded():
         model = torchvision.models.resnet18().eval()
     # fc follows a flatten in forward: slicing children() would silently skip that flatten.
-    chain = methods.Chain(model)
+    chain = reference_methods.Chain(model)
     assert "fc" not in chain.points and chain.points[-1] == "avgpool"
     with pytest.raises(LayerError, match="'fc' is not a point"):
         chain.truncate("fc")
@@ -160,14 +162,14 @@ def test_auto_falls_back_to_hooks_on_an_untraceable_model(
 ) -> None:
     with pytest.raises(ModelError, match=r"cannot be traced with torch\.fx") as info:
         load_extractor(ExtractorSpec(model=UNTRACEABLE, weights="none", method="fx"))
-    assert info.value.hint is not None and "--method auto or hook" in info.value.hint
+    assert info.value.hint is not None and "method auto or hook" in info.value.hint
     with caplog.at_level(logging.WARNING, logger="featx_search"):
         auto = load_extractor(ExtractorSpec(model=UNTRACEABLE, weights="none"))
     notices = [r.getMessage() for r in caplog.records]
     assert len(notices) == 1 and "whole network runs" in notices[0]
     assert auto.space.layers == ("pool",) and auto.space.dim == 32
     # Same vectors as reading the module by hand on an identically seeded model.
-    with extract._seeded():
+    with weights.seeded():
         from tests.models import untraceable_cnn
 
         model = untraceable_cnn().eval()

@@ -9,7 +9,7 @@ import click
 from ..errors import ConfigError, FeatxError
 
 # Python parameters whose command-line name is not --the-same-words.
-_FLAGS = {"k": "-k", "dims": "DIMS", "index": "--index", "vectors": "IMAGES"}
+_FLAGS = {"k": "-k", "dims": "DIMS", "index": "--index", "vectors": "IMAGES", "layers": "--layer"}
 
 
 def flag(param: str | None) -> str:

@@ -16,6 +16,9 @@ from ..compute import (
     OPENVINO_MIN_IMAGES,
     RUNTIMES,
     Compute,
+    Device,
+    Freeze,
+    Runtime,
 )
 from ..config import (
     DEFAULT_MODEL,
@@ -25,6 +28,9 @@ from ..config import (
     POOLS,
     PRECISIONS,
     ExtractorSpec,
+    Method,
+    Pool,
+    Precision,
 )
 from ..options import SyncOptions
 from .options import apply, builds
@@ -78,9 +84,9 @@ def _spec(
     model: str | None,
     weights: str | None,
     layers: Sequence[str],
-    pool: str | None,
-    precision: str | None,
-    method: str | None,
+    pool: Pool | None,
+    precision: Precision | None,
+    method: Method | None,
 ) -> ExtractorSpec | None:
     if (
         model is None
@@ -186,12 +192,12 @@ def _sync_options(
     workers: int | None,
     retry_failed: bool,
     prune_empty: bool,
-    device: str,
+    device: Device,
     threads: int | None,
     channels_last: bool | None,
     micro_batch: int | None,
-    freeze: str,
-    runtime: str,
+    freeze: Freeze,
+    runtime: Runtime,
 ) -> SyncOptions:
     compute = Compute(
         device=device,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec
+from ..config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec, Method, Pool
 from ..evaluate import INPUTS, EvalResult, evaluate
 from ..library import list_layers
 from . import output
@@ -35,7 +35,7 @@ from .options import db_option, json_option
 @json_option
 @db_option
 def layers(
-    model: str, weights: str, pattern: str | None, method: str | None, as_json: bool
+    model: str, weights: str, pattern: str | None, method: Method | None, as_json: bool
 ) -> None:
     """List every layer (FX node) of MODEL: output shape, channels, spatial size, and the cost
     of extracting up to it as a share of the whole network's FLOPs; * marks the default."""
@@ -47,8 +47,8 @@ def _eval_specs(
     models: tuple[str, ...],
     weights: str,
     layer_sets: tuple[str, ...],
-    pools: tuple[str, ...],
-    method: str | None,
+    pools: tuple[Pool, ...],
+    method: Method | None,
 ) -> list[ExtractorSpec]:
     """Every combination of --model, --layer (``a+b`` concatenates) and --pool."""
     return [
@@ -103,10 +103,10 @@ def eval_command(
     models: tuple[str, ...],
     weights: str,
     layer_sets: tuple[str, ...],
-    pools: tuple[str, ...],
+    pools: tuple[Pool, ...],
     inputs: tuple[str, ...],
     copies: bool,
-    method: str | None,
+    method: Method | None,
     as_json: bool,
 ) -> None:
     """Score extraction settings on FOLDER, which holds one subfolder of images per class.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,8 +13,17 @@ from typing import Any
 
 import click
 
-from ..compute import prefer_passive_openmp
 from . import output
+
+
+def prefer_passive_openmp() -> bool:
+    """Make torch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY``):
+    while indexing, decoding threads share the cores with the model's threads. The program
+    owns its environment, so front ends call this, before torch is imported; a value the user
+    set is kept. Returns True when the setting is in effect."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 
 def prepare_environment() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
-from .errors import LayerError
+from featx_search.errors import LayerError
 
 if TYPE_CHECKING:
     from torch import nn

