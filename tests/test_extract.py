@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import io
+import threading
 import urllib.error
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -358,3 +360,46 @@ def test_lite0_near_duplicates_are_nearest(tmp_path: Path) -> None:
         own = sims[i, n + i]
         others = np.delete(sims[i], [i, n + i])
         assert own > others.max() + 0.05, (i, own, others)
+
+
+# Threads ----------------------------------------------------------------------------------
+
+THREADS = 8
+
+
+def test_threads_build_the_same_model_at_once() -> None:
+    # torch.fx patches nn.Module process-wide while it traces: unserialised, concurrent
+    # builds fail with "CURRENT_PATCHER is None" or layers that "return Proxy".
+    start = threading.Barrier(THREADS)
+
+    def build(_: int) -> str:
+        start.wait()
+        return load_extractor(RESNET18).space.fingerprint
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        fingerprints = list(pool.map(build, range(THREADS)))
+    assert len(fingerprints) == THREADS
+    assert set(fingerprints) == {load_extractor(RESNET18).space.fingerprint}
+
+
+def test_models_run_while_others_are_traced(
+    resnet18: Extractor, batch: np.ndarray, vectors: np.ndarray
+) -> None:
+    hooked = load_extractor(ExtractorSpec(model="tests.models:untraceable_cnn", weights="none"))
+    alone = hooked.embed(batch)
+    start = threading.Barrier(THREADS)
+
+    def work(i: int) -> list[np.ndarray]:
+        start.wait()
+        if i % 2:
+            return [load_extractor(ExtractorSpec(model="resnet18", weights="none")).embed(batch)]
+        # Forward hooks of one model called from several threads keep each call's outputs.
+        return [hooked.embed(batch), *(resnet18.embed(batch) for _ in range(3))]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = list(pool.map(work, range(THREADS)))
+    for i, got in enumerate(results):
+        want = [vectors] if i % 2 else [alone, vectors, vectors, vectors]
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, atol=ATOL)
