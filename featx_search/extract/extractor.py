@@ -60,18 +60,20 @@ class Extractor:
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """L2-normalised float32 vectors (B, dim) of a float32 batch (B, 3, H, W)."""
         step = self.placement.micro_batch if self.placement is not None else None
-        if step is None or len(batch) <= step:
-            return self._embed(batch)
-        return np.concatenate(
-            [self._embed(batch[i : i + step]) for i in range(0, len(batch), step)]
-        )
+        # No trace meanwhile (see cut.py); torch threads and TF32 as placed, then restored.
+        with running(), applied(self.placement):
+            if step is None or len(batch) <= step:
+                return self._embed(batch)
+            return np.concatenate(
+                [self._embed(batch[i : i + step]) for i in range(0, len(batch), step)]
+            )
 
     def _embed(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         from ..pooling import combine
 
-        with running(), applied(self.placement), torch.inference_mode():
+        with torch.inference_mode():
             outputs = self._graph(self._inputs(batch))
             # Pool in fp32 on the CPU whatever the model ran in.
             features = [outputs[name].to("cpu", torch.float32) for name in self.space.layers]
