@@ -299,3 +299,21 @@ def test_changed_file_leaves_no_stale_vector_in_other_spaces(
     assert str(changed) not in {m.path for m in hits} and len(hits) == 11
     assert library.index([photos], space=second.fingerprint).added == 1
     assert library.similar(changed, Query(k=1), space=second.fingerprint)[0].path == str(changed)
+
+
+def test_first_searches_from_many_threads_all_succeed(db: Path, photos: Path) -> None:
+    # Issue 13, point 10: a cold library shared by threads builds each space's extractor
+    # once; builds of two spaces at once, and searches running meanwhile, do not collide
+    # in torch.fx's process-wide tracing state.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Library.open(db) as lib:
+        lib.index([photos], RESNET18)
+        lib.index([photos], ExtractorSpec(model="resnet18", weights="none", layers=("layer3",)))
+    files = _files(photos)
+    with Library.open(db) as lib:
+        ids = [s.id for s in lib.spaces()]
+        calls = [(files[i % len(files)], ids[i % 2]) for i in range(16)]
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(lambda c: lib.search(c[0], Query(k=1), space=c[1]), calls))
+    assert [matches[0].path for matches in found] == [str(path) for path, _ in calls]
