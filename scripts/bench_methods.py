@@ -23,9 +23,9 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+# This checkout first: its featx_search and the reference methods kept with its tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from featx_search.extract.weights import seeded
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ of this checkout
 from tests.reference_methods import Chain
 
 NODES = {
