@@ -403,3 +403,22 @@ def test_models_run_while_others_are_traced(
         assert len(got) == len(want)
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(a, b, atol=ATOL)
+
+
+def test_one_hooked_model_embeds_from_threads_at_once(batch: np.ndarray) -> None:
+    # Forward hooks fire in the calling thread; each call must keep its own outputs.
+    hooked = load_extractor(
+        ExtractorSpec(model="tests.models:untraceable_cnn", weights="none", method="hook")
+    )
+    alone = hooked.embed(batch)
+    start = threading.Barrier(THREADS)
+
+    def work(_: int) -> list[np.ndarray]:
+        start.wait()
+        return [hooked.embed(batch) for _ in range(10)]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = [got for run in pool.map(work, range(THREADS)) for got in run]
+    assert len(results) == 10 * THREADS
+    for got in results:
+        np.testing.assert_allclose(got, alone, atol=ATOL)
