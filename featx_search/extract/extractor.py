@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Extractor:
         self.space = space
         self.placement = placement
         self.frozen = False  # running a frozen TorchScript graph
-        self.runtime = "torch"  # or "openvino": what runs the graph
+        self.runtime: Literal["torch", "openvino"] = "torch"  # what runs the graph
 
     def _inputs(self, batch: np.ndarray) -> torch.Tensor:
         import torch
@@ -119,7 +119,9 @@ class Extractor:
             ):
                 self.frozen = True
 
-    def _adopt(self, kind: str, inputs: torch.Tensor, *, only_if_faster: bool) -> bool:
+    def _adopt(
+        self, kind: Literal["openvino", "frozen"], inputs: torch.Tensor, *, only_if_faster: bool
+    ) -> bool:
         """Build the ``kind`` form of the graph (``openvino`` or ``frozen``) and run it from
         now on if it gives the plain graph's outputs on ``inputs`` (and, with
         ``only_if_faster``, runs them faster)."""
