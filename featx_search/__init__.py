@@ -5,44 +5,110 @@ Importing this package does not import torch, torchvision or faiss; they load wh
 
 from __future__ import annotations
 
-from .compute import Compute
-from .config import ExtractorSpec, Preprocess, SpaceSpec
-from .dups import DupGroup, DupMember
-from .errors import (
-    ConfigError,
-    FeatxError,
-    ImageError,
-    LayerError,
-    LibraryError,
-    LibraryVersionError,
-    ModelError,
-    SpaceError,
-    WeightsError,
-)
-from .evaluate import EvalResult, evaluate
-from .extract import Layer
-from .index import BuildInfo
-from .indexspec import SearchParams, choose_spec
-from .library import (
-    Library,
-    SchemaStatus,
-    SpaceSelector,
-    default_db_path,
-    list_layers,
-    schema_status,
-    upgrade_schema,
-)
-from .options import Progress, ProgressCallback, Query, SyncOptions
-from .query import Filters, Match, parse_date
-from .reports import (
-    CheckReport,
-    IndexReport,
-    LibraryInfo,
-    RecallReport,
-    SpaceInfo,
-    WhitenReport,
-)
-from .space import Space, StoredImage
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .compute import Compute
+    from .config import ExtractorSpec, Preprocess, SpaceSpec
+    from .dups import DupGroup, DupMember
+    from .errors import (
+        ConfigError,
+        FeatxError,
+        ImageError,
+        LayerError,
+        LibraryError,
+        LibraryVersionError,
+        ModelError,
+        SpaceError,
+        WeightsError,
+    )
+    from .evaluation import EvalResult, evaluate
+    from .extract import Layer
+    from .index import BuildInfo
+    from .indexspec import SearchParams, choose_spec
+    from .library import (
+        Library,
+        SchemaStatus,
+        SpaceSelector,
+        default_db_path,
+        list_layers,
+        schema_status,
+        upgrade_schema,
+    )
+    from .options import Progress, ProgressCallback, Query, SyncOptions
+    from .query import Filters, Match, parse_date
+    from .reports import (
+        CheckReport,
+        IndexReport,
+        LibraryInfo,
+        RecallReport,
+        SpaceInfo,
+        WhitenReport,
+    )
+    from .space import Space, StoredImage
+
+# Public name -> the module that defines it. Names load on first use (PEP 562), so importing
+# featx_search (or running one command) imports only the modules that are needed.
+_EXPORTS = {
+    "BuildInfo": "index",
+    "CheckReport": "reports",
+    "Compute": "compute",
+    "ConfigError": "errors",
+    "DupGroup": "dups",
+    "DupMember": "dups",
+    "EvalResult": "evaluation",
+    "ExtractorSpec": "config",
+    "FeatxError": "errors",
+    "Filters": "query",
+    "ImageError": "errors",
+    "IndexReport": "reports",
+    "Layer": "extract",
+    "LayerError": "errors",
+    "Library": "library",
+    "LibraryError": "errors",
+    "LibraryInfo": "reports",
+    "LibraryVersionError": "errors",
+    "Match": "query",
+    "ModelError": "errors",
+    "Preprocess": "config",
+    "Progress": "options",
+    "ProgressCallback": "options",
+    "Query": "options",
+    "RecallReport": "reports",
+    "SchemaStatus": "library",
+    "SearchParams": "indexspec",
+    "Space": "space",
+    "SpaceError": "errors",
+    "SpaceInfo": "reports",
+    "SpaceSelector": "library",
+    "SpaceSpec": "config",
+    "StoredImage": "space",
+    "SyncOptions": "options",
+    "WeightsError": "errors",
+    "WhitenReport": "reports",
+    "choose_spec": "indexspec",
+    "default_db_path": "library",
+    "evaluate": "evaluation",
+    "list_layers": "library",
+    "parse_date": "query",
+    "schema_status": "library",
+    "upgrade_schema": "library",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"  # the only place the version is written (see pyproject.toml)
 

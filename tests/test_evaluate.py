@@ -11,7 +11,7 @@ from PIL import Image
 
 from featx_search import ExtractorSpec
 from featx_search.errors import ConfigError
-from featx_search.evaluate import (
+from featx_search.evaluation import (
     EDITS,
     edit,
     evaluate,

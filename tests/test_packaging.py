@@ -230,29 +230,23 @@ def test_all_is_sorted_unique_and_exists() -> None:
     assert not missing, missing
 
 
-def _top_level_names(path: Path) -> set[str]:
-    """Names that featx_search/__init__.py imports from the package or defines itself."""
+def _typed_imports(path: Path) -> dict[str, str]:
+    """Name -> module of what featx_search/__init__.py imports for type checkers."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and (
-            node.level > 0 or (node.module or "").startswith("featx_search")
-        ):
-            names.update(alias.asname or alias.name for alias in node.names)
-        elif isinstance(node, (ast.ClassDef, ast.FunctionDef)):
-            names.add(node.name)
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            names.update({alias.asname or alias.name: node.module for alias in node.names})
     return names
 
 
-def test_all_lists_every_public_class_and_function() -> None:
-    init = Path(featx_search.__file__)
-    public = set()
-    for name in _top_level_names(init):
-        obj = getattr(featx_search, name, None)
-        if name.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
-            continue
-        if getattr(obj, "__module__", "").split(".")[0] == "featx_search":
-            public.add(name)
-    assert public, "found no public names; is the parser out of date?"
-    left_out = sorted(public - set(featx_search.__all__))
-    assert not left_out, f"imported in featx_search/__init__.py but not in __all__: {left_out}"
+def test_all_lists_every_lazy_export_and_type_checkers_see_them() -> None:
+    exports: dict[str, str] = featx_search._EXPORTS
+    assert set(featx_search.__all__) == {*exports, "__version__"}
+    assert _typed_imports(Path(featx_search.__file__)) == exports
+    for name, module in exports.items():
+        obj = getattr(featx_search, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__module__.startswith(f"featx_search.{module}"), name
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = featx_search.Nope

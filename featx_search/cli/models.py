@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec, Method, Pool
-from ..evaluate import INPUTS, EvalResult, evaluate
+from ..evaluation import INPUTS, EvalResult, evaluate
 from ..library import list_layers
 from . import output
 from .index_options import method_option

@@ -19,7 +19,7 @@ import click
 
 from .. import output as listings
 from ..dups import DupGroup
-from ..evaluate import EDITS, EvalResult
+from ..evaluation import EDITS, EvalResult
 from ..indexspec import format_bytes
 from ..query import Match
 from ..reports import CheckReport, IndexReport, LibraryInfo, RecallReport, WhitenReport
