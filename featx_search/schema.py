@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 # The revision of the newest migration in migrations/versions: a database at it is read and
-# written without Alembic. tests/test_store.py checks it against Alembic's head, and
+# written without Alembic. tests/store/test_store.py checks it against Alembic's head, and
 # Store.upgrade refuses to run when the two disagree.
 HEAD_REVISION = "5b0d36316739"
 

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/gen_cli_docs.py --check   # exit 1 when docs/cli.md is stale
 
 The command tree is read from the click group ``featx_search.cli:cli`` by introspection, so
-the page follows whatever module layout the commands live in. tests/test_docs.py runs the
+the page follows whatever module layout the commands live in. tests/project/test_docs.py runs the
 check.
 """
 

@@ -35,7 +35,7 @@ from featx_search.indexspec import (
     resolve_spec,
 )
 from featx_search.store import FileResult
-from tests.conftest import TINY, make_photo
+from tests.support import TINY, make_photo
 
 # Small codebooks (4-bit PQ) keep training fast; the behaviour under test is the same.
 SPECS = [

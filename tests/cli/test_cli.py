@@ -9,26 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from featx_search import Library
-from featx_search.cli import cli
-from tests.conftest import TINY
-
-TINY_ARGS = ["--model", TINY.model, "--weights", "none"]
-
-
-def run(*args: str | Path, env: dict[str, str] | None = None, ok: bool = True) -> Result:
-    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-@pytest.fixture
-def indexed(db: Path, photos: Path) -> Path:
-    run("--db", db, "index", photos, *TINY_ARGS, "--json")
-    return db
+from tests.support import TINY, TINY_ARGS
+from tests.support import run_cli as run
 
 
 def test_index_json_summary(db: Path, photos: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from featx_search import Library, LibraryError
 from featx_search.index import VectorIndex, open_index
-from tests.conftest import TINY
+from tests.support import TINY
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from featx_search import ExtractorSpec, ImageError, Library, Query, SpaceError, SyncOptions
-from tests.conftest import RESNET18, TINY, make_photo
+from tests.support import RESNET18, TINY, make_photo
 
 
 def _files(folder: Path) -> list[Path]:

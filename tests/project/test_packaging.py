@@ -22,7 +22,7 @@ from click.testing import CliRunner
 import featx_search
 from featx_search.cli import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision", "faiss")
 # Never copied into the build: local state that is not source (and can be large).
 NOT_SOURCE = shutil.ignore_patterns(

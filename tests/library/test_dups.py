@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from featx_search import DupGroup, ExtractorSpec, Library
 from featx_search.dups import near_duplicates
-from tests.conftest import TINY, make_photo
+from tests.support import TINY, make_photo
 
 
 def scene(kind: int, seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:

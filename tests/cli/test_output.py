@@ -12,27 +12,18 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from PIL import Image
 
-from featx_search.cli import cli
-from tests.conftest import TINY, make_photo
-
-TINY_ARGS = ["--model", TINY.model, "--weights", "none"]
-
-
-def run(*args: str | Path, ok: bool = True) -> Result:
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+from tests.support import TINY_ARGS, make_photo
+from tests.support import run_cli as run
 
 
 @pytest.fixture
-def indexed(db: Path, photos: Path) -> Path:
+def listed(indexed: Path, photos: Path) -> Path:
+    """The indexed library with an identical copy of one photo synced in."""
     shutil.copy(photos / "a" / "img01.jpg", photos / "b" / "img01 copy.jpg")
-    run("--db", db, "index", photos, *TINY_ARGS, "-q")
-    return db
+    run("--db", indexed, "index", photos, "-q")
+    return indexed
 
 
 class Images(HTMLParser):
@@ -67,9 +58,9 @@ def _commands(photos: Path) -> dict[str, list[str | Path]]:
 
 @pytest.mark.parametrize("command", ["search", "similar", "dups"])
 def test_every_format_parses_and_agrees(
-    indexed: Path, photos: Path, tmp_path: Path, command: str
+    listed: Path, photos: Path, tmp_path: Path, command: str
 ) -> None:
-    args = [*_commands(photos)[command], "--db", indexed]
+    args = [*_commands(photos)[command], "--db", listed]
     rows = [json.loads(line) for line in run(*args, "--json").stdout.splitlines()]
     assert rows, "the command should list something"
     assert all(Path(r["path"]).is_file() and isinstance(r["score"], float) for r in rows)
@@ -101,23 +92,23 @@ def test_every_format_parses_and_agrees(
 
 
 def test_search_json_fields_and_query_thumbnails(
-    indexed: Path, photos: Path, tmp_path: Path
+    listed: Path, photos: Path, tmp_path: Path
 ) -> None:
     query = photos / "a" / "img03.png"
-    out = run("--db", indexed, "search", query, "-k", "2", "--json").stdout
+    out = run("--db", listed, "search", query, "-k", "2", "--json").stdout
     assert [set(json.loads(line)) for line in out.splitlines()] == [
         {"query", "rank", "score", "image_id", "path"}
     ] * 2
     page = tmp_path / "p.html"
-    run("--db", indexed, "similar", query, "1", "-k", "2", "--combine", "--html", page)
+    run("--db", listed, "similar", query, "1", "-k", "2", "--combine", "--html", page)
     parsed = parse_html(page)
     assert parsed.figures.count("query") == 2 and len(parsed.sources) == 4
 
 
-def test_dups_rows(indexed: Path, photos: Path) -> None:
+def test_dups_rows(listed: Path, photos: Path) -> None:
     rows = [
         json.loads(line)
-        for line in run("--db", indexed, "dups", "--exact", "--json").stdout.splitlines()
+        for line in run("--db", listed, "dups", "--exact", "--json").stdout.splitlines()
     ]
     assert [(r["group"], r["group_size"], r["keeper"], r["identical"]) for r in rows] == [
         (1, 2, True, True),
@@ -127,11 +118,11 @@ def test_dups_rows(indexed: Path, photos: Path) -> None:
     assert set(rows[0]) >= {"image_id", "path", "score", "width", "height", "date"}
 
 
-def test_empty_listings_and_bad_files(indexed: Path, photos: Path, tmp_path: Path) -> None:
-    none = run("--db", indexed, "similar", photos / "a" / "img03.png", "--glob", "*.gif")
+def test_empty_listings_and_bad_files(listed: Path, photos: Path, tmp_path: Path) -> None:
+    none = run("--db", listed, "similar", photos / "a" / "img03.png", "--glob", "*.gif")
     assert none.stdout.splitlines()[1] == "  (no results)"
     page = tmp_path / "none.html"
-    run("--db", indexed, "similar", photos / "a" / "img03.png", "--glob", "*.gif", "--html", page)
+    run("--db", listed, "similar", photos / "a" / "img03.png", "--glob", "*.gif", "--html", page)
     assert "(no results)" in page.read_text(encoding="utf-8")
     nothing = tmp_path / "empty"
     nothing.mkdir()
@@ -140,11 +131,11 @@ def test_empty_listings_and_bad_files(indexed: Path, photos: Path, tmp_path: Pat
     run("--db", empty_db, "index", nothing, *TINY_ARGS, "-q")
     assert run("--db", empty_db, "dups").stdout == "no duplicates found\n"
     assert run("--db", empty_db, "dups", "--json").stdout == ""
-    bad = run("--db", indexed, "dups", "--montage", tmp_path / "x.gif", ok=False)
+    bad = run("--db", listed, "dups", "--montage", tmp_path / "x.gif", ok=False)
     assert bad.exit_code == 1 and "x.gif: unknown image type .gif" in bad.output
     # A result whose file has gone is shown without a thumbnail instead of failing the page.
     (photos / "a" / "img05.jpg").unlink()
     page = tmp_path / "gone.html"
-    run("--db", indexed, "search", photos / "a" / "img03.png", "-k", "12", "--html", page)
+    run("--db", listed, "search", photos / "a" / "img03.png", "-k", "12", "--html", page)
     text = page.read_text(encoding="utf-8")
     assert "cannot read image" in text and str(photos / "a" / "img05.jpg") in text

@@ -11,7 +11,7 @@ import pytest
 from featx_search.config import Preprocess
 from featx_search.extract import load_extractor
 from featx_search.images import decode, preprocess
-from tests.conftest import TINY, make_photo
+from tests.support import TINY, make_photo
 
 SPEC = Preprocess()
 # Pixel units (0-255). Draft (DCT) and box-reduce filters differ from one exact bilinear pass

@@ -21,8 +21,8 @@ from featx_search.evaluation import (
 )
 from featx_search.extract import load_extractor
 from featx_search.images import load_rgb
-from tests.conftest import TINY, make_photo
-from tests.test_cli import TINY_ARGS, run
+from tests.support import TINY, TINY_ARGS, make_photo
+from tests.support import run_cli as run
 
 
 def _reference_ap(sims: np.ndarray, labels: list[str], i: int) -> float | None:

@@ -20,8 +20,7 @@ from sqlalchemy import select, text
 from featx_search import Library, Progress, Query, SyncOptions, ingest
 from featx_search import scan as scan_module
 from featx_search.schema import images
-
-from .conftest import TINY, make_photo
+from tests.support import TINY, make_photo, run_cli
 
 
 def _rows(library: Library) -> dict[str, Any]:
@@ -231,12 +230,8 @@ def test_stop_ends_after_the_batch_and_the_next_run_resumes(library: Library, ph
 
 
 def test_cli_dry_run_verbose_and_json(db: Path, photos: Path) -> None:
-    from click.testing import CliRunner
-
-    from featx_search.cli import cli
-
     def run(*args: str | Path, code: int = 0) -> str:
-        result = CliRunner().invoke(cli, ["--db", str(db), *map(str, args)])
+        result = run_cli("--db", db, *args, ok=False)
         assert result.exit_code == code, result.output
         return result.output
 
@@ -272,7 +267,7 @@ def test_progress_bar_on_a_terminal(db: Path, photos: Path) -> None:
     options = ["-m", TINY.model, "-w", "none", "--batch-size", "4"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(photos), *options],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         stdout=slave,
         stderr=slave,
     )

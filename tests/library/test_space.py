@@ -19,8 +19,7 @@ from featx_search import (
     SpaceError,
     SyncOptions,
 )
-
-from .conftest import RESNET18, TINY, make_photo
+from tests.support import RESNET18, TINY, make_photo
 
 OTHER = ExtractorSpec(model="tests.models:tiny_cnn", weights="none", layers=("1",))
 

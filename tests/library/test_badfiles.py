@@ -16,8 +16,7 @@ from PIL import Image, ImageOps
 from featx_search import Library
 from featx_search import images as images_module
 from featx_search.images import BACKGROUND, decode_file
-
-from .conftest import TINY
+from tests.support import TINY
 
 
 def _photo(seed: int, size: tuple[int, int] = (96, 64)) -> Image.Image:

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from featx_search.cli import cli
-from tests.conftest import TINY
+from tests.support import TINY, run_cli
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -43,9 +41,7 @@ def _browser() -> tuple[Any, str]:
 
 
 def _cli(*args: str | Path) -> str:
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
+    return run_cli(*args).stdout
 
 
 def test_html_page_shows_every_result_with_its_thumbnail(

@@ -24,8 +24,8 @@ from featx_search.config import ExtractorSpec
 from featx_search.errors import ConfigError, LayerError, ModelError, WeightsError
 from featx_search.extract import Extractor, list_layers, load_extractor, weights
 from featx_search.images import load_input
-from tests.conftest import RESNET18, make_photo
 from tests.models import tiny_cnn
+from tests.support import RESNET18, make_photo
 
 ATOL = 1e-5
 

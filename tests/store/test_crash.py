@@ -17,8 +17,7 @@ import pytest
 
 from featx_search import Library, LibraryError, Query
 from featx_search.index import VectorIndex
-
-from .conftest import TINY, make_photo
+from tests.support import TINY, TINY_ARGS, make_photo
 
 
 def test_forged_length_in_index_file_is_refused_not_allocated(tmp_path: Path) -> None:
@@ -36,8 +35,8 @@ def test_forged_length_in_index_file_is_refused_not_allocated(tmp_path: Path) ->
         VectorIndex.load(path, dim=8, checksum=checksum)
 
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_ARGS = ["-m", "tests.models:tiny_cnn", "-w", "none", "--batch-size", "2"]
+REPO = Path(__file__).resolve().parents[2]
+CRASH_ARGS = [*TINY_ARGS, "--batch-size", "2"]
 
 
 @pytest.fixture
@@ -74,7 +73,7 @@ def _wait_for_rows(db: Path, proc: subprocess.Popen[str], rows: int) -> None:
 def _crash_loop(photos: Path, rounds: int, timeout: int) -> subprocess.CompletedProcess[str]:
     script = ["scripts/crash_test.py", str(photos), "--rounds", str(rounds)]
     return subprocess.run(
-        [sys.executable, *script, "--", *TINY_ARGS],
+        [sys.executable, *script, "--", *CRASH_ARGS],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -95,7 +94,7 @@ def test_killed_indexer_many_times(many: Path) -> None:
 
 
 def test_ctrl_c_saves_the_batch_and_says_how_to_resume(many: Path, db: Path) -> None:
-    proc = _indexer(db, many, *TINY_ARGS)
+    proc = _indexer(db, many, *CRASH_ARGS)
     _wait_for_rows(db, proc, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -15,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from featx_search import Library, LibraryError, LibraryVersionError, Query, schema_status
 from featx_search.schema import HEAD_REVISION, metadata
 from featx_search.store import Store, _alembic_config, alembic_head
+from tests.support import TINY, TINY_ARGS, run_cli
 
 
 def test_new_library_is_migrated_to_head(db: Path) -> None:
@@ -95,7 +96,6 @@ def test_folder_as_database_is_refused(tmp_path: Path) -> None:
 
 
 def test_vectors_are_float32_blobs(library, photos: Path, db: Path) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import TINY
 
     library.index([photos], spec=TINY)
     space = library.spaces()[0]
@@ -210,7 +210,6 @@ def test_library_at_an_older_revision_is_migrated_on_open(db: Path) -> None:
 
 # -- any path a file system allows ----------------------------------------------------------
 
-TINY_ARGS = ["--model", "tests.models:tiny_cnn", "--weights", "none"]
 # "%" broke Alembic's config interpolation; "%25" and "%(x)s" are what an escaped URL or a
 # config value would look like; the rest are spaces and names that are not ASCII.
 ODD_FOLDERS = ["pct 100%", "50%25 off %(x)s", "with  spaces ", "naïve 写真 ü"]
@@ -223,7 +222,6 @@ def _first_photo(photos: Path) -> Path:
 @pytest.mark.parametrize("folder", ODD_FOLDERS)
 def test_any_path_works_as_a_library_path(tmp_path: Path, photos: Path, folder: str) -> None:
     from featx_search.connect import database_url
-    from tests.conftest import TINY
 
     db = tmp_path / folder / f"{folder}.db"
     with Library.open(db) as lib:
@@ -246,7 +244,6 @@ def test_any_path_works_as_a_library_path(tmp_path: Path, photos: Path, folder: 
 def test_a_leading_tilde_is_the_home_folder(
     tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.conftest import TINY
 
     home = tmp_path / "home"
     home.mkdir()
@@ -266,18 +263,12 @@ def test_cli_takes_any_library_path(
 ) -> None:
     import json
 
-    from click.testing import CliRunner
-
-    from featx_search.cli import cli
-
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     db = "~/lib/lib.db" if folder == "~" else str(tmp_path / folder / "lib.db")
     where = tmp_path / "home" / "lib" / "lib.db" if folder == "~" else Path(db)
 
     def run(*args: str | Path) -> str:
-        result = CliRunner().invoke(cli, [str(a) for a in args], env={"FEATX_DB": db})
-        assert result.exit_code == 0, result.output
-        return result.stdout
+        return run_cli(*args, env={"FEATX_DB": db}).stdout
 
     run("index", photos, *TINY_ARGS)
     assert where.is_file()
@@ -315,7 +306,6 @@ def _read_only_checks(lib: Library, db: Path, photos: Path) -> None:
     """Queries answer; every write raises ReadOnlyError naming the library."""
     from featx_search import ExtractorSpec
     from featx_search.errors import ReadOnlyError
-    from tests.conftest import TINY
 
     photo = _first_photo(photos)
     assert lib.search(photo, Query(k=1))[0].path == str(photo)
@@ -350,7 +340,6 @@ def whitened(tmp_path: Path, photos: Path) -> Path:
     from sqlalchemy import update
 
     from featx_search.schema import spaces
-    from tests.conftest import TINY
 
     db = tmp_path / "lib" / "lib.db"
     with Library.open(db) as lib:

@@ -24,7 +24,7 @@ from featx_search.compute import fast_precisions, openvino_installed, resolve_de
 from featx_search.config import SpaceSpec
 from featx_search.extract import Extractor, load_extractor
 from featx_search.images import is_image_name, load_input
-from tests.conftest import TINY
+from tests.support import TINY
 
 needs_openvino = pytest.mark.skipif(not openvino_installed(), reason="openvino is not installed")
 # Cosine of each stored vector with the fp32 reference: exact for fp32, format noise else.
@@ -331,7 +331,7 @@ def test_openvino_conversion_sends_no_usage_statistics(tmp_path: Path) -> None:
     code = (
         "from featx_search import Compute\n"
         "from featx_search.extract import load_extractor\n"
-        "from tests.conftest import TINY\n"
+        "from tests.support import TINY\n"
         "e = load_extractor(TINY, Compute(device='cpu', runtime='openvino'))\n"
         "e.prepare_run(4, 4)\n"
         "print(e.runtime)\n"
@@ -341,7 +341,7 @@ def test_openvino_conversion_sends_no_usage_statistics(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=env,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         check=True,

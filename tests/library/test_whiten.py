@@ -12,8 +12,8 @@ import pytest
 from featx_search import Library, Query
 from featx_search.errors import ConfigError, LibraryError
 from featx_search.whiten import Whitening, learn
-from tests.conftest import TINY, make_photo
-from tests.test_cli import TINY_ARGS, run
+from tests.support import TINY, TINY_ARGS, make_photo
+from tests.support import run_cli as run
 
 
 def _vectors(seed: int, n: int = 200, d: int = 16) -> np.ndarray:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from featx_search import ConfigError, Filters, ImageError, Library, Match, Query, parse_date
 from featx_search.store import Store
-from tests.conftest import TINY, make_photo
+from tests.support import TINY, make_photo
 
 N = 24
 

@@ -14,7 +14,7 @@ from featx_search import extract as extract_module
 from featx_search.errors import ConfigError
 from featx_search.extract import registry
 from featx_search.images import preprocess
-from tests.conftest import TINY, make_photo
+from tests.support import TINY, make_photo
 
 
 def test_full_fit_squashes_the_whole_frame() -> None:

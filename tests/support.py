@@ -1,0 +1,57 @@
+"""What tests share besides fixtures: small model specs, synthetic photos and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner, Result
+from PIL import Image, ImageDraw
+
+from featx_search import ExtractorSpec
+
+# A tiny random-init CNN: fast enough for many end-to-end tests.
+TINY = ExtractorSpec(model="tests.models:tiny_cnn", weights="none")
+# A real torchvision model with random (seeded) weights.
+RESNET18 = ExtractorSpec(model="resnet18", weights="none")
+
+
+def make_photo(path: Path, seed: int, size: tuple[int, int] = (160, 120)) -> Path:
+    """Write a synthetic 'photo' (gradient, shapes, noise) that differs per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [
+            (xx * rng.uniform(0.5, 2.0) + rng.uniform(0, 255)) % 256,
+            (yy * rng.uniform(0.5, 2.0) + rng.uniform(0, 255)) % 256,
+            ((xx + yy) * rng.uniform(0.2, 1.0) + rng.uniform(0, 255)) % 256,
+        ],
+        axis=-1,
+    )
+    noise = rng.normal(0, 12, size=(h, w, 3))
+    img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        x1, y1 = x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=fill)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+TINY_ARGS = ["--model", TINY.model, "--weights", "none"]
+"""The command-line flags of :data:`TINY`."""
+
+
+def run_cli(*args: str | Path, env: dict[str, str] | None = None, ok: bool = True) -> Result:
+    """``featx-search ARGS`` through click's runner (exceptions propagate); with ``ok`` the
+    command must succeed."""
+    from featx_search.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
