@@ -5,6 +5,8 @@ Importing this package does not import torch, torchvision or faiss; they load wh
 
 from __future__ import annotations
 
+from .ann.publish import BuildInfo
+from .ann.spec import SearchParams, choose_spec
 from .compute import Compute
 from .config import ExtractorSpec, Preprocess, SpaceSpec
 from .dups import DupGroup, DupMember
@@ -21,8 +23,6 @@ from .errors import (
 )
 from .evaluate import EvalResult, evaluate
 from .extract import Layer
-from .index import BuildInfo
-from .indexspec import SearchParams, choose_spec
 from .library import (
     Library,
     SchemaStatus,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, output
+from .ann.spec import SearchParams, format_bytes
 from .compute import (
     CPU_MICRO_BATCH,
     DEVICES,
@@ -38,7 +39,6 @@ from .config import (
 from .dups import DEFAULT_DUP_THRESHOLD
 from .errors import ConfigError, FeatxError
 from .evaluate import EDITS, INPUTS, EvalResult, evaluate
-from .indexspec import SearchParams, format_bytes
 from .library import (
     Library,
     SpaceSelector,

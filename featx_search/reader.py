@@ -33,7 +33,7 @@ FAILED = "failed"
 VECTOR_DTYPE = np.dtype("<f4")
 # The newest migration's revision; a library already there opens without SQLAlchemy or
 # Alembic. tests/test_store.py checks it against migrations/versions.
-HEAD_REVISION = "5b0d36316739"
+HEAD_REVISION = "c4e1f7a2b903"
 # Ids per "IN (...)" clause (SQLite allows 32766 variables per statement).
 _CHUNK = 10_000
 
@@ -130,6 +130,8 @@ class Manifest:
     # removed vectors still inside the file (HNSW) and the file's tuned search params (JSON)
     tombstones: int = 0
     params_json: str | None = None
+    # the file's size in bytes (None: published before sizes were recorded)
+    nbytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -288,14 +290,16 @@ class Reader:
     def manifest(self, space_id: int) -> Manifest | None:
         with self._read() as conn:
             row = conn.execute(
-                "SELECT generation, count, checksum, filename, kind, tombstones, params_json "
-                "FROM index_manifest WHERE space_id = ?",
+                "SELECT generation, count, checksum, filename, kind, tombstones, params_json, "
+                "nbytes FROM index_manifest WHERE space_id = ?",
                 (space_id,),
             ).fetchone()
         if row is None:
             return None
-        generation, count, checksum, filename, kind, tombstones, params_json = row
-        return Manifest(generation, count, checksum, filename, kind, tombstones or 0, params_json)
+        generation, count, checksum, filename, kind, tombstones, params_json, nbytes = row
+        return Manifest(
+            generation, count, checksum, filename, kind, tombstones or 0, params_json, nbytes
+        )
 
     # -- roots and images ---------------------------------------------------------------
 

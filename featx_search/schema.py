@@ -137,6 +137,9 @@ class IndexManifest(Base):
     # Ids removed from the stored vectors but still inside an index that cannot delete (HNSW).
     tombstones: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     params_json: Mapped[str | None] = mapped_column(Text, default=None)
+    # The file's size in bytes, compared on every open (the checksum is checked when the file
+    # is published and by `db check`); None for files published before sizes were recorded.
+    nbytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )

@@ -443,8 +443,27 @@ class Store(Reader):
                     kind=manifest.kind,
                     tombstones=manifest.tombstones,
                     params_json=manifest.params_json,
+                    nbytes=manifest.nbytes,
                 )
             )
+
+    def record_index_size(self, space_id: int, checksum: str, nbytes: int) -> None:
+        """Fill in the file size of a manifest written before sizes were recorded (once its
+        checksum held); a manifest that moved on meanwhile is left alone. Raises
+        :class:`LibraryError` when the database cannot be written."""
+        try:
+            with self.transaction() as s:
+                s.execute(
+                    update(IndexManifest)
+                    .where(
+                        IndexManifest.space_id == space_id,
+                        IndexManifest.checksum == checksum,
+                        IndexManifest.nbytes.is_(None),
+                    )
+                    .values(nbytes=nbytes)
+                )
+        except DatabaseError as err:
+            raise LibraryError(f"cannot record the index file size: {err}") from err
 
     # -- index settings (spaces.index_spec and the "index" key of spaces.settings_json) ------
 

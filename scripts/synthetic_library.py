@@ -101,8 +101,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
     """The library of ``n`` synthetic images (built once, then reused); returns its path."""
+    from featx_search.ann.index import VectorIndex
+    from featx_search.ann.publish import publish_index
     from featx_search.config import SpaceSpec
-    from featx_search.index import VectorIndex, publish_index
     from featx_search.store import FileResult, Store
 
     db = DATA / f"synthetic-{n}-s{seed}.db"
