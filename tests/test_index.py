@@ -255,3 +255,31 @@ def test_stale_manifest_means_rebuild(library: Library, store: Store) -> None:
     index, generation = open_index(store, record)
     assert generation == record.generation and len(index) == 12
     assert not library.spaces()[0].info().index_current
+
+
+def test_library_published_before_sizes_checks_the_checksum_once(
+    db: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alembic import command
+
+    from featx_search.store import _alembic_config
+
+    with Library.open(db) as lib:
+        lib.index([photos], TINY)
+    command.downgrade(_alembic_config(f"sqlite:///{db}"), "5b0d36316739")  # before nbytes
+    calls: list[Path] = []
+    real = raw_module.file_checksum
+
+    def counting(p: Path) -> tuple[str, int]:
+        calls.append(p)
+        return real(p)
+
+    monkeypatch.setattr("featx_search.ann.index.file_checksum", counting)
+    image = sorted(photos.rglob("*.jpg"))[0]
+    with Library.open(db) as lib:  # migrates: the manifest has no size yet
+        assert lib.similar(image, Query(k=1))[0].path == str(image)
+    assert len(calls) == 1
+    with Library.open(db) as lib:  # the size was recorded: opened without hashing
+        assert lib.similar(image, Query(k=1))[0].path == str(image)
+        assert lib.check().ok
+    assert len(calls) == 1

@@ -1,5 +1,6 @@
 """The FAISS index wrapper: any factory spec, ids are image ids, search with filters and exact
-re-ranking of lossy codes, files written atomically and opened without being read twice."""
+re-ranking of lossy codes, files written atomically and opened by size (hashed only on
+request)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ class VectorIndex:
 
         Trainable types are trained on a random sample of ``vectors`` (about 50 per inverted
         list); with ``tune`` the default nprobe / efSearch are raised until recall@10 on a
-        sample of the vectors reaches :data:`RECALL_TARGET`.
+        sample of the vectors reaches :data:`~featx_search.ann.spec.RECALL_TARGET`.
         """
         index = cls(dim, spec=spec)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
