@@ -9,6 +9,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .ann.publish import BuildInfo
+    from .ann.spec import SearchParams, choose_spec
     from .compute import Compute
     from .config import ExtractorSpec, Preprocess, SpaceSpec
     from .dups import DupGroup, DupMember
@@ -25,8 +27,6 @@ if TYPE_CHECKING:
     )
     from .evaluation import EvalResult, evaluate
     from .extract import Layer
-    from .index import BuildInfo
-    from .indexspec import SearchParams, choose_spec
     from .library import (
         Library,
         SchemaStatus,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 # Public name -> the module that defines it. Names load on first use (PEP 562), so importing
 # featx_search (or running one command) imports only the modules that are needed.
 _EXPORTS = {
-    "BuildInfo": "index",
+    "BuildInfo": "ann.publish",
     "CheckReport": "reports",
     "Compute": "compute",
     "ConfigError": "errors",
@@ -77,7 +77,7 @@ _EXPORTS = {
     "Query": "options",
     "RecallReport": "reports",
     "SchemaStatus": "library",
-    "SearchParams": "indexspec",
+    "SearchParams": "ann.spec",
     "Space": "space",
     "SpaceError": "errors",
     "SpaceInfo": "reports",
@@ -87,7 +87,7 @@ _EXPORTS = {
     "SyncOptions": "options",
     "WeightsError": "errors",
     "WhitenReport": "reports",
-    "choose_spec": "indexspec",
+    "choose_spec": "ann.spec",
     "default_db_path": "library",
     "evaluate": "evaluation",
     "list_layers": "library",

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .ann.publish import open_index
 from .errors import ImageError
 from .images import decode_file, preprocess
-from .index import open_index
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job, make_plan, start_report
 from .records import FileResult, SpaceRecord
@@ -28,8 +28,8 @@ from .reports import IndexReport
 from .whiten import stored
 
 if TYPE_CHECKING:
+    from .ann.index import VectorIndex
     from .extract import Extractor
-    from .index import VectorIndex
     from .space import Space
     from .store import Store
     from .whiten import Whitening

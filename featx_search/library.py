@@ -352,10 +352,12 @@ class Library:
         )
 
     def check(self) -> CheckReport:
-        """Verify the library: SQLite integrity and foreign keys, image states, and that each
-        space's index holds exactly the stored ids (a stale or damaged index file is rebuilt
-        in memory and noted, since the store is the truth)."""
-        from .index import open_index
+        """Verify the library: SQLite integrity and foreign keys, image states, each space's
+        published index file against its manifest (size and full checksum), and that each
+        space's index holds exactly the stored ids (a stale index file is rebuilt in memory
+        and noted, since the store is the truth)."""
+        from .ann.files import verify_index
+        from .ann.publish import open_index
 
         problems = self._store.integrity_problems()
         notes: list[str] = []
@@ -365,6 +367,7 @@ class Library:
                 notes.append(
                     f"space {record.fingerprint}: index file behind the store (rebuilt on next use)"
                 )
+            problems.extend(verify_index(self._store, record))
             index, _ = open_index(self._store, record)
             if sorted(index.ids().tolist()) != self._store.vector_ids(record.id).tolist():
                 problems.append(

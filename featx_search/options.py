@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .ann.spec import SearchParams
 from .compute import Compute
 from .errors import ConfigError
-from .indexspec import SearchParams
 from .query import Filters, check_k, check_threshold
 
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .ann.index import VectorIndex
+from .ann.spec import SearchParams
 from .errors import ConfigError
-from .index import VectorIndex
-from .indexspec import SearchParams
 from .records import ImageFacts
 
 if TYPE_CHECKING:

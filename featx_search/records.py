@@ -108,6 +108,8 @@ class Manifest:
     # removed vectors still inside the file (HNSW) and the file's tuned search params (JSON)
     tombstones: int = 0
     params_json: str | None = None
+    # the file's size in bytes (None: published before sizes were recorded)
+    nbytes: int | None = None
 
 
 @dataclass(frozen=True)

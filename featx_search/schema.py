@@ -27,7 +27,7 @@ from sqlalchemy import (
 # The revision of the newest migration in migrations/versions: a database at it is read and
 # written without Alembic. tests/store/test_store.py checks it against Alembic's head, and
 # Store.upgrade refuses to run when the two disagree.
-HEAD_REVISION = "5b0d36316739"
+HEAD_REVISION = "c4e1f7a2b903"
 
 
 def utcnow() -> datetime:
@@ -125,5 +125,8 @@ index_manifest = Table(
     # Ids removed from the stored vectors but still inside an index that cannot delete (HNSW).
     Column("tombstones", Integer, nullable=False, default=0, server_default="0"),
     Column("params_json", Text),
+    # The file's size in bytes, compared on every open (the checksum is checked when the file
+    # is published and by `db check`); NULL for files published before sizes were recorded.
+    Column("nbytes", BigInteger),
     Column("updated_at", DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow),
 )

@@ -14,19 +14,20 @@ from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
+from .ann.spec import AUTO, SearchParams, parse_memory
 from .compute import Compute
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, near_duplicates
 from .errors import ConfigError, ImageError, SpaceError
 from .images import ImageInput, describe, load_input
-from .indexspec import AUTO, SearchParams, parse_memory
 from .options import ProgressCallback, Query, SyncOptions
 from .query import Match, check_k, check_threshold, combine_vectors, search_vectors
 from .records import ImageFacts, IndexSettings, SpaceRecord
 from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 
 if TYPE_CHECKING:
+    from .ann.index import VectorIndex
+    from .ann.publish import BuildInfo
     from .extract import Extractor
-    from .index import BuildInfo, VectorIndex
     from .reader import Reader
     from .store import Store
     from .whiten import Whitening
@@ -137,7 +138,7 @@ class Space:
 
     def info(self) -> SpaceInfo:
         """The space with its counts and the state of its index."""
-        from .index import LEGACY_KIND
+        from .ann.files import LEGACY_KIND
 
         record = self.record
         manifest = self._store.manifest(record.id)
@@ -188,7 +189,7 @@ class Space:
         with self._index_lock:  # one thread loads; the others wait and share it
             cached = self._cached
             if cached is None or cached[0] != state:
-                from .index import open_index
+                from .ann.publish import open_index
                 from .whiten import stored
 
                 whitening = stored(self._store, record)
@@ -443,7 +444,7 @@ class Space:
         ``max_memory`` (bytes, or a size such as ``2G``) the budget ``auto`` plans for,
         ``params`` nprobe / ef_search / rerank fixed for its searches. Rebuilds and publishes
         the index when the kind it should have changed; returns what was built, or None."""
-        from .index import check_spec
+        from .ann.raw import check_spec
 
         if index is None and max_memory is None and params is None:
             return None
@@ -461,7 +462,7 @@ class Space:
 
     def rebuild(self) -> BuildInfo:
         """Rebuild the index from the stored vectors (nothing is embedded) and publish it."""
-        from .index import rebuild_index
+        from .ann.publish import rebuild_index
 
         store = self._stores.writer()
         with store.writer_lock():
@@ -473,7 +474,7 @@ class Space:
         """Learn PCA-whitening to ``dims`` dimensions from the stored vectors (0 removes it).
         Vectors are whitened as they enter the index, queries before they are searched; the
         stored vectors do not change. Rebuilds and publishes the index."""
-        from .index import rebuild_index
+        from .ann.publish import rebuild_index
         from .whiten import learn
 
         if dims < 0:
@@ -491,7 +492,8 @@ class Space:
         """Publish the space's index when its file is missing, behind the store or of another
         kind than the space wants now: ``index`` (kept up to date by a sync) when given and
         current, else one rebuilt from the store. The one place that decides to publish."""
-        from .index import LEGACY_KIND, publish_index, rebuild_index, wanted_spec
+        from .ann.files import LEGACY_KIND
+        from .ann.publish import publish_index, rebuild_index, wanted_spec
 
         record = store.space(self.id)
         manifest = store.manifest(self.id)
@@ -511,7 +513,7 @@ class Space:
     ) -> RecallReport:
         """Recall@k of the index against exact search, on ``sample`` stored vectors (each
         asks for its k nearest other images). Reads every stored vector of the space."""
-        from .index import recall_at_k
+        from .ann.tuning import recall_at_k
 
         check_k(k)
         if sample < 1:

@@ -429,6 +429,24 @@ class Store(Reader):
             if changed.rowcount == 0:
                 conn.execute(insert(index_manifest).values(space_id=space_id, **values))
 
+    def record_index_size(self, space_id: int, checksum: str, nbytes: int) -> None:
+        """Fill in the file size of a manifest written before sizes were recorded (once its
+        checksum held); a manifest that moved on meanwhile is left alone. Raises
+        :class:`LibraryError` when the database cannot be written."""
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    update(index_manifest)
+                    .where(
+                        index_manifest.c.space_id == space_id,
+                        index_manifest.c.checksum == checksum,
+                        index_manifest.c.nbytes.is_(None),
+                    )
+                    .values(nbytes=nbytes)
+                )
+        except DBAPIError as err:
+            raise LibraryError(f"cannot record the index file size: {err}") from err
+
     # -- index settings (spaces.index_spec and the "index" key of spaces.settings_json) ------
 
     def set_index_settings(self, space_id: int, settings: IndexSettings) -> None:

@@ -14,7 +14,7 @@ neighbourhoods are meaningless) are made in three steps, each cached under --cac
 
 Photos come from --photos, else from the Debian package mate-backgrounds, fetched with
 `apt-get download` into --cache (like scripts/demo). Exact search (Flat) gives the ground
-truth. Every index is built through featx_search.index.VectorIndex, so nprobe / efSearch are
+truth. Every index is built through featx_search.ann.index.VectorIndex, so nprobe / efSearch are
 the defaults the library tunes (recall@10 >= 0.95 on stored vectors); PQ codes are
 re-ranked from the float vectors in memory (the library reads them from SQLite).
 
@@ -39,8 +39,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featx_search.index import VectorIndex, _array_fetch  # noqa: E402
-from featx_search.indexspec import SearchParams, choose_spec, ivf_size  # noqa: E402
+from featx_search.ann.index import VectorIndex, _array_fetch  # noqa: E402
+from featx_search.ann.spec import SearchParams, choose_spec, ivf_size  # noqa: E402
 
 EDITS = 24
 

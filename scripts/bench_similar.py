@@ -1,19 +1,28 @@
 """Time the whole `featx-search similar` command (a fresh process each time) on a library of
-10,000 images, next to baselines measured in the same run.
+10,000 images, next to baselines measured in the same run; then a cold `similar` on a library
+of 1,000,000 images.
 
     nice -n 10 .venv/bin/python scripts/bench_similar.py            # --n 10000 --repeat 5
+    nice -n 10 .venv/bin/python scripts/bench_similar.py --cold-only --cold-n 100000
 
-The library is built by scripts/synthetic_library.py (real efficientnet_lite0 embeddings of
-sample photos, mixed and perturbed; see there). Every command runs --repeat times,
+The libraries are built by scripts/synthetic_library.py (real efficientnet_lite0 embeddings
+of sample photos, mixed and perturbed; see there). Every command runs --repeat times,
 interleaved so that machine noise hits all of them alike; medians are printed with their
 ratio to `featx-search --help` (interpreter and CLI start-up) and to one `search` of a real
 photo (which has to import torch and load the model).
+
+The cold part runs `similar ID -k 10` in fresh processes on the --cold-n library: first with
+the library's files (database and index file) dropped from the page cache where the kernel
+allows it (posix_fadvise DONTNEED: no root needed, nothing else evicted), then with them
+cached. Each child prints its peak resident memory (VmHWM from /proc/self/status), which
+counts the pages of the memory-mapped index file that the search touched.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -24,6 +33,18 @@ from pathlib import Path
 from synthetic_library import DATA, build, photos_folder
 
 CLI = [sys.executable, "-m", "featx_search"]
+# Runs the CLI in this process, then reports the process's peak RSS on stderr (also when the
+# command exits through SystemExit, as click does).
+CHILD = """
+import runpy, sys
+sys.argv = ["featx-search", *sys.argv[1:]]
+try:
+    runpy.run_module("featx_search", run_name="__main__")
+finally:
+    with open("/proc/self/status") as fh:
+        peak = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    print(f"VmHWM {peak} kB", file=sys.stderr)
+"""
 
 
 def wall(args: list[str]) -> tuple[float, float]:
@@ -36,16 +57,86 @@ def wall(args: list[str]) -> tuple[float, float]:
     return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def cold_run(args: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS in KiB) of ``featx-search ARGS`` in a fresh process."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    found = re.search(r"VmHWM (\d+) kB", done.stderr)
+    if found is None:
+        raise RuntimeError(f"the child printed no VmHWM: {done.stderr[-500:]}")
+    return seconds, int(found.group(1))
+
+
+def evict(paths: list[Path]) -> None:
+    """Ask the kernel to drop these files' clean pages from the page cache."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def library_files(db: Path) -> list[Path]:
+    """The database (with its WAL) and the index files of a library."""
+    files = [p for p in (db, db.with_name(db.name + "-wal")) if p.exists()]
+    return files + sorted(db.with_name(db.name + ".indexes").glob("*.faiss"))
+
+
+def cold(n: int, repeat: int, photos: Path) -> None:
+    """Cold `similar ID -k 10` on the library of ``n`` images: fresh processes, with the
+    library's files evicted from the page cache and then cached."""
+    db = build(n, photos=photos)
+    files = library_files(db)
+    size = sum(p.stat().st_size for p in files)
+    ids = [str(1 + (i * 7919) % n) for i in range(repeat)]
+    evicted, cached = [], []
+    for image in ids:  # a different image each time: nothing of it is cached by an earlier one
+        evict(files)
+        evicted.append(cold_run(["--db", str(db), "similar", image, "-k", "10"]))
+    for image in ids:
+        cached.append(cold_run(["--db", str(db), "similar", image, "-k", "10"]))
+    print(f"cold similar: {db} ({n} images, {size / 2**30:.2f} GiB of files); {repeat} runs")
+    print(f"{'similar ID -k 10, fresh process':<45} {'wall s':>7} {'max s':>7} {'peak RSS':>10}")
+    for name, runs in (("files evicted from the page cache", evicted), ("files cached", cached)):
+        wall_s = statistics.median(w for w, _ in runs)
+        worst = max(w for w, _ in runs)
+        peak = max(r for _, r in runs) / 1024
+        print(f"  {name:<43} {wall_s:7.3f} {worst:7.3f} {peak:7.0f} MiB")
+    verdict = "under" if statistics.median(w for w, _ in evicted) < 1 else "NOT under"
+    print(f"cold similar (evicted, median): {verdict} 1 s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--photos", type=Path)
+    parser.add_argument(
+        "--cold-n", type=int, default=1_000_000, help="images in the cold-start library"
+    )
+    parser.add_argument("--cold-only", action="store_true", help="only the cold-start part")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-start part")
     args = parser.parse_args()
     photos = photos_folder(args.photos)
-    db = str(build(args.n, photos=photos))
-    root = DATA / f"synthetic-{args.n}-photos"
-    some = ["17", "4242", str(args.n // 2)]
+    if not args.cold_only:
+        warm(args.n, args.repeat, photos)
+    if not args.no_cold:
+        cold(args.cold_n, args.repeat, photos)
+
+
+def warm(n: int, repeat: int, photos: Path) -> None:
+    """The table of `similar` commands on the library of ``n`` images next to baselines."""
+    db = str(build(n, photos=photos))
+    root = DATA / f"synthetic-{n}-photos"
+    some = ["17", "4242", str(n // 2)]
     base = [*CLI, "--db", db]
     commands = {
         "--help (start-up only)": [*CLI, "--help"],
@@ -90,12 +181,12 @@ def main() -> None:
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for command in commands.values():
         wall(command)  # warm the page cache once: we time the process, not the disk
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         for name, command in commands.items():
             times[name].append(wall(command))
     search, search_cpu = wall([*base, "search", str(query), "-k", "10"])
     startup = statistics.median(w for w, _ in times["--help (start-up only)"])
-    print(f"library: {db} ({args.n} images); medians of {args.repeat} runs, fresh processes")
+    print(f"library: {db} ({n} images); medians of {repeat} runs, fresh processes")
     print(f"{'command':<45} {'wall s':>7} {'cpu s':>6} {'x --help':>9} {'/ search':>9}")
     for name, values in times.items():
         median = statistics.median(w for w, _ in values)

@@ -101,8 +101,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
     """The library of ``n`` synthetic images (built once, then reused); returns its path."""
+    from featx_search.ann.publish import rebuild_index
     from featx_search.config import SpaceSpec
-    from featx_search.index import VectorIndex, publish_index
     from featx_search.store import FileResult, Store
 
     db = DATA / f"synthetic-{n}-s{seed}.db"
@@ -174,9 +174,8 @@ def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
         made += len(results)
         print(f"  {made}/{n}", file=sys.stderr, end="\r")
     print(file=sys.stderr)
-    record = store.space(record.id)
-    generation, ids, vectors = store.vectors(record.id)
-    publish_index(store, record, VectorIndex.build(dim, ids, vectors), generation)
+    # the index the space wants at this size (auto: Flat, then IVF), built once and published
+    rebuild_index(store, store.space(record.id))
     store.close()
     planted_file.write_text(json.dumps(planted))
     return db

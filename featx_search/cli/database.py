@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..indexspec import SearchParams
+from ..ann.spec import SearchParams
 from ..library import SpaceSelector, schema_status, upgrade_schema
 from . import output
 from .options import (

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..ann.spec import SearchParams
 from ..config import ExtractorSpec
 from ..errors import ConfigError
-from ..indexspec import SearchParams
 from ..library import SpaceSelector
 from ..options import SyncOptions
 from . import index_options as flags

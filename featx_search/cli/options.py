@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
+from ..ann.spec import SearchParams
 from ..errors import SpaceError
-from ..indexspec import SearchParams
 from ..library import Library, SpaceSelector, default_db_path
 from ..options import Query
 from ..query import Filters, parse_date

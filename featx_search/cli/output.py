@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import click
 
 from .. import output as listings
+from ..ann.spec import format_bytes
 from ..dups import DupGroup
 from ..evaluation import EDITS, EvalResult
-from ..indexspec import format_bytes
 from ..query import Match
 from ..reports import CheckReport, IndexReport, LibraryInfo, RecallReport, WhitenReport
 

@@ -17,24 +17,17 @@ from featx_search import (
     Library,
     LibraryError,
     Preprocess,
+    Query,
     SearchParams,
     SpaceSpec,
 )
+from featx_search.ann.index import VectorIndex, _array_fetch
+from featx_search.ann.publish import open_index, publish_index
+from featx_search.ann.spec import choose_spec, estimate_bytes, parse_memory, resolve_spec
+from featx_search.ann.tuning import exact_neighbours, recall_at_k
 from featx_search.cli import cli
-from featx_search.index import (
-    VectorIndex,
-    exact_neighbours,
-    open_index,
-    publish_index,
-    recall_at_k,
-)
-from featx_search.indexspec import (
-    choose_spec,
-    estimate_bytes,
-    parse_memory,
-    resolve_spec,
-)
-from featx_search.store import FileResult
+from featx_search.reader import Manifest
+from featx_search.store import FileResult, Store
 from tests.support import TINY, make_photo
 
 # Small codebooks (4-bit PQ) keep training fast; the behaviour under test is the same.
@@ -116,8 +109,6 @@ def test_deleted_and_replaced_vectors_never_come_back(
     # the lossy types re-rank from the store; here the "store" holds the replaced row too
     store_vectors = vectors.copy()
     store_vectors[200] = vectors[0]
-    from featx_search.index import _array_fetch
-
     index.fetch = _array_fetch(ids, store_vectors)
     params = SearchParams(nprobe=16, ef_search=256, rerank=50)
     for idx in (index, _reload(index, tmp_path)):
@@ -134,8 +125,8 @@ def test_deleted_and_replaced_vectors_never_come_back(
 
 def _reload(index: VectorIndex, tmp_path: Path) -> VectorIndex:
     path = tmp_path / "x.faiss"
-    checksum = index.save(path)
-    loaded = VectorIndex.load(path, dim=DIM, checksum=checksum, spec=index.spec)
+    saved = index.save(path)
+    loaded = VectorIndex.load(path, dim=DIM, nbytes=saved.nbytes, spec=index.spec)
     loaded.fetch, loaded.params = index.fetch, index.params
     return loaded
 
@@ -242,7 +233,7 @@ def test_parse_memory(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize("text", ["lots", "-1G", "0", "2X"])
 def test_parse_memory_refuses(text: str) -> None:
-    with pytest.raises(ConfigError, match="max-memory"):
+    with pytest.raises(ConfigError, match="max_memory"):
         parse_memory(text)
 
 
@@ -263,104 +254,119 @@ def _vector_library(db: Path, tmp_path: Path, n: int = 1200) -> tuple[int, np.nd
         torchvision_version="0",
         request=ExtractorSpec(model="synthetic", weights="none"),
     )
-    with Library.open(db) as lib:
-        store = lib._store
+    store = Store.open(db)
+    try:
         record = store.ensure_space(spec)
         root_id, _ = store.root_for(tmp_path.resolve())
         vectors = _clustered(n, seed=3)
         results = [FileResult(root_id, f"v{i:05d}.png", 1, 1, vector=vectors[i]) for i in range(n)]
         store.write_batch(record.id, results)
         return record.id, vectors
+    finally:
+        store.close()
+
+
+def _manifest(db: Path, space_id: int) -> Manifest | None:
+    store = Store.open(db)
+    try:
+        return store.manifest(space_id)
+    finally:
+        store.close()
 
 
 def test_reindex_switches_type_and_keeps_results(db: Path, tmp_path: Path) -> None:
     space_id, vectors = _vector_library(db, tmp_path)
     with Library.open(db) as lib:
-        exact = [m.image_id for m in lib.similar(5, k=5)]
+        space = lib.space()
+        exact = [m.image_id for m in space.similar(5, Query(k=5))]
         for spec in ["HNSW16", "IVF16,Flat", "IVF16,PQ8x4", "auto"]:
-            built = lib.reindex(index_spec=spec)
-            assert built.spec == ("Flat" if spec == "auto" else spec)
+            built = space.configure_index(spec)
+            assert built is not None and built.spec == ("Flat" if spec == "auto" else spec)
             assert built.count == len(vectors)
-            info = lib.spaces()[0]
+            info = space.info()
             assert info.index_kind == built.spec and info.index_current
             assert info.index_spec == spec
-            got = [m.image_id for m in lib.similar(5, k=5)]
+            got = [m.image_id for m in space.similar(5, Query(k=5))]
             assert got[0] == exact[0] and len(set(got) & set(exact)) >= 4
-        report = lib.recall(sample=50)
+        report = space.recall(sample=50)
         assert report.recall == 1.0 and report.spec == "Flat"
     # a new handle loads the published file without rebuilding
-    with Library.open(db) as lib:
-        store = lib._store
-        manifest = store.manifest(space_id)
-        assert manifest is not None and manifest.kind == "Flat"
+    manifest = _manifest(db, space_id)
+    assert manifest is not None and manifest.kind == "Flat"
 
 
 def test_index_grows_without_rebuild_and_deletes_stick(
     library: Library, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    library.index([photos], spec=TINY, index_spec="HNSW16")
-    info = library.spaces()[0]
+    space = library.create_space(TINY, index="HNSW16")
+    library.index([photos])
+    info = space.info()
     assert info.index_kind == "HNSW16" and info.index_spec == "HNSW16"
-    import featx_search.index as index_module
+    import featx_search.ann.publish as publish_module
 
     calls: list[str] = []
-    real = index_module.build_from_store
+    real = publish_module.build_from_store
 
     def counting(*args: object, **kwargs: object) -> object:
         calls.append("build")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(index_module, "build_from_store", counting)
+    monkeypatch.setattr(publish_module, "build_from_store", counting)
     extra = make_photo(photos / "c" / "new.png", seed=99)
     library.index([photos])
     assert calls == []  # the HNSW index grew in place
-    assert library.search(extra, k=1)[0].path == str(extra)
+    assert library.search(extra, Query(k=1))[0].path == str(extra)
     # one image deleted: a tombstone, not a rebuild; it never comes back
     victim = sorted(photos.rglob("*.jpg"))[0]
-    victim_id = library._store.image_id(victim.resolve())
+    victim_id = next(f.id for f in space.image_facts() if f.path == str(victim.resolve()))
     os.remove(victim)
     library.index([photos])
     assert calls == []
-    manifest = library._store.manifest(info.id)
+    manifest = _manifest(library.path, info.id)
     assert manifest is not None and manifest.tombstones == 1
-    assert victim_id not in [m.image_id for m in library.similar(str(extra), k=20)]
+    assert victim_id not in [m.image_id for m in library.similar(str(extra), Query(k=20))]
     # more deletions pass the threshold: the index is rebuilt without tombstones
     for path in sorted(photos.rglob("*.png"))[:4]:
         os.remove(path)
     library.index([photos])
     assert calls == ["build"]
-    manifest = library._store.manifest(info.id)
+    manifest = _manifest(library.path, info.id)
     assert manifest is not None and manifest.tombstones == 0 and manifest.count == 8
 
 
 def test_untrainable_spec_is_flat_until_the_space_grows(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY, index_spec="IVF16,Flat")
-    info = library.spaces()[0]
+    space = library.create_space(TINY, index="IVF16,Flat")
+    library.index([photos])
+    info = space.info()
     assert info.index_spec == "IVF16,Flat" and info.index_kind == "Flat"
     for i in range(5):
         make_photo(photos / "more" / f"m{i}.png", seed=200 + i)
     library.index([photos])
-    info = library.spaces()[0]
+    info = space.info()
     assert info.count == 17 and info.index_kind == "IVF16,Flat" and info.index_current
+    query = Query(k=1, params=SearchParams(nprobe=16))
     for image in sorted(photos.rglob("*.*"))[:4]:
-        assert library.search(image, k=1, nprobe=16)[0].path == str(image)
+        assert library.search(image, query)[0].path == str(image)
 
 
 def test_bad_spec_is_refused_and_nothing_changes(library: Library, photos: Path) -> None:
-    library.index([photos], spec=TINY)
+    library.index([photos], TINY)
+    space = library.space()
     for bad, match in [("IVF,Flat", "not a FAISS index spec"), ("IDMap,Flat", "IDMap")]:
-        with pytest.raises(ConfigError, match=match):
-            library.reindex(index_spec=bad)
-    assert library.spaces()[0].index_spec == "auto"
-    with pytest.raises(ConfigError, match="nprobe"):
-        library.similar(1, nprobe=0)
+        with pytest.raises(ConfigError, match=match) as err:
+            space.configure_index(bad)
+        assert err.value.param == "index"
+    assert space.info().index_spec == "auto"
+    with pytest.raises(ConfigError, match="nprobe must be at least 1"):
+        library.similar(1, Query(params=SearchParams(nprobe=0)))
 
 
 def test_large_files_load_memory_mapped(db: Path, tmp_path: Path) -> None:
     space_id, vectors = _vector_library(db, tmp_path, n=300)
     with Library.open(db) as lib:
-        lib.reindex(index_spec="Flat")
-        store = lib._store
+        lib.space().configure_index("Flat")
+    store = Store.open(db)
+    try:
         record = store.space(space_id)
         index, _ = open_index(store, record, mmap=True)
         assert index.read_only
@@ -372,6 +378,8 @@ def test_large_files_load_memory_mapped(db: Path, tmp_path: Path) -> None:
         small, _ = open_index(store, record, mmap=None)
         assert not small.read_only
         publish_index(store, record, small, record.generation)
+    finally:
+        store.close()
 
 
 def test_cli_reindex_info_recall_and_search_options(db: Path, photos: Path) -> None:

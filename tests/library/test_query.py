@@ -191,7 +191,7 @@ def test_k_with_a_filter_still_fills_k(corpus: Corpus, lib: Library) -> None:
 
 
 def test_index_selector_searches_only_the_given_ids() -> None:
-    from featx_search.index import VectorIndex
+    from featx_search.ann.index import VectorIndex
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(200, 16)).astype(np.float32)

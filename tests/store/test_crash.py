@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from featx_search import Library, LibraryError, Query
-from featx_search.index import VectorIndex
+from featx_search.ann.index import VectorIndex
 from tests.support import TINY, TINY_ARGS, make_photo
 
 

@@ -1,4 +1,5 @@
-"""Index specs: FAISS factory strings, the ``auto`` rule, memory estimates (imports no faiss).
+"""Index specs and search params: FAISS factory strings, the ``auto`` rule, memory estimates
+(imports no faiss).
 
 A space's index spec is a FAISS factory string (``Flat``, ``HNSW32``, ``IVF4096,Flat``,
 ``IVF4096,PQ64``, ``OPQ64,IVF4096,PQ64``, ...) or ``auto``. ``auto`` is resolved from the
@@ -13,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 AUTO = "auto"
 # Below this many vectors exact search costs about a millisecond per query: keep it exact.
@@ -51,10 +52,9 @@ class SearchParams:
         for name in ("nprobe", "ef_search"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
+                raise ConfigError(f"{name} must be at least 1, got {value}", param=name)
         if self.rerank is not None and self.rerank < 0:
-            raise ConfigError(f"--rerank must be 0 (off) or more, got {self.rerank}")
+            raise ConfigError(f"rerank must be 0 (off) or more, got {self.rerank}", param="rerank")
 
     def merged(self, override: SearchParams | None) -> SearchParams:
         """These params with every value that ``override`` sets replaced."""
@@ -80,16 +80,18 @@ def parse_memory(value: str | int | None) -> int | None:
     K = 1024). None stays None (no budget). Raises :class:`ConfigError`."""
     if value is None or isinstance(value, int):
         if isinstance(value, int) and value <= 0:
-            raise ConfigError(f"--max-memory must be positive, got {value}")
+            raise ConfigError(f"max_memory must be positive, got {value}", param="max_memory")
         return value
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", value.upper())
     if match is None:
         raise ConfigError(
-            f"--max-memory {value!r} is not a size", hint="use e.g. 512M, 2G or 1.5GiB"
+            f"max_memory {value!r} is not a size",
+            hint="use e.g. 512M, 2G or 1.5GiB",
+            param="max_memory",
         )
     number = float(match.group(1)) * _UNITS[match.group(2)]
     if number < 1:
-        raise ConfigError(f"--max-memory must be positive, got {value!r}")
+        raise ConfigError(f"max_memory must be positive, got {value!r}", param="max_memory")
     return int(number)
 
 
@@ -101,20 +103,23 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-def check_spec(spec: str) -> str:
+def check_spec_text(spec: str) -> str:
     """``spec`` stripped, or :class:`ConfigError` for what featx-search never accepts here.
 
-    Whether FAISS understands the string is checked by :func:`featx_search.index.check_spec`.
+    Whether FAISS understands the string is checked by :func:`featx_search.ann.raw.check_spec`.
     """
     spec = spec.strip()
     if not spec:
-        raise ConfigError("--index is empty", hint="use auto, Flat, HNSW32, IVF1024,Flat, ...")
+        raise ConfigError(
+            "index is empty", hint="use auto, Flat, HNSW32, IVF1024,Flat, ...", param="index"
+        )
     if spec.lower() == AUTO:
         return AUTO
     for word in _FORBIDDEN:
         if word.lower() in spec.lower():
             raise ConfigError(
-                f"--index {spec!r}: {word} is not supported here",
+                f"index {spec!r}: {word} is not supported here",
+                param="index",
                 hint="featx-search adds ids itself and stores float vectors; "
                 "use e.g. Flat, HNSW32, IVF1024,Flat or IVF1024,PQ64",
             )
