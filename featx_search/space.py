@@ -198,8 +198,14 @@ class Space:
         return cached[1], cached[2]
 
     def whitening(self) -> Whitening | None:
-        """The PCA-whitening stored with the space, or None (see :meth:`whiten`)."""
-        return self._loaded()[0]
+        """The PCA-whitening stored with the space, or None (see :meth:`whiten`). Cached
+        with the index once that is loaded; read alone (no faiss) before."""
+        cached = self._cached
+        if cached is not None and cached[0] == self._state():
+            return cached[1]
+        from .whiten import stored
+
+        return stored(self._store, self.record)
 
     def index(self) -> VectorIndex:
         """The space's vector index at the store's current generation (shared: read only)."""
