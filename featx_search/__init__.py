@@ -27,15 +27,8 @@ if TYPE_CHECKING:
     )
     from .evaluation import EvalResult, evaluate
     from .extract import Layer
-    from .library import (
-        Library,
-        SchemaStatus,
-        SpaceSelector,
-        default_db_path,
-        list_layers,
-        schema_status,
-        upgrade_schema,
-    )
+    from .extract.layers import list_layers
+    from .library import Library, SpaceSelector, default_db_path
     from .options import Progress, ProgressCallback, Query, SyncOptions
     from .query import Filters, Match, parse_date
     from .reports import (
@@ -47,6 +40,7 @@ if TYPE_CHECKING:
         WhitenReport,
     )
     from .space import Space, StoredImage
+    from .upgrade import SchemaStatus, schema_status, upgrade_schema
 
 # Public name -> the module that defines it. Names load on first use (PEP 562), so importing
 # featx_search (or running one command) imports only the modules that are needed.
@@ -76,7 +70,7 @@ _EXPORTS = {
     "ProgressCallback": "options",
     "Query": "options",
     "RecallReport": "reports",
-    "SchemaStatus": "library",
+    "SchemaStatus": "upgrade",
     "SearchParams": "ann.spec",
     "Space": "space",
     "SpaceError": "errors",
@@ -90,10 +84,10 @@ _EXPORTS = {
     "choose_spec": "ann.spec",
     "default_db_path": "library",
     "evaluate": "evaluation",
-    "list_layers": "library",
+    "list_layers": "extract.layers",
     "parse_date": "query",
-    "schema_status": "library",
-    "upgrade_schema": "library",
+    "schema_status": "upgrade",
+    "upgrade_schema": "upgrade",
 }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, overload
@@ -16,16 +15,16 @@ import numpy as np
 from .compute import Compute
 from .config import ExtractorSpec
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup
-from .errors import ImageError, LayerError, SpaceError
+from .errors import ImageError, SpaceError
+from .handle import StoreHandle
 from .images import ImageInput
 from .options import ProgressCallback, Query, SyncOptions
 from .query import Match, check_threshold
 from .records import SpaceRecord
 from .reports import CheckReport, IndexReport, LibraryInfo, SpaceInfo
-from .space import Space, StoredImage, StoreHandle
+from .space import Space, StoredImage
 
 if TYPE_CHECKING:
-    from .extract import Layer
     from .reader import Reader
 
 ENV_DB = "FEATX_DB"
@@ -378,65 +377,3 @@ class Library:
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every file that could not be indexed."""
         return self._store.failures()
-
-
-@dataclass(frozen=True)
-class SchemaStatus:
-    """A library database's schema revision next to the newest one this version knows."""
-
-    path: str
-    current: str | None
-    head: str
-
-    @property
-    def up_to_date(self) -> bool:
-        return self.current == self.head
-
-
-def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
-    """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
-    from .connect import library_path, writable
-    from .reader import Reader
-    from .schema import HEAD_REVISION
-    from .store import Store
-
-    path = library_path(db if db is not None else default_db_path())
-    if path.is_file() and not writable(path):  # read-only storage: read the revision only
-        reader: Reader = Reader(path, read_only=True)
-    else:
-        reader = Store.open(path, migrate=False, create=False)
-    try:
-        return SchemaStatus(str(reader.path), reader.current_revision(), HEAD_REVISION)
-    finally:
-        reader.close()
-
-
-def upgrade_schema(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
-    """Migrate ``db`` to the newest schema revision; returns the status afterwards."""
-    with Library.open(db, create=False) as lib:
-        return schema_status(lib.path)
-
-
-def list_layers(spec: ExtractorSpec, *, pattern: str | None = None) -> list[Layer]:
-    """Every FX node of ``spec.model`` with its output shape for one image and its cost; the
-    default layer is marked. ``pattern`` keeps the names that contain it, or match it as a
-    glob when it holds ``*``, ``?`` or ``[``. Builds the model (so it may raise
-    :class:`ModelError` / :class:`WeightsError`); a pattern that matches nothing raises
-    :class:`LayerError`."""
-    import fnmatch
-
-    from .extract import list_layers as _list_layers
-
-    rows = _list_layers(spec)
-    if pattern is None:
-        return rows
-    glob = any(c in pattern for c in "*?[")
-    kept = [
-        r for r in rows if (fnmatch.fnmatchcase(r.name, pattern) if glob else pattern in r.name)
-    ]
-    if not kept:
-        raise LayerError(
-            f"no layer of {spec.model} matches --filter {pattern!r}",
-            hint=f"run `featx-search layers {spec.model}` without --filter to see every name",
-        )
-    return kept

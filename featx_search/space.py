@@ -6,28 +6,27 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
-from .ann.spec import AUTO, SearchParams, parse_memory
+from .ann.spec import SearchParams
 from .compute import Compute
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, near_duplicates
-from .errors import ConfigError, ImageError, SpaceError
+from .errors import ConfigError, ImageError
 from .images import ImageInput, describe, load_input
 from .options import ProgressCallback, Query, SyncOptions
-from .query import Match, check_k, check_threshold, combine_vectors, search_vectors
-from .records import ImageFacts, IndexSettings, SpaceRecord
+from .query import Match, check_threshold, combine_vectors, search_vectors
+from .records import ImageFacts, SpaceRecord
 from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 
 if TYPE_CHECKING:
     from .ann.index import VectorIndex
     from .ann.publish import BuildInfo
     from .extract import Extractor
+    from .handle import StoreHandle
     from .reader import Reader
     from .store import Store
     from .whiten import Whitening
@@ -36,38 +35,6 @@ log = logging.getLogger(__name__)
 
 StoredImage = int | str | os.PathLike[str]
 """An image already in the library: its id, or the path of its file."""
-
-
-class StoreHandle:
-    """The library's database, shared by the library and its spaces: a plain-sqlite
-    :class:`Reader` until the first write, then the :class:`Store` (which imports SQLAlchemy)."""
-
-    def __init__(self, store: Reader) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-
-    @property
-    def reader(self) -> Reader:
-        return self._store
-
-    @property
-    def path(self) -> Path:
-        return self._store.path
-
-    def writer(self) -> Store:
-        """The store, for writing; raises :class:`ReadOnlyError` on a read-only library."""
-        from .store import Store
-
-        self._store.require_writable()
-        with self._lock:
-            if not isinstance(self._store, Store):
-                reader = self._store
-                self._store = Store.open(reader.path, create=False)
-                reader.close()
-            return self._store
-
-    def close(self) -> None:
-        self._store.close()
 
 
 # What a cached index and whitening were loaded from: the space's generation and the
@@ -138,30 +105,9 @@ class Space:
 
     def info(self) -> SpaceInfo:
         """The space with its counts and the state of its index."""
-        from .ann.files import LEGACY_KIND
+        from .upkeep import space_info
 
-        record = self.record
-        manifest = self._store.manifest(record.id)
-        settings = self._store.index_settings(record.id)
-        whitening = self.whitening()
-        spec = record.spec
-        kind = None if manifest is None else manifest.kind
-        return SpaceInfo(
-            id=record.id,
-            fingerprint=record.fingerprint,
-            label=record.label,
-            model=spec.model,
-            weights=spec.weights,
-            layers=spec.layers,
-            pool=spec.pool,
-            dim=spec.dim,
-            count=record.count,
-            generation=record.generation,
-            index_generation=manifest.generation if manifest else None,
-            whitened=None if whitening is None else whitening.dims,
-            index_spec=settings.spec or AUTO,
-            index_kind="Flat" if kind == LEGACY_KIND else kind,
-        )
+        return space_info(self, self._store)
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[int, np.ndarray, np.ndarray]:
         """The stored vectors (raw, float32 (N, dim)) of ``ids`` or of every image, with their
@@ -224,41 +170,14 @@ class Space:
         """The model that makes this space's vectors, built once per ``compute`` (under a
         lock, so threads share one). For ``writing`` the vectors must match the stored ones
         exactly; queries tolerate another torch/torchvision release, with a warning."""
+        from .extract import extractor_for, reproduces
+
         key = compute or Compute()
         with self._model_lock:
             extractor = self._extractors.get(key)
             if extractor is None:
-                extractor = self._extractors[key] = self._build(key)
-        if extractor.space.fingerprint != self.fingerprint:
-            now, then = extractor.space.identity(), self._first.spec.identity()
-            keys = [name for name in then if then[name] != now[name]]
-            changed = ", ".join(f"{name}: {then[name]} -> {now[name]}" for name in keys)
-            if writing or not set(keys) <= {"torch", "torchvision"}:
-                raise SpaceError(
-                    f"space {self.fingerprint} ({self.label}) cannot be reproduced here "
-                    f"({changed})",
-                    hint="index again with an explicit model, weights and layer to make a "
-                    "new space",
-                )
-            log.warning(
-                "space %s was built with other library versions (%s); query vectors may "
-                "differ slightly from stored ones",
-                self.fingerprint,
-                changed,
-            )
-        return extractor
-
-    def _build(self, compute: Compute) -> Extractor:
-        from .extract import load_extractor
-
-        stored = self._first.spec
-        extractor = load_extractor(stored.request, compute)
-        resolved = replace(stored.request, layers=stored.layers, pool=stored.pool)
-        if extractor.space.fingerprint != stored.fingerprint and resolved != stored.request:
-            # Made with a model's default layers or pooling, which have changed since.
-            extractor = load_extractor(resolved, compute)
-        # The input handling stored with the space wins over the model's current default.
-        extractor.space = replace(extractor.space, preprocess=stored.preprocess)
+                extractor = self._extractors[key] = extractor_for(self._first.spec, key)
+        reproduces(extractor, self._first.spec, writing=writing)
         return extractor
 
     def adopt(self, extractor: Extractor, compute: Compute | None = None) -> None:
@@ -450,93 +369,42 @@ class Space:
         ``max_memory`` (bytes, or a size such as ``2G``) the budget ``auto`` plans for,
         ``params`` nprobe / ef_search / rerank fixed for its searches. Rebuilds and publishes
         the index when the kind it should have changed; returns what was built, or None."""
-        from .ann.raw import check_spec
+        from .upkeep import configure_index
 
         if index is None and max_memory is None and params is None:
             return None
         store = self._stores.writer()
         with store.writer_lock():
-            old = store.index_settings(self.id)
-            spec = old.spec
-            if index is not None:
-                checked = check_spec(index, self.dim)
-                spec = None if checked == AUTO else checked
-            budget = old.max_memory if max_memory is None else parse_memory(max_memory)
-            fixed = {**old.params, **(params.to_dict() if params else {})}
-            store.set_index_settings(self.id, IndexSettings(spec, budget, fixed))
-            return self._settle(store)
+            return configure_index(self, store, index, max_memory, params)
 
     def rebuild(self) -> BuildInfo:
         """Rebuild the index from the stored vectors (nothing is embedded) and publish it."""
-        from .ann.publish import rebuild_index
+        from .upkeep import rebuild
 
         store = self._stores.writer()
         with store.writer_lock():
-            built = rebuild_index(store, store.space(self.id))
-        self.forget()
-        return built
+            return rebuild(self, store)
 
     def whiten(self, dims: int) -> WhitenReport:
         """Learn PCA-whitening to ``dims`` dimensions from the stored vectors (0 removes it).
         Vectors are whitened as they enter the index, queries before they are searched; the
         stored vectors do not change. Rebuilds and publishes the index."""
-        from .ann.publish import rebuild_index
-        from .whiten import learn
+        from .upkeep import whiten
 
-        if dims < 0:
-            raise ConfigError(f"dims must be 0 (off) or more, got {dims}", param="dims")
         store = self._stores.writer()
         with store.writer_lock():
-            _, _, vectors = store.vectors(self.id)
-            whitening = learn(vectors, dims) if dims else None
-            store.set_transform(self.id, None if whitening is None else whitening.to_bytes())
-            rebuild_index(store, store.space(self.id))
-        self.forget()
-        return WhitenReport(self.fingerprint, self.label, dims, len(vectors))
+            return whiten(self, store, dims)
 
     def _settle(self, store: Store, index: VectorIndex | None = None) -> BuildInfo | None:
-        """Publish the space's index when its file is missing, behind the store or of another
-        kind than the space wants now: ``index`` (kept up to date by a sync) when given and
-        current, else one rebuilt from the store. The one place that decides to publish."""
-        from .ann.files import LEGACY_KIND
-        from .ann.publish import publish_index, rebuild_index, wanted_spec
+        from .upkeep import settle
 
-        record = store.space(self.id)
-        manifest = store.manifest(self.id)
-        self.forget()
-        if manifest is not None and manifest.generation == record.generation:
-            kind = "Flat" if manifest.kind == LEGACY_KIND else manifest.kind
-            if kind == wanted_spec(store, record):
-                return None
-            return rebuild_index(store, record)
-        if index is None:
-            return rebuild_index(store, record)
-        publish_index(store, record, index, record.generation)
-        return None
+        return settle(self, store, index)
 
     def recall(
         self, k: int = 10, sample: int = 200, *, seed: int = 0, params: SearchParams | None = None
     ) -> RecallReport:
         """Recall@k of the index against exact search, on ``sample`` stored vectors (each
         asks for its k nearest other images). Reads every stored vector of the space."""
-        from .ann.tuning import recall_at_k
+        from .upkeep import recall
 
-        check_k(k)
-        if sample < 1:
-            raise ConfigError(f"sample must be at least 1, got {sample}", param="sample")
-        whitening, index = self._loaded()
-        merged = self.search_params(params)
-        _, ids, vectors = self._store.vectors(self.id)
-        vectors = vectors if whitening is None else whitening.apply(vectors)
-        started = time.perf_counter()
-        value = recall_at_k(index, ids, vectors, k=k, sample=sample, seed=seed, params=merged)
-        return RecallReport(
-            space=self.fingerprint,
-            spec=index.spec,
-            count=len(ids),
-            k=k,
-            queries=min(sample, len(ids)),
-            recall=value,
-            params=index.params.merged(merged).to_dict(),
-            seconds=time.perf_counter() - started,
-        )
+        return recall(self, k, sample, seed, params)

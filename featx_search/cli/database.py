@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..ann.spec import SearchParams
-from ..library import SpaceSelector, schema_status, upgrade_schema
+from ..library import SpaceSelector
+from ..upgrade import schema_status, upgrade_schema
 from . import output
 from .options import (
     db_option,

@@ -9,7 +9,7 @@ import click
 
 from ..config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec, Method, Pool
 from ..evaluation import INPUTS, EvalResult, evaluate
-from ..library import list_layers
+from ..extract.layers import list_layers
 from . import output
 from .index_options import method_option
 from .options import db_option, json_option

@@ -26,7 +26,7 @@ from ..reports import CheckReport, IndexReport, LibraryInfo, RecallReport, White
 
 if TYPE_CHECKING:
     from .. import BuildInfo, Layer
-    from ..library import SchemaStatus
+    from ..upgrade import SchemaStatus
 
 
 def _echo(line: str = "", *, err: bool = False) -> None:

@@ -16,7 +16,7 @@ fallback), ``runtimes`` (frozen TorchScript, OpenVINO), ``extractor`` (:class:`E
 from __future__ import annotations
 
 from .cut import default_layer
-from .extractor import Extractor, load_extractor
+from .extractor import Extractor, extractor_for, load_extractor, reproduces
 from .layers import Layer, list_layers
 from .registry import BUILTIN, IMAGENET, LITE0, LITE0_PREPROCESS, ModelEntry, model_defaults
 from .weights import SEED
@@ -31,7 +31,9 @@ __all__ = [
     "Layer",
     "ModelEntry",
     "default_layer",
+    "extractor_for",
     "list_layers",
     "load_extractor",
     "model_defaults",
+    "reproduces",
 ]

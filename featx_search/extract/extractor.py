@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..compute import (
     to_input,
 )
 from ..config import ExtractorSpec, SpaceSpec
-from ..errors import ModelError
+from ..errors import ModelError, SpaceError
 from . import runtimes
 from .cut import building, check_layers, cut, default_layer, node_names, running
 from .hooks import HookGraph, called_modules, check_modules, default_module
@@ -256,3 +257,37 @@ def _cut(built: Built, spec: ExtractorSpec) -> tuple[nn.Module | HookGraph, tupl
     layers = spec.layers or (default_module(built.model, modules),)
     check_modules(layers, modules, spec.model)
     return HookGraph(built.model, layers), tuple(layers)
+
+
+def extractor_for(stored: SpaceSpec, compute: Compute | None = None) -> Extractor:
+    """The extractor of a stored space: built from the spec it was made from, with its
+    resolved layers and pooling when the model's defaults have changed since, and with the
+    input handling stored with the space (which wins over the model's current default)."""
+    extractor = load_extractor(stored.request, compute)
+    resolved = replace(stored.request, layers=stored.layers, pool=stored.pool)
+    if extractor.space.fingerprint != stored.fingerprint and resolved != stored.request:
+        extractor = load_extractor(resolved, compute)
+    extractor.space = replace(extractor.space, preprocess=stored.preprocess)
+    return extractor
+
+
+def reproduces(extractor: Extractor, stored: SpaceSpec, *, writing: bool) -> None:
+    """Check that ``extractor`` makes the vectors of the ``stored`` space. Raises
+    :class:`SpaceError` when anything but the torch / torchvision release differs, or
+    anything at all when ``writing``; otherwise a difference is logged as a warning."""
+    if extractor.space.fingerprint == stored.fingerprint:
+        return
+    now, then = extractor.space.identity(), stored.identity()
+    keys = [name for name in then if then[name] != now[name]]
+    changed = ", ".join(f"{name}: {then[name]} -> {now[name]}" for name in keys)
+    if writing or not set(keys) <= {"torch", "torchvision"}:
+        raise SpaceError(
+            f"space {stored.fingerprint} ({stored.label}) cannot be reproduced here ({changed})",
+            hint="index again with an explicit model, weights and layer to make a new space",
+        )
+    log.warning(
+        "space %s was built with other library versions (%s); query vectors may differ "
+        "slightly from stored ones",
+        stored.fingerprint,
+        changed,
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import ExtractorSpec
+from ..errors import LayerError
 from .cut import building, cut, default_layer, module_outputs
 from .extractor import traced_nodes
 from .hooks import called_modules, default_module
@@ -41,7 +43,7 @@ class Layer:
         return "-"
 
 
-def list_layers(spec: ExtractorSpec) -> list[Layer]:
+def list_layers(spec: ExtractorSpec, *, pattern: str | None = None) -> list[Layer]:
     """Every FX node of ``spec.model`` (eval graph, in execution order) with its output shape
     for one image and the cost of extracting up to it, from a dry run on a blank input; the
     default layer is marked. Each module that holds nodes (e.g. ``layer4``) follows its last
@@ -50,7 +52,27 @@ def list_layers(spec: ExtractorSpec) -> list[Layer]:
     With ``method="hook"``, or ``auto`` on a model FX cannot trace, the rows are the modules
     that run, in the order they finish, each with cost 1.0. Holds the process-wide model lock
     while it builds, traces and runs the model.
+
+    ``pattern`` keeps the names that contain it, or match it as a glob when it holds ``*``,
+    ``?`` or ``[``; one that matches nothing raises :class:`LayerError`. Building the model
+    may raise :class:`ModelError` / :class:`WeightsError`.
     """
+    rows = _all_layers(spec)
+    if pattern is None:
+        return rows
+    glob = any(c in pattern for c in "*?[")
+    kept = [
+        r for r in rows if (fnmatch.fnmatchcase(r.name, pattern) if glob else pattern in r.name)
+    ]
+    if not kept:
+        raise LayerError(
+            f"no layer of {spec.model} matches pattern {pattern!r}",
+            hint="list the layers without a pattern to see every name",
+        )
+    return kept
+
+
+def _all_layers(spec: ExtractorSpec) -> list[Layer]:
     with building():
         built = build(spec)
         nodes = traced_nodes(built, spec, "listing modules for forward hooks instead")

@@ -121,6 +121,7 @@ def test_plan_loads_no_model_and_writes_nothing(
         raise AssertionError("plan loaded a model")
 
     monkeypatch.setattr("featx_search.extract.load_extractor", no_model)
+    monkeypatch.setattr("featx_search.extract.extractor.load_extractor", no_model)
     fresh = Library.open(library.path)
     report = fresh.plan([photos / "a"], TINY)
     assert (report.added, report.removed, report.unchanged) == (1, 1, 5)
@@ -173,7 +174,7 @@ def test_cold_library_shared_by_threads_builds_one_extractor(
     """Issue 13 point 10: 16 first searches on 8 threads, nothing searched before."""
     library.index([photos], RESNET18)
     library.close()
-    import featx_search.extract as extract_module
+    import featx_search.extract.extractor as extract_module
 
     real = extract_module.load_extractor
     builds: list[int] = []

@@ -1,0 +1,143 @@
+"""Keeping a space's index in step with its settings: what ``info`` reports of it, changing
+its index type or budget, rebuilding, whitening, recall, and the one decision to publish.
+
+The :class:`~featx_search.space.Space` methods of the same names call these with the store
+they hold (the writer, under its lock, for changes).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .ann.spec import AUTO, SearchParams, parse_memory
+from .errors import ConfigError
+from .query import check_k
+from .records import IndexSettings
+from .reports import RecallReport, SpaceInfo, WhitenReport
+
+if TYPE_CHECKING:
+    from .ann.index import VectorIndex
+    from .ann.publish import BuildInfo
+    from .reader import Reader
+    from .space import Space
+    from .store import Store
+
+
+def space_info(space: Space, store: Reader) -> SpaceInfo:
+    """The space with its counts and the state of its index."""
+    from .ann.files import kind_spec
+
+    record = store.space(space.id)
+    manifest = store.manifest(record.id)
+    settings = store.index_settings(record.id)
+    whitening = space.whitening()
+    spec = record.spec
+    return SpaceInfo(
+        id=record.id,
+        fingerprint=record.fingerprint,
+        label=record.label,
+        model=spec.model,
+        weights=spec.weights,
+        layers=spec.layers,
+        pool=spec.pool,
+        dim=spec.dim,
+        count=record.count,
+        generation=record.generation,
+        index_generation=manifest.generation if manifest else None,
+        whitened=None if whitening is None else whitening.dims,
+        index_spec=settings.spec or AUTO,
+        index_kind=None if manifest is None else kind_spec(manifest.kind),
+    )
+
+
+def settle(space: Space, store: Store, index: VectorIndex | None = None) -> BuildInfo | None:
+    """Publish the space's index when its file is missing, behind the store or of another
+    kind than the space wants now: ``index`` (kept up to date by a sync) when given and
+    current, else one rebuilt from the store. The one place that decides to publish."""
+    from .ann.files import kind_spec
+    from .ann.publish import publish_index, rebuild_index, wanted_spec
+
+    record = store.space(space.id)
+    manifest = store.manifest(space.id)
+    space.forget()
+    if manifest is not None and manifest.generation == record.generation:
+        if kind_spec(manifest.kind) == wanted_spec(store, record):
+            return None
+        return rebuild_index(store, record)
+    if index is None:
+        return rebuild_index(store, record)
+    publish_index(store, record, index, record.generation)
+    return None
+
+
+def configure_index(
+    space: Space,
+    store: Store,
+    index: str | None,
+    max_memory: int | str | None,
+    params: SearchParams | None,
+) -> BuildInfo | None:
+    """Store the space's new index settings and publish what they call for."""
+    from .ann.raw import check_spec
+
+    old = store.index_settings(space.id)
+    spec = old.spec
+    if index is not None:
+        checked = check_spec(index, space.dim)
+        spec = None if checked == AUTO else checked
+    budget = old.max_memory if max_memory is None else parse_memory(max_memory)
+    fixed = {**old.params, **(params.to_dict() if params else {})}
+    store.set_index_settings(space.id, IndexSettings(spec, budget, fixed))
+    return settle(space, store)
+
+
+def rebuild(space: Space, store: Store) -> BuildInfo:
+    """Rebuild the space's index from the stored vectors and publish it."""
+    from .ann.publish import rebuild_index
+
+    built = rebuild_index(store, store.space(space.id))
+    space.forget()
+    return built
+
+
+def whiten(space: Space, store: Store, dims: int) -> WhitenReport:
+    """Learn (``dims`` > 0) or remove (0) the space's whitening; rebuild and publish."""
+    from .ann.publish import rebuild_index
+    from .whiten import learn
+
+    if dims < 0:
+        raise ConfigError(f"dims must be 0 (off) or more, got {dims}", param="dims")
+    _, _, vectors = store.vectors(space.id)
+    whitening = learn(vectors, dims) if dims else None
+    store.set_transform(space.id, None if whitening is None else whitening.to_bytes())
+    rebuild_index(store, store.space(space.id))
+    space.forget()
+    return WhitenReport(space.fingerprint, space.label, dims, len(vectors))
+
+
+def recall(
+    space: Space, k: int, sample: int, seed: int, params: SearchParams | None
+) -> RecallReport:
+    """Recall@k of the space's index against exact search on ``sample`` stored vectors."""
+    from .ann.tuning import recall_at_k
+
+    check_k(k)
+    if sample < 1:
+        raise ConfigError(f"sample must be at least 1, got {sample}", param="sample")
+    index, whitening = space.index(), space.whitening()
+    merged = space.search_params(params)
+    _, ids, vectors = space.vectors()
+    vectors = vectors if whitening is None else whitening.apply(vectors)
+    started = time.perf_counter()
+    value = recall_at_k(index, ids, vectors, k=k, sample=sample, seed=seed, params=merged)
+    return RecallReport(
+        space=space.fingerprint,
+        spec=index.spec,
+        count=len(ids),
+        k=k,
+        queries=min(sample, len(ids)),
+        recall=value,
+        params=index.params.merged(merged).to_dict(),
+        seconds=time.perf_counter() - started,
+    )
