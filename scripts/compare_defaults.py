@@ -8,7 +8,7 @@ mate-backgrounds set ships such renditions). Prints recall@1 and mean reciprocal
 preprocessing:
 
 - default: featx-search's settings (whole frame squashed to 224 x 224, EfficientNet-Lite's
-  own [-1, 1] input scaling, _blocks.12 + _swish_1 with avg pooling; see README);
+  own [-1, 1] input scaling, _blocks.12 + _swish_1 with avg pooling; see docs/how-it-works.md);
 - avgpool, centre crop: the classifier's input on a 224 centre crop (the old default);
 - plain: the same with ImageNet mean/std, as generic recipes do;
 - avgpool, full frame: the classifier's input on the whole frame.

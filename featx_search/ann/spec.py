@@ -4,7 +4,7 @@
 A space's index spec is a FAISS factory string (``Flat``, ``HNSW32``, ``IVF4096,Flat``,
 ``IVF4096,PQ64``, ``OPQ64,IVF4096,PQ64``, ...) or ``auto``. ``auto`` is resolved from the
 number of stored vectors, their size and an optional memory budget by :func:`choose_spec`;
-the rule and the measurements behind it are in the README (``scripts/bench_ann.py``).
+docs/how-it-works.md explains the rule; ``scripts/bench_ann.py`` measures it.
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ def test_exact_neighbours_equals_argsort() -> None:
         np.testing.assert_allclose(sims[i][rows[i]], scores[i], rtol=1e-5)
 
 
-# -- the auto rule (the table in the README) --------------------------------------------------
+# -- the auto rule (docs/how-it-works.md) ------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -187,7 +187,7 @@ def test_two_layers_concatenate_normalised_parts(
         ("resnet18", "none", "avgpool", 512),
         ("mobilenet_v3_small", "none", "avgpool", 576),
         ("efficientnet_b0", "none", "avgpool", 1280),
-        # Chosen with eval (README, "Choosing the defaults"), not the classifier's input.
+        # Chosen with eval (docs/benchmarks.md), not the classifier's input.
         ("efficientnet_lite0", "DEFAULT", "_blocks.12+_swish_1", 192 + 1280),
         ("tests.models:tiny_cnn", "none", "4", 32),
     ],
