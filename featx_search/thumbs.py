@@ -54,8 +54,9 @@ def contact_sheet(
     kind = SHEET_FORMATS.get(target.suffix.lower())
     if kind is None:
         raise ConfigError(
-            f"--montage {out}: unknown image type {target.suffix or '(no suffix)'}",
+            f"out {out}: unknown image type {target.suffix or '(no suffix)'}",
             hint="end the file name with .jpg, .png or .webp",
+            param="out",
         )
     cell_w, cell_h = side + PAD, side + CAPTION_HEIGHT + PAD
     title_h = 18

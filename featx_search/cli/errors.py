@@ -9,7 +9,14 @@ import click
 from ..errors import ConfigError, FeatxError
 
 # Python parameters whose command-line name is not --the-same-words.
-_FLAGS = {"k": "-k", "dims": "DIMS", "index": "--index", "vectors": "IMAGES", "layers": "--layer"}
+_FLAGS = {
+    "k": "-k",
+    "dims": "DIMS",
+    "index": "--index",
+    "vectors": "IMAGES",
+    "layers": "--layer",
+    "out": "--montage",  # the only file a library function names as out
+}
 
 
 def flag(param: str | None) -> str:
