@@ -87,7 +87,7 @@ def test_space_keeps_its_stored_input_handling(db: Path, photos: Path) -> None:
 
     with Library.open(db) as lib:
         lib.index([photos / "a"], TINY)
-        record = lib._store.spaces()[0]
+        record = lib.space().record
         data = record.spec.to_dict()
         data["preprocess"]["fit"] = "full"
         moved = SpaceSpec.from_dict(data)

@@ -35,7 +35,7 @@ def test_every_image_finds_itself_first(
 def test_ranking_equals_brute_force(library: Library, photos: Path, tmp_path: Path) -> None:
     library.index([photos], TINY)
     space = library.spaces()[0]
-    _, ids, matrix = library._store.vectors(space.id)
+    _, ids, matrix = space.vectors()
     queries = [make_photo(tmp_path / f"q{i}.jpg", seed=100 + i) for i in range(3)]
     vectors = library.embed(queries)
     for query, vector in zip(queries, vectors, strict=False):

@@ -47,10 +47,9 @@ def test_content_hash_and_date_taken_are_recorded(library: Library, tmp_path: Pa
 
 def _vectors(library: Library) -> dict[str, np.ndarray]:
     """Stored vectors of the library's only space, keyed by absolute path."""
-    store = library._store
-    record = store.spaces()[0]
-    _, ids, matrix = store.vectors(record.id)
-    paths = store.paths(ids.tolist())
+    space = library.space()
+    _, ids, matrix = space.vectors()
+    paths = {facts.id: facts.path for facts in space.image_facts(ids.tolist())}
     return {paths[int(i)]: row for i, row in zip(ids, matrix, strict=True)}
 
 
