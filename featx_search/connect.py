@@ -1,14 +1,16 @@
 """Where a library's database is and how SQLite opens it: paths (any characters, ``~``),
-URLs, whether this process may write it, SQLite's read-only modes, and engines."""
+URIs and URLs, whether this process may write it, SQLite's read-only modes, and engines.
+SQLAlchemy is imported only to build an engine (writes), never for a query."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import URL, Engine, create_engine, event
+if TYPE_CHECKING:
+    from sqlalchemy import URL, Engine
 
 
 def library_path(path: str | os.PathLike[str]) -> Path:
@@ -33,8 +35,8 @@ def writable(db: Path) -> bool:
     return _may_write(folder)
 
 
-def database_url(db: Path, *, read_only: bool = False) -> URL:
-    """The SQLAlchemy URL of the SQLite file ``db`` (any characters a file system allows).
+def _read_only_mode(db: Path) -> dict[str, str]:
+    """The URI parameters of a read-only open of ``db``.
 
     A read-only open of a library this process could write uses SQLite's ``mode=ro``. On
     storage it cannot write, ``mode=ro`` would need to create the WAL's ``-shm`` and ``-wal``
@@ -42,19 +44,35 @@ def database_url(db: Path, *, read_only: bool = False) -> URL:
     which then blocks writers; so there the file is opened ``immutable=1`` (nothing is
     created or locked) unless both files exist already.
     """
-    if not read_only:
-        return URL.create("sqlite", database=str(db))
     wal_files = all(db.with_name(db.name + suffix).exists() for suffix in ("-wal", "-shm"))
     if writable(db) or wal_files:
-        query = {"uri": "true", "mode": "ro"}
-    else:
-        query = {"uri": "true", "immutable": "1"}
+        return {"mode": "ro"}
+    return {"immutable": "1"}
+
+
+def sqlite_uri(db: Path, *, read_only: bool = False) -> str:
+    """The URI that ``sqlite3.connect(uri, uri=True)`` opens ``db`` with (any characters a
+    file system allows; read-only modes as :func:`database_url`)."""
+    if not read_only:
+        return db.as_uri()
+    return db.as_uri() + "?" + "&".join(f"{k}={v}" for k, v in _read_only_mode(db).items())
+
+
+def database_url(db: Path, *, read_only: bool = False) -> URL:
+    """The SQLAlchemy URL of the SQLite file ``db``, read-only as :func:`sqlite_uri` says."""
+    from sqlalchemy import URL
+
+    if not read_only:
+        return URL.create("sqlite", database=str(db))
+    query = {"uri": "true", **_read_only_mode(db)}
     return URL.create("sqlite", database=db.as_uri(), query=query)
 
 
 def make_engine(url: URL, *, pragmas: Sequence[str] = ()) -> Engine:
     """An engine on a SQLite library whose transactions begin where SQLAlchemy says (so that
     every read inside one sees one snapshot), with ``pragmas`` run on each new connection."""
+    from sqlalchemy import create_engine, event
+
     engine = create_engine(
         url,
         connect_args={"timeout": 10, "check_same_thread": False},

@@ -1,43 +1,35 @@
 """The library database, read side: every read that a query (``search``, ``similar``,
-``dups``, ``info``) or a sync plan makes, written once in SQLAlchemy Core against the tables
-of :mod:`featx_search.schema`. :class:`~featx_search.store.Store` (writes, migrations)
-extends :class:`Reader`, so each read exists once whichever class runs it. The records both
-sides pass around are in :mod:`.records`. Nothing here imports SQLAlchemy's ORM or Alembic: a
-library at the newest schema revision is read without them.
+``dups``, ``info``) or a sync plan makes. Each read is written once, as a named SQLAlchemy
+Core statement in :mod:`featx_search.queries`; a SQLite library is read through the standard
+``sqlite3`` module with those statements compiled in :mod:`featx_search.sql_sqlite`, so that a
+query imports no SQLAlchemy, while a reader given an engine (:class:`~.store.Store`, which
+extends :class:`Reader` with writes and migrations) runs the Core statements themselves. The
+records both sides pass around are in :mod:`.records`.
 
 A library this process cannot write (a read-only folder or mount, a file without write
 permission), or one opened with ``read_only``, is read through SQLite's read-only modes and
 refuses writes with :class:`ReadOnlyError`.
 
-Each read runs in its own transaction (one snapshot); connections are pooled until
-:meth:`Reader.close`.
+Each read runs in its own transaction (one snapshot); connections are kept (one per thread)
+until :meth:`Reader.close`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import (
-    Connection,
-    Engine,
-    exists,
-    func,
-    inspect,
-    select,
-)
-from sqlalchemy import column as _column
-from sqlalchemy import table as _table
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .config import SpaceSpec
-from .connect import database_url, library_path, make_engine, writable
+from .connect import library_path, sqlite_uri, writable
 from .errors import LibraryError, ReadOnlyError, SpaceError
 from .records import (
     FAILED,
@@ -52,9 +44,13 @@ from .records import (
     SpaceRecord,
     StoredCopy,
 )
-from .schema import HEAD_REVISION, images, index_manifest, roots, spaces, vectors
+from .sql_sqlite import HEAD_REVISION, STATEMENTS
 
-# Re-exported: the records live in .records, the one revision constant in .schema.
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
+# Re-exported: the records live in .records; the revision is schema.HEAD_REVISION (as
+# compiled into .sql_sqlite, so that reading it imports no SQLAlchemy).
 __all__ = [
     "FAILED",
     "HEAD_REVISION",
@@ -71,10 +67,7 @@ __all__ = [
     "StoredCopy",
 ]
 
-# Ids per "IN (...)" clause (SQLite allows 32766 variables per statement).
-_CHUNK = 10_000
-# Alembic's own table: not part of our schema, read only to learn the revision.
-_alembic_version = _table("alembic_version", _column("version_num"))
+Row = Sequence[Any]
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -82,24 +75,137 @@ def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield [int(i) for i in ids[start : start + _CHUNK]]
+def _listed(values: Iterable[Any]) -> str:
+    """A list of ids or hashes as the one JSON parameter the statements take for it."""
+    return json.dumps(list(values))
 
 
-def _has_vector(space_id: int | None = None) -> Any:
-    """SQL: the image of the row has a vector (in ``space_id``, or in any space)."""
-    query = select(vectors.c.image_id).where(vectors.c.image_id == images.c.id)
-    if space_id is not None:
-        query = query.where(vectors.c.space_id == space_id)
-    return exists(query)
+def _datetime_text(value: datetime | None) -> str | None:
+    # How SQLAlchemy's SQLite DateTime stores a value.
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _datetime(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _fsdecode(value: bytes | None) -> str | None:
+    return None if value is None else os.fsdecode(value)
+
+
+def _fsencode(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def _bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+# The conversions named in sql_sqlite.py: (bound value -> sqlite3, sqlite3 -> result value).
+_CONVERSIONS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "fspath": (_fsencode, _fsdecode),
+    "datetime": (_datetime_text, _datetime),
+    "bool": (int, _bool),
+}
+
+
+class _Reads:
+    """Runs the named reads of :mod:`.queries` inside one transaction."""
+
+    def rows(self, name: str, **params: Any) -> Iterable[Row]:
+        raise NotImplementedError
+
+    def first(self, name: str, **params: Any) -> Row | None:
+        return next(iter(self.rows(name, **params)), None)
+
+    def scalar(self, name: str, **params: Any) -> Any:
+        row = self.first(name, **params)
+        return None if row is None else row[0]
+
+    def has_revision_table(self) -> bool:
+        raise NotImplementedError
+
+    def pragma(self, name: str) -> list[Row]:
+        """The rows of SQLite's ``PRAGMA name`` (integrity checks)."""
+        raise NotImplementedError
+
+
+class _SqliteReads(_Reads):
+    """The reads as SQLite text (sql_sqlite.py) on a ``sqlite3`` connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _cursor(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
+        sql, binds, constants, _ = STATEMENTS[name]
+        values = {**constants, **params}
+        for key, conversion in binds.items():
+            if conversion:
+                values[key] = _CONVERSIONS[conversion][0](values[key])
+        return self._conn.execute(sql, values)
+
+    def rows(self, name: str, **params: Any) -> Iterable[Row]:
+        cursor = self._cursor(name, params)
+        out = [(i, _CONVERSIONS[c][1]) for i, c in enumerate(STATEMENTS[name][3]) if c]
+        return (_converted(row, out) for row in cursor) if out else cursor
+
+    def first(self, name: str, **params: Any) -> Row | None:
+        cursor = self._cursor(name, params)
+        row = cursor.fetchone()
+        cursor.close()  # a statement left running would keep the transaction from ending
+        if row is None:
+            return None
+        out = [(i, _CONVERSIONS[c][1]) for i, c in enumerate(STATEMENTS[name][3]) if c]
+        return _converted(row, out) if out else row
+
+    def has_revision_table(self) -> bool:
+        found = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+        )
+        return found.fetchone() is not None
+
+    def pragma(self, name: str) -> list[Row]:
+        return list(self._conn.execute(f"PRAGMA {name}"))
+
+
+def _converted(row: tuple[Any, ...], out: list[tuple[int, Callable[[Any], Any]]]) -> Row:
+    values = list(row)
+    for i, convert in out:
+        values[i] = convert(values[i])
+    return values
+
+
+class _CoreReads(_Reads):
+    """The reads as SQLAlchemy Core statements (queries.py) on an engine's connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def rows(self, name: str, **params: Any) -> Iterable[Row]:
+        from .queries import STATEMENTS as CORE
+
+        return self._conn.execute(CORE[name], params)
+
+    def first(self, name: str, **params: Any) -> Row | None:
+        from .queries import STATEMENTS as CORE
+
+        return self._conn.execute(CORE[name], params).first()
+
+    def has_revision_table(self) -> bool:
+        from sqlalchemy import inspect
+
+        return inspect(self._conn).has_table("alembic_version")
+
+    def pragma(self, name: str) -> list[Row]:
+        return list(self._conn.exec_driver_sql(f"PRAGMA {name}"))
 
 
 class Reader:
     """Read access to one library database. Open with :meth:`open`; close with :meth:`close`.
 
     ``read_only`` says whether writes are refused (see :meth:`require_writable`): the
-    library was opened so, or this process may not write it.
+    library was opened so, or this process may not write it. Without ``engine`` the SQLite
+    file is read with the ``sqlite3`` module; with one, through it (SQLAlchemy Core).
     """
 
     def __init__(
@@ -107,7 +213,12 @@ class Reader:
     ) -> None:
         self.path = path
         self.read_only = read_only
-        self.engine = engine or make_engine(database_url(path, read_only=read_only))
+        self._engine = engine
+        # What sqlite3 opens (SQLite's read-only modes included) when there is no engine.
+        self.uri = sqlite_uri(path, read_only=read_only)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> Reader | None:
@@ -150,7 +261,13 @@ class Reader:
         return self.path.with_name(self.path.name + ".indexes")
 
     def close(self) -> None:
-        self.engine.dispose()
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+            self._local = threading.local()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def require_writable(self) -> None:
         """Raise :class:`ReadOnlyError` when the library is read-only (see ``read_only``)."""
@@ -163,13 +280,51 @@ class Reader:
             "its .indexes folder) somewhere writable, or give write access to it and its folder",
         )
 
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: transactions begin where _read says, not implicitly.
+            conn = sqlite3.connect(
+                self.uri, uri=True, timeout=10, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout=10000")
+            with self._lock:
+                self._connections.append(conn)
+                self._local.conn = conn
+        return conn
+
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        """A connection inside one read transaction: every query in the block sees one
+    def _read(self) -> Iterator[_Reads]:
+        """The reads inside one read transaction: every query in the block sees one
         snapshot of the library (WAL mode lets a writer go on meanwhile)."""
+        if self._engine is not None:
+            with self._core_read(self._engine) as reads:
+                yield reads
+            return
         try:
-            with self.engine.connect() as conn, conn.begin():
-                yield conn
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield _SqliteReads(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            raise LibraryError(f"cannot read library {self.path}: {err}") from err
+        except sqlite3.DatabaseError as err:  # e.g. "file is not a database"
+            raise LibraryError(
+                f"{self.path} is not a featx-search library: {err}",
+                hint="point db at a library file or a new path",
+            ) from err
+
+    @contextmanager
+    def _core_read(self, engine: Engine) -> Iterator[_Reads]:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+
+        try:
+            with engine.connect() as conn, conn.begin():
+                yield _CoreReads(conn)
         except OperationalError as err:
             raise LibraryError(f"cannot read library {self.path}: {err.orig}") from err
         except DBAPIError as err:  # e.g. "file is not a database"
@@ -181,10 +336,10 @@ class Reader:
     def current_revision(self) -> str | None:
         """The schema revision the database is at; None for a new, empty database. Raises
         :class:`LibraryError` for a file that is not a library or cannot be read."""
-        with self._read() as conn:
-            if not inspect(conn).has_table(_alembic_version.name):
+        with self._read() as reads:
+            if not reads.has_revision_table():
                 return None
-            value = conn.execute(select(_alembic_version.c.version_num)).scalar()
+            value = reads.scalar("revision")
         return None if value is None else str(value)
 
     def _revision_or_none(self) -> str | None:
@@ -196,18 +351,16 @@ class Reader:
     # -- spaces -------------------------------------------------------------------------
 
     def spaces(self) -> list[SpaceRecord]:
-        counts_query = select(vectors.c.space_id, func.count()).group_by(vectors.c.space_id)
-        query = select(spaces.c.id, spaces.c.spec_json, spaces.c.generation).order_by(spaces.c.id)
-        with self._read() as conn:
-            counts: dict[int, int] = dict(conn.execute(counts_query).all())
+        with self._read() as reads:
+            counts = {int(space_id): int(n) for space_id, n in reads.rows("vector_counts")}
             return [
                 SpaceRecord(
                     space_id,
                     SpaceSpec.from_dict(json.loads(spec_json)),
-                    int(counts.get(space_id, 0)),
+                    counts.get(space_id, 0),
                     int(generation),
                 )
-                for space_id, spec_json, generation in conn.execute(query)
+                for space_id, spec_json, generation in reads.rows("spaces")
             ]
 
     def space(self, space_id: int) -> SpaceRecord:
@@ -218,80 +371,66 @@ class Reader:
 
     def transform(self, space_id: int) -> bytes | None:
         """The learned vector transform stored with a space (see whiten.py), or None."""
-        query = select(spaces.c.transform).where(spaces.c.id == space_id)
-        with self._read() as conn:
-            data = conn.execute(query).scalar()
+        with self._read() as reads:
+            data = reads.scalar("transform", space_id=space_id)
         return None if data is None else bytes(data)
 
     def index_settings(self, space_id: int) -> IndexSettings:
-        query = select(spaces.c.index_spec, spaces.c.settings_json).where(spaces.c.id == space_id)
-        with self._read() as conn:
-            row = conn.execute(query).first()
+        with self._read() as reads:
+            row = reads.first("index_settings", space_id=space_id)
         if row is None:
             raise SpaceError(f"no space with id {space_id}")
-        own = json.loads(row.settings_json or "{}").get("index", {})
+        index_spec, settings_json = row
+        own = json.loads(settings_json or "{}").get("index", {})
         return IndexSettings(
-            spec=row.index_spec,
+            spec=index_spec,
             max_memory=own.get("max_memory"),
             params={k: int(v) for k, v in own.get("params", {}).items()},
         )
 
     def manifest(self, space_id: int) -> Manifest | None:
-        query = select(index_manifest).where(index_manifest.c.space_id == space_id)
-        with self._read() as conn:
-            row = conn.execute(query).mappings().first()
-        if row is None:
-            return None
-        # Every field of Manifest is a column of the same name.
-        return Manifest(**{f.name: row[f.name] for f in fields(Manifest)})
+        with self._read() as reads:
+            row = reads.first("manifest", space_id=space_id)
+        # The statement reads the columns named by Manifest's fields, in their order.
+        return None if row is None else Manifest(*row)
 
     # -- roots and images ---------------------------------------------------------------
 
-    def _roots(self, conn: Connection) -> list[tuple[int, str]]:
-        return list(conn.execute(select(roots.c.id, roots.c.path).order_by(roots.c.id)))
+    def _roots(self, reads: _Reads) -> list[tuple[int, str]]:
+        return [(int(root_id), path) for root_id, path in reads.rows("roots")]
 
     def roots_below(self, folder: Path) -> list[tuple[int, Path]]:
         """The roots strictly below ``folder`` (absolute, resolved): a sync of ``folder``
         takes them in (see :meth:`Store.root_for`)."""
-        with self._read() as conn:
-            return [(i, Path(root)) for i, root in self._roots(conn) if _inside(root, str(folder))]
+        with self._read() as reads:
+            return [(i, Path(root)) for i, root in self._roots(reads) if _inside(root, str(folder))]
 
     def find_root(self, folder: Path) -> tuple[int | None, Path]:
         """The id and path of the root that holds ``folder`` (absolute, resolved), or
         (None, ``folder``) when none does. :meth:`Store.root_for` also creates it."""
         folder_str = str(folder)
-        with self._read() as conn:
-            for root_id, root in self._roots(conn):
+        with self._read() as reads:
+            for root_id, root in self._roots(reads):
                 if folder_str == root or _inside(folder_str, root):
                     return root_id, Path(root)
         return None, folder
 
     def image_id(self, path: Path) -> int | None:
         """The id of the stored image at ``path`` (absolute, resolved), or None."""
-        with self._read() as conn:
-            for root_id, root in self._roots(conn):
+        with self._read() as reads:
+            for root_id, root in self._roots(reads):
                 if _inside(str(path), root):
-                    found = conn.execute(
-                        select(images.c.id).where(
-                            images.c.root_id == root_id,
-                            images.c.relpath == os.path.relpath(path, root),
-                        )
-                    ).scalar()
+                    relpath = os.path.relpath(path, root)
+                    found = reads.scalar("image_at", root_id=root_id, relpath=relpath)
                     if found is not None:
                         return int(found)
         return None
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         """Absolute paths of images by id."""
-        out: dict[int, str] = {}
-        query = select(images.c.id, roots.c.path, images.c.relpath).join(
-            roots, roots.c.id == images.c.root_id
-        )
-        with self._read() as conn:
-            for chunk in _chunks(list(ids)):
-                rows = conn.execute(query.where(images.c.id.in_(chunk)))
-                out.update((image_id, os.path.join(root, rel)) for image_id, root, rel in rows)
-        return out
+        with self._read() as reads:
+            rows = reads.rows("paths", ids=_listed(int(i) for i in ids))
+            return {image_id: os.path.join(root, rel) for image_id, root, rel in rows}
 
     def image_facts(
         self, space_id: int | None, ids: Sequence[int] | None = None
@@ -299,133 +438,80 @@ class Reader:
         """Path, size, dates and content hash of every image with a vector in a space (every
         stored image when ``space_id`` is None), or of those ``ids`` among them, ordered by
         id. Used by filters and duplicate finding."""
-        query = select(
-            images.c.id,
-            roots.c.path,
-            images.c.relpath,
-            images.c.width,
-            images.c.height,
-            images.c.size,
-            images.c.mtime_ns,
-            images.c.taken_at,
-            images.c.content_hash,
-        ).join(roots, roots.c.id == images.c.root_id)
-        if space_id is not None:
-            query = query.join(vectors, vectors.c.image_id == images.c.id).where(
-                vectors.c.space_id == space_id
-            )
-        queries = (
-            [query]
-            if ids is None
-            else [query.where(images.c.id.in_(chunk)) for chunk in _chunks(list(ids))]
-        )
-        facts: list[ImageFacts] = []
-        with self._read() as conn:
-            for each in queries:
-                for row in conn.execute(each):
-                    facts.append(
-                        ImageFacts(
-                            id=row.id,
-                            path=os.path.join(row.path, row.relpath),
-                            width=row.width,
-                            height=row.height,
-                            size=row.size,
-                            mtime_ns=row.mtime_ns,
-                            taken_at=row.taken_at,
-                            content_hash=row.content_hash,
-                        )
-                    )
-        facts.sort(key=lambda fact: fact.id)
-        return facts
+        name = "image_facts" if space_id is None else "image_facts_in_space"
+        params: dict[str, Any] = {} if space_id is None else {"space_id": space_id}
+        if ids is not None:
+            name += "_listed"
+            params["ids"] = _listed(int(i) for i in ids)
+        with self._read() as reads:
+            return [
+                ImageFacts(
+                    id=image_id,
+                    path=os.path.join(root, rel),
+                    width=width,
+                    height=height,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    taken_at=taken_at,
+                    content_hash=content_hash,
+                )
+                for image_id, root, rel, width, height, size, mtime_ns, taken_at, content_hash in (
+                    reads.rows(name, **params)
+                )
+            ]
 
     def image_counts(self) -> dict[str, int]:
-        query = select(images.c.status, func.count()).group_by(images.c.status)
-        with self._read() as conn:
-            return {status: int(n) for status, n in conn.execute(query)}
+        with self._read() as reads:
+            return {status: int(n) for status, n in reads.rows("image_counts")}
 
     def failures(self) -> list[tuple[str, str]]:
         """(absolute path, error) of every failed file."""
-        query = (
-            select(roots.c.path, images.c.relpath, images.c.error)
-            .join(roots, roots.c.id == images.c.root_id)
-            .where(images.c.status == FAILED)
-            .order_by(roots.c.path, images.c.relpath)
-        )
-        with self._read() as conn:
-            rows = conn.execute(query)
+        with self._read() as reads:
+            rows = reads.rows("failures")
             return [(os.path.join(root, rel), error or "") for root, rel, error in rows]
 
     def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
         """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
-        query = select(
-            images.c.id,
-            images.c.relpath,
-            images.c.size,
-            images.c.mtime_ns,
-            images.c.status,
-            _has_vector(space_id),
-            images.c.content_hash,
-        ).where(images.c.root_id == root_id)
         # Paths are stored as bytes (see schema.FsPath), so the prefix is matched here.
         under = prefix.rstrip(os.sep) + os.sep if prefix else ""
-        with self._read() as conn:
+        with self._read() as reads:
+            rows = reads.rows("known_files", root_id=root_id, space_id=space_id)
             return {
                 rel: KnownFile(image_id, size, mtime_ns, status, bool(has), digest)
-                for image_id, rel, size, mtime_ns, status, has, digest in conn.execute(query)
+                for image_id, rel, size, mtime_ns, status, has, digest in rows
                 if rel.startswith(under)
             }
 
     def stored_sizes(self) -> set[int]:
         """The byte sizes of all stored images (to find files worth hashing for moves)."""
-        with self._read() as conn:
-            return set(conn.execute(select(images.c.size).distinct()).scalars())
+        with self._read() as reads:
+            return {int(size) for (size,) in reads.rows("stored_sizes")}
 
     def copies(self, hashes: Iterable[str], space_id: int) -> dict[str, list[StoredCopy]]:
         """Stored images whose content hash is in ``hashes``, grouped by hash."""
-        wanted = sorted(set(hashes))
-        query = (
-            select(
-                images.c.content_hash,
-                images.c.id,
-                roots.c.path,
-                images.c.relpath,
-                images.c.status,
-                _has_vector(space_id),
-            )
-            .join(roots, roots.c.id == images.c.root_id)
-            .order_by(images.c.id)
-        )
         found: dict[str, list[StoredCopy]] = {}
-        with self._read() as conn:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = query.where(images.c.content_hash.in_(wanted[start : start + _CHUNK]))
-                for digest, image_id, root, rel, status, has in conn.execute(chunk):
-                    found.setdefault(digest or "", []).append(
-                        StoredCopy(image_id, Path(root, rel), Path(root), status, bool(has))
-                    )
-        for group in found.values():
-            group.sort(key=lambda copy: copy.id)
-        return found
+        with self._read() as reads:
+            rows = reads.rows("copies", hashes=_listed(sorted(set(hashes))), space_id=space_id)
+            for digest, image_id, root, rel, status, has in rows:
+                found.setdefault(digest or "", []).append(
+                    StoredCopy(image_id, Path(root, rel), Path(root), status, bool(has))
+                )
+        return found  # each group ordered by id, as the statement reads them
 
     def integrity_problems(self) -> list[str]:
         """What SQLite's integrity and foreign-key checks, and the image states, find wrong."""
         problems: list[str] = []
-        with self._read() as conn:
-            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check")]
+        with self._read() as reads:
+            rows = [r[0] for r in reads.pragma("integrity_check")]
             if rows != ["ok"]:
                 problems.extend(f"integrity_check: {r}" for r in rows)
-            for table, rowid, parent, _ in conn.exec_driver_sql("PRAGMA foreign_key_check"):
+            for table, rowid, parent, _ in reads.pragma("foreign_key_check"):
                 problems.append(f"{table} row {rowid} points to a missing {parent} row")
-            for status, has, wrong in (
-                (INDEXED, False, "are marked indexed but have no vector"),
-                (FAILED, True, "are marked failed but still have vectors"),
+            for name, wrong in (
+                ("indexed_without_vector", "are marked indexed but have no vector"),
+                ("failed_with_vector", "are marked failed but still have vectors"),
             ):
-                vector = _has_vector()
-                count = conn.execute(
-                    select(func.count())
-                    .select_from(images)
-                    .where(images.c.status == status, vector if has else ~vector)
-                ).scalar()
+                count = reads.scalar(name)
                 if count:
                     problems.append(f"{count} images {wrong}")
         return problems
@@ -440,42 +526,29 @@ class Reader:
         Returns (generation, int64 ids (N,), float32 matrix (N, dim)), rows ordered by id.
         The rows are copied into the matrix as they are read (no second copy of the blobs).
         """
-        rows = select(vectors.c.image_id, vectors.c.data).where(vectors.c.space_id == space_id)
-        with self._read() as conn:
-            space = conn.execute(
-                select(spaces.c.dim, spaces.c.generation).where(spaces.c.id == space_id)
-            ).first()
+        with self._read() as reads:
+            space = reads.first("space_shape", space_id=space_id)
             if space is None:
                 raise SpaceError(f"no space with id {space_id}")
             dim, generation = space
             if ids is None:
-                count = conn.execute(
-                    select(func.count()).select_from(vectors).where(vectors.c.space_id == space_id)
-                ).scalar_one()
-                queries = [rows.order_by(vectors.c.image_id)]
+                count = int(reads.scalar("vector_count", space_id=space_id))
+                rows = reads.rows("vectors", space_id=space_id)
             else:
                 wanted = sorted(set(int(i) for i in ids))
                 count = len(wanted)  # at most; trimmed below
-                queries = [
-                    rows.where(vectors.c.image_id.in_(chunk)).order_by(vectors.c.image_id)
-                    for chunk in _chunks(wanted)
-                ]
+                rows = reads.rows("vectors_listed", space_id=space_id, ids=_listed(wanted))
             out_ids = np.empty(count, dtype=np.int64)
             matrix = np.empty((count, dim), dtype=np.float32)
             n = 0
-            for query in queries:
-                for image_id, data in conn.execute(query):
-                    out_ids[n] = image_id
-                    matrix[n] = np.frombuffer(data, dtype=VECTOR_DTYPE)
-                    n += 1
+            for image_id, data in rows:
+                out_ids[n] = image_id
+                matrix[n] = np.frombuffer(data, dtype=VECTOR_DTYPE)
+                n += 1
         return int(generation), out_ids[:n], matrix[:n]  # shorter when some ids had no vector
 
     def vector_ids(self, space_id: int) -> np.ndarray:
         """The image ids that have a vector in a space: int64 (N,), ascending (no blobs read)."""
-        query = (
-            select(vectors.c.image_id)
-            .where(vectors.c.space_id == space_id)
-            .order_by(vectors.c.image_id)
-        )
-        with self._read() as conn:
-            return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
+        with self._read() as reads:
+            rows = reads.rows("vector_ids", space_id=space_id)
+            return np.fromiter((image_id for (image_id,) in rows), dtype=np.int64)

@@ -17,13 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import URL, Connection, CursorResult, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    URL,
+    Connection,
+    CursorResult,
+    Engine,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 
 from .config import SpaceSpec
 from .connect import database_url, library_path, make_engine, writable
 from .errors import LibraryError, LibraryVersionError, ReadOnlyError, SpaceError
-from .reader import Reader, _inside
+from .reader import Reader, _CoreReads, _inside
 from .records import (
     FAILED,
     INDEXED,
@@ -147,7 +157,12 @@ def _inserted_id(result: CursorResult[Any]) -> int:
 
 class Store(Reader):
     """One library database, for writing (reads are :class:`Reader`'s). Open with
-    :meth:`open`; close with :meth:`close`."""
+    :meth:`open`; close with :meth:`close`. Its reads run the Core statements of
+    :mod:`.queries` on its engine, as a second database back end would."""
+
+    def __init__(self, path: Path, *, engine: Engine) -> None:
+        super().__init__(path, engine=engine)
+        self.engine = engine
 
     @classmethod
     def open(  # type: ignore[override]
@@ -286,7 +301,7 @@ class Store(Reader):
         """
         folder_str = str(folder)
         with self.transaction() as conn:
-            known = self._roots(conn)
+            known = self._roots(_CoreReads(conn))
             for root_id, root in known:
                 if folder_str == root or _inside(folder_str, root):
                     return root_id, Path(root)

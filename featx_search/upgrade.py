@@ -24,14 +24,14 @@ class SchemaStatus:
 def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
     """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
     from .connect import library_path, writable
-    from .reader import Reader
-    from .schema import HEAD_REVISION
-    from .store import Store
+    from .reader import HEAD_REVISION, Reader
 
     path = library_path(db if db is not None else default_db_path())
     if path.is_file() and not writable(path):  # read-only storage: read the revision only
         reader: Reader = Reader(path, read_only=True)
     else:
+        from .store import Store
+
         reader = Store.open(path, migrate=False, create=False)
     try:
         return SchemaStatus(str(reader.path), reader.current_revision(), HEAD_REVISION)

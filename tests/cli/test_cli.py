@@ -160,14 +160,14 @@ def test_ambiguous_space_lists_spaces(indexed: Path, photos: Path) -> None:
     assert json.loads(out)["path"] == str(photos / "a" / "img01.jpg")
 
 
-def test_info_imports_neither_torch_nor_the_orm(indexed: Path) -> None:
+def test_info_imports_neither_torch_nor_sqlalchemy(indexed: Path) -> None:
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from featx_search.cli import cli\n"
         f"r = CliRunner().invoke(cli, ['--db', {str(indexed)!r}, 'info', '--json'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "print(sorted(m for m in ('torch', 'torchvision', 'faiss', 'sqlalchemy.orm', 'alembic')"
+        "print(sorted(m for m in ('torch', 'torchvision', 'faiss', 'sqlalchemy', 'alembic')"
         " if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -196,7 +196,7 @@ def test_unchanged_rerun_does_not_load_the_model(indexed: Path, photos: Path) ->
     assert out.stdout.split() == ["12", "False"]
 
 
-def test_similar_needs_neither_torch_nor_the_orm(indexed: Path, photos: Path) -> None:
+def test_similar_needs_neither_torch_nor_sqlalchemy(indexed: Path, photos: Path) -> None:
     target = photos / "a" / "img05.jpg"
     code = (
         "import sys, json\n"
@@ -207,12 +207,32 @@ def test_similar_needs_neither_torch_nor_the_orm(indexed: Path, photos: Path) ->
         "assert r.exit_code == 0, r.output\n"
         "rows = [json.loads(x) for x in r.stdout.splitlines()]\n"
         "print(rows[0]['path'], len(rows), 'torch' in sys.modules,"
-        " 'sqlalchemy.orm' in sys.modules or 'alembic' in sys.modules)\n"
+        " 'sqlalchemy' in sys.modules or 'alembic' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    # Neither the model stack nor the ORM or Alembic (SQLAlchemy Core reads the library):
+    # Neither the model stack nor SQLAlchemy or Alembic (sqlite3 runs the compiled reads):
     # `similar` must answer in well under a second.
     assert out.stdout.split() == [str(target), "3", "False", "False"]
+
+
+def test_cold_similar_imports_neither_sqlalchemy_nor_alembic_nor_torch(
+    indexed: Path, photos: Path
+) -> None:
+    """The real command in a fresh process (``python -m featx_search``), its imports listed
+    by ``-X importtime``: a query reads the library with sqlite3 alone."""
+    target = photos / "a" / "img05.jpg"
+    args = ["--db", str(indexed), "similar", str(target), "-k", "3", "--json"]
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "featx_search", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout.splitlines()[0])["path"] == str(target)
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert {"featx_search.reader", "featx_search.sql_sqlite", "sqlite3"} <= imported
+    heavy = {name for name in imported if name.split(".")[0] in {"sqlalchemy", "alembic", "torch"}}
+    assert heavy == set()
 
 
 def test_option_groups_build_the_typed_values() -> None:

@@ -118,16 +118,17 @@ def test_head_revision_constant_matches_the_migrations() -> None:
     assert Store.head_revision() == HEAD_REVISION
 
 
-def test_reader_reads_back_what_the_store_wrote(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A Reader (its own read-only-capable engine) reads back what a Store wrote: paths that
-    are not UTF-8, dates, blobs and long id lists (read in chunks) survive the crossing."""
+def test_reader_reads_back_what_the_store_wrote(tmp_path: Path) -> None:
+    """A Reader (sqlite3 and the SQL compiled in sql_sqlite.py) and the Store (SQLAlchemy
+    Core on its engine) read back alike what the Store wrote: paths that are not UTF-8, dates,
+    blobs, flags and id lists longer than SQLite's limit of bound variables survive the
+    crossing."""
     from datetime import datetime
 
     from featx_search import reader
     from featx_search.config import ExtractorSpec, Preprocess, SpaceSpec
     from featx_search.store import FileResult
 
-    monkeypatch.setattr(reader, "_CHUNK", 3)  # several "IN (...)" chunks per call
     store = Store.open(tmp_path / "lib.db")
     try:
         root = tmp_path / "photos"
@@ -172,25 +173,36 @@ def test_reader_reads_back_what_the_store_wrote(tmp_path: Path, monkeypatch) -> 
         read = reader.Reader.open(store.path)
         assert read is not None
         try:
-            assert [r.fingerprint for r in read.spaces()] == [spec.fingerprint]
-            assert read.spaces()[0].count == len(names)
-            ids = sorted(added)
-            generation, got_ids, got = read.vectors(space.id, [*ids[::-1], 999_999])
-            assert got_ids.tolist() == ids and generation == read.space(space.id).generation
-            np.testing.assert_array_equal(got, vectors)
-            np.testing.assert_array_equal(read.vector_ids(space.id), ids)
-            paths = read.paths(ids)
-            assert [paths[i] for i in ids] == [str(root / n) for n in names]
-            odd = root / names[-1]
-            assert read.image_id(odd) == ids[-1] and read.image_id(root / "nope.jpg") is None
-            facts = read.image_facts(space.id, ids[2:])
-            assert [f.id for f in facts] == ids[2:]
-            assert facts[-1].taken_at == taken and facts[0].taken_at is None
-            assert facts[-1].path == str(odd) and facts[-1].mtime_ns == 10**18 + 6
-            assert read.image_counts() == {"indexed": len(names), "failed": 1}
-            assert read.failures() == [(str(root / "broken.jpg"), "not an image")]
-            assert read.find_root(root / "sub") == (root_id, root)
-            assert read.integrity_problems() == []
+            for each in (read, store):
+                assert [r.fingerprint for r in each.spaces()] == [spec.fingerprint]
+                assert each.spaces()[0].count == len(names)
+                ids = sorted(added)
+                many = [*ids[::-1], *range(10**6, 10**6 + 40_000)]  # > 32766 variables
+                generation, got_ids, got = each.vectors(space.id, many)
+                assert got_ids.tolist() == ids and generation == each.space(space.id).generation
+                np.testing.assert_array_equal(got, vectors)
+                np.testing.assert_array_equal(each.vector_ids(space.id), ids)
+                paths = each.paths(many)
+                assert [paths[i] for i in ids] == [str(root / n) for n in names]
+                odd = root / names[-1]
+                assert each.image_id(odd) == ids[-1] and each.image_id(root / "nope.jpg") is None
+                facts = each.image_facts(space.id, ids[2:])
+                assert [f.id for f in facts] == ids[2:]
+                assert facts[-1].taken_at == taken and facts[0].taken_at is None
+                assert facts[-1].path == str(odd) and facts[-1].mtime_ns == 10**18 + 6
+                assert [f.id for f in each.image_facts(None)] == [*ids, max(ids) + 1]
+                assert each.image_counts() == {"indexed": len(names), "failed": 1}
+                assert each.failures() == [(str(root / "broken.jpg"), "not an image")]
+                assert each.find_root(root / "sub") == (root_id, root)
+                assert each.integrity_problems() == []
+                known = each.known_files(root_id, "", space.id)
+                assert known[names[-1]].has_vector is True
+                assert known["broken.jpg"] == reader.KnownFile(max(ids) + 1, 1, 1, "failed", False)
+                copies = each.copies([f"{6:064x}", "f" * 64], space.id)
+                assert list(copies) == [f"{6:064x}"]
+                assert copies[f"{6:064x}"][0].path == odd and copies[f"{6:064x}"][0].has_vector
+                assert each.stored_sizes() == {1, *range(100, 100 + len(names))}
+                assert each.transform(space.id) is None and each.manifest(space.id) is None
         finally:
             read.close()
     finally:
@@ -363,7 +375,7 @@ def test_read_only_storage_answers_queries(
     with Library.open(whitened) as lib:
         assert lib._store.read_only
         # Neither -wal nor -shm can be made beside the file: SQLite reads it as immutable.
-        assert lib._store.engine.url.query.get("immutable") == "1"
+        assert lib._store.uri.endswith("?immutable=1")
         assert lib.space().whitening() is not None
         _read_only_checks(lib, whitened, photos)
     assert _snapshot(whitened) == before
@@ -374,7 +386,7 @@ def test_open_read_only_on_purpose(whitened: Path, photos: Path) -> None:
 
     before = _snapshot(whitened)
     with Library.open(whitened, read_only=True) as lib:
-        assert lib._store.engine.url.query.get("mode") == "ro"
+        assert lib._store.uri.endswith("?mode=ro")
         _read_only_checks(lib, whitened, photos)
         with pytest.raises(ReadOnlyError, match="opened read-only"):
             lib.index([photos])
