@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Write a new Alembic revision by comparing schema.py's tables with a database at the newest
-revision, and point schema.HEAD_REVISION at it.
+revision, point schema.HEAD_REVISION at it, and regenerate featx_search/sql_sqlite.py.
 
 Usage: .venv/bin/python scripts/new_migration.py "what changed"
 """
@@ -8,6 +8,7 @@ Usage: .venv/bin/python scripts/new_migration.py "what changed"
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +41,9 @@ def main() -> None:
     )
     source.write_text(text)
     print(f"{source}: HEAD_REVISION = {head!r}")
+    # A fresh process, so that it compiles the reads against the schema just written.
+    gen_sql = Path(__file__).resolve().parent / "gen_sql.py"
+    subprocess.run([sys.executable, str(gen_sql)], check=True)
 
 
 if __name__ == "__main__":
