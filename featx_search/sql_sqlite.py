@@ -11,7 +11,7 @@ column's SQLAlchemy type does to a value: ``"fspath"`` (path bytes, see ``schema
 
 from __future__ import annotations
 
-HEAD_REVISION = "5b0d36316739"
+HEAD_REVISION = "c4e1f7a2b903"
 
 STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, ...]]] = {
     "revision": (
@@ -53,11 +53,11 @@ STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, .
     "manifest": (
         "SELECT index_manifest.generation, index_manifest.count, index_manifest.checksum,"
         " index_manifest.filename, index_manifest.kind, index_manifest.tombstones, "
-        "index_manifest.params_json FROM index_manifest WHERE index_manifest.space_id = "
-        ":space_id",
+        "index_manifest.params_json, index_manifest.nbytes FROM index_manifest WHERE "
+        "index_manifest.space_id = :space_id",
         {"space_id": ""},
         {},
-        ("", "", "", "", "", "", ""),
+        ("", "", "", "", "", "", "", ""),
     ),
     "roots": (
         "SELECT roots.id, roots.path FROM roots ORDER BY roots.id",

@@ -10,7 +10,7 @@ import pytest
 
 from featx_search import queries, schema, sql_sqlite
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _generator() -> ModuleType:
