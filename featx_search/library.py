@@ -122,13 +122,13 @@ class Library:
 
     def spaces(self) -> list[Space]:
         """Every embedding space, oldest first."""
-        return [self._handle(record) for record in self._store.spaces()]
+        return [self._handle(record) for record in self._store.spaces(counts=False)]
 
     def space(self, selector: SpaceSelector | None = None) -> Space:
         """A space of the library: with no ``selector`` the only one, or the newest when there
         are several; else see :data:`SpaceSelector`. Raises :class:`SpaceError` when the
         library has no space or the selector matches none or several."""
-        records = self._store.spaces()
+        records = self._store.spaces(counts=False)
         if not records:
             raise SpaceError(
                 f"library {self.path} has no images yet",
@@ -144,7 +144,7 @@ class Library:
         if len(found) == 1:
             return self._handle(found[0])
         listing = "; ".join(
-            f"{r.id}: {r.fingerprint} ({r.label}, {r.count} images)" for r in records
+            f"{r.id}: {r.fingerprint} ({r.label}, {r.count} images)" for r in self._store.spaces()
         )
         problem = "matches several spaces" if found else "matches no space"
         raise SpaceError(f"space {selector!r} {problem}", hint=f"spaces: {listing}")

@@ -350,21 +350,27 @@ class Reader:
 
     # -- spaces -------------------------------------------------------------------------
 
-    def spaces(self) -> list[SpaceRecord]:
+    def spaces(self, *, counts: bool = True) -> list[SpaceRecord]:
+        """Every space, oldest first; without ``counts`` each record's ``count`` is -1 (not
+        counting vectors saves a scan of them, which queries do not need)."""
         with self._read() as reads:
-            counts = {int(space_id): int(n) for space_id, n in reads.rows("vector_counts")}
+            counted = (
+                {int(space_id): int(n) for space_id, n in reads.rows("vector_counts")}
+                if counts
+                else None
+            )
             return [
                 SpaceRecord(
                     space_id,
                     SpaceSpec.from_dict(json.loads(spec_json)),
-                    counts.get(space_id, 0),
+                    -1 if counted is None else counted.get(space_id, 0),
                     int(generation),
                 )
                 for space_id, spec_json, generation in reads.rows("spaces")
             ]
 
-    def space(self, space_id: int) -> SpaceRecord:
-        for record in self.spaces():
+    def space(self, space_id: int, *, counts: bool = True) -> SpaceRecord:
+        for record in self.spaces(counts=counts):
             if record.id == space_id:
                 return record
         raise SpaceError(f"no space with id {space_id}")

@@ -18,7 +18,8 @@ VECTOR_DTYPE = np.dtype("<f4")
 
 @dataclass(frozen=True)
 class SpaceRecord:
-    """A space as stored: its id, spec, number of vectors and generation."""
+    """A space as stored: its id, spec, number of vectors (-1 when read without counting,
+    see :meth:`Reader.spaces`) and generation."""
 
     id: int
     spec: SpaceSpec

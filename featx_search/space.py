@@ -94,7 +94,7 @@ class Space:
     @property
     def generation(self) -> int:
         """Grows with every change to the space's vectors."""
-        return self.record.generation
+        return self._now().generation
 
     @property
     def _store(self) -> Reader:
@@ -120,14 +120,18 @@ class Space:
 
     # -- cached state -------------------------------------------------------------------
 
+    def _now(self) -> SpaceRecord:
+        """The stored record without its vector count (which costs a scan)."""
+        return self._store.space(self.id, counts=False)
+
     def _state(self, record: SpaceRecord | None = None) -> _State:
-        record = record or self.record
+        record = record or self._now()
         manifest = self._store.manifest(record.id)
         published = None if manifest is None else (manifest.generation, manifest.checksum)
         return record.generation, published
 
     def _loaded(self) -> tuple[Whitening | None, VectorIndex]:
-        record = self.record
+        record = self._now()
         state = self._state(record)
         cached = self._cached
         if cached is not None and cached[0] == state:
@@ -151,7 +155,7 @@ class Space:
             return cached[1]
         from .whiten import stored
 
-        return stored(self._store, self.record)
+        return stored(self._store, self._now())
 
     def index(self) -> VectorIndex:
         """The space's vector index at the store's current generation (shared: read only)."""

@@ -103,9 +103,9 @@ def open_index(
     from ..whiten import index_dim
 
     manifest = store.manifest(record.id)
-    want = wanted_spec(store, record)
     if manifest is None or manifest.generation != record.generation:
         return build_from_store(store, record)
+    want = wanted_spec(store, record, manifest.count)  # current: its count is the store's
     if kind_spec(manifest.kind) != want:
         log.info(
             "index of %s is %s, wanted %s; rebuilding", record.fingerprint, manifest.kind, want
