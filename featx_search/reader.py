@@ -20,9 +20,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ import numpy as np
 from .config import SpaceSpec
 from .connect import library_path, sqlite_uri, writable
 from .errors import LibraryError, ReadOnlyError, SpaceError
+from .reads import CoreReads, Reads, SqliteReads, listed
 from .records import (
     FAILED,
     INDEXED,
@@ -44,10 +44,10 @@ from .records import (
     SpaceRecord,
     StoredCopy,
 )
-from .sql_sqlite import HEAD_REVISION, STATEMENTS
+from .sql_sqlite import HEAD_REVISION
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from sqlalchemy import Engine
 
 # Re-exported: the records live in .records; the revision is schema.HEAD_REVISION (as
 # compiled into .sql_sqlite, so that reading it imports no SQLAlchemy).
@@ -67,137 +67,10 @@ __all__ = [
     "StoredCopy",
 ]
 
-Row = Sequence[Any]
-
 
 def _inside(path: str, folder: str) -> bool:
     """True when ``path`` lies strictly below ``folder`` (both absolute)."""
     return path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _listed(values: Iterable[Any]) -> str:
-    """A list of ids or hashes as the one JSON parameter the statements take for it."""
-    return json.dumps(list(values))
-
-
-def _datetime_text(value: datetime | None) -> str | None:
-    # How SQLAlchemy's SQLite DateTime stores a value.
-    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _datetime(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _fsdecode(value: bytes | None) -> str | None:
-    return None if value is None else os.fsdecode(value)
-
-
-def _fsencode(value: str | None) -> bytes | None:
-    return None if value is None else os.fsencode(value)
-
-
-def _bool(value: int | None) -> bool | None:
-    return None if value is None else bool(value)
-
-
-# The conversions named in sql_sqlite.py: (bound value -> sqlite3, sqlite3 -> result value).
-_CONVERSIONS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    "fspath": (_fsencode, _fsdecode),
-    "datetime": (_datetime_text, _datetime),
-    "bool": (int, _bool),
-}
-
-
-class _Reads:
-    """Runs the named reads of :mod:`.queries` inside one transaction."""
-
-    def rows(self, name: str, **params: Any) -> Iterable[Row]:
-        raise NotImplementedError
-
-    def first(self, name: str, **params: Any) -> Row | None:
-        return next(iter(self.rows(name, **params)), None)
-
-    def scalar(self, name: str, **params: Any) -> Any:
-        row = self.first(name, **params)
-        return None if row is None else row[0]
-
-    def has_revision_table(self) -> bool:
-        raise NotImplementedError
-
-    def pragma(self, name: str) -> list[Row]:
-        """The rows of SQLite's ``PRAGMA name`` (integrity checks)."""
-        raise NotImplementedError
-
-
-class _SqliteReads(_Reads):
-    """The reads as SQLite text (sql_sqlite.py) on a ``sqlite3`` connection."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def _cursor(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
-        sql, binds, constants, _ = STATEMENTS[name]
-        values = {**constants, **params}
-        for key, conversion in binds.items():
-            if conversion:
-                values[key] = _CONVERSIONS[conversion][0](values[key])
-        return self._conn.execute(sql, values)
-
-    def rows(self, name: str, **params: Any) -> Iterable[Row]:
-        cursor = self._cursor(name, params)
-        out = [(i, _CONVERSIONS[c][1]) for i, c in enumerate(STATEMENTS[name][3]) if c]
-        return (_converted(row, out) for row in cursor) if out else cursor
-
-    def first(self, name: str, **params: Any) -> Row | None:
-        cursor = self._cursor(name, params)
-        row = cursor.fetchone()
-        cursor.close()  # a statement left running would keep the transaction from ending
-        if row is None:
-            return None
-        out = [(i, _CONVERSIONS[c][1]) for i, c in enumerate(STATEMENTS[name][3]) if c]
-        return _converted(row, out) if out else row
-
-    def has_revision_table(self) -> bool:
-        found = self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
-        )
-        return found.fetchone() is not None
-
-    def pragma(self, name: str) -> list[Row]:
-        return list(self._conn.execute(f"PRAGMA {name}"))
-
-
-def _converted(row: tuple[Any, ...], out: list[tuple[int, Callable[[Any], Any]]]) -> Row:
-    values = list(row)
-    for i, convert in out:
-        values[i] = convert(values[i])
-    return values
-
-
-class _CoreReads(_Reads):
-    """The reads as SQLAlchemy Core statements (queries.py) on an engine's connection."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def rows(self, name: str, **params: Any) -> Iterable[Row]:
-        from .queries import STATEMENTS as CORE
-
-        return self._conn.execute(CORE[name], params)
-
-    def first(self, name: str, **params: Any) -> Row | None:
-        from .queries import STATEMENTS as CORE
-
-        return self._conn.execute(CORE[name], params).first()
-
-    def has_revision_table(self) -> bool:
-        from sqlalchemy import inspect
-
-        return inspect(self._conn).has_table("alembic_version")
-
-    def pragma(self, name: str) -> list[Row]:
-        return list(self._conn.exec_driver_sql(f"PRAGMA {name}"))
 
 
 class Reader:
@@ -246,7 +119,7 @@ class Reader:
         reader.close()
         if not read_only:
             return None
-        from .store import check_known_revision
+        from .migrate import check_known_revision
 
         check_known_revision(db, current)  # a newer featx-search's library: say so
         raise ReadOnlyError(
@@ -294,7 +167,7 @@ class Reader:
         return conn
 
     @contextmanager
-    def _read(self) -> Iterator[_Reads]:
+    def _read(self) -> Iterator[Reads]:
         """The reads inside one read transaction: every query in the block sees one
         snapshot of the library (WAL mode lets a writer go on meanwhile)."""
         if self._engine is not None:
@@ -305,7 +178,7 @@ class Reader:
             conn = self._connection()
             conn.execute("BEGIN")
             try:
-                yield _SqliteReads(conn)
+                yield SqliteReads(conn)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -319,12 +192,12 @@ class Reader:
             ) from err
 
     @contextmanager
-    def _core_read(self, engine: Engine) -> Iterator[_Reads]:
+    def _core_read(self, engine: Engine) -> Iterator[Reads]:
         from sqlalchemy.exc import DBAPIError, OperationalError
 
         try:
             with engine.connect() as conn, conn.begin():
-                yield _CoreReads(conn)
+                yield CoreReads(conn)
         except OperationalError as err:
             raise LibraryError(f"cannot read library {self.path}: {err.orig}") from err
         except DBAPIError as err:  # e.g. "file is not a database"
@@ -402,7 +275,7 @@ class Reader:
 
     # -- roots and images ---------------------------------------------------------------
 
-    def _roots(self, reads: _Reads) -> list[tuple[int, str]]:
+    def _roots(self, reads: Reads) -> list[tuple[int, str]]:
         return [(int(root_id), path) for root_id, path in reads.rows("roots")]
 
     def roots_below(self, folder: Path) -> list[tuple[int, Path]]:
@@ -435,7 +308,7 @@ class Reader:
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         """Absolute paths of images by id."""
         with self._read() as reads:
-            rows = reads.rows("paths", ids=_listed(int(i) for i in ids))
+            rows = reads.rows("paths", ids=listed(int(i) for i in ids))
             return {image_id: os.path.join(root, rel) for image_id, root, rel in rows}
 
     def image_facts(
@@ -448,7 +321,7 @@ class Reader:
         params: dict[str, Any] = {} if space_id is None else {"space_id": space_id}
         if ids is not None:
             name += "_listed"
-            params["ids"] = _listed(int(i) for i in ids)
+            params["ids"] = listed(int(i) for i in ids)
         with self._read() as reads:
             return [
                 ImageFacts(
@@ -497,7 +370,7 @@ class Reader:
         """Stored images whose content hash is in ``hashes``, grouped by hash."""
         found: dict[str, list[StoredCopy]] = {}
         with self._read() as reads:
-            rows = reads.rows("copies", hashes=_listed(sorted(set(hashes))), space_id=space_id)
+            rows = reads.rows("copies", hashes=listed(sorted(set(hashes))), space_id=space_id)
             for digest, image_id, root, rel, status, has in rows:
                 found.setdefault(digest or "", []).append(
                     StoredCopy(image_id, Path(root, rel), Path(root), status, bool(has))
@@ -543,7 +416,7 @@ class Reader:
             else:
                 wanted = sorted(set(int(i) for i in ids))
                 count = len(wanted)  # at most; trimmed below
-                rows = reads.rows("vectors_listed", space_id=space_id, ids=_listed(wanted))
+                rows = reads.rows("vectors_listed", space_id=space_id, ids=listed(wanted))
             out_ids = np.empty(count, dtype=np.int64)
             matrix = np.empty((count, dim), dtype=np.float32)
             n = 0

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    URL,
     Connection,
     CursorResult,
     Engine,
@@ -32,8 +31,10 @@ from sqlalchemy.exc import DBAPIError
 
 from .config import SpaceSpec
 from .connect import database_url, library_path, make_engine, writable
-from .errors import LibraryError, LibraryVersionError, ReadOnlyError, SpaceError
-from .reader import Reader, _CoreReads, _inside
+from .errors import LibraryError, ReadOnlyError, SpaceError
+from .migrate import alembic_config, alembic_head, check_known_revision
+from .reader import Reader, _inside
+from .reads import CoreReads
 from .records import (
     FAILED,
     INDEXED,
@@ -74,59 +75,6 @@ WRITER_WAIT_SECONDS = 10.0
 # FULL: a committed batch survives a power cut too (one fsync per batch, small next to the
 # model's time); NORMAL could lose the last commits, never corrupt.
 _WRITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON")
-
-
-def migrations_dir() -> Path:
-    """Where the Alembic scripts live (``migrations/`` in a checkout, inside the wheel else)."""
-    import importlib
-
-    checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").is_file() and (checkout / "migrations" / "env.py").is_file():
-        # Even when an editable install maps featx_search.migrations to another checkout.
-        return checkout / "migrations"
-    package = importlib.import_module("featx_search.migrations")
-    return Path(str(package.__file__)).parent
-
-
-def _alembic_config(url: str | URL) -> Any:
-    """Alembic's config for the database at ``url``. Its values go through ConfigParser
-    interpolation, so every ``%`` (in a path, or an escaped URL) is doubled."""
-    from alembic.config import Config
-
-    text = url if isinstance(url, str) else url.render_as_string(hide_password=False)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
-    cfg.set_main_option("sqlalchemy.url", text.replace("%", "%%"))
-    return cfg
-
-
-def alembic_head() -> str:
-    """The newest revision among the migration scripts, as Alembic sees it."""
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
-    if head is None:
-        raise RuntimeError(f"no migrations in {migrations_dir()}")
-    return head
-
-
-def check_known_revision(db: Path, current: str | None) -> None:
-    """Raise :class:`LibraryVersionError` when ``current`` (the revision of ``db``) is one no
-    migration script knows: the library was written by a newer featx-search."""
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
-    if current is None:
-        return
-    scripts = ScriptDirectory.from_config(_alembic_config("sqlite://"))
-    try:
-        scripts.get_revision(current)
-    except CommandError:
-        raise LibraryVersionError(
-            f"library {db} has schema revision {current!r}, unknown to this featx-search "
-            f"(newest known: {HEAD_REVISION})",
-            hint="it was written by a newer featx-search: upgrade featx-search to use it",
-        ) from None
 
 
 def _text(message: str) -> str:
@@ -257,7 +205,7 @@ class Store(Reader):
             raise RuntimeError(
                 f"the newest migration is {head} but schema.HEAD_REVISION is {HEAD_REVISION}"
             )
-        cfg = _alembic_config(self.engine.url)
+        cfg = alembic_config(self.engine.url)
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -301,7 +249,7 @@ class Store(Reader):
         """
         folder_str = str(folder)
         with self.transaction() as conn:
-            known = self._roots(_CoreReads(conn))
+            known = self._roots(CoreReads(conn))
             for root_id, root in known:
                 if folder_str == root or _inside(folder_str, root):
                     return root_id, Path(root)

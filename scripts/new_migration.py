@@ -17,7 +17,8 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from featx_search import schema
-from featx_search.store import Store, _alembic_config
+from featx_search.migrate import alembic_config
+from featx_search.store import Store
 
 
 def main() -> None:
@@ -25,12 +26,12 @@ def main() -> None:
         sys.exit(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "head.db"
-        scripts = ScriptDirectory.from_config(_alembic_config("sqlite://"))
+        scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
         if scripts.get_current_head() is not None:
             Store.open(db).close()  # a database at head, to diff the models against
-        cfg = _alembic_config(f"sqlite:///{db}")
+        cfg = alembic_config(f"sqlite:///{db}")
         command.revision(cfg, message=sys.argv[1], autogenerate=True)
-    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     source = Path(schema.__file__)
     text = re.sub(
         r'^HEAD_REVISION = "\w*"$',

@@ -266,11 +266,11 @@ def test_library_published_before_sizes_checks_the_checksum_once(
 ) -> None:
     from alembic import command
 
-    from featx_search.store import _alembic_config
+    from featx_search.migrate import alembic_config
 
     with Library.open(db) as lib:
         lib.index([photos], TINY)
-    command.downgrade(_alembic_config(f"sqlite:///{db}"), "5b0d36316739")  # before nbytes
+    command.downgrade(alembic_config(f"sqlite:///{db}"), "5b0d36316739")  # before nbytes
     calls: list[Path] = []
     real = raw_module.file_checksum
 

@@ -13,8 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from featx_search import Library, LibraryError, LibraryVersionError, Query, schema_status
+from featx_search.migrate import alembic_config, alembic_head
 from featx_search.schema import HEAD_REVISION, metadata
-from featx_search.store import Store, _alembic_config, alembic_head
+from featx_search.store import Store
 from tests.support import TINY, TINY_ARGS, run_cli
 
 
@@ -38,7 +39,7 @@ def test_migrations_agree_with_models(db: Path) -> None:
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
-        cfg = _alembic_config(store.engine.url)
+        cfg = alembic_config(store.engine.url)
         command.check(cfg)  # raises when autogenerate would write a new revision
     finally:
         store.close()
@@ -46,7 +47,7 @@ def test_migrations_agree_with_models(db: Path) -> None:
 
 def test_downgrade_to_base_and_back(db: Path) -> None:
     Store.open(db).close()
-    cfg = _alembic_config(f"sqlite:///{db}")
+    cfg = alembic_config(f"sqlite:///{db}")
     command.downgrade(cfg, "base")
     names = {
         r[0]
@@ -213,7 +214,7 @@ def test_library_at_an_older_revision_is_migrated_on_open(db: Path) -> None:
     from featx_search.reader import Reader
 
     Store.open(db).close()
-    command.downgrade(_alembic_config(f"sqlite:///{db}"), "-1")
+    command.downgrade(alembic_config(f"sqlite:///{db}"), "-1")
     assert Reader.open(db) is None  # the Alembic-free path only serves the newest schema
     with Library.open(db) as lib:
         assert lib.info().revision == Store.head_revision()
@@ -240,7 +241,7 @@ def test_any_path_works_as_a_library_path(tmp_path: Path, photos: Path, folder: 
         assert lib.path == db
         assert lib.index([photos], TINY).added == 12
     # An older revision is migrated on open: Alembic runs on a path with these characters.
-    command.downgrade(_alembic_config(database_url(db)), "-1")
+    command.downgrade(alembic_config(database_url(db)), "-1")
     assert not schema_status(db).up_to_date
     photo = _first_photo(photos)
     with Library.open(db) as lib:
@@ -425,7 +426,7 @@ def test_read_only_library_that_needs_migrating_says_so(
     from featx_search.errors import ReadOnlyError
 
     Store.open(db).close()
-    command.downgrade(_alembic_config(f"sqlite:///{db}"), "-1")
+    command.downgrade(alembic_config(f"sqlite:///{db}"), "-1")
     monkeypatch.setattr(connect, "_may_write", lambda path: False)
     with pytest.raises(ReadOnlyError, match="needs migrating") as err:
         Library.open(db)
