@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         LibraryError,
         LibraryVersionError,
         ModelError,
+        ReadOnlyError,
         SpaceError,
         WeightsError,
     )
@@ -65,6 +66,7 @@ _EXPORTS = {
     "LibraryVersionError": "errors",
     "Match": "query",
     "ModelError": "errors",
+    "ReadOnlyError": "errors",
     "Preprocess": "config",
     "Progress": "options",
     "ProgressCallback": "options",
@@ -131,6 +133,7 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "Query",
+    "ReadOnlyError",
     "RecallReport",
     "SchemaStatus",
     "SearchParams",
