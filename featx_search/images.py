@@ -105,6 +105,12 @@ def decode_file(path: str | os.PathLike[str], *, min_side: int = 0) -> DecodedFi
     return DecodedFile(image, size, hashlib.sha256(data).hexdigest(), taken[0] if taken else None)
 
 
+def decode_bytes(data: bytes, name: str) -> PILImage:
+    """Decode an image held in memory (an upload) to upright RGB, with the same format
+    allowlist and decompression-bomb limit as files. Raises :class:`ImageError` naming it."""
+    return _decode(io.BytesIO(data), name, 0, [])[0]
+
+
 def decode(source: ImageInput, *, min_side: int = 0) -> tuple[PILImage, tuple[int, int]]:
     """:func:`load_rgb`, plus the upright (width, height) of the full-resolution image."""
     from PIL import Image

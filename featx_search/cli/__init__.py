@@ -33,6 +33,7 @@ _COMMANDS = {
     "db": ("database", "db"),
     "layers": ("models", "layers"),
     "eval": ("models", "eval_command"),
+    "serve": ("serving", "serve"),
 }
 
 

@@ -1,0 +1,304 @@
+"""The JSON API: search by upload, similar by id, browse, thumbnails and originals by id.
+
+Every image the server sends is found by its id in the library; no route takes a path from
+the client. Uploads are capped while they stream in, decoded in memory with the library's
+format allowlist and pixel limit, never written to disk and never indexed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import ConfigError, FeatxError, ImageError, LibraryError, ReadOnlyError, SpaceError
+from ..options import Query
+from ..query import Filters, parse_date
+from .guard import ASGIApp, Guard, Receive, Scope, Send, guarded
+
+if TYPE_CHECKING:
+    from ..library import Library
+    from ..query import Match
+    from ..space import Space
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD = 20 * 2**20  # bytes of one search request, counted as they arrive
+MAX_K = 1000
+THUMB_SIZES = range(32, 1025)
+_STATUS = [
+    (ReadOnlyError, 403),
+    (SpaceError, 404),
+    (LibraryError, 503),
+    (ConfigError, 422),
+    (ImageError, 404),
+    (FeatxError, 400),
+]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _capped(app: ASGIApp, limit: int) -> ASGIApp:
+    """Refuse request bodies over ``limit`` bytes (413), counting what arrives rather than
+    trusting ``Content-Length``: past the limit the app reads an error, and whatever answer
+    it starts is replaced by the 413."""
+    from .guard import _refuse
+
+    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        seen = 0
+        over = False
+        answered = False
+
+        async def counting() -> Any:
+            nonlocal seen, over
+            if over:
+                raise _TooLarge
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                over = True
+                raise _TooLarge
+            return message
+
+        async def replacing(message: Any) -> None:
+            nonlocal answered
+            if not over:
+                await send(message)
+            elif not answered:
+                answered = True
+                await _refuse(send, 413, f"the request is larger than {limit} bytes")
+
+        try:
+            await app(scope, counting, replacing)
+        except _TooLarge:
+            if not answered:
+                answered = True
+                await _refuse(send, 413, f"the request is larger than {limit} bytes")
+
+    return wrapper
+
+
+def _date(text: str | None, param: str) -> datetime | None:
+    return None if not text else parse_date(text, param)
+
+
+def _filters(under: str | None, after: str | None, before: str | None) -> Filters:
+    return Filters(under=under or None, after=_date(after, "after"), before=_date(before, "before"))
+
+
+def create_app(
+    library: Library,
+    *,
+    guard: Guard | None = None,
+    max_upload: int = MAX_UPLOAD,
+    thumbs: str | os.PathLike[str] | None = None,
+    warm: bool = True,
+) -> ASGIApp:
+    """The web app over ``library``: an ASGI application (FastAPI inside, behind the host,
+    token and upload-size checks). ``thumbs`` is the thumbnail cache folder (default: beside
+    the library, or a temporary folder when that cannot be written). With ``warm`` the model
+    of the default space loads in the background, so the first upload search is quick."""
+    guard = guard or Guard()
+    cache = _thumb_folder(library) if thumbs is None else Path(thumbs)
+    cache.mkdir(parents=True, exist_ok=True)
+    api = FastAPI(title="featx-search", docs_url=None, redoc_url=None)
+
+    @api.exception_handler(FeatxError)
+    async def featx_error(request: Request, err: FeatxError) -> JSONResponse:
+        status = next(code for kind, code in _STATUS if isinstance(err, kind))
+        return JSONResponse(
+            {"error": err.message, "hint": err.hint, "status": status}, status_code=status
+        )
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(err.detail), "status": err.status_code}, status_code=err.status_code
+        )
+
+    def space(selector: str | None) -> Space:
+        return library.space(int(selector) if selector and selector.isdigit() else selector)
+
+    def rows(target: Space, matches: list[Match], offset: int) -> dict[str, Any]:
+        picked = matches[offset:]
+        facts = {f.id: f for f in target.image_facts([m.image_id for m in picked])}
+        return {
+            "results": [
+                {
+                    "rank": m.rank,
+                    "score": m.score,
+                    "image_id": m.image_id,
+                    "path": m.path,
+                    "width": facts[m.image_id].width if m.image_id in facts else None,
+                    "height": facts[m.image_id].height if m.image_id in facts else None,
+                }
+                for m in picked
+            ],
+            "total": len(matches),
+        }
+
+    def page(k: int, offset: int) -> int:
+        if not 1 <= k <= MAX_K or not 0 <= offset <= 10 * MAX_K:
+            raise ConfigError(f"k must be in 1..{MAX_K} and offset in 0..{10 * MAX_K}", param="k")
+        return k + offset
+
+    @api.get("/api/info")
+    def info() -> dict[str, Any]:
+        """Spaces, image counts and the state of each index."""
+        return library.info().to_dict()
+
+    @api.get("/api/images/{image_id}/similar")
+    def similar(
+        image_id: int,
+        k: int = 10,
+        offset: int = 0,
+        threshold: float | None = None,
+        space_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The images most like an indexed one, from its stored vector (no model)."""
+        target = space(space_id)
+        found = target.similar(image_id, Query(k=page(k, offset), threshold=threshold))
+        return rows(target, found, offset)
+
+    @api.post("/api/search")
+    async def search(
+        image: Annotated[UploadFile, File()],
+        k: Annotated[int, Form()] = 10,
+        offset: Annotated[int, Form()] = 0,
+        space_id: Annotated[str | None, Form()] = None,
+        under: Annotated[str | None, Form()] = None,
+        after: Annotated[str | None, Form()] = None,
+        before: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
+        """The indexed images most like an uploaded one (kept in memory, never stored)."""
+        from ..images import decode_bytes
+
+        data = await image.read()
+        try:
+            picture = decode_bytes(data, image.filename or "upload")
+        except ImageError as err:
+            raise HTTPException(415, err.message) from None
+        query = Query(k=page(k, offset), filters=_filters(under, after, before))
+        target = space(space_id)
+        found = await run_in_threadpool(target.search, picture, query)
+        return rows(target, found, offset)
+
+    @api.get("/api/images")
+    def browse(
+        offset: int = 0,
+        limit: int = 50,
+        under: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        space_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Indexed images by path, a page at a time."""
+        if not 1 <= limit <= MAX_K or offset < 0:
+            raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
+        facts = space(space_id).image_facts()
+        chosen = set(_filters(under, after, before).select(facts).tolist())
+        kept = sorted((f for f in facts if f.id in chosen), key=lambda f: f.path)
+        return {
+            "results": [
+                {"image_id": f.id, "path": f.path, "width": f.width, "height": f.height}
+                for f in kept[offset : offset + limit]
+            ],
+            "total": len(kept),
+        }
+
+    def stored_file(image_id: int) -> tuple[Path, str]:
+        try:
+            path = Path(library.image_path(image_id))
+        except ImageError:
+            raise HTTPException(404, f"no image with id {image_id}") from None
+        try:
+            stat = path.stat()
+        except OSError:
+            raise HTTPException(404, f"the file of image {image_id} is gone") from None
+        return path, f"{image_id}-{stat.st_size}-{stat.st_mtime_ns}"
+
+    @api.get("/api/images/{image_id}/thumbnail")
+    async def thumbnail(image_id: int, request: Request, size: int = 192) -> Response:
+        """A JPEG thumbnail, made once and kept in the thumbnail cache."""
+        if size not in THUMB_SIZES:
+            raise ConfigError(f"size must be in 32..1024, got {size}", param="size")
+        path, version = stored_file(image_id)
+        etag = '"' + hashlib.sha256(f"{version}-{size}".encode()).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        cached = cache / f"{etag.strip(chr(34))}.jpg"
+        if cached.is_file():
+            return Response(cached.read_bytes(), media_type="image/jpeg", headers=headers)
+        from ..thumbs import thumbnail_jpeg
+
+        data = await run_in_threadpool(thumbnail_jpeg, path, size)
+        _store_thumb(cached, data)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @api.get("/api/images/{image_id}/file")
+    def original(image_id: int) -> FileResponse:
+        """The original file, found by id."""
+        path, _ = stored_file(image_id)
+        return FileResponse(path)
+
+    @api.get("/api/docs", response_class=HTMLResponse)
+    def docs() -> str:
+        """This API's routes, from its OpenAPI schema (no scripts, works offline)."""
+        items = []
+        for route, methods in api.openapi()["paths"].items():
+            for method, op in methods.items():
+                summary = op.get("description") or op.get("summary", "")
+                items.append(f"<li><code>{method.upper()} {route}</code>: {summary}</li>")
+        return (
+            "<!doctype html><meta charset=utf-8><title>featx-search API</title>"
+            "<h1>featx-search API</h1><p>Schema: <a href=/openapi.json>/openapi.json</a></p>"
+            f"<ul>{''.join(items)}</ul>"
+        )
+
+    if warm:
+        threading.Thread(target=_warm, args=(library,), daemon=True).start()
+    return guarded(_capped(api, max_upload), guard)
+
+
+def _warm(library: Library) -> None:
+    """Build the default space's model ahead of the first upload search."""
+    try:
+        library.space().extractor()
+    except FeatxError as err:  # searches will say it again, with the same message
+        log.warning("the model could not be loaded ahead of time: %s", err)
+
+
+def _thumb_folder(library: Library) -> Path:
+    folder = library.path.with_name(library.path.name + ".thumbs")
+    try:
+        folder.mkdir(exist_ok=True)
+        probe = folder / ".probe"
+        probe.touch()
+        probe.unlink()
+    except OSError:  # a read-only library: keep thumbnails for this run only
+        folder = Path(tempfile.mkdtemp(prefix="featx-thumbs-"))
+    return folder
+
+
+def _store_thumb(target: Path, data: bytes) -> None:
+    tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except OSError as err:
+        log.debug("thumbnail not cached: %s", err)

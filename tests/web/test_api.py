@@ -1,0 +1,153 @@
+"""The web API through FastAPI's test client: routes, and what a hostile client may try."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from featx_search import ConfigError, Library
+from featx_search.web import Guard, check_bind, create_app
+from tests.support import run_cli
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+HOSTS = ("testserver", "127.0.0.1", "localhost")
+
+
+@pytest.fixture
+def lib(indexed: Path) -> Iterator[Library]:
+    with Library.open(indexed) as library:
+        yield library
+
+
+def _client(lib: Library, tmp_path: Path, **kwargs: object) -> TestClient:
+    guard = kwargs.pop("guard", Guard(hosts=HOSTS))
+    app = create_app(lib, guard=guard, thumbs=tmp_path / "thumbs", warm=False, **kwargs)  # type: ignore[arg-type]
+    return TestClient(app)
+
+
+def _jpeg(photo: Path) -> bytes:
+    return photo.read_bytes()
+
+
+def _id(client: TestClient, name: str) -> int:
+    rows = client.get("/api/images", params={"limit": 100}).json()["results"]
+    return next(r["image_id"] for r in rows if r["path"].endswith(name))
+
+
+def test_every_route_answers(lib: Library, photos: Path, tmp_path: Path) -> None:
+    client = _client(lib, tmp_path)
+    info = client.get("/api/info").json()
+    assert info["images"] == {"indexed": 12} and len(info["spaces"]) == 1
+    listing = client.get("/api/images", params={"limit": 5, "offset": 10}).json()
+    assert listing["total"] == 12 and len(listing["results"]) == 2
+    under_a = client.get("/api/images", params={"under": str(photos / "a")}).json()
+    assert under_a["total"] == 6
+    target = _id(client, "img01.jpg")
+    similar = client.get(f"/api/images/{target}/similar", params={"k": 3}).json()
+    assert [r["rank"] for r in similar["results"]] == [1, 2, 3]
+    assert similar["results"][0]["image_id"] == target
+    assert {"score", "path", "width", "height"} <= set(similar["results"][0])
+    paged = client.get(f"/api/images/{target}/similar", params={"k": 2, "offset": 1}).json()
+    assert [r["image_id"] for r in paged["results"]] == [
+        r["image_id"] for r in similar["results"][1:3]
+    ]
+    upload = {"image": ("q.jpg", _jpeg(photos / "a" / "img01.jpg"), "image/jpeg")}
+    found = client.post("/api/search", files=upload, data={"k": "2"}).json()
+    assert found["results"][0]["image_id"] == target and len(found["results"]) == 2
+    thumb = client.get(f"/api/images/{target}/thumbnail", params={"size": 64})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 64
+    again = client.get(
+        f"/api/images/{target}/thumbnail",
+        params={"size": 64},
+        headers={"If-None-Match": thumb.headers["etag"]},
+    )
+    assert again.status_code == 304 and list((tmp_path / "thumbs").glob("*.jpg"))
+    original = client.get(f"/api/images/{target}/file")
+    assert original.content == (photos / "a" / "img01.jpg").read_bytes()
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
+    assert "/api/images/{image_id}/similar" in client.get("/api/docs").text
+
+
+def test_errors_are_json_with_a_fitting_status(lib: Library, photos: Path, tmp_path: Path) -> None:
+    client = _client(lib, tmp_path)
+    missing = client.get("/api/images/999999/file")
+    assert missing.status_code == 404 and "999999" in missing.json()["error"]
+    assert client.get("/api/images/999999/similar").status_code == 404
+    assert client.get("/api/images/1/similar", params={"k": 0}).status_code == 422
+    assert client.get("/api/images/1/thumbnail", params={"size": 5000}).status_code == 422
+    assert client.get("/api/images", params={"after": "last week"}).status_code == 422
+    text = {"image": ("notes.jpg", b"this is not an image", "image/jpeg")}
+    refused = client.post("/api/search", files=text)
+    assert refused.status_code == 415 and "not an image" in refused.json()["error"]
+    assert client.post("/api/search").status_code == 422  # no image field
+
+
+def test_paths_from_the_client_are_never_served(lib: Library, photos: Path, tmp_path: Path) -> None:
+    client = _client(lib, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve")
+    (photos / "a" / "link.jpg").symlink_to(secret)
+    for attempt in [
+        "/api/images/../../etc/passwd/file",
+        "/api/images/%2e%2e%2fsecret.txt/file",
+        f"/api/images/{secret}/file",
+        "/api/images/..%2F..%2Fsecret.txt/thumbnail",
+        "/api/images/1%2F..%2F2/file",
+    ]:
+        answer = client.get(attempt)
+        assert answer.status_code in (404, 422), attempt
+        assert b"do not serve" not in answer.content
+    run_cli("--db", lib.path, "index", photos, "-q")  # the link is not indexed: no image
+    assert all(
+        not r["path"].endswith("link.jpg") for r in client.get("/api/images").json()["results"]
+    )
+
+
+def test_uploads_are_capped_while_they_stream(lib: Library, photos: Path, tmp_path: Path) -> None:
+    client = _client(lib, tmp_path, max_upload=4096)
+    big = {"image": ("big.jpg", b"\xff" * 10_000, "image/jpeg")}
+    assert client.post("/api/search", files=big).status_code == 413
+    # A lying Content-Length does not help: the bytes are counted as they arrive.
+    body = b"--b\r\nContent-Disposition: form-data; name=image; filename=x.jpg\r\n\r\n"
+    body += b"\xff" * 10_000 + b"\r\n--b--\r\n"
+    headers = {"content-type": "multipart/form-data; boundary=b", "content-length": "100"}
+    lying = client.post("/api/search", content=body, headers=headers)
+    assert lying.status_code in (400, 413)
+    bomb = io.BytesIO()
+    Image.new("L", (12_000, 12_000)).save(bomb, "PNG")  # 144 Mpixel, a few hundred KB
+    fine = _client(lib, tmp_path)
+    refused = fine.post("/api/search", files={"image": ("b.png", bomb.getvalue(), "image/png")})
+    assert refused.status_code == 415
+
+
+def test_host_and_token_are_checked(lib: Library, tmp_path: Path) -> None:
+    client = _client(lib, tmp_path)
+    assert client.get("/api/info", headers={"host": "evil.example"}).status_code == 400
+    locked = _client(lib, tmp_path, guard=Guard(hosts=HOSTS, token="s3cret"))
+    assert locked.get("/api/info").status_code == 401
+    assert locked.get("/api/info", headers={"Authorization": "Bearer nope"}).status_code == 403
+    ok = locked.get("/api/info", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    link = locked.get("/api/docs", params={"token": "s3cret"}, follow_redirects=False)
+    assert link.status_code == 303 and "featx_token=s3cret" in link.headers["set-cookie"]
+    locked.cookies.set("featx_token", "s3cret")
+    assert locked.get("/api/info").status_code == 200
+    assert "access-control-allow-origin" not in ok.headers
+
+
+def test_binding_beyond_loopback_needs_a_token() -> None:
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    with pytest.raises(ConfigError, match="token is required") as err:
+        check_bind("0.0.0.0", None)
+    assert err.value.param == "host"
+    check_bind("0.0.0.0", "s3cret")
+    result = run_cli("serve", "--host", "0.0.0.0", ok=False)
+    assert result.exit_code == 1 and "token is required" in result.output
