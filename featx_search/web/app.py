@@ -1,4 +1,5 @@
-"""The JSON API: search by upload, similar by id, browse, thumbnails and originals by id.
+"""The JSON API: search by upload, similar by id, browse, duplicates, thumbnails and originals
+by id.
 
 Every image the server sends is found by its id in the library; no route takes a path from
 the client. Uploads are capped while they stream in, decoded in memory with the library's
@@ -20,6 +21,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..dups import DEFAULT_DUP_THRESHOLD
 from ..errors import ConfigError, FeatxError, ImageError, LibraryError, ReadOnlyError, SpaceError
 from ..options import Query
 from ..query import Filters, parse_date
@@ -218,6 +220,30 @@ def create_app(
                 for f in kept[offset : offset + limit]
             ],
             "total": len(kept),
+        }
+
+    @api.get("/api/dups")
+    async def dups(
+        threshold: float = DEFAULT_DUP_THRESHOLD,
+        offset: int = 0,
+        limit: int = 20,
+        exact: bool = False,
+        space_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Groups of duplicates, largest first, each with its suggested keeper first (from
+        stored vectors: no model)."""
+        if not 1 <= limit <= MAX_K or offset < 0:
+            raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
+        if exact:
+            groups = await run_in_threadpool(library.duplicates, exact=True)
+        else:
+            groups = await run_in_threadpool(space(space_id).duplicates, threshold)
+        return {
+            "groups": [
+                {"rank": g.rank, "members": [m.to_dict() for m in g.members]}
+                for g in groups[offset : offset + limit]
+            ],
+            "total": len(groups),
         }
 
     def stored_file(image_id: int) -> tuple[Path, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def test_every_route_answers(lib: Library, photos: Path, tmp_path: Path) -> None
     assert again.status_code == 304 and list((tmp_path / "thumbs").glob("*.jpg"))
     original = client.get(f"/api/images/{target}/file")
     assert original.content == (photos / "a" / "img01.jpg").read_bytes()
+    shutil.copy(photos / "a" / "img01.jpg", photos / "b" / "copy.jpg")
+    run_cli("--db", lib.path, "index", photos, "-q")
+    groups = client.get("/api/dups", params={"threshold": 0.999}).json()
+    assert groups["total"] == 1
+    (group,) = groups["groups"]
+    assert {m["path"].rsplit("/", 1)[1] for m in group["members"]} == {"img01.jpg", "copy.jpg"}
+    assert group["members"][0]["keeper"] and not group["members"][1]["keeper"]
+    assert client.get("/api/dups", params={"exact": True}).json()["total"] == 1
+    assert client.get("/api/dups", params={"limit": 0}).status_code == 422
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
     assert "/api/images/{image_id}/similar" in client.get("/api/docs").text
 
