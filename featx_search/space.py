@@ -249,9 +249,16 @@ class Space:
         batch: list[StoredImage] = list(images) if isinstance(images, (list, tuple)) else [images]
         if not batch:
             return []
-        ids = [self._stored_id(image) for image in batch]
-        _, found, vectors = self.vectors(ids)
+        named = [self._stored_id(image) for image in batch]
+        _, found, vectors = self.vectors([i for _, i in named if i is not None])
         by_id = dict(zip(found.tolist(), vectors, strict=True))
+        for name, image_id in named:
+            if image_id not in by_id:
+                raise ImageError(
+                    f"{name} is not indexed in space {self.fingerprint} ({self.label})",
+                    hint="index it first, or search with the image file instead",
+                )
+        ids = [int(i) for _, i in named if i is not None]
         rows = self._query(np.stack([by_id[i] for i in ids]), [[i] for i in ids], query)
         return rows[0] if one and not query.combine else rows
 
@@ -297,19 +304,12 @@ class Space:
         fixed = SearchParams.from_dict(self._store.index_settings(self.id).params)
         return fixed.merged(override)
 
-    def _stored_id(self, image: StoredImage) -> int:
+    def _stored_id(self, image: StoredImage) -> tuple[str, int | None]:
+        """How ``image`` is named in errors, and its id (None: no such stored file)."""
         if isinstance(image, int):
-            image_id: int | None = image
-            name = f"image id {image}"
-        else:
-            name = os.fspath(image)
-            image_id = self._store.image_id(Path(image).expanduser().absolute().resolve())
-        if image_id is None or len(self._store.vectors(self.id, [image_id])[1]) == 0:
-            raise ImageError(
-                f"{name} is not indexed in space {self.fingerprint} ({self.label})",
-                hint="index it first, or search with the image file instead",
-            )
-        return image_id
+            return f"image id {image}", image
+        found = self._store.image_id(Path(image).expanduser().absolute().resolve())
+        return os.fspath(image), found
 
     def duplicates(
         self, threshold: float = DEFAULT_DUP_THRESHOLD, *, progress: ProgressCallback | None = None
