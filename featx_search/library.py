@@ -43,6 +43,14 @@ def default_db_path() -> Path:
     return user_data_path("featx-search") / "library.db"
 
 
+def parse_selector(text: str | None) -> SpaceSelector | None:
+    """A space selector as a user types it: digits are an id, anything else a label or a
+    fingerprint prefix."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
 class Library:
     """A photo library: a SQLite database plus FAISS index files beside it.
 

@@ -99,6 +99,23 @@ class Filters:
                 param="after",
             )
 
+    @classmethod
+    def from_text(
+        cls,
+        *,
+        under: str | os.PathLike[str] | None = None,
+        glob: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Filters:
+        """Filters as a front end receives them: dates as text (see :func:`parse_date`)."""
+        return cls(
+            under=None if under is None else os.fspath(under),
+            glob=glob,
+            after=None if after is None else parse_date(after, "after"),
+            before=None if before is None else parse_date(before, "before"),
+        )
+
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.under, self.glob, self.after, self.before))

@@ -13,9 +13,9 @@ import click
 
 from ..ann.spec import SearchParams
 from ..errors import SpaceError
-from ..library import Library, SpaceSelector, default_db_path
+from ..library import Library, SpaceSelector, default_db_path, parse_selector
 from ..options import Query
-from ..query import Filters, parse_date
+from ..query import Filters
 from .output import ListingOutput
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -101,7 +101,7 @@ def refuse_ambiguous(lib: Library, space: SpaceSelector | None) -> None:
 
 def selector(space: str | None) -> SpaceSelector | None:
     """--space as a space selector: digits are an id, anything else a label or fingerprint."""
-    return int(space) if space is not None and space.isdigit() else space
+    return parse_selector(space)
 
 
 def space_option(help: str) -> Decorator:
@@ -223,12 +223,7 @@ def _query(
     before: str | None,
     params: SearchParams,
 ) -> Query:
-    filters = Filters(
-        under=None if under is None else str(under),
-        glob=glob,
-        after=None if after is None else parse_date(after, "after"),
-        before=None if before is None else parse_date(before, "before"),
-    )
+    filters = Filters.from_text(under=under, glob=glob, after=after, before=before)
     return Query(
         k=k,
         filters=filters,

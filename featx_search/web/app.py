@@ -13,7 +13,6 @@ import logging
 import os
 import tempfile
 import threading
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ..dups import DEFAULT_DUP_THRESHOLD
 from ..errors import ConfigError, FeatxError, ImageError, LibraryError, ReadOnlyError, SpaceError
+from ..library import parse_selector
 from ..options import Query
-from ..query import Filters, parse_date
+from ..query import Filters
 from .guard import ASGIApp, Guard, Receive, Scope, Send, guarded
 
 if TYPE_CHECKING:
@@ -94,12 +94,9 @@ def _capped(app: ASGIApp, limit: int) -> ASGIApp:
     return wrapper
 
 
-def _date(text: str | None, param: str) -> datetime | None:
-    return None if not text else parse_date(text, param)
-
-
 def _filters(under: str | None, after: str | None, before: str | None) -> Filters:
-    return Filters(under=under or None, after=_date(after, "after"), before=_date(before, "before"))
+    """Filters from form or query fields (an empty field is no filter)."""
+    return Filters.from_text(under=under or None, after=after or None, before=before or None)
 
 
 def create_app(
@@ -133,7 +130,7 @@ def create_app(
         )
 
     def space(selector: str | None) -> Space:
-        return library.space(int(selector) if selector and selector.isdigit() else selector)
+        return library.space(parse_selector(selector))
 
     def rows(target: Space, matches: list[Match], offset: int) -> dict[str, Any]:
         picked = matches[offset:]
