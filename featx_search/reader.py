@@ -32,15 +32,11 @@ from .connect import library_path, sqlite_uri, writable
 from .errors import LibraryError, ReadOnlyError, SpaceError
 from .reads import CoreReads, Reads, SqliteReads, listed
 from .records import (
-    FAILED,
-    INDEXED,
     VECTOR_DTYPE,
-    FileResult,
     ImageFacts,
     IndexSettings,
     KnownFile,
     Manifest,
-    Move,
     SpaceRecord,
     StoredCopy,
 )
@@ -48,24 +44,6 @@ from .sql_sqlite import HEAD_REVISION
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-
-# Re-exported: the records live in .records; the revision is schema.HEAD_REVISION (as
-# compiled into .sql_sqlite, so that reading it imports no SQLAlchemy).
-__all__ = [
-    "FAILED",
-    "HEAD_REVISION",
-    "INDEXED",
-    "VECTOR_DTYPE",
-    "FileResult",
-    "ImageFacts",
-    "IndexSettings",
-    "KnownFile",
-    "Manifest",
-    "Move",
-    "Reader",
-    "SpaceRecord",
-    "StoredCopy",
-]
 
 
 def _inside(path: str, folder: str) -> bool:

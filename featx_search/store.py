@@ -40,32 +40,12 @@ from .records import (
     INDEXED,
     VECTOR_DTYPE,
     FileResult,
-    ImageFacts,
     IndexSettings,
-    KnownFile,
     Manifest,
     Move,
     SpaceRecord,
-    StoredCopy,
 )
 from .schema import HEAD_REVISION, images, index_manifest, roots, spaces, utcnow, vectors
-
-# Records and constants live in .records; they are re-exported here for code that writes.
-__all__ = [
-    "FAILED",
-    "HEAD_REVISION",
-    "INDEXED",
-    "VECTOR_DTYPE",
-    "FileResult",
-    "ImageFacts",
-    "IndexSettings",
-    "KnownFile",
-    "Manifest",
-    "Move",
-    "SpaceRecord",
-    "Store",
-    "StoredCopy",
-]
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ class SchemaStatus:
 def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
     """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
     from .connect import library_path, writable
-    from .reader import HEAD_REVISION, Reader
+    from .reader import Reader
+    from .sql_sqlite import HEAD_REVISION
 
     path = library_path(db if db is not None else default_db_path())
     if path.is_file() and not writable(path):  # read-only storage: read the revision only

@@ -17,7 +17,8 @@ import numpy as np
 from .errors import ConfigError, LibraryError
 
 if TYPE_CHECKING:
-    from .reader import Reader, SpaceRecord
+    from .reader import Reader
+    from .records import SpaceRecord
 
 # Eigenvalues below this share of the largest are raised to it, so that directions with
 # almost no variance are not blown up into noise.

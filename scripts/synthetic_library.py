@@ -103,7 +103,8 @@ def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
     """The library of ``n`` synthetic images (built once, then reused); returns its path."""
     from featx_search.ann.publish import rebuild_index
     from featx_search.config import SpaceSpec
-    from featx_search.store import FileResult, Store
+    from featx_search.records import FileResult
+    from featx_search.store import Store
 
     db = DATA / f"synthetic-{n}-s{seed}.db"
     planted_file = db.with_suffix(".planted.json")

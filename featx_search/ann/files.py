@@ -13,7 +13,8 @@ from .raw import file_checksum
 from .spec import MMAP_BYTES, SearchParams
 
 if TYPE_CHECKING:
-    from ..reader import Manifest, Reader, SpaceRecord
+    from ..reader import Reader
+    from ..records import Manifest, SpaceRecord
 
 log = logging.getLogger(__name__)
 

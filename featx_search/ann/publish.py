@@ -20,7 +20,8 @@ from .index import Fetch, VectorIndex
 from .spec import SearchParams, resolve_spec
 
 if TYPE_CHECKING:
-    from ..reader import Reader, SpaceRecord
+    from ..reader import Reader
+    from ..records import SpaceRecord
     from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def publish_index(
     manifest records the file's checksum, taken from the bytes on disk, and its size. Older
     files of the space are deleted afterwards. Returns the published index.
     """
-    from ..reader import Manifest
+    from ..records import Manifest
 
     want = wanted_spec(store, record)
     if index.spec != want or index.needs_compaction:

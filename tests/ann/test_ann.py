@@ -26,8 +26,8 @@ from featx_search.ann.publish import open_index, publish_index
 from featx_search.ann.spec import choose_spec, estimate_bytes, parse_memory, resolve_spec
 from featx_search.ann.tuning import exact_neighbours, recall_at_k
 from featx_search.cli import cli
-from featx_search.reader import Manifest
-from featx_search.store import FileResult, Store
+from featx_search.records import FileResult, Manifest
+from featx_search.store import Store
 from tests.support import TINY, make_photo
 
 # Small codebooks (4-bit PQ) keep training fast; the behaviour under test is the same.

@@ -128,7 +128,7 @@ def test_reader_reads_back_what_the_store_wrote(tmp_path: Path) -> None:
 
     from featx_search import reader
     from featx_search.config import ExtractorSpec, Preprocess, SpaceSpec
-    from featx_search.store import FileResult
+    from featx_search.records import FileResult
 
     store = Store.open(tmp_path / "lib.db")
     try:
