@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from click.testing import CliRunner, Result
@@ -55,3 +57,13 @@ def run_cli(*args: str | Path, env: dict[str, str] | None = None, ok: bool = Tru
     if ok:
         assert result.exit_code == 0, result.output
     return result
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` of this checkout, imported as a module (scripts are no package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

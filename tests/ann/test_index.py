@@ -182,14 +182,9 @@ def test_verify_index_reports_a_missing_or_resized_file(store: Store) -> None:
     assert any("cannot be read" in p for p in verify_index(store, record))
 
 
-def test_manifest_without_a_size_is_checked_by_checksum_once(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A manifest published before sizes were recorded (the migration leaves nbytes NULL)."""
-    path, space_id = _published(store)
-    with store.transaction() as s:
-        s.execute(update(index_manifest).values(nbytes=None))
-    record = store.space(space_id)
+@pytest.fixture
+def checksums(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files whose checksum is computed while the test runs, in order."""
     calls: list[Path] = []
     real = raw_module.file_checksum
 
@@ -198,12 +193,23 @@ def test_manifest_without_a_size_is_checked_by_checksum_once(
         return real(p)
 
     monkeypatch.setattr("featx_search.ann.index.file_checksum", counting)
+    return calls
+
+
+def test_manifest_without_a_size_is_checked_by_checksum_once(
+    store: Store, checksums: list[Path]
+) -> None:
+    """A manifest published before sizes were recorded (the migration leaves nbytes NULL)."""
+    path, space_id = _published(store)
+    with store.transaction() as s:
+        s.execute(update(index_manifest).values(nbytes=None))
+    record = store.space(space_id)
     index, _ = open_index(store, record)  # the checksum holds: the size is recorded
-    assert len(index) == 12 and calls == [path]
+    assert len(index) == 12 and checksums == [path]
     manifest = store.manifest(space_id)
     assert manifest is not None and manifest.nbytes == path.stat().st_size
     open_index(store, record)
-    assert calls == [path]  # from now on the size is enough
+    assert checksums == [path]  # from now on the size is enough
 
 
 def test_manifest_without_a_size_and_a_damaged_file_is_rebuilt(
@@ -262,7 +268,7 @@ def test_stale_manifest_means_rebuild(library: Library, store: Store) -> None:
 
 
 def test_library_published_before_sizes_checks_the_checksum_once(
-    db: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+    db: Path, photos: Path, checksums: list[Path]
 ) -> None:
     from alembic import command
 
@@ -271,19 +277,11 @@ def test_library_published_before_sizes_checks_the_checksum_once(
     with Library.open(db) as lib:
         lib.index([photos], TINY)
     command.downgrade(alembic_config(f"sqlite:///{db}"), "5b0d36316739")  # before nbytes
-    calls: list[Path] = []
-    real = raw_module.file_checksum
-
-    def counting(p: Path) -> tuple[str, int]:
-        calls.append(p)
-        return real(p)
-
-    monkeypatch.setattr("featx_search.ann.index.file_checksum", counting)
     image = sorted(photos.rglob("*.jpg"))[0]
     with Library.open(db) as lib:  # migrates: the manifest has no size yet
         assert lib.similar(image, Query(k=1))[0].path == str(image)
-    assert len(calls) == 1
+    assert len(checksums) == 1
     with Library.open(db) as lib:  # the size was recorded: opened without hashing
         assert lib.similar(image, Query(k=1))[0].path == str(image)
         assert lib.check().ok
-    assert len(calls) == 1
+    assert len(checksums) == 1

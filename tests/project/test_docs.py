@@ -5,7 +5,6 @@ quickstart that CI proves, and measurements live only in docs/benchmarks.md."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +12,7 @@ from types import ModuleType
 import pytest
 
 import featx_search
+from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -26,12 +26,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _generator() -> ModuleType:
-    path = ROOT / "scripts" / "gen_cli_docs.py"
-    spec = importlib.util.spec_from_file_location("gen_cli_docs", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gen_cli_docs")
 
 
 # -- docs/cli.md -----------------------------------------------------------------------------

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from featx_search import queries, schema, sql_sqlite
+from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _generator() -> ModuleType:
-    path = ROOT / "scripts" / "gen_sql.py"
-    spec = importlib.util.spec_from_file_location("gen_sql", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gen_sql")
 
 
 def test_sql_sqlite_is_generated_from_the_current_queries_and_schema() -> None:
