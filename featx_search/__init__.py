@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .ann.spec import SearchParams, choose_spec
     from .compute import Compute
     from .config import ExtractorSpec, Preprocess, SpaceSpec
+    from .decisions import Decision
     from .dups import DupGroup, DupMember
     from .errors import (
         ConfigError,
@@ -50,6 +51,7 @@ _EXPORTS = {
     "CheckReport": "reports",
     "Compute": "compute",
     "ConfigError": "errors",
+    "Decision": "decisions",
     "DupGroup": "dups",
     "DupMember": "dups",
     "EvalResult": "evaluation",
@@ -113,6 +115,7 @@ __all__ = [
     "CheckReport",
     "Compute",
     "ConfigError",
+    "Decision",
     "DupGroup",
     "DupMember",
     "EvalResult",

@@ -15,7 +15,7 @@ import numpy as np
 from .compute import Compute
 from .config import ExtractorSpec
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup
-from .errors import ImageError, SpaceError
+from .errors import ConfigError, ImageError, SpaceError
 from .handle import StoreHandle
 from .images import ImageInput
 from .options import ProgressCallback, Query, SyncOptions
@@ -25,6 +25,7 @@ from .reports import CheckReport, IndexReport, LibraryInfo, SpaceInfo
 from .space import Space, StoredImage
 
 if TYPE_CHECKING:
+    from .decisions import Decision, DecisionKind
     from .reader import Reader
 
 ENV_DB = "FEATX_DB"
@@ -336,6 +337,30 @@ class Library:
             return exact_duplicates(self._store)
         return self.space(space).duplicates(threshold, progress=progress)
 
+    def decide(
+        self, image_ids: Iterable[int], decision: DecisionKind, *, keep: int | None = None
+    ) -> Decision:
+        """Record a decision about a group of images: ``"keep"`` the image ``keep`` (the
+        others are its duplicates), or ``"distinct"`` (they are not duplicates). Nothing is
+        deleted or moved; see :mod:`featx_search.decisions`. Raises :class:`ConfigError`
+        for bad arguments, :class:`ImageError` for an id not in the library and
+        :class:`ReadOnlyError` on a read-only library."""
+        from .decisions import roles
+
+        parts = roles(image_ids, decision, keep)
+        decision_id = self._stores.writer().record_decision(decision, dict(parts))
+        return next(d for d in self._store.decisions() if d.id == decision_id)
+
+    def decisions(self) -> list[Decision]:
+        """Every recorded decision on duplicate groups, oldest first."""
+        return self._store.decisions()
+
+    def forget_decision(self, decision_id: int) -> None:
+        """Drop a recorded decision (undo). Raises :class:`ConfigError` when there is none
+        with that id."""
+        if not self._stores.writer().forget_decision(decision_id):
+            raise ConfigError(f"no decision with id {decision_id}", param="decision_id")
+
     def image_path(self, image: StoredImage) -> str:
         """The absolute path of a stored image given by id (or a path, returned absolute).
         Raises :class:`ImageError` for an unknown id."""
@@ -349,13 +374,17 @@ class Library:
     # -- state --------------------------------------------------------------------------
 
     def info(self) -> LibraryInfo:
-        """Schema revision, image counts by state, and every space with its index state."""
+        """Schema revision, image counts by state, every space with its index state, and the
+        index run going on in any process (if one is)."""
+        from .activity import current_activity
+
         spaces: list[SpaceInfo] = [space.info() for space in self.spaces()]
         return LibraryInfo(
             path=str(self.path),
             revision=self._store.current_revision(),
             images=self._store.image_counts(),
             spaces=spaces,
+            indexing=current_activity(self.path),
         )
 
     def check(self) -> CheckReport:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .decisions import Decision
 from .dups import DupGroup
 from .errors import ConfigError, ImageError
 from .query import Match
@@ -88,6 +89,35 @@ def dup_listing(title: str, groups: Sequence[DupGroup]) -> Listing:
     return listing
 
 
+def decision_listing(title: str, decisions: Sequence[Decision]) -> Listing:
+    """A listing of decisions on duplicate groups: one section per decision, one row per
+    image with its part (keep, duplicate, distinct)."""
+    listing = Listing(title, nothing="no decisions recorded")
+    for decision in decisions:
+        what = (
+            "not duplicates"
+            if decision.decision == "distinct"
+            else f"keep image {decision.keep}"
+            if decision.keep is not None
+            else "keep (the keeper has left the library)"
+        )
+        listing.sections.append(
+            Section(
+                title=f"decision {decision.id} ({decision.decided_at:%Y-%m-%d %H:%M}): {what}",
+                key={
+                    "decision_id": decision.id,
+                    "decision": decision.decision,
+                    "decided_at": decision.decided_at.isoformat(timespec="seconds"),
+                },
+                rows=tuple(
+                    {"role": i.role, "image_id": i.image_id, "path": i.path}
+                    for i in decision.images
+                ),
+            )
+        )
+    return listing
+
+
 # -- text formats -------------------------------------------------------------------------
 
 
@@ -95,6 +125,8 @@ def _cells(row: dict[str, Any]) -> str:
     cells = []
     if "rank" in row:
         cells.append(f"{row['rank']:>4}")
+    if "role" in row:
+        cells.append(f"{row['role']:<9}")
     if "keeper" in row:
         cells.append("keep" if row["keeper"] else "same" if row.get("identical") else "    ")
     if "score" in row:

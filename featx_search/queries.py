@@ -28,7 +28,15 @@ from sqlalchemy import column as _column
 from sqlalchemy import table as _table
 
 from .records import FAILED, INDEXED, Manifest
-from .schema import images, index_manifest, roots, spaces, vectors
+from .schema import (
+    dup_decision_members,
+    dup_decisions,
+    images,
+    index_manifest,
+    roots,
+    spaces,
+    vectors,
+)
 
 # Alembic's own table: not part of our schema, read only to learn the revision.
 alembic_version = _table("alembic_version", _column("version_num"))
@@ -152,5 +160,19 @@ STATEMENTS: dict[str, Select[Any]] = {
     "vector_ids": select(vectors.c.image_id)
     .where(vectors.c.space_id == bindparam("space_id"))
     .order_by(vectors.c.image_id),
+    # -- decisions on duplicate groups
+    "decisions": select(
+        dup_decisions.c.id,
+        dup_decisions.c.decision,
+        dup_decisions.c.decided_at,
+        dup_decision_members.c.image_id,
+        dup_decision_members.c.role,
+        roots.c.path,
+        images.c.relpath,
+    )
+    .join(dup_decision_members, dup_decision_members.c.decision_id == dup_decisions.c.id)
+    .join(images, images.c.id == dup_decision_members.c.image_id)
+    .join(roots, roots.c.id == images.c.root_id)
+    .order_by(dup_decisions.c.id, dup_decision_members.c.image_id),
 }
 """The reads by name: :mod:`.reader` runs them with the parameters each one names."""

@@ -45,6 +45,8 @@ from .sql_sqlite import HEAD_REVISION
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from .decisions import Decision
+
 
 def _inside(path: str, folder: str) -> bool:
     """True when ``path`` lies strictly below ``folder`` (both absolute)."""
@@ -409,3 +411,17 @@ class Reader:
         with self._read() as reads:
             rows = reads.rows("vector_ids", space_id=space_id)
             return np.fromiter((image_id for (image_id,) in rows), dtype=np.int64)
+
+    def decisions(self) -> list[Decision]:
+        """Every decision on duplicate groups, oldest first, with its images by id."""
+        from .decisions import DecidedImage, Decision
+
+        found: dict[int, tuple[Any, Any, list[DecidedImage]]] = {}
+        with self._read() as reads:
+            for decision_id, kind, decided_at, image_id, role, root, rel in reads.rows("decisions"):
+                entry = found.setdefault(decision_id, (kind, decided_at, []))
+                entry[2].append(DecidedImage(image_id, os.path.join(root, rel), role))
+        return [
+            Decision(decision_id, kind, decided_at, tuple(members))
+            for decision_id, (kind, decided_at, members) in found.items()
+        ]

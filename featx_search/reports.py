@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .activity import Activity
 
 
 @dataclass
@@ -126,12 +129,14 @@ class CheckReport:
 
 @dataclass(frozen=True)
 class LibraryInfo:
-    """Summary of a library: where it is, schema revision, images by state, spaces."""
+    """Summary of a library: where it is, schema revision, images by state, spaces, and the
+    index run going on (if any)."""
 
     path: str
     revision: str | None
     images: dict[str, int]
     spaces: list[SpaceInfo]
+    indexing: Activity | None = None  # an index run going on now, in any process
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +144,7 @@ class LibraryInfo:
             "revision": self.revision,
             "images": dict(self.images),
             "spaces": [s.to_dict() for s in self.spaces],
+            "indexing": None if self.indexing is None else self.indexing.to_dict(),
         }
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import (
 # The revision of the newest migration in migrations/versions: a database at it is read and
 # written without Alembic. tests/store/test_store.py checks it against Alembic's head, and
 # Store.upgrade refuses to run when the two disagree.
-HEAD_REVISION = "c4e1f7a2b903"
+HEAD_REVISION = "7f8eca9849bc"
 
 
 def utcnow() -> datetime:
@@ -129,4 +129,26 @@ index_manifest = Table(
     # is published and by `db check`); NULL for files published before sizes were recorded.
     Column("nbytes", BigInteger),
     Column("updated_at", DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow),
+)
+
+dup_decisions = Table(
+    "dup_decisions",
+    metadata,
+    # What a person decided about a group of duplicates: "keep" (one member is the keeper,
+    # the others are duplicates of it) or "distinct" (not duplicates of each other). Only
+    # recorded: nothing here ever deletes or moves a file.
+    Column("id", Integer, primary_key=True),
+    Column("decision", String(16), nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=False, default=utcnow),
+)
+
+dup_decision_members = Table(
+    "dup_decision_members",
+    metadata,
+    # The images a decision is about, each with its part in it ("keep", "duplicate" or
+    # "distinct"). An image belongs to one decision at most: a newer decision takes it over.
+    Column("decision_id", ForeignKey("dup_decisions.id", ondelete="CASCADE"), nullable=False),
+    Column("image_id", ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Index("ix_dup_decision_members_decision", "decision_id"),
 )

@@ -336,13 +336,20 @@ class Space:
         removed. ``progress`` is called after every committed batch; setting ``stop`` ends
         the run after the batch in flight (a later sync resumes). Raises
         :class:`LibraryError` when another process is writing to the library."""
+        from .activity import ActivityFile
         from .ingest import run_sync
 
         store = self._stores.writer()
-        with store.writer_lock():
+        with store.writer_lock(), ActivityFile(store.path) as activity:
             report, index = run_sync(
-                self, store, list(paths), options or SyncOptions(), progress=progress, stop=stop
+                self,
+                store,
+                list(paths),
+                options or SyncOptions(),
+                progress=activity.wrap(progress),
+                stop=stop,
             )
+            activity.phase("publishing")
             self._settle(store, index)
         return report
 

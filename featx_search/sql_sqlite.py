@@ -11,7 +11,7 @@ column's SQLAlchemy type does to a value: ``"fspath"`` (path bytes, see ``schema
 
 from __future__ import annotations
 
-HEAD_REVISION = "c4e1f7a2b903"
+HEAD_REVISION = "7f8eca9849bc"
 
 STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, ...]]] = {
     "revision": (
@@ -198,5 +198,16 @@ STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, .
         {"space_id": ""},
         {},
         ("",),
+    ),
+    "decisions": (
+        "SELECT dup_decisions.id, dup_decisions.decision, dup_decisions.decided_at, "
+        "dup_decision_members.image_id, dup_decision_members.role, roots.path, "
+        "images.relpath FROM dup_decisions JOIN dup_decision_members ON "
+        "dup_decision_members.decision_id = dup_decisions.id JOIN images ON images.id = "
+        "dup_decision_members.image_id JOIN roots ON roots.id = images.root_id ORDER BY "
+        "dup_decisions.id, dup_decision_members.image_id",
+        {},
+        {},
+        ("", "", "datetime", "", "", "fspath", "fspath"),
     ),
 }

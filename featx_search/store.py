@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     bindparam,
     delete,
+    func,
     insert,
     select,
     update,
@@ -31,7 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .config import SpaceSpec
 from .connect import database_url, library_path, make_engine, writable
-from .errors import LibraryError, ReadOnlyError, SpaceError
+from .errors import ImageError, LibraryError, ReadOnlyError, SpaceError
 from .migrate import alembic_config, alembic_head, check_known_revision
 from .reader import Reader, _inside
 from .reads import CoreReads
@@ -45,7 +46,17 @@ from .records import (
     Move,
     SpaceRecord,
 )
-from .schema import HEAD_REVISION, images, index_manifest, roots, spaces, utcnow, vectors
+from .schema import (
+    HEAD_REVISION,
+    dup_decision_members,
+    dup_decisions,
+    images,
+    index_manifest,
+    roots,
+    spaces,
+    utcnow,
+    vectors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -408,3 +419,46 @@ class Store(Reader):
                 .where(spaces.c.id == space_id)
                 .values(index_spec=settings.spec, settings_json=json.dumps(data, sort_keys=True))
             )
+
+    # -- decisions on duplicate groups --------------------------------------------------------
+
+    def record_decision(self, decision: str, roles: dict[int, str]) -> int:
+        """Store a decision about images (``roles``: image id -> its part), taking them out of
+        older decisions (an older one left with fewer than two images is dropped). Returns its
+        id. Raises :class:`ImageError` when an image is not in the library."""
+        ids = sorted(roles)
+        with self.transaction() as conn:
+            known = conn.execute(select(images.c.id).where(images.c.id.in_(ids))).scalars()
+            missing = sorted(set(ids) - set(known))
+            if missing:
+                raise ImageError(
+                    f"no image with id {missing[0]} in the library",
+                    hint="decide about images listed by dups",
+                )
+            members = dup_decision_members.c
+            older = set(
+                conn.execute(select(members.decision_id).where(members.image_id.in_(ids)))
+                .scalars()
+                .all()
+            )
+            conn.execute(delete(dup_decision_members).where(members.image_id.in_(ids)))
+            decision_id = _inserted_id(
+                conn.execute(insert(dup_decisions).values(decision=decision, decided_at=utcnow()))
+            )
+            conn.execute(
+                insert(dup_decision_members),
+                [{"decision_id": decision_id, "image_id": i, "role": roles[i]} for i in ids],
+            )
+            for old in older:
+                left = conn.execute(
+                    select(func.count()).where(members.decision_id == old)
+                ).scalar_one()
+                if left < 2:
+                    conn.execute(delete(dup_decisions).where(dup_decisions.c.id == old))
+        return decision_id
+
+    def forget_decision(self, decision_id: int) -> bool:
+        """Drop a decision; False when there was none with that id."""
+        with self.transaction() as conn:
+            gone = conn.execute(delete(dup_decisions).where(dup_decisions.c.id == decision_id))
+            return bool(gone.rowcount)

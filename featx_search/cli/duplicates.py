@@ -25,6 +25,12 @@ from .progress import progress_bar
     is_flag=True,
     help="Only byte-identical files (same SHA-256); needs no space and no index.",
 )
+@click.option(
+    "--decisions",
+    is_flag=True,
+    help="List the decisions recorded on duplicate groups (in the web app) instead: each "
+    "image with its part (keep, duplicate, distinct), to act on with other tools.",
+)
 @space_option("Space to compare in (fingerprint prefix, id or label).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @output_options
@@ -34,6 +40,7 @@ def dups(
     ctx: click.Context,
     threshold: float,
     exact: bool,
+    decisions: bool,
     space: SpaceSelector | None,
     quiet: bool,
     out: ListingOutput,
@@ -43,7 +50,12 @@ def dups(
     The keeper is the image with the most pixels, then the oldest (date taken, else file
     time). Near-duplicates are found by a range search over the space's vectors (no model is
     loaded); identical files always group. `same` marks files identical to the keeper.
+    Nothing is ever deleted or moved.
     """
+    if decisions:
+        with open_library(ctx) as lib:
+            output.decisions("featx-search dups --decisions", lib.decisions(), out)
+        return
     with open_library(ctx) as lib, progress_bar("comparing", show=not quiet) as bar:
         if not exact:
             refuse_ambiguous(lib, space)

@@ -19,6 +19,7 @@ import click
 
 from .. import output as listings
 from ..ann.spec import format_bytes
+from ..decisions import Decision
 from ..dups import DupGroup
 from ..evaluation import EDITS, EvalResult
 from ..query import Match
@@ -77,6 +78,10 @@ def matches(
 
 def duplicates(command: str, groups: Sequence[DupGroup], out: ListingOutput) -> None:
     listing(listings.dup_listing(command, groups), out)
+
+
+def decisions(command: str, recorded: Sequence[Decision], out: ListingOutput) -> None:
+    listing(listings.decision_listing(command, recorded), out)
 
 
 # -- index, whiten, reindex ------------------------------------------------------------------
@@ -202,6 +207,12 @@ def library_info(summary: LibraryInfo, *, as_json: bool) -> None:
     _echo(f"schema:  {summary.revision}")
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.images.items())) or "none"
     _echo(f"images:  {counts}")
+    if summary.indexing is not None:
+        run = summary.indexing
+        _echo(
+            f"indexing: {run.phase}, {run.done} of {run.total} images "
+            f"(process {run.pid}, since {run.started:%H:%M:%S} UTC)"
+        )
     if not summary.spaces:
         _echo("spaces:  none (run `featx-search index PATH`)")
     for s in summary.spaces:

@@ -14,17 +14,20 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..dups import DEFAULT_DUP_THRESHOLD
+from ..decisions import DecisionKind, covering
+from ..dups import DEFAULT_DUP_THRESHOLD, DupGroup
 from ..errors import ConfigError, FeatxError, ImageError, LibraryError, ReadOnlyError, SpaceError
 from ..library import parse_selector
 from ..options import Query
 from ..query import Filters
+from .batcher import Batcher
 from .guard import ASGIApp, Guard, Receive, Scope, Send, guarded
 
 if TYPE_CHECKING:
@@ -49,6 +52,14 @@ _STATUS = [
 
 class _TooLarge(Exception):
     pass
+
+
+class DecisionBody(BaseModel):
+    """A decision on a duplicate group, as posted to ``/api/dups/decisions``."""
+
+    image_ids: list[int] = Field(min_length=2, max_length=MAX_K)
+    decision: DecisionKind
+    keep: int | None = None
 
 
 def _capped(app: ASGIApp, limit: int) -> ASGIApp:
@@ -112,6 +123,9 @@ def create_app(
     the library, or a temporary folder when that cannot be written). With ``warm`` the model
     of the default space loads in the background, so the first upload search is quick."""
     guard = guard or Guard()
+    batcher = Batcher()
+    groups_cache: dict[Any, list[DupGroup]] = {}
+    groups_lock = threading.Lock()
     cache = _thumb_folder(library) if thumbs is None else Path(thumbs)
     cache.mkdir(parents=True, exist_ok=True)
     api = FastAPI(title="featx-search", docs_url=None, redoc_url=None)
@@ -132,8 +146,18 @@ def create_app(
     def space(selector: str | None) -> Space:
         return library.space(parse_selector(selector))
 
-    def rows(target: Space, matches: list[Match], offset: int) -> dict[str, Any]:
+    def ranked(target: Space, query: Query) -> int:
+        """How many images a query ranks: the space's indexed images, or those passing the
+        filters."""
+        if query.filters.active:
+            return int(query.filters.select(target.image_facts()).size)
+        return len(target.index())
+
+    def rows(target: Space, matches: list[Match], query: Query, offset: int) -> dict[str, Any]:
         picked = matches[offset:]
+        total = ranked(target, query)
+        if len(matches) < query.k:  # the threshold (or the library) ran out first
+            total = len(matches)
         facts = {f.id: f for f in target.image_facts([m.image_id for m in picked])}
         return {
             "results": [
@@ -147,7 +171,8 @@ def create_app(
                 }
                 for m in picked
             ],
-            "total": len(matches),
+            "total": total,
+            "more": offset + len(picked) < total,
         }
 
     def page(k: int, offset: int) -> int:
@@ -170,8 +195,8 @@ def create_app(
     ) -> dict[str, Any]:
         """The images most like an indexed one, from its stored vector (no model)."""
         target = space(space_id)
-        found = target.similar(image_id, Query(k=page(k, offset), threshold=threshold))
-        return rows(target, found, offset)
+        query = Query(k=page(k, offset), threshold=threshold)
+        return rows(target, target.similar(image_id, query), query, offset)
 
     @api.post("/api/search")
     async def search(
@@ -193,8 +218,9 @@ def create_app(
             raise HTTPException(415, err.message) from None
         query = Query(k=page(k, offset), filters=_filters(under, after, before))
         target = space(space_id)
-        found = await run_in_threadpool(target.search, picture, query)
-        return rows(target, found, offset)
+        vector = await batcher.embed(target, picture)
+        found = await run_in_threadpool(target.search_vectors, vector, query)
+        return await run_in_threadpool(rows, target, found[0], query, offset)
 
     @api.get("/api/images")
     def browse(
@@ -219,29 +245,88 @@ def create_app(
             "total": len(kept),
         }
 
+    def groups_of(threshold: float, exact: bool, space_id: str | None) -> list[DupGroup]:
+        """Duplicate groups, kept while the space's vectors do not change: paging through
+        them, or coming back to a threshold, does not compare everything again."""
+        target = None if exact else space(space_id)
+        key = (None if target is None else (target.id, target.generation), threshold, exact)
+        with groups_lock:
+            found = groups_cache.pop(key, None)
+        if found is None:
+            found = (
+                library.duplicates(exact=True) if target is None else target.duplicates(threshold)
+            )
+        with groups_lock:
+            groups_cache[key] = found
+            while len(groups_cache) > 4:
+                groups_cache.pop(next(iter(groups_cache)))
+        return found
+
     @api.get("/api/dups")
-    async def dups(
+    def dups(
         threshold: float = DEFAULT_DUP_THRESHOLD,
         offset: int = 0,
         limit: int = 20,
         exact: bool = False,
+        undecided: bool = False,
         space_id: str | None = None,
     ) -> dict[str, Any]:
         """Groups of duplicates, largest first, each with its suggested keeper first (from
-        stored vectors: no model)."""
+        stored vectors: no model), and the decision that covers the group, if any.
+        ``undecided`` leaves out groups that have one."""
         if not 1 <= limit <= MAX_K or offset < 0:
             raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
-        if exact:
-            groups = await run_in_threadpool(library.duplicates, exact=True)
-        else:
-            groups = await run_in_threadpool(space(space_id).duplicates, threshold)
+        decided = library.decisions()
+        listed = []
+        for group in groups_of(threshold, exact, space_id):
+            ids = [m.image_id for m in group.members]
+            decision = covering(decided, ids)
+            if undecided and decision is not None:
+                continue
+            listed.append((group, ids, decision))
         return {
             "groups": [
-                {"rank": g.rank, "members": [m.to_dict() for m in g.members]}
-                for g in groups[offset : offset + limit]
+                {
+                    "rank": group.rank,
+                    "key": "-".join(map(str, sorted(ids))),
+                    "members": [m.to_dict() for m in group.members],
+                    "decision": None if decision is None else decision.to_dict(),
+                }
+                for group, ids, decision in listed[offset : offset + limit]
             ],
-            "total": len(groups),
+            "total": len(listed),
         }
+
+    @api.get("/api/dups/decisions", response_model=None)
+    def decisions(format: Literal["json", "csv"] = "json") -> dict[str, Any] | Response:
+        """The decisions recorded on duplicate groups, oldest first; ``format=csv`` gives
+        one row per image with its part (keep, duplicate, distinct), as
+        ``featx-search dups --decisions --csv`` does."""
+        recorded = library.decisions()
+        if format == "csv":
+            from ..output import csv_text, decision_listing
+
+            return Response(
+                csv_text(decision_listing("decisions", recorded)),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="dup-decisions.csv"'},
+            )
+        return {"decisions": [d.to_dict() for d in recorded]}
+
+    @api.post("/api/dups/decisions")
+    def decide(body: DecisionBody) -> dict[str, Any]:
+        """Record a decision on a group: keep one image (the others are its duplicates), or
+        the images are not duplicates. Only recorded: no file is deleted or moved."""
+        return library.decide(body.image_ids, body.decision, keep=body.keep).to_dict()
+
+    @api.delete("/api/dups/decisions/{decision_id}")
+    def forget(decision_id: int) -> dict[str, Any]:
+        """Drop a recorded decision (undo)."""
+        try:
+            library.forget_decision(decision_id)
+        except ConfigError as err:
+            raise HTTPException(404, err.message) from None
+        return {"deleted": decision_id}
 
     def stored_file(image_id: int) -> tuple[Path, str]:
         try:

@@ -296,3 +296,21 @@ def test_check_finds_an_index_that_disagrees_with_the_store(library: Library, ph
     assert not report.ok
     assert any("index ids differ" in p for p in report.problems)
     assert any("marked indexed but have no vector" in p for p in report.problems)
+
+
+def test_an_index_run_is_visible_to_other_processes(db: Path, photos: Path) -> None:
+    from featx_search.activity import activity_path, current_activity
+
+    seen = []
+
+    def look(step: Progress) -> None:
+        seen.append(current_activity(db))
+
+    with Library.open(db) as lib:
+        lib.index([photos], TINY, options=SyncOptions(batch_size=4), progress=look)
+    assert seen and all(a is not None and a.pid == os.getpid() for a in seen)
+    done = [a.done for a in seen if a is not None]
+    # The first and last steps are always written (others at most twice a second).
+    assert done[0] == 4 and done[-1] == 12 and done == sorted(done)
+    assert {a.total for a in seen if a is not None} == {12}
+    assert current_activity(db) is None and not activity_path(db).exists()

@@ -161,3 +161,93 @@ def test_binding_beyond_loopback_needs_a_token() -> None:
     check_bind("0.0.0.0", "s3cret")
     result = run_cli("serve", "--host", "0.0.0.0", ok=False)
     assert result.exit_code == 1 and "token is required" in result.output
+
+
+def test_dup_decisions_are_stored_listed_and_undone(
+    lib: Library, photos: Path, tmp_path: Path
+) -> None:
+    shutil.copy(photos / "a" / "img01.jpg", photos / "b" / "copy.jpg")
+    shutil.copy(photos / "a" / "img05.jpg", photos / "b" / "copy5.jpg")
+    run_cli("--db", lib.path, "index", photos, "-q")
+    client = _client(lib, tmp_path)
+    listed = client.get("/api/dups", params={"threshold": 0.999}).json()
+    assert listed["total"] == 2 and all(g["decision"] is None for g in listed["groups"])
+    group = listed["groups"][0]
+    ids = [m["image_id"] for m in group["members"]]
+    assert group["key"] == "-".join(map(str, sorted(ids)))
+    stored = client.post(
+        "/api/dups/decisions", json={"image_ids": ids, "decision": "keep", "keep": ids[1]}
+    )
+    assert stored.status_code == 200 and stored.json()["keep"] == ids[1]
+    again = client.get("/api/dups", params={"threshold": 0.999}).json()
+    assert again["groups"][0]["decision"]["id"] == stored.json()["id"]
+    rest = client.get("/api/dups", params={"threshold": 0.999, "undecided": True}).json()
+    assert rest["total"] == 1 and rest["groups"][0]["key"] != group["key"]
+    exported = client.get("/api/dups/decisions", params={"format": "csv"})
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert {line.split(",")[3] for line in exported.text.splitlines()[1:]} == {
+        "keep",
+        "duplicate",
+    }
+    assert [d["id"] for d in client.get("/api/dups/decisions").json()["decisions"]] == [
+        stored.json()["id"]
+    ]
+    assert all(p.exists() for p in (photos / "b" / "copy.jpg", photos / "a" / "img01.jpg"))
+    bad = client.post("/api/dups/decisions", json={"image_ids": ids, "decision": "delete"})
+    assert bad.status_code == 422
+    unknown = client.post(
+        "/api/dups/decisions", json={"image_ids": [ids[0], 999999], "decision": "distinct"}
+    )
+    assert unknown.status_code == 404
+    gone = client.delete(f"/api/dups/decisions/{stored.json()['id']}")
+    assert gone.json() == {"deleted": stored.json()["id"]}
+    assert client.delete(f"/api/dups/decisions/{stored.json()['id']}").status_code == 404
+    assert client.get("/api/dups/decisions").json()["decisions"] == []
+
+
+def test_uploads_that_arrive_together_share_a_model_call(
+    lib: Library, photos: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from PIL import Image
+
+    from featx_search.web.batcher import Batcher
+
+    space = lib.space()
+    pictures = [Image.open(p).convert("RGB") for p in sorted(photos.rglob("*.jpg"))[:6]]
+    batcher = Batcher(max_batch=4)
+
+    async def together() -> list[object]:
+        return list(await asyncio.gather(*(batcher.embed(space, p) for p in pictures)))
+
+    vectors = asyncio.run(together())
+    batcher.close()
+    # The first picture runs alone (nothing else waits yet); the rest arrive while it runs.
+    assert batcher.batches < len(pictures)
+    expected = space.embed(pictures)
+    for got, want in zip(vectors, expected, strict=True):
+        assert abs(got - want).max() < 1e-5  # type: ignore[operator]
+
+
+def test_info_shows_an_index_run_in_another_process(
+    lib: Library, photos: Path, tmp_path: Path
+) -> None:
+    import os
+
+    from featx_search.activity import ActivityFile
+    from featx_search.options import Progress
+
+    client = _client(lib, tmp_path)
+    assert client.get("/api/info").json()["indexing"] is None
+    with ActivityFile(lib.path) as activity:
+        activity.wrap(None)(Progress(3, 8))
+        running = client.get("/api/info").json()["indexing"]
+        assert running["pid"] == os.getpid()
+        assert (running["phase"], running["done"], running["total"]) == ("embedding", 3, 8)
+    assert client.get("/api/info").json()["indexing"] is None
+    # A file left by a process that died shows nothing.
+    with ActivityFile(lib.path) as activity:
+        text = activity.path.read_text().replace(f'"pid": {os.getpid()}', '"pid": 999999999')
+        activity.path.write_text(text)
+        assert client.get("/api/info").json()["indexing"] is None
