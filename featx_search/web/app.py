@@ -13,6 +13,8 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPLOAD = 20 * 2**20  # bytes of one search request, counted as they arrive
 MAX_K = 1000
+WARM_DELAY = 1.0  # seconds after start-up before the model loads in the background
 THUMB_SIZES = range(32, 1025)
 _STATUS = [
     (ReadOnlyError, 403),
@@ -121,14 +124,29 @@ def create_app(
     """The web app over ``library``: an ASGI application (FastAPI inside, behind the host,
     token and upload-size checks). ``thumbs`` is the thumbnail cache folder (default: beside
     the library, or a temporary folder when that cannot be written). With ``warm`` the model
-    of the default space loads in the background, so the first upload search is quick."""
+    of the default space loads in the background shortly after the server starts (its ASGI
+    lifespan), so that the first upload search is quick."""
     guard = guard or Guard()
     batcher = Batcher()
     groups_cache: dict[Any, list[DupGroup]] = {}
     groups_lock = threading.Lock()
     cache = _thumb_folder(library) if thumbs is None else Path(thumbs)
     cache.mkdir(parents=True, exist_ok=True)
-    api = FastAPI(title="featx-search", docs_url=None, redoc_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The model loads once the server has been answering for a moment: importing torch
+        # holds the interpreter for a while, and the first pages should not wait for it.
+        timer = threading.Timer(WARM_DELAY, _warm, args=(library,)) if warm else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        yield
+        if timer is not None:
+            timer.cancel()
+        batcher.close()
+
+    api = FastAPI(title="featx-search", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     @api.exception_handler(FeatxError)
     async def featx_error(request: Request, err: FeatxError) -> JSONResponse:
@@ -378,8 +396,6 @@ def create_app(
             f"<ul>{''.join(items)}</ul>"
         )
 
-    if warm:
-        threading.Thread(target=_warm, args=(library,), daemon=True).start()
     return guarded(_capped(api, max_upload), guard)
 
 

@@ -168,8 +168,14 @@ def test_dup_decisions_are_stored_listed_and_undone(
 ) -> None:
     shutil.copy(photos / "a" / "img01.jpg", photos / "b" / "copy.jpg")
     shutil.copy(photos / "a" / "img05.jpg", photos / "b" / "copy5.jpg")
-    run_cli("--db", lib.path, "index", photos, "-q")
     client = _client(lib, tmp_path)
+    target = _id(client, "img01.jpg")
+    assert client.get(f"/api/images/{target}/similar", params={"k": 2}).json()["total"] == 12
+    run_cli("--db", lib.path, "index", photos, "-q")  # another writer publishes
+    # The running app answers from the new index generation, without a restart.
+    found = client.get(f"/api/images/{target}/similar", params={"k": 2}).json()
+    assert found["total"] == 14 and found["more"]
+    assert {r["path"].rsplit("/", 1)[1] for r in found["results"]} == {"img01.jpg", "copy.jpg"}
     listed = client.get("/api/dups", params={"threshold": 0.999}).json()
     assert listed["total"] == 2 and all(g["decision"] is None for g in listed["groups"])
     group = listed["groups"][0]
@@ -251,3 +257,9 @@ def test_info_shows_an_index_run_in_another_process(
         text = activity.path.read_text().replace(f'"pid": {os.getpid()}', '"pid": 999999999')
         activity.path.write_text(text)
         assert client.get("/api/info").json()["indexing"] is None
+
+
+def test_the_app_starts_and_stops_with_its_lifespan(lib: Library, tmp_path: Path) -> None:
+    app = create_app(lib, guard=Guard(hosts=HOSTS), thumbs=tmp_path / "thumbs", warm=True)
+    with TestClient(app) as client:  # runs the ASGI lifespan: start-up schedules the model
+        assert client.get("/api/info").status_code == 200
