@@ -214,6 +214,7 @@ def create_app(
         """The images most like an indexed one, from its stored vector (no model)."""
         target = space(space_id)
         query = Query(k=page(k, offset), threshold=threshold)
+        _one_search_thread()
         return rows(target, target.similar(image_id, query), query, offset)
 
     @api.post("/api/search")
@@ -237,8 +238,12 @@ def create_app(
         query = Query(k=page(k, offset), filters=_filters(under, after, before))
         target = space(space_id)
         vector = await batcher.embed(target, picture)
-        found = await run_in_threadpool(target.search_vectors, vector, query)
-        return await run_in_threadpool(rows, target, found[0], query, offset)
+
+        def answer() -> dict[str, Any]:
+            _one_search_thread()
+            return rows(target, target.search_vectors(vector, query)[0], query, offset)
+
+        return await run_in_threadpool(answer)
 
     @api.get("/api/images")
     def browse(
@@ -397,6 +402,20 @@ def create_app(
         )
 
     return guarded(_capped(api, max_upload), guard)
+
+
+_threads = threading.local()
+
+
+def _one_search_thread() -> None:
+    """Let FAISS searches from this request thread run on one OpenMP thread (the count is
+    per calling thread): concurrent requests already keep the cores busy, and OpenMP teams
+    of concurrent searches would fight over them."""
+    if not getattr(_threads, "single", False):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        _threads.single = True
 
 
 def _warm(library: Library) -> None:
