@@ -123,6 +123,12 @@ STATEMENTS: dict[str, Select[Any]] = {
     "image_facts_listed": _image_facts(in_space=False, listed=True),
     "image_facts_in_space": _image_facts(in_space=True, listed=False),
     "image_facts_in_space_listed": _image_facts(in_space=True, listed=True),
+    # A page of a space's images in path order (browsing), without reading them all.
+    "image_facts_page": _image_facts(in_space=True, listed=False)
+    .order_by(None)
+    .order_by(roots.c.path, images.c.relpath)
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset")),
     "image_counts": select(images.c.status, func.count()).group_by(images.c.status),
     "failures": select(roots.c.path, images.c.relpath, images.c.error)
     .join(roots, roots.c.id == images.c.root_id)

@@ -302,6 +302,15 @@ class Reader:
         if ids is not None:
             name += "_listed"
             params["ids"] = listed(int(i) for i in ids)
+        return self._facts(name, params)
+
+    def image_facts_page(self, space_id: int, offset: int, limit: int) -> list[ImageFacts]:
+        """The facts of ``limit`` images of a space from ``offset``, in path order."""
+        return self._facts(
+            "image_facts_page", {"space_id": space_id, "offset": offset, "limit": limit}
+        )
+
+    def _facts(self, name: str, params: dict[str, Any]) -> list[ImageFacts]:
         with self._read() as reads:
             return [
                 ImageFacts(

@@ -118,6 +118,10 @@ class Space:
         """Path, size, date and content hash of the space's images (of ``ids`` or all)."""
         return self._store.image_facts(self.id, ids)
 
+    def browse(self, offset: int = 0, limit: int = 50) -> list[ImageFacts]:
+        """A page of the space's images in path order (read without reading them all)."""
+        return self._store.image_facts_page(self.id, offset, limit)
+
     # -- cached state -------------------------------------------------------------------
 
     def _now(self) -> SpaceRecord:

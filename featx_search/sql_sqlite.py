@@ -116,6 +116,16 @@ STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, .
         {},
         ("", "fspath", "fspath", "", "", "", "", "datetime", ""),
     ),
+    "image_facts_page": (
+        "SELECT images.id, roots.path, images.relpath, images.width, images.height, "
+        "images.size, images.mtime_ns, images.taken_at, images.content_hash FROM images "
+        "JOIN roots ON roots.id = images.root_id JOIN vectors ON vectors.image_id = "
+        "images.id WHERE vectors.space_id = :space_id ORDER BY roots.path, images.relpath"
+        " LIMIT :limit OFFSET :offset",
+        {"space_id": "", "limit": "", "offset": ""},
+        {},
+        ("", "fspath", "fspath", "", "", "", "", "datetime", ""),
+    ),
     "image_counts": (
         "SELECT images.status, count(*) AS count_1 FROM images GROUP BY images.status",
         {},

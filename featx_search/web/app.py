@@ -257,15 +257,22 @@ def create_app(
         """Indexed images by path, a page at a time."""
         if not 1 <= limit <= MAX_K or offset < 0:
             raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
-        facts = space(space_id).image_facts()
-        chosen = set(_filters(under, after, before).select(facts).tolist())
-        kept = sorted((f for f in facts if f.id in chosen), key=lambda f: f.path)
+        target = space(space_id)
+        filters = _filters(under, after, before)
+        if filters.active:
+            facts = target.image_facts()
+            chosen = set(filters.select(facts).tolist())
+            kept = sorted((f for f in facts if f.id in chosen), key=lambda f: f.path)
+            total, shown = len(kept), kept[offset : offset + limit]
+        else:
+            total, shown = len(target.index()), target.browse(offset, limit)
         return {
             "results": [
                 {"image_id": f.id, "path": f.path, "width": f.width, "height": f.height}
-                for f in kept[offset : offset + limit]
+                for f in shown
             ],
-            "total": len(kept),
+            "total": total,
+            "more": offset + len(shown) < total,
         }
 
     def groups_of(threshold: float, exact: bool, space_id: str | None) -> list[DupGroup]:
