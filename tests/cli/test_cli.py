@@ -86,6 +86,19 @@ def test_info_json_and_text(indexed: Path) -> None:
     assert space["count"] == 12 and space["index_current"] and space["model"] == TINY.model
     text = run("--db", indexed, "info").stdout
     assert space["fingerprint"] in text and "vectors=12" in text and "index=current" in text
+    assert info["indexing"] is None and "indexing" not in text
+
+
+def test_info_shows_a_running_index(indexed: Path) -> None:
+    from featx_search.activity import ActivityFile
+    from featx_search.options import Progress
+
+    with ActivityFile(indexed) as activity:
+        activity.wrap(None)(Progress(5, 40))
+        text = run("--db", indexed, "info").stdout
+        running = json.loads(run("--db", indexed, "info", "--json").stdout)["indexing"]
+    assert "indexing: embedding, 5 of 40 images" in text
+    assert (running["done"], running["total"]) == (5, 40)
 
 
 def test_layers_marks_the_default() -> None:
