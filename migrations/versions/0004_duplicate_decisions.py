@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "7f8eca9849bc"
 down_revision = "c4e1f7a2b903"
 branch_labels = None
