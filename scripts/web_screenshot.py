@@ -71,8 +71,9 @@ def drop_file(page: Any, path: Path, target: str = "#drop") -> None:
             const data = new DataTransfer();
             data.items.add(new File([new Uint8Array(bytes)], name, { type }));
             const target = document.querySelector(selector);
-            target.dispatchEvent(new DragEvent("dragover", { dataTransfer: data, bubbles: true, cancelable: true }));
-            target.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+            const how = { dataTransfer: data, bubbles: true, cancelable: true };
+            target.dispatchEvent(new DragEvent("dragover", how));
+            target.dispatchEvent(new DragEvent("drop", how));
         }""",
         [target, list(path.read_bytes()), path.name, kind],
     )
@@ -90,13 +91,26 @@ def wait_until(page: Any, script: str, arg: Any = None, timeout: float = 60) -> 
     return value
 
 
+def wait_for_results(page: Any) -> None:
+    """Wait until the grid shows the first page of the query in the page's URL."""
+    wait_until(
+        page,
+        """() => {
+            const grid = document.querySelector("#grid");
+            const idle = grid.getAttribute("aria-busy") === "false";
+            return grid.dataset.query === location.hash && idle;
+        }""",
+    )
+
+
 def wait_for_thumbnails(page: Any, selector: str, at_least: int = 1) -> None:
     """Wait until the first ``at_least`` images under ``selector`` have loaded."""
     wait_until(
         page,
         """([selector, n]) => {
             const images = Array.from(document.querySelectorAll(selector + " img"));
-            return images.length >= n && images.slice(0, n).every((i) => i.complete && i.naturalWidth > 0);
+            const loaded = (i) => i.complete && i.naturalWidth > 0;
+            return images.length >= n && images.slice(0, n).every(loaded);
         }""",
         [selector, at_least],
     )
@@ -127,13 +141,12 @@ def shoot(db: Path, query: Path | None, out: Path, threshold: float) -> None:
         try:
             page = browser.new_page(viewport=SIZE, color_scheme="light")
             page.goto(url)
-            wait_for_thumbnails(page, "#grid")
+            wait_for_results(page)
             if query is not None:
                 drop_file(page, query)
-                wait_until(page, "() => location.hash.includes('upload=')")
             else:
                 page.locator("#grid .card button.similar").first.click()
-            page.wait_for_selector("#grid .card .score", timeout=120_000)
+            wait_for_results(page)
             wait_for_thumbnails(page, "#grid", min(8, page.locator("#grid .card").count()))
             page.screenshot(path=out / "web-page.png")
             page.goto(f"{url}#dups&threshold={threshold}")

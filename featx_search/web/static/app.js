@@ -148,6 +148,7 @@ const results = {
     this.generation += 1;
     this.selected = -1;
     $("grid").replaceChildren();
+    $("grid").dataset.query = location.hash; // which query the grid shows (for tests, too)
     $("summary").textContent = "";
     this.fillFilters(params);
     this.showQuery(params);
@@ -209,6 +210,7 @@ const results = {
     if (this.loading || (this.total !== null && this.offset >= this.total)) return;
     const generation = this.generation;
     this.loading = true;
+    $("grid").setAttribute("aria-busy", "true");
     $("more").textContent = "loading…";
     try {
       const page = await this.fetchPage(this.params, this.offset);
@@ -227,6 +229,7 @@ const results = {
     } finally {
       if (generation === this.generation) {
         this.loading = false;
+        $("grid").setAttribute("aria-busy", "false");
         $("more").textContent = this.offset < (this.total ?? 0) ? "more below…" : "";
         // A short first page leaves the sentinel in view: keep filling.
         requestAnimationFrame(() => {
