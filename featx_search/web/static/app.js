@@ -7,6 +7,7 @@
 const PAGE = 40; // results asked for at a time
 const THUMB = 256;
 const DUPS_PAGE = 20;
+const MAX_OFFSET = 10000; // the API's largest offset for ranked queries
 const $ = (id) => document.getElementById(id);
 
 const uploads = new Map(); // upload id -> Blob, for this tab
@@ -134,7 +135,8 @@ function searchWith(file) {
 const results = {
   params: null,
   offset: 0,
-  total: null,
+  total: null, // browsing: the library's count; ranked queries: unknown until they run out
+  ended: false,
   loading: false,
   generation: 0,
   selected: -1,
@@ -144,6 +146,7 @@ const results = {
     this.params = params;
     this.offset = 0;
     this.total = null;
+    this.ended = false;
     this.loading = false;
     this.generation += 1;
     this.selected = -1;
@@ -207,7 +210,7 @@ const results = {
   },
 
   async more() {
-    if (this.loading || (this.total !== null && this.offset >= this.total)) return;
+    if (this.loading || this.ended) return;
     const generation = this.generation;
     this.loading = true;
     $("grid").setAttribute("aria-busy", "true");
@@ -215,22 +218,26 @@ const results = {
     try {
       const page = await this.fetchPage(this.params, this.offset);
       if (generation !== this.generation) return;
-      this.total = page.total;
       this.offset += page.results.length;
-      if (page.results.length === 0) this.total = this.offset;
+      const ranked = Boolean(this.params.get("upload") || this.params.get("similar"));
+      // A ranked query answers at most k + offset results; a short page is its last.
+      this.total = ranked ? null : page.total;
+      this.ended = ranked
+        ? page.results.length < PAGE || this.offset + PAGE > MAX_OFFSET
+        : this.offset >= page.total || page.results.length === 0;
       for (const row of page.results) $("grid").append(this.card(row));
       this.describe();
       if (this.selected < 0 && page.results.length) this.select(0, false);
     } catch (err) {
       if (generation === this.generation) {
         showError(err);
-        this.total = this.offset; // stop asking until the query changes
+        this.ended = true; // stop asking until the query changes
       }
     } finally {
       if (generation === this.generation) {
         this.loading = false;
         $("grid").setAttribute("aria-busy", "false");
-        $("more").textContent = this.offset < (this.total ?? 0) ? "more below…" : "";
+        $("more").textContent = this.ended ? "" : "more below…";
         // A short first page leaves the sentinel in view: keep filling.
         requestAnimationFrame(() => {
           if (generation === this.generation && sentinelVisible()) this.more();
@@ -246,7 +253,8 @@ const results = {
       : params.get("similar")
         ? `most like image ${params.get("similar")}`
         : "in the library, by path";
-    $("summary").textContent = `${this.offset} of ${this.total} photos ${what}`;
+    const count = this.total === null ? `${this.offset}${this.ended ? "" : "+"}` : `${this.offset} of ${this.total}`;
+    $("summary").textContent = `${count} photos ${what}`;
   },
 
   card(row) {
@@ -344,7 +352,7 @@ function closeViewer() {
 const dups = {
   groups: [], // {group, decision, node}
   current: 0,
-  total: null,
+  unloaded: null, // groups on the server after the loaded ones (null: not asked yet)
   threshold: "0.9",
   undecided: true,
   loading: false,
@@ -362,7 +370,7 @@ const dups = {
   reload() {
     this.groups = [];
     this.current = 0;
-    this.total = null;
+    this.unloaded = null;
     this.loading = false;
     this.generation += 1;
     $("groups").replaceChildren();
@@ -371,13 +379,14 @@ const dups = {
   },
 
   async more() {
-    if (this.loading || (this.total !== null && this.offsetOnServer() >= this.total)) return;
+    if (this.loading || this.unloaded === 0) return;
     const generation = this.generation;
     this.loading = true;
     $("dups-more").textContent = "loading…";
+    const offset = this.offsetOnServer();
     const query = new URLSearchParams({
       threshold: this.threshold,
-      offset: String(this.offsetOnServer()),
+      offset: String(offset),
       limit: String(DUPS_PAGE),
     });
     if (this.undecided) query.set("undecided", "1");
@@ -386,8 +395,7 @@ const dups = {
     try {
       const page = await api(`/api/dups?${query}`);
       if (generation !== this.generation) return;
-      this.total = page.total;
-      if (!page.groups.length) this.total = this.offsetOnServer();
+      this.unloaded = page.groups.length ? Math.max(0, page.total - offset - page.groups.length) : 0;
       for (const group of page.groups) {
         const entry = { group, decision: group.decision || null, node: null };
         entry.node = this.groupNode(entry, this.groups.length);
@@ -401,12 +409,12 @@ const dups = {
     } catch (err) {
       if (generation === this.generation) {
         showError(err);
-        this.total = this.offsetOnServer();
+        this.unloaded = 0;
       }
     } finally {
       if (generation === this.generation) {
         this.loading = false;
-        $("dups-more").textContent = this.offsetOnServer() < (this.total ?? 0) ? "more below…" : "";
+        $("dups-more").textContent = this.unloaded ? "more below…" : "";
       }
     }
   },
@@ -418,11 +426,12 @@ const dups = {
   },
 
   describe() {
-    const decided = this.groups.filter((g) => g.decision).length;
+    const listed = this.groups.length + (this.unloaded ?? 0);
+    const open = this.groups.filter((g) => !g.decision).length + (this.unloaded ?? 0);
+    const threshold = Number(this.threshold).toFixed(3);
     $("dups-summary").textContent =
-      `${this.total} group${this.total === 1 ? "" : "s"} at threshold ${Number(this.threshold).toFixed(3)}` +
-      (this.undecided ? " still undecided" : "") +
-      `; ${decided} decided on this page`;
+      `${open} of ${listed} group${listed === 1 ? "" : "s"} undecided at threshold ${threshold}` +
+      (this.undecided ? " (groups decided earlier are hidden)" : "");
   },
 
   groupNode(entry, index) {
