@@ -608,7 +608,9 @@ function showStatus() {
 
 function paintStatus() {
   const facts = [["library", info.path], ["schema", info.revision || "none"]];
-  for (const [state, count] of Object.entries(info.images || {})) facts.push([`images ${state}`, count]);
+  const images = { indexed: 0, failed: 0, ...(info.images || {}) };
+  for (const [status, count] of Object.entries(images)) facts.push([`images ${status}`, count]);
+  if (info.failures) facts.push(["failed files", info.failures.map((f) => f.path || f).join("\n")]);
   $("status-facts").replaceChildren(
     ...facts.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, String(value))]),
   );
