@@ -12,7 +12,8 @@ from urllib.request import urlopen
 
 import pytest
 
-from featx_search import Library
+from featx_search import Library, Progress
+from featx_search.activity import ActivityFile
 from featx_search.web import Guard, create_app
 from featx_search.web.page import FILES
 from tests.cli.test_browser import _browser
@@ -174,6 +175,35 @@ def test_search_similar_back_and_duplicate_review_in_a_browser(
             shots.wait_for_results(page)
             assert _cards(page) == dropped
 
+            page.reload()  # the upload is kept in the tab: reload shows the same results
+            shots.wait_for_results(page)
+            assert _cards(page) == dropped
+
+            # Paste an image, then pick one with the file picker: a new query each time.
+            pasted = photos / "a" / "img05.jpg"
+            page.evaluate(
+                """async (bytes) => {
+                    const data = new DataTransfer();
+                    const file = new File([new Uint8Array(bytes)], "p.jpg", { type: "image/jpeg" });
+                    data.items.add(file);
+                    document.body.dispatchEvent(
+                        new ClipboardEvent("paste", { clipboardData: data, bubbles: true }));
+                }""",
+                list(pasted.read_bytes()),
+            )
+            shots.wait_for_results(page)
+            assert _cards(page)[0] == str(pasted)
+            picked = photos / "b" / "img08.jpg"
+            before = _hash(page)
+            page.set_input_files("#picker", picked)
+            shots.wait_until(page, "(h) => location.hash !== h", before)
+            shots.wait_for_results(page)
+            assert _cards(page)[0] == str(picked)
+            page.go_back()
+            page.go_back()
+            shots.wait_for_results(page)
+            assert _cards(page) == dropped
+
             # The keyboard: move, `s` for similar of the selected, Enter for the large view.
             second_id = page.locator("#grid .card").nth(1).get_attribute("data-id")
             page.keyboard.press("ArrowRight")
@@ -206,6 +236,20 @@ def test_search_similar_back_and_duplicate_review_in_a_browser(
             page.keyboard.press("u")  # undo: the decision is deleted
             _settle(page, "() => !document.querySelector('.group.decided')")
             undone = _decisions(url)
+
+            # Status: counts, and the progress of an index run while it goes on.
+            page.goto(f"{url}#status")
+            _settle(page, "() => document.querySelector('#status-facts').textContent")
+            assert "images indexed13" in page.locator("#status-facts").inner_text().replace(
+                "\n", ""
+            )
+            assert page.locator("#status-progress").is_hidden()
+            with ActivityFile(indexed) as run:
+                run.wrap(None)(Progress(done=3, total=13))
+                _settle(page, "() => document.querySelector('#status-bar').value === 3")
+                assert page.locator("#status-bar-text").inner_text() == "embedding: 3 of 13"
+                assert page.locator("#indexing").is_visible()  # in the header too
+            _settle(page, "() => document.querySelector('#status-progress').hidden")
         finally:
             browser.close()
 

@@ -135,7 +135,7 @@ function searchWith(file) {
 const results = {
   params: null,
   offset: 0,
-  total: null, // browsing: the library's count; ranked queries: unknown until they run out
+  total: null,
   ended: false,
   loading: false,
   generation: 0,
@@ -219,12 +219,8 @@ const results = {
       const page = await this.fetchPage(this.params, this.offset);
       if (generation !== this.generation) return;
       this.offset += page.results.length;
-      const ranked = Boolean(this.params.get("upload") || this.params.get("similar"));
-      // A ranked query answers at most k + offset results; a short page is its last.
-      this.total = ranked ? null : page.total;
-      this.ended = ranked
-        ? page.results.length < PAGE || this.offset + PAGE > MAX_OFFSET
-        : this.offset >= page.total || page.results.length === 0;
+      this.total = page.total;
+      this.ended = !page.more || page.results.length === 0 || this.offset + PAGE > MAX_OFFSET;
       for (const row of page.results) $("grid").append(this.card(row));
       this.describe();
       if (this.selected < 0 && page.results.length) this.select(0, false);
@@ -253,8 +249,7 @@ const results = {
       : params.get("similar")
         ? `most like image ${params.get("similar")}`
         : "in the library, by path";
-    const count = this.total === null ? `${this.offset}${this.ended ? "" : "+"}` : `${this.offset} of ${this.total}`;
-    $("summary").textContent = `${count} photos ${what}`;
+    $("summary").textContent = `${this.offset} of ${this.total} photos ${what}`;
   },
 
   card(row) {
@@ -578,8 +573,9 @@ async function loadInfo() {
   $("space-label").hidden = spaces.length < 2;
   showProgress();
   if (!$("status-view").hidden) paintStatus();
+  // Every 2 s while an index run goes on, or while the status view is open (to see one start).
   clearTimeout(infoTimer);
-  if (info.indexing) infoTimer = setTimeout(loadInfo, 2000);
+  if (info.indexing || !$("status-view").hidden) infoTimer = setTimeout(loadInfo, 2000);
 }
 
 function showProgress() {
@@ -595,7 +591,8 @@ function showProgress() {
   $("indexing").hidden = !run;
   $("status-progress").hidden = !run;
   if (run) {
-    const text = `${run.phase || "indexing"}: ${run.done} of ${run.total ?? "?"}`;
+    const failed = run.failed ? `, ${run.failed} failed` : "";
+    const text = `${run.phase || "indexing"}: ${run.done} of ${run.total || "?"}${failed}`;
     $("indexing").title = text;
     $("status-bar-text").textContent = text;
   }
