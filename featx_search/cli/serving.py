@@ -24,10 +24,12 @@ from .options import db_option, open_library
 @db_option
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, open_browser: bool) -> None:
-    """Serve the library's JSON API (search by upload, similar, browse, thumbnails).
+    """Serve the library's search page and JSON API (search by upload, similar, browse,
+    duplicates, thumbnails).
 
-    Listens on 127.0.0.1 by default. Images are sent by id only; uploads are capped, kept in
-    memory and never indexed. The schema is at /openapi.json, a route list at /api/docs.
+    Listens on 127.0.0.1 by default and prints the page's address. Images are sent by id only;
+    uploads are capped, kept in memory and never indexed. The schema is at /openapi.json, a
+    route list at /api/docs.
     """
     try:
         import uvicorn
@@ -45,7 +47,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, open_brow
     names = (host, "127.0.0.1", "localhost", "::1", "[::1]") if host else ()
     app = create_app(lib, guard=Guard(hosts=tuple(dict.fromkeys(names)), token=token))
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/api/docs" + (f"?token={token}" if token else "")
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     click.echo(f"featx-search serving {lib.path} at {url}", err=True)
     if open_browser:
         webbrowser.open(url)

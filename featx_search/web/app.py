@@ -31,6 +31,7 @@ from ..options import Query
 from ..query import Filters
 from .batcher import Batcher
 from .guard import ASGIApp, Guard, Receive, Scope, Send, guarded
+from .page import add_page
 
 if TYPE_CHECKING:
     from ..library import Library
@@ -408,6 +409,7 @@ def create_app(
             f"<ul>{''.join(items)}</ul>"
         )
 
+    add_page(api)
     return guarded(_capped(api, max_upload), guard)
 
 
