@@ -204,6 +204,19 @@ def create_app(
         """Spaces, image counts and the state of each index."""
         return library.info().to_dict()
 
+    @api.get("/api/failures")
+    def failures(offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """Files that could not be indexed, by path, with the reason."""
+        if not 1 <= limit <= MAX_K or offset < 0:
+            raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
+        found = library.failures()
+        return {
+            "failures": [
+                {"path": path, "error": error} for path, error in found[offset : offset + limit]
+            ],
+            "total": len(found),
+        }
+
     @api.get("/api/images/{image_id}/similar")
     def similar(
         image_id: int,

@@ -81,6 +81,11 @@ def test_every_route_answers(lib: Library, photos: Path, tmp_path: Path) -> None
     assert group["members"][0]["keeper"] and not group["members"][1]["keeper"]
     assert client.get("/api/dups", params={"exact": True}).json()["total"] == 1
     assert client.get("/api/dups", params={"limit": 0}).status_code == 422
+    assert client.get("/api/failures").json() == {"failures": [], "total": 0}
+    (photos / "b" / "broken.jpg").write_bytes(b"not a picture")
+    run_cli("--db", lib.path, "index", photos, "-q")
+    (failed,) = client.get("/api/failures").json()["failures"]
+    assert failed["path"].endswith("broken.jpg") and failed["error"]
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
     assert "/api/images/{image_id}/similar" in client.get("/api/docs").text
 

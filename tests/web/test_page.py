@@ -120,6 +120,7 @@ def test_search_similar_back_and_duplicate_review_in_a_browser(
     sync_playwright, chromium = _browser()
     shots = load_script("web_screenshot")
     shutil.copy(photos / "a" / "img01.jpg", photos / "b" / "copy.jpg")
+    (photos / "b" / "broken.jpg").write_bytes(b"not a picture")
     run_cli("--db", indexed, "index", photos, "-q")
     query = photos / "b" / "img04.jpg"
     problems: list[str] = []
@@ -244,6 +245,8 @@ def test_search_similar_back_and_duplicate_review_in_a_browser(
                 "\n", ""
             )
             assert page.locator("#status-progress").is_hidden()
+            _settle(page, "() => document.querySelector('#failures tbody').rows.length === 1")
+            assert "broken.jpg" in page.locator("#failures").inner_text()
             with ActivityFile(indexed) as run:
                 run.wrap(None)(Progress(done=3, total=13))
                 _settle(page, "() => document.querySelector('#status-bar').value === 3")

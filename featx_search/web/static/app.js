@@ -607,7 +607,6 @@ function paintStatus() {
   const facts = [["library", info.path], ["schema", info.revision || "none"]];
   const images = { indexed: 0, failed: 0, ...(info.images || {}) };
   for (const [status, count] of Object.entries(images)) facts.push([`images ${status}`, count]);
-  if (info.failures) facts.push(["failed files", info.failures.map((f) => f.path || f).join("\n")]);
   $("status-facts").replaceChildren(
     ...facts.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, String(value))]),
   );
@@ -626,6 +625,24 @@ function paintStatus() {
     ),
   );
   showProgress();
+  $("failures-box").hidden = !images.failed;
+  if (images.failed) loadFailures();
+}
+
+async function loadFailures() {
+  let answer;
+  try {
+    answer = await api("/api/failures?limit=200");
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  const shown = answer.failures.length;
+  $("failures-summary").textContent =
+    shown < answer.total ? `the first ${shown} of ${answer.total}` : `${answer.total} files`;
+  $("failures").tBodies[0].replaceChildren(
+    ...answer.failures.map((f) => el("tr", {}, el("td", {}, f.path), el("td", {}, f.error))),
+  );
 }
 
 // -- wiring ----------------------------------------------------------------------------------
