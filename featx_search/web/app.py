@@ -109,6 +109,12 @@ def _capped(app: ASGIApp, limit: int) -> ASGIApp:
     return wrapper
 
 
+def _check_listing(offset: int, limit: int) -> None:
+    """A listing page's bounds (browse, duplicates, failures). Raises :class:`ConfigError`."""
+    if not 1 <= limit <= MAX_K or offset < 0:
+        raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
+
+
 def _filters(under: str | None, after: str | None, before: str | None) -> Filters:
     """Filters from form or query fields (an empty field is no filter)."""
     return Filters.from_text(under=under or None, after=after or None, before=before or None)
@@ -207,8 +213,7 @@ def create_app(
     @api.get("/api/failures")
     def failures(offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """Files that could not be indexed, by path, with the reason."""
-        if not 1 <= limit <= MAX_K or offset < 0:
-            raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
+        _check_listing(offset, limit)
         found = library.failures()
         return {
             "failures": [
@@ -269,8 +274,7 @@ def create_app(
         space_id: str | None = None,
     ) -> dict[str, Any]:
         """Indexed images by path, a page at a time."""
-        if not 1 <= limit <= MAX_K or offset < 0:
-            raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
+        _check_listing(offset, limit)
         target = space(space_id)
         filters = _filters(under, after, before)
         if filters.active:
@@ -318,8 +322,7 @@ def create_app(
         """Groups of duplicates, largest first, each with its suggested keeper first (from
         stored vectors: no model), and the decision that covers the group, if any.
         ``undecided`` leaves out groups that have one."""
-        if not 1 <= limit <= MAX_K or offset < 0:
-            raise ConfigError(f"limit must be in 1..{MAX_K} and offset 0 or more", param="limit")
+        _check_listing(offset, limit)
         decided = library.decisions()
         listed = []
         for group in groups_of(threshold, exact, space_id):
