@@ -13,11 +13,13 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -134,7 +136,8 @@ def create_app(
     of the default space loads in the background shortly after the server starts (its ASGI
     lifespan), so that the first upload search is quick."""
     guard = guard or Guard()
-    batcher = Batcher()
+    batcher = Batcher(name="featx-infer")
+    searcher = Batcher(64, name="featx-search", on_thread=_search_threads)
     groups_cache: dict[Any, list[DupGroup]] = {}
     groups_lock = threading.Lock()
     cache = _thumb_folder(library) if thumbs is None else Path(thumbs)
@@ -152,6 +155,7 @@ def create_app(
         if timer is not None:
             timer.cancel()
         batcher.close()
+        searcher.close()
 
     api = FastAPI(title="featx-search", docs_url=None, redoc_url=None, lifespan=lifespan)
 
@@ -178,9 +182,10 @@ def create_app(
             return int(query.filters.select(target.image_facts()).size)
         return len(target.index())
 
-    def rows(target: Space, matches: list[Match], query: Query, offset: int) -> dict[str, Any]:
+    def rows(
+        target: Space, matches: list[Match], query: Query, offset: int, total: int
+    ) -> dict[str, Any]:
         picked = matches[offset:]
-        total = ranked(target, query)
         if len(matches) < query.k:  # the threshold (or the library) ran out first
             total = len(matches)
         facts = {f.id: f for f in target.image_facts([m.image_id for m in picked])}
@@ -199,6 +204,32 @@ def create_app(
             "total": total,
             "more": offset + len(picked) < total,
         }
+
+    async def answer(
+        kind: str,
+        space_id: str | None,
+        query: Query,
+        offset: int,
+        item: Any,
+        find: Callable[[Space, Sequence[Any], Query], list[list[Match]]],
+    ) -> dict[str, Any]:
+        """A page of results for one search, made on the search thread together with the
+        searches of the same kind, space and query (but any ``k`` and ``offset``) waiting
+        with it: ``find(space, items, query)`` answers them all with the largest ``k``."""
+
+        def work(batch: Sequence[tuple[Any, Query, int]]) -> list[dict[str, Any]]:
+            target = space(space_id)
+            biggest = replace(query, k=max(q.k for _, q, _ in batch))
+            found = find(target, [i for i, _, _ in batch], biggest)
+            total = ranked(target, query)
+            return [
+                rows(target, matches[: q.k], q, start, total)
+                for matches, (_, q, start) in zip(found, batch, strict=True)
+            ]
+
+        key = (kind, space_id, replace(query, k=1))
+        page_of_results: dict[str, Any] = await searcher.submit(key, (item, query, offset), work)
+        return page_of_results
 
     def page(k: int, offset: int) -> int:
         if not 1 <= k <= MAX_K or not 0 <= offset <= 10 * MAX_K:
@@ -223,7 +254,7 @@ def create_app(
         }
 
     @api.get("/api/images/{image_id}/similar")
-    def similar(
+    async def similar(
         image_id: int,
         k: int = 10,
         offset: int = 0,
@@ -231,10 +262,10 @@ def create_app(
         space_id: str | None = None,
     ) -> dict[str, Any]:
         """The images most like an indexed one, from its stored vector (no model)."""
-        target = space(space_id)
         query = Query(k=page(k, offset), threshold=threshold)
-        _one_search_thread()
-        return rows(target, target.similar(image_id, query), query, offset)
+        return await answer(
+            "similar", space_id, query, offset, image_id, lambda t, ids, q: t.similar(list(ids), q)
+        )
 
     @api.post("/api/search")
     async def search(
@@ -257,12 +288,14 @@ def create_app(
         query = Query(k=page(k, offset), filters=_filters(under, after, before))
         target = space(space_id)
         vector = await batcher.embed(target, picture)
-
-        def answer() -> dict[str, Any]:
-            _one_search_thread()
-            return rows(target, target.search_vectors(vector, query)[0], query, offset)
-
-        return await run_in_threadpool(answer)
+        return await answer(
+            "search",
+            space_id,
+            query,
+            offset,
+            vector,
+            lambda t, vectors, q: t.search_vectors(np.stack(vectors), q),
+        )
 
     @api.get("/api/images")
     def browse(
@@ -429,18 +462,12 @@ def create_app(
     return guarded(_capped(api, max_upload), guard)
 
 
-_threads = threading.local()
+def _search_threads() -> None:
+    """Let the search thread's FAISS calls use every core: it runs the searches of all
+    requests, batched (the OpenMP thread count is per calling thread)."""
+    import faiss
 
-
-def _one_search_thread() -> None:
-    """Let FAISS searches from this request thread run on one OpenMP thread (the count is
-    per calling thread): concurrent requests already keep the cores busy, and OpenMP teams
-    of concurrent searches would fight over them."""
-    if not getattr(_threads, "single", False):
-        import faiss
-
-        faiss.omp_set_num_threads(1)
-        _threads.single = True
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
 
 
 def _warm(library: Library) -> None:

@@ -268,3 +268,48 @@ def test_the_app_starts_and_stops_with_its_lifespan(lib: Library, tmp_path: Path
     app = create_app(lib, guard=Guard(hosts=HOSTS), thumbs=tmp_path / "thumbs", warm=True)
     with TestClient(app) as client:  # runs the ASGI lifespan: start-up schedules the model
         assert client.get("/api/info").status_code == 200
+
+
+def test_searches_that_arrive_together_share_one_faiss_call(
+    lib: Library, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featx_search.space import Space
+
+    client = _client(lib, tmp_path)
+    ids = [r["image_id"] for r in client.get("/api/images").json()["results"]]
+    asks = [(i, k, offset) for i, k, offset in zip(ids, [1, 3, 5, 2, 4, 6], [0, 2, 0, 1, 3, 0])]
+    asks.append((999_999, 3, 0))  # not indexed: its own 404, the others still answered
+    alone = [
+        client.get(f"/api/images/{i}/similar", params={"k": k, "offset": o}) for i, k, o in asks
+    ]
+
+    calls: list[int] = []
+    similar = Space.similar
+    first = threading.Event()
+
+    def counted(self: Space, images: object, query: object = None) -> object:
+        calls.append(len(images))  # type: ignore[arg-type]
+        if not first.is_set():  # hold the first batch so that the others queue behind it
+            first.set()
+            time.sleep(0.5)
+        return similar(self, images, query)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Space, "similar", counted)
+    app = create_app(lib, guard=Guard(hosts=HOSTS), thumbs=tmp_path / "thumbs", warm=False)
+
+    def ask(one: tuple[int, int, int]) -> tuple[int, object]:
+        i, k, offset = one
+        answer = TestClient(app).get(f"/api/images/{i}/similar", params={"k": k, "offset": offset})
+        return answer.status_code, answer.json()
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(ask, asks))
+    assert together == [(a.status_code, a.json()) for a in alone]
+    assert together[-1][0] == 404 and all(status == 200 for status, _ in together[:-1])
+    # Fewer FAISS calls than requests, one of them for several requests (the batch that met
+    # the unknown id failed and was retried a request at a time, which adds calls of one).
+    assert max(calls) > 1 and calls.count(1) < len(calls)
