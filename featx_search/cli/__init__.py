@@ -31,6 +31,7 @@ _COMMANDS = {
     "dups": ("duplicates", "dups"),
     "info": ("database", "info"),
     "db": ("database", "db"),
+    "models": ("models", "models"),
     "layers": ("models", "layers"),
     "eval": ("models", "eval_command"),
     "serve": ("serving", "serve"),

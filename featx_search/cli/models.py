@@ -1,5 +1,5 @@
-"""Commands about models rather than a library: `layers` (what a model offers) and `eval`
-(scoring extraction settings on a labelled folder)."""
+"""Commands about models rather than a library: `models` (the built-in ones side by side),
+`layers` (what a model offers) and `eval` (scoring extraction settings on a labelled folder)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,24 @@ from ..extract.layers import list_layers
 from . import output
 from .index_options import method_option
 from .options import db_option, json_option
+
+
+@click.command()
+@click.option(
+    "--speed",
+    is_flag=True,
+    help="Also time each model's forward pass here (random input, batches of 8; a few "
+    "seconds per model).",
+)
+@json_option
+def models(speed: bool, as_json: bool) -> None:
+    """List the built-in models: input size, vector size of the default layers, published
+    ImageNet top-1, `eval` scores measured with their defaults, and with --speed images/s on
+    this machine. Any torchvision classification model can be named too (random weights
+    offline)."""
+    from ..extract.catalog import model_cards
+
+    output.model_table(model_cards(speed=speed), as_json=as_json)
 
 
 @click.command()

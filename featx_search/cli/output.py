@@ -27,6 +27,7 @@ from ..reports import CheckReport, IndexReport, LibraryInfo, RecallReport, White
 
 if TYPE_CHECKING:
     from .. import BuildInfo, Layer
+    from ..extract.catalog import ModelCard
     from ..upgrade import SchemaStatus
 
 
@@ -243,6 +244,41 @@ def check_report(report: CheckReport) -> None:
 
 
 # -- layers, eval ----------------------------------------------------------------------------
+
+
+def model_table(cards: Sequence[ModelCard], *, as_json: bool) -> None:
+    """One line per built-in model, * on the default; JSON: one object per model."""
+    if as_json:
+        for card in cards:
+            _json(card.to_dict())
+        return
+    names = sorted({name for card in cards for name in card.scores})
+    width = max(len(c.name) for c in cards)
+    _echo(
+        f"  {'model':<{width}}  input   dim  top-1  "
+        + "".join(f"{name:>14}" for name in names)
+        + "   img/s  default layers"
+    )
+    for c in cards:
+        dim = str(c.dim) if c.dim is not None else "-"
+        top1 = f"{c.imagenet_top1:.3f}" if c.imagenet_top1 is not None else "    -"
+        scores = "".join(
+            f"{c.scores[name]:>14.3f}" if name in c.scores else f"{'-':>14}" for name in names
+        )
+        speed = f"{c.images_per_s:7.1f}" if c.images_per_s is not None else "      -"
+        layers = f"{'+'.join(c.layers) or '(classifier input)'} ({c.pool})"
+        _echo(
+            f"{'*' if c.default else ' '} {c.name:<{width}}  {c.input_px:>5} {dim:>5}  {top1}  "
+            f"{scores}  {speed}  {layers}"
+        )
+        if c.missing:
+            _echo(f"    not installed: {c.missing}")
+    _echo(
+        "* the default model; top-1: published ImageNet accuracy of the weights; scores: "
+        "`featx-search eval` with each model's defaults (docs/benchmarks.md); img/s: the "
+        "forward pass alone (--speed)",
+        err=True,
+    )
 
 
 def layer_table(rows: Sequence[Layer], *, as_json: bool) -> None:

