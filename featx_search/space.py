@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .ann.index import VectorIndex
     from .ann.publish import BuildInfo
     from .extract import Extractor
+    from .extract.query_model import QueryModel
     from .handle import StoreHandle
     from .reader import Reader
     from .store import Store
@@ -56,6 +57,8 @@ class Space:
         self._stores = stores
         self._first = record
         self._extractors: dict[Compute, Extractor] = {}
+        self._query_model: QueryModel | None = None
+        self._query_model_looked = False
         self._model_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._cached: tuple[_State, Whitening | None, VectorIndex] | None = None
@@ -197,10 +200,46 @@ class Space:
 
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Vectors of ``images`` (paths or PIL images) in this space: float32 (N, dim).
-        Raises :class:`ImageError` naming the first image that cannot be decoded."""
-        extractor = self.extractor()
+        Raises :class:`ImageError` naming the first image that cannot be decoded.
+
+        The model is the space's extractor when this process has built it, else its saved
+        query model when it has one (no torch import: see :meth:`save_query_model`), else
+        the extractor, built now."""
         spec = self._first.spec.preprocess
-        return extractor.embed(np.stack([load_input(image, spec) for image in images]))
+        batch = np.stack([load_input(image, spec) for image in images])
+        if Compute() not in self._extractors:
+            query_model = self.query_model()
+            if query_model is not None:
+                return query_model.embed(batch)
+        return self.extractor().embed(batch)
+
+    def query_model(self) -> QueryModel | None:
+        """The space's saved query model, compiled for this CPU (once per handle), or
+        ``None`` when it has none (or it is unusable here)."""
+        from .extract import query_model
+
+        with self._model_lock:
+            if not self._query_model_looked:
+                self._query_model = query_model.load(self._store.index_dir, self._first.spec)
+                self._query_model_looked = True
+            return self._query_model
+
+    def save_query_model(self) -> Path | None:
+        """Save the space's query model beside its index files unless it has one: its
+        extractor (built if needed) exported to OpenVINO with the pooling, checked against
+        torch, so that a fresh process embeds query photos without importing torch. Returns
+        the folder when one was written; ``None`` when one exists, the space cannot have one
+        (not fp32 FX, OpenVINO missing, ``FEATX_QUERY_MODEL=0``) or the library is
+        read-only."""
+        from .extract import query_model
+
+        spec = self._first.spec
+        if self._store.read_only or not query_model.enabled() or not query_model.eligible(spec):
+            return None
+        if query_model.usable(query_model.folder_for(self._store.index_dir, spec), spec):
+            return None
+        made = query_model.make(self.extractor(), self._store.index_dir)
+        return None if made is None else made.folder
 
     @overload
     def search(self, images: ImageInput, query: Query | None = None) -> list[Match]: ...

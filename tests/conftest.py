@@ -11,6 +11,13 @@ from featx_search import Library
 from tests.support import TINY_ARGS, make_photo, run_cli
 
 
+@pytest.fixture(autouse=True)
+def _no_query_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Index runs do not export query models here (seconds each); tests of query models turn
+    them back on with ``monkeypatch.setenv("FEATX_QUERY_MODEL", "1")``."""
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "0")
+
+
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """A folder of 12 distinct synthetic photos (JPEG and PNG) in two subfolders."""

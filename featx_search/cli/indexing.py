@@ -80,6 +80,7 @@ def index(
     only change the speed.
     """
     whitened = None
+    query_model = None
     with open_library(ctx, create=not dry_run) as lib:
         if spec is None:
             refuse_ambiguous(lib, space)
@@ -102,7 +103,13 @@ def index(
                     whitened = target.whiten(whiten_dims)
                 except ConfigError as err:
                     raise err.renamed("--whiten") from None
+            # Once per space, while its model is at hand: a later `search PHOTO` in a fresh
+            # process then skips torch (docs/guide.md#searching).
+            if not report.interrupted and (report.added or report.updated):
+                query_model = target.save_query_model()
     output.index_report(report, whitened, as_json=as_json, quiet=quiet, verbose=verbose)
+    if query_model is not None and not (quiet or as_json):
+        output.note(f"saved the space's query model in {query_model}")
     if report.interrupted:
         output.interrupted(report)
         ctx.exit(130)

@@ -161,6 +161,11 @@ def interrupted(report: IndexReport) -> None:
     )
 
 
+def note(text: str) -> None:
+    """A remark on stderr, after the results (stdout stays the listing alone)."""
+    _echo(text, err=True)
+
+
 def stopping() -> None:
     _echo("stopping after the batch in flight (Ctrl-C again to stop now)", err=True)
 

@@ -37,10 +37,14 @@ def search(
     """
     with open_library(ctx) as lib:
         refuse_ambiguous(lib, space)
-        results = lib.search(list(images), query, space=space)
-    names = [str(image) for image in images]
-    files = [[name] for name in names]
-    output.matches("featx-search search", names, files, results, out, combined=query.combine)
+        target = lib.space(space)
+        results = target.search(list(images), query)
+        names = [str(image) for image in images]
+        files = [[name] for name in names]
+        output.matches("featx-search search", names, files, results, out, combined=query.combine)
+        # Once per space: the next search in a fresh process skips torch (docs/guide.md).
+        if target.save_query_model() is not None:
+            output.note("saved this space's query model: later searches start faster")
 
 
 @click.command()

@@ -81,6 +81,14 @@ class Extractor:
             vectors = combine(features, self.space.pool)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
+    def fx_graph(self) -> nn.Module | None:
+        """The cut FX graph this extractor runs, or ``None`` when it reads layers with hooks
+        or runs a converted graph (TorchScript, OpenVINO)."""
+        if isinstance(self._graph, HookGraph) or self.frozen or self.runtime != "torch":
+            return None
+        graph: nn.Module = self._graph
+        return graph
+
     def prepare_run(self, images: int, batch_size: int) -> None:
         """Choose what runs the graph for a run that embeds ``images`` images in batches of
         ``batch_size``: OpenVINO (:attr:`Compute.runtime`), else a frozen TorchScript graph

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import torch
 
@@ -82,23 +84,36 @@ class OpenVinoGraph:
         return {name: torch.from_numpy(outputs[i]) for i, name in enumerate(self._layers)}
 
 
-def openvino_graph(graph: Any, inputs: torch.Tensor, layers: tuple[str, ...]) -> OpenVinoGraph:
-    """``graph`` exported with ``torch.export`` (any batch size), converted to OpenVINO and
-    compiled for this CPU in fp32 (OpenVINO would pick bf16 on CPUs with AMX; the space is
-    fp32), with as many threads as torch uses. ``torch.export``, not OpenVINO's TorchScript
-    tracing, which is deprecated and fails on numbered submodules (nn.Sequential)."""
+def exported_for_openvino(
+    graph: Any,
+    inputs: torch.Tensor | np.ndarray,
+    layers: tuple[str, ...],
+    *,
+    pool: str | None = None,
+) -> Any:
+    """``graph`` exported with ``torch.export`` (any batch size) and converted to an OpenVINO
+    model: its outputs are the ``layers`` in order, or with ``pool`` the space's vector
+    (pooled, concatenated, L2-normalised as :func:`featx_search.pooling.combine` does).
+    ``torch.export``, not OpenVINO's TorchScript tracing, which is deprecated and fails on
+    numbered submodules (nn.Sequential). Callers hold the model lock."""
     import torch
     from torch import nn
 
-    class Outputs(nn.Module):  # a tuple of tensors out, not the FX graph's dict
+    from ..pooling import combine
+
+    class Outputs(nn.Module):  # tensors out, not the FX graph's dict
         def __init__(self) -> None:
             super().__init__()
             self.cut = graph  # not "graph": the exported module's FX graph is called that
 
         def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
             found = self.cut(batch)
+            if pool is not None:
+                return (combine([found[name].float() for name in layers], pool),)
             return tuple(found[name] for name in layers)
 
+    if isinstance(inputs, np.ndarray):
+        inputs = torch.from_numpy(np.ascontiguousarray(inputs, np.float32))
     openvino = _import_openvino()
     root = logging.getLogger()
     level = root.level
@@ -111,11 +126,21 @@ def openvino_graph(graph: Any, inputs: torch.Tensor, layers: tuple[str, ...]) ->
                 Outputs().eval(), (example,), dynamic_shapes=({0: batch},)
             )
             # Own copies of the weights: the torch graph is freed once this one is adopted.
-            converted = openvino.convert_model(exported, share_weights=False)
+            return openvino.convert_model(exported, share_weights=False)
     finally:
         # convert_model sets the root logger to ERROR while it runs and does not always
         # restore it when it fails, which would hide every later warning.
         root.setLevel(level)
+
+
+def openvino_graph(graph: Any, inputs: torch.Tensor, layers: tuple[str, ...]) -> OpenVinoGraph:
+    """``graph`` converted to OpenVINO (:func:`exported_for_openvino`) and compiled for this
+    CPU in fp32 (OpenVINO would pick bf16 on CPUs with AMX; the space is fp32), with as many
+    threads as torch uses."""
+    import torch
+
+    openvino = _import_openvino()
+    converted = exported_for_openvino(graph, inputs, layers)
     compiled = openvino.Core().compile_model(
         converted,
         "CPU",

@@ -1,0 +1,94 @@
+"""Query models: a space's cut graph saved as OpenVINO IR, so that a fresh process embeds a
+query photo without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featx_search import Library
+from featx_search.extract import query_model
+from tests.support import TINY_ARGS, run_cli
+
+pytest.importorskip("openvino")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A fresh interpreter: search one photo, then say whether torch was imported.
+_SEARCH = """
+import json, sys
+from featx_search import Library
+with Library.open(sys.argv[1], read_only=True) as lib:
+    vector = lib.space().embed([sys.argv[2]])[0]
+    found = lib.search(sys.argv[2])
+print(json.dumps({"torch": "torch" in sys.modules, "ids": [m.image_id for m in found],
+                  "vector": vector.tolist()}))
+"""
+
+
+def _fresh_search(db: Path, photo: Path, *, enabled: bool) -> dict[str, object]:
+    env = {**os.environ, "FEATX_QUERY_MODEL": "1" if enabled else "0", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _SEARCH, str(db), str(photo)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=ROOT,
+    )
+    answer: dict[str, object] = json.loads(done.stdout)
+    return answer
+
+
+def test_index_saves_a_query_model_that_searches_without_torch(
+    photos: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    result = run_cli("--db", db, "index", photos, *TINY_ARGS)
+    assert "query model" in result.output
+    with Library.open(db) as lib:
+        folder = query_model.folder_for(lib.space()._store.index_dir, lib.space()._first.spec)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["max_difference"] <= query_model.TOLERANCE
+    photo = photos / "a" / "img01.jpg"
+    fast = _fresh_search(db, photo, enabled=True)
+    slow = _fresh_search(db, photo, enabled=False)
+    assert fast["torch"] is False and slow["torch"] is True
+    assert fast["ids"] == slow["ids"]
+    assert np.abs(np.array(fast["vector"]) - np.array(slow["vector"])).max() < 1e-4
+
+
+def test_a_query_model_of_another_space_is_not_used(
+    photos: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    run_cli("--db", db, "index", photos, *TINY_ARGS, "-q")
+    with Library.open(db) as lib:
+        space = lib.space()
+        folder = query_model.folder_for(space._store.index_dir, space._first.spec)
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**meta, "fingerprint": "0" * 16}))
+        assert space.query_model() is None  # refused: made for another space
+        assert space.save_query_model() == folder  # made again, for this one
+    answer = _fresh_search(db, photos / "b" / "img00.png", enabled=True)
+    assert answer["torch"] is False
+
+
+def test_a_query_model_that_disagrees_with_torch_is_not_saved(
+    photos: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_cli("--db", db, "index", photos, *TINY_ARGS, "-q")  # no query model (turned off)
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    monkeypatch.setattr(query_model, "TOLERANCE", -1.0)  # no difference is small enough
+    with Library.open(db) as lib:
+        space = lib.space()
+        assert space.save_query_model() is None
+        folder = query_model.folder_for(space._store.index_dir, space._first.spec)
+        assert not folder.exists()
+        assert not list(folder.parent.glob(".query-*"))  # no staging folder left behind
