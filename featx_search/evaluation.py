@@ -22,6 +22,7 @@ import numpy as np
 from .config import FITS, ExtractorSpec, Fit, Preprocess
 from .errors import ConfigError
 from .images import is_image_name, load_rgb, preprocess
+from .query import mix
 from .scan import scan
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class EvalResult:
     p10: float
     copies: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    qe: int = 0
+    dba: int = 0
 
     @property
     def copy_recall(self) -> float | None:
@@ -79,6 +82,8 @@ class EvalResult:
             "copies": {k: round(v, 4) for k, v in self.copies.items()},
             "copy_recall": None if self.copy_recall is None else round(self.copy_recall, 4),
             "seconds": round(self.seconds, 2),
+            "qe": self.qe,
+            "dba": self.dba,
         }
 
 
@@ -108,18 +113,49 @@ def labelled_images(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
     return rows
 
 
-def retrieval_scores(vectors: np.ndarray, labels: Sequence[str]) -> tuple[float, float, float, int]:
+def retrieval_scores(
+    vectors: np.ndarray, labels: Sequence[str], *, qe: int = 0, dba: int = 0
+) -> tuple[float, float, float, int]:
     """Leave-one-out retrieval by cosine on L2-normalised float32 (N, D) ``vectors``.
 
-    Returns (mAP, P@1, P@10, queries), over the queries that have another image of their
-    class. Ties are broken by index order.
+    With ``dba`` the database side is augmented: each image mixed with its ``dba`` nearest
+    others (:func:`mix`), computed without the query (an image's own vector never leaks into
+    the database it is scored against). With ``qe`` each query is expanded with its ``qe``
+    nearest database images (alpha-QE) and searched again. Returns (mAP, P@1, P@10,
+    queries), over the queries that have another image of their class. Ties are broken by
+    index order.
     """
     labels_ = np.asarray(labels)
-    sims = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
+    count = len(vectors)
+    base = vectors.astype(np.float64)
+    pairs = base @ base.T
+    np.fill_diagonal(pairs, -np.inf)
+    nearest = np.argsort(-pairs, axis=1, kind="stable")[:, : dba + 1]
+
+    def augmented(row: int, without: int) -> np.ndarray:
+        picks = [k for k in nearest[row] if k != without][:dba]
+        mixed: np.ndarray = mix(base[row : row + 1], base[picks][None], pairs[row, picks][None])
+        return np.asarray(mixed[0])
+
+    database = np.stack([augmented(j, -1) for j in range(count)]) if dba else base
     aps, p1s, p10s = [], [], []
-    for i in range(len(vectors)):
-        others = np.delete(np.arange(len(vectors)), i)
-        order = others[np.argsort(-sims[i, others], kind="stable")]
+    for i in range(count):
+        rows = database
+        if dba:  # the rows that mixed in image i, mixed again without it
+            touched = np.flatnonzero((nearest[:, :dba] == i).any(axis=1))
+            if touched.size:
+                rows = database.copy()
+                for j in touched:
+                    rows[j] = augmented(int(j), i)
+        query = base[i]
+        sims = rows @ query
+        if qe:
+            sims[i] = -np.inf
+            near = np.argsort(-sims, kind="stable")[:qe]
+            query = mix(query[None], rows[near][None], sims[near][None])[0]
+            sims = rows @ query
+        others = np.delete(np.arange(count), i)
+        order = others[np.argsort(-sims[others], kind="stable")]
         hits = labels_[order] == labels_[i]
         if not hits.any():
             continue
@@ -171,13 +207,17 @@ def evaluate(
     *,
     inputs: Sequence[str | None] = (None,),
     copies: bool = False,
+    expansions: Sequence[tuple[int, int]] = ((0, 0),),
     batch_size: int = 16,
     progress: Callable[[EvalResult], None] | None = None,
 ) -> list[EvalResult]:
-    """Score every combination of ``specs`` and ``inputs`` on the labelled ``folder``.
+    """Score every combination of ``specs``, ``inputs`` and ``expansions`` on the labelled
+    ``folder``.
 
-    An input of None means the model's own (``space.preprocess.fit``). Returns one
-    :class:`EvalResult` per combination, in the order asked. Raises
+    An input of None means the model's own (``space.preprocess.fit``). ``expansions`` are
+    (query expansion, database augmentation) neighbour counts (see
+    :func:`retrieval_scores`); copy recall is measured without them, on their (0, 0) row.
+    Returns one :class:`EvalResult` per combination, in the order asked. Raises
     :class:`ConfigError` for a bad folder or option, :class:`ImageError` naming an image
     that cannot be decoded, and what :func:`load_extractor` raises for a bad spec.
     """
@@ -201,30 +241,33 @@ def evaluate(
             started = time.perf_counter()
 
             base = _embed(extractor, originals, how, batch_size)
-            mean_ap, p1, p10, queries = retrieval_scores(base, labels)
             recall = {}
             for kind, images in edited.items():
                 top = np.argmax(_embed(extractor, images, how, batch_size) @ base.T, axis=1)
                 recall[kind] = float(np.mean(top == np.arange(len(images))))
-            result = EvalResult(
-                model=space.model,
-                weights=space.weights,
-                layers=space.layers,
-                pool=space.pool,
-                input=how,
-                dim=space.dim,
-                images=len(rows),
-                queries=queries,
-                map=mean_ap,
-                p1=p1,
-                p10=p10,
-                copies=recall,
-                seconds=time.perf_counter() - started,
-            )
-            log.info("evaluated %s (%s): mAP %.3f", space.label, how, mean_ap)
-            if progress is not None:
-                progress(result)
-            results.append(result)
+            for qe, dba in expansions:
+                mean_ap, p1, p10, queries = retrieval_scores(base, labels, qe=qe, dba=dba)
+                result = EvalResult(
+                    model=space.model,
+                    weights=space.weights,
+                    layers=space.layers,
+                    pool=space.pool,
+                    input=how,
+                    dim=space.dim,
+                    images=len(rows),
+                    queries=queries,
+                    map=mean_ap,
+                    p1=p1,
+                    p10=p10,
+                    copies=recall if (qe, dba) == (0, 0) else {},
+                    seconds=time.perf_counter() - started,
+                    qe=qe,
+                    dba=dba,
+                )
+                log.info("evaluated %s (%s): mAP %.3f", space.label, how, mean_ap)
+                if progress is not None:
+                    progress(result)
+                results.append(result)
     return results
 
 

@@ -10,6 +10,8 @@ from .compute import Compute
 from .errors import ConfigError
 from .query import Filters, check_k, check_threshold
 
+MAX_EXPAND = 50
+
 
 @dataclass(frozen=True, kw_only=True)
 class Query:
@@ -23,6 +25,10 @@ class Query:
       list for all queries).
     - ``params``: nprobe (IVF), ef_search (HNSW) and rerank (PQ/SQ codes) for these queries,
       over the space's own; higher is slower and more exact.
+    - ``expand``: query expansion (alpha-QE): search, mix the query with its first
+      ``expand`` results (weighted by their score cubed), and search again. It helps
+      "more of this kind" searches on some collections and hurts on others (measured in
+      docs/benchmarks.md), so it is off (0) by default.
     """
 
     k: int = 10
@@ -31,10 +37,17 @@ class Query:
     exclude_self: bool = False
     combine: bool = False
     params: SearchParams = field(default_factory=SearchParams)
+    expand: int = 0
 
     def __post_init__(self) -> None:
         check_k(self.k)
         check_threshold(self.threshold)
+        if not 0 <= self.expand <= MAX_EXPAND:
+            raise ConfigError(
+                f"expand must be in 0..{MAX_EXPAND}, got {self.expand}",
+                hint="query expansion mixes in a few first results: try 1 or 2",
+                param="expand",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

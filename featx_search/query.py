@@ -212,6 +212,25 @@ def search_vectors(
     return results
 
 
+QE_ALPHA = 3.0
+"""How much a neighbour weighs in query expansion: its cosine to the query ** alpha."""
+
+
+def mix(vectors: np.ndarray, neighbours: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """alpha-weighted expansion: each row of ``vectors`` (L2-normalised (Q, D)) plus its
+    ``neighbours`` (Q, n, D) weighted by their cosine ``sims`` (Q, n) ** :data:`QE_ALPHA`
+    (a negative cosine weighs nothing), re-normalised; float64 (Q, D). The vector itself
+    weighs 1. Query expansion mixes a query with its first results; database-side
+    augmentation mixes every stored vector with its nearest neighbours."""
+    weights = np.clip(np.asarray(sims, dtype=np.float64), 0, None) ** QE_ALPHA
+    mixed = np.asarray(vectors, np.float64) + np.einsum(
+        "qn,qnd->qd", weights, np.asarray(neighbours, np.float64)
+    )
+    norms = np.linalg.norm(mixed, axis=1, keepdims=True)
+    result: np.ndarray = mixed / np.maximum(norms, 1e-12)
+    return result
+
+
 def combine_vectors(vectors: np.ndarray) -> np.ndarray:
     """The normalised mean of L2-normalised ``vectors`` (N, dim): one (1, dim) query that
     looks like all of them."""

@@ -18,7 +18,7 @@ from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, near_duplicates
 from .errors import ConfigError, ImageError
 from .images import ImageInput, describe, load_input
 from .options import ProgressCallback, Query, SyncOptions
-from .query import Match, check_threshold, combine_vectors, search_vectors
+from .query import Match, check_threshold, combine_vectors, mix, search_vectors
 from .records import ImageFacts, SpaceRecord
 from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 
@@ -330,16 +330,56 @@ class Space:
         if query.filters.active:
             allowed = query.filters.select(self._store.image_facts(self.id))
         whitening, index = self._loaded()
-        return search_vectors(
-            self._store,
-            index,
-            vectors if whitening is None else whitening.apply(vectors),
+        searched = vectors if whitening is None else whitening.apply(vectors)
+
+        def find(queries: np.ndarray, k: int, threshold: float | None) -> list[list[Match]]:
+            return search_vectors(
+                self._store,
+                index,
+                queries,
+                k,
+                allowed=allowed,
+                exclude=selves if query.exclude_self else (),
+                threshold=threshold,
+                params=self.search_params(query.params),
+            )
+
+        if not query.expand:
+            return find(searched, query.k, query.threshold)
+        first = find(searched, query.expand + 1, None)
+        return find(
+            self._expanded(searched, first, selves, query.expand, whitening),
             query.k,
-            allowed=allowed,
-            exclude=selves if query.exclude_self else (),
-            threshold=query.threshold,
-            params=self.search_params(query.params),
+            query.threshold,
         )
+
+    def _expanded(
+        self,
+        queries: np.ndarray,
+        found: list[list[Match]],
+        selves: list[list[int]],
+        n: int,
+        whitening: Whitening | None,
+    ) -> np.ndarray:
+        """Each query mixed with its first ``n`` results other than itself (alpha-QE), in the
+        space the index searches (whitened when the space is)."""
+        picked = [
+            [m for m in row if m.image_id not in own][:n]
+            for row, own in zip(found, selves, strict=True)
+        ]
+        _, ids, raw = self.vectors(sorted({m.image_id for row in picked for m in row}))
+        stored = raw if whitening is None or not len(raw) else whitening.apply(raw)
+        by_id = dict(zip(ids.tolist(), stored, strict=True))
+        mixed = []
+        for vector, row in zip(queries, picked, strict=True):
+            row = [m for m in row if m.image_id in by_id]  # deleted meanwhile: left out
+            if not row:
+                mixed.append(vector)
+                continue
+            neighbours = np.stack([by_id[m.image_id] for m in row])[None]
+            scores = np.array([[m.score for m in row]])
+            mixed.append(mix(vector[None], neighbours, scores)[0])
+        return np.asarray(mixed, dtype=np.float32)
 
     def search_params(self, override: SearchParams | None = None) -> SearchParams:
         """The space's fixed search params (see :meth:`configure_index`) with ``override``'s

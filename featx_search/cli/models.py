@@ -114,6 +114,20 @@ def _eval_specs(
     help="Also search with edited copies of each image (crop, jpeg15, down, rotate, grey, "
     "blur, flip) and report recall@1 per edit.",
 )
+@click.option(
+    "--qe",
+    "qes",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Also score alpha query expansion with this many neighbours (repeatable; 0: none).",
+)
+@click.option(
+    "--dba",
+    "dbas",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Also score database-side augmentation with this many neighbours (repeatable; 0: none).",
+)
 @method_option
 @json_option
 def eval_command(
@@ -124,21 +138,32 @@ def eval_command(
     pools: tuple[Pool, ...],
     inputs: tuple[str, ...],
     copies: bool,
+    qes: tuple[int, ...],
+    dbas: tuple[int, ...],
     method: Method | None,
     as_json: bool,
 ) -> None:
     """Score extraction settings on FOLDER, which holds one subfolder of images per class.
 
     Every image queries the others: mAP, P@1 and P@10 count images of its class. Every
-    combination of --model, --layer, --pool and --input is scored. No library is used.
+    combination of --model, --layer, --pool, --input, --qe and --dba is scored. No library
+    is used.
     """
     specs = _eval_specs(models, weights, layer_sets, pools, method)
 
     def show(result: EvalResult) -> None:
-        output.eval_row(result, as_json=as_json)
+        output.eval_row(result, as_json=as_json, expansions=bool(qes or dbas))
 
+    expansions = [(qe, dba) for qe in qes or (0,) for dba in dbas or (0,)]
     if not as_json:
-        output.eval_header(copies=copies)
-    results = evaluate(folder, specs, inputs=inputs or (None,), copies=copies, progress=show)
+        output.eval_header(copies=copies, expansions=bool(qes or dbas))
+    results = evaluate(
+        folder,
+        specs,
+        inputs=inputs or (None,),
+        copies=copies,
+        expansions=expansions,
+        progress=show,
+    )
     if not as_json:
         output.eval_footer(results)

@@ -14,7 +14,7 @@ import click
 from ..ann.spec import SearchParams
 from ..errors import SpaceError
 from ..library import Library, SpaceSelector, default_db_path, parse_selector
-from ..options import Query
+from ..options import MAX_EXPAND, Query
 from ..query import Filters
 from .output import ListingOutput
 
@@ -208,6 +208,14 @@ _QUERY_OPTIONS = [
         help="Only images taken (EXIF, else file time) on or after DATE (YYYY-MM-DD...).",
     ),
     click.option("--before", metavar="DATE", help="Only images taken before DATE."),
+    click.option(
+        "--qe",
+        "expand",
+        default=0,
+        type=click.IntRange(0, MAX_EXPAND),
+        help="Query expansion: mix each query with its first N results and search again "
+        "(off: 0; see docs/guide.md).",
+    ),
 ]
 
 
@@ -221,6 +229,7 @@ def _query(
     glob: str | None,
     after: str | None,
     before: str | None,
+    expand: int,
     params: SearchParams,
 ) -> Query:
     filters = Filters.from_text(under=under, glob=glob, after=after, before=before)
@@ -231,6 +240,7 @@ def _query(
         exclude_self=exclude_self,
         combine=combine,
         params=params,
+        expand=expand,
     )
 
 
@@ -238,7 +248,17 @@ def query_options(space_help: str) -> Decorator:
     """Result count, cut-off, filters and query handling, ``--space`` (with this help) and the
     search parameters, shared by `search` and `similar`: they arrive as ``query``, a
     :class:`Query`, and ``space``, a :data:`SpaceSelector` or None."""
-    keys = ["k", "threshold", "combine", "exclude_self", "under", "glob", "after", "before"]
+    keys = [
+        "k",
+        "threshold",
+        "combine",
+        "exclude_self",
+        "under",
+        "glob",
+        "after",
+        "before",
+        "expand",
+    ]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         func = builds("query", _query, [*keys, "params"])(func)

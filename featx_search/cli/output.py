@@ -318,21 +318,24 @@ def layer_table(rows: Sequence[Layer], *, as_json: bool) -> None:
     )
 
 
-def eval_header(*, copies: bool) -> None:
-    header = f"{'model':<18} {'layers':<22} {'pool':<4} {'input':<5} {'dim':>5}  mAP   P@1   P@10"
+def eval_header(*, copies: bool, expansions: bool = False) -> None:
+    header = f"{'model':<18} {'layers':<22} {'pool':<4} {'input':<5} {'dim':>5}"
+    if expansions:
+        header += "  qe dba"
+    header += "  mAP   P@1   P@10"
     if copies:
         header += "   " + " ".join(k.rjust(4) for k in EDITS) + "  copies@1"
     _echo(header)
 
 
-def eval_row(r: EvalResult, *, as_json: bool) -> None:
+def eval_row(r: EvalResult, *, as_json: bool, expansions: bool = False) -> None:
     if as_json:
         _json(r.to_dict())
         return
-    line = (
-        f"{r.model:<18} {'+'.join(r.layers):<22} {r.pool:<4} {r.input:<5} {r.dim:>5}  "
-        f"{r.map:.3f} {r.p1:.3f} {r.p10:.3f}"
-    )
+    line = f"{r.model:<18} {'+'.join(r.layers):<22} {r.pool:<4} {r.input:<5} {r.dim:>5}"
+    if expansions:
+        line += f"  {r.qe:>2} {r.dba:>3}"
+    line += f"  {r.map:.3f} {r.p1:.3f} {r.p10:.3f}"
     if r.copies:
         line += "  " + " ".join(f"{r.copies[k]:.2f}".rjust(max(4, len(k))) for k in EDITS)
         line += f"  {r.copy_recall:.3f}"

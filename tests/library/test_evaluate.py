@@ -66,6 +66,49 @@ def test_retrieval_scores_match_a_reference() -> None:
         retrieval_scores(x[:2], ["a", "b"])
 
 
+def _expanded_reference(x: np.ndarray, labels: list[str], qe: int, dba: int) -> float:
+    """mAP with query expansion and database augmentation, the slow way: for every query the
+    whole database is augmented again without it."""
+    alpha = 3.0
+    aps = []
+    n = len(x)
+    for i in range(n):
+        database = x.astype(np.float64).copy()
+        if dba:
+            for j in range(n):
+                others = [k for k in range(n) if k not in (i, j)]
+                near = sorted(others, key=lambda k: -float(x[j] @ x[k]))[:dba]
+                mixed = x[j] + sum(max(float(x[j] @ x[k]), 0) ** alpha * x[k] for k in near)
+                database[j] = mixed / np.linalg.norm(mixed)
+        query = x[i].astype(np.float64)
+        if qe:
+            others = [k for k in range(n) if k != i]
+            near = sorted(others, key=lambda k: -float(database[k] @ query))[:qe]
+            mixed = query + sum(
+                max(float(database[k] @ query), 0) ** alpha * database[k] for k in near
+            )
+            query = mixed / np.linalg.norm(mixed)
+        sims = np.full((n, n), -9.0)
+        sims[i] = database @ query
+        sims[i, i] = -9.0
+        ap = _reference_ap(sims, labels, i)
+        if ap is not None:
+            aps.append(ap)
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize(("qe", "dba"), [(2, 0), (0, 2), (3, 2)])
+def test_query_expansion_and_augmentation_match_a_reference(qe: int, dba: int) -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 8))
+    labels = [str(c) for c in rng.integers(0, 4, 30)]
+    x = centres[[int(c) for c in labels]] + rng.normal(scale=0.9, size=(30, 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    mean_ap, _, _, _ = retrieval_scores(x, labels, qe=qe, dba=dba)
+    assert mean_ap == pytest.approx(_expanded_reference(x, labels, qe, dba), abs=1e-9)
+    assert mean_ap != pytest.approx(retrieval_scores(x, labels)[0], abs=1e-6)
+
+
 def test_edits() -> None:
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 160, 3), np.uint8))
     out = {kind: edit(img, kind) for kind in EDITS}

@@ -232,6 +232,27 @@ def test_exclude_self_and_combine(corpus: Corpus, lib: Library) -> None:
     assert_top_k(combined, reference(corpus, mean, lambda p: True, frozenset({a, b})), 5)
 
 
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_query_expansion_searches_again_with_the_first_results_mixed_in(
+    corpus: Corpus, lib: Library, exclude_self: bool
+) -> None:
+    query_id = _id(corpus, "a/img06.jpg")
+    own = _vector(corpus, query_id)
+    first = reference(corpus, own, lambda p: True, frozenset({query_id}))[:2]
+    mixed = own.astype(np.float64).copy()
+    for image_id, score in first:  # alpha-QE: each neighbour weighs its score cubed
+        mixed += max(score, 0) ** 3 * _vector(corpus, image_id)
+    mixed /= np.linalg.norm(mixed)
+    kept = frozenset({query_id}) if exclude_self else frozenset()
+    expected = reference(corpus, mixed.astype(np.float32), lambda p: True, kept)
+    matches = lib.similar(query_id, Query(k=6, expand=2, exclude_self=exclude_self))
+    assert_top_k(matches, expected, 6)
+    plain = lib.similar(query_id, Query(k=6, exclude_self=exclude_self))
+    assert [m.score for m in plain] != pytest.approx([m.score for m in matches])
+    with pytest.raises(ConfigError, match="expand"):
+        Query(expand=-1)
+
+
 def test_search_with_filters_and_exclude_self(corpus: Corpus, lib: Library) -> None:
     query = corpus.root / "b" / "img04.png"
     plain = lib.search(query, Query(k=2))
