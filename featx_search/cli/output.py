@@ -257,23 +257,24 @@ def model_table(cards: Sequence[ModelCard], *, as_json: bool) -> None:
         for card in cards:
             _json(card.to_dict())
         return
-    names = sorted({name for card in cards for name in card.scores})
+    names = list(dict.fromkeys(name for card in cards for name in card.scores))
     width = max(len(c.name) for c in cards)
     _echo(
-        f"  {'model':<{width}}  input   dim  top-1  "
-        + "".join(f"{name:>14}" for name in names)
+        f"  {'model':<{width}}  input   dim  top-1"
+        + "".join(f"  {name}" for name in names)
         + "   img/s  default layers"
     )
     for c in cards:
         dim = str(c.dim) if c.dim is not None else "-"
         top1 = f"{c.imagenet_top1:.3f}" if c.imagenet_top1 is not None else "    -"
         scores = "".join(
-            f"{c.scores[name]:>14.3f}" if name in c.scores else f"{'-':>14}" for name in names
+            f"  {c.scores[name]:>{len(name)}.3f}" if name in c.scores else f"  {'-':>{len(name)}}"
+            for name in names
         )
         speed = f"{c.images_per_s:7.1f}" if c.images_per_s is not None else "      -"
         layers = f"{'+'.join(c.layers) or '(classifier input)'} ({c.pool})"
         _echo(
-            f"{'*' if c.default else ' '} {c.name:<{width}}  {c.input_px:>5} {dim:>5}  {top1}  "
+            f"{'*' if c.default else ' '} {c.name:<{width}}  {c.input_px:>5} {dim:>5}  {top1}"
             f"{scores}  {speed}  {layers}"
         )
         if c.missing:

@@ -177,5 +177,10 @@ def test_eval_cli_json_and_table(classes: Path) -> None:
     table = run("eval", classes, *TINY_ARGS, "-l", "1+3", "--copies").stdout.splitlines()
     assert table[0].split()[:6] == ["model", "layers", "pool", "input", "dim", "mAP"]
     assert "flip" in table[0] and "1+3" in table[1] and len(table) == 2
+    out = run("eval", classes, *TINY_ARGS, "--qe", "0", "--qe", "2", "--dba", "1", "--json").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["qe"], r["dba"]) for r in rows] == [(0, 1), (2, 1)]
+    table = run("eval", classes, *TINY_ARGS, "--qe", "1").stdout.splitlines()
+    assert table[0].split()[5:8] == ["qe", "dba", "mAP"] and table[1].split()[5:7] == ["1", "0"]
     bad = run("eval", classes / "cats", *TINY_ARGS, ok=False)
     assert bad.exit_code == 1 and "needs at least two subfolders" in bad.output
