@@ -2,8 +2,9 @@
 
 A folder with one subfolder per class is embedded with every combination of settings asked
 for. Each image queries all the others: an image of the same class is a hit (mAP, P@1, P@10).
-With ``copies``, seven edits of each image query the originals, and recall@1 (the original
-ranks first) is reported per edit type. Nothing is stored; no library is opened.
+With ``copies``, edited copies of each image (:data:`EDITS`: crops, rotations, scaling,
+compression, colour, screenshots and pairs of them) query the originals, and recall@1 (the
+original ranks first) is reported per edit type. Nothing is stored; no library is opened.
 """
 
 from __future__ import annotations
@@ -35,7 +36,23 @@ log = logging.getLogger(__name__)
 # How an image meets the model's square input: ``crop`` resizes the shorter side and takes
 # the centre (what the weights were trained with), ``full`` squashes the whole frame.
 INPUTS: tuple[str, ...] = FITS
-EDITS: tuple[str, ...] = ("crop", "jpeg15", "down", "rotate", "grey", "blur", "flip")
+EDITS: tuple[str, ...] = (
+    "crop",
+    "crop40",
+    "rotate",
+    "rotate-canvas",
+    "down8",
+    "jpeg10",
+    "grey",
+    "flip",
+    "blur",
+    "colour",
+    "frame",
+    "crop40+jpeg10",
+    "rotate+grey",
+    "frame+down8",
+    "flip+colour",
+)
 # Images are decoded once, at this shorter side, for every combination and edit.
 _SIDE = 448
 
@@ -168,29 +185,60 @@ def retrieval_scores(
     return float(np.mean(aps)), float(np.mean(p1s)), float(np.mean(p10s)), len(aps)
 
 
-def edit(img: PILImage, kind: str) -> PILImage:
-    """One edited copy of ``img``: ``crop`` (centre 70 %), ``jpeg15`` (JPEG quality 15),
-    ``down`` (1/8 size), ``rotate`` (15 degrees), ``grey``, ``blur`` (Gaussian, radius 4)
-    or ``flip`` (mirror)."""
-    from PIL import Image, ImageFilter, ImageOps
+def edit(img: PILImage, kind: str, seed: int = 0) -> PILImage:
+    """One edited copy of ``img``; ``seed`` draws the edit's parameters (angle, crop position,
+    colour change), so each image gets its own and a run is repeatable. ``kind`` is one of
+    :data:`EDITS`, or two of them joined by ``+`` (applied left to right):
 
+    - ``crop``, ``crop40``: 60 % or 40 % of the area, at a random (off-centre) position;
+    - ``rotate``: 5 to 20 degrees either way, same frame (the corners filled black);
+      ``rotate-canvas``: the canvas grows to hold the whole rotated photo;
+    - ``down8``: 1/8 of the size; ``jpeg10``: JPEG quality 10; ``grey``; ``flip`` (mirror);
+      ``blur`` (Gaussian, radius 4);
+    - ``colour``: saturation, brightness and contrast each scaled by 0.6 to 1.4;
+    - ``frame``: a phone screenshot of the photo: letterboxed on a tall black screen with a
+      status bar, then scaled to 720 px wide.
+    """
+    import random
+
+    from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+    if "+" in kind:
+        for number, part in enumerate(kind.split("+")):
+            img = edit(img, part, seed * 31 + number)
+        return img
+    draw = random.Random(f"{kind}:{seed}")
     w, h = img.size
-    if kind == "crop":
-        return img.crop((int(w * 0.15), int(h * 0.15), int(w * 0.85), int(h * 0.85)))
-    if kind == "jpeg15":
-        buffer = io.BytesIO()
-        img.save(buffer, "JPEG", quality=15)
-        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    if kind == "down":
+    if kind in ("crop", "crop40"):
+        side = (0.6 if kind == "crop" else 0.4) ** 0.5
+        cw, ch = max(1, round(w * side)), max(1, round(h * side))
+        left, top = draw.randint(0, w - cw), draw.randint(0, h - ch)
+        return img.crop((left, top, left + cw, top + ch))
+    if kind in ("rotate", "rotate-canvas"):
+        angle = draw.uniform(5, 20) * draw.choice((-1, 1))
+        return img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=kind == "rotate-canvas")
+    if kind == "down8":
         return img.resize((max(1, w // 8), max(1, h // 8)), Image.Resampling.BILINEAR)
-    if kind == "rotate":
-        return img.rotate(15, resample=Image.Resampling.BILINEAR)
+    if kind == "jpeg10":
+        buffer = io.BytesIO()
+        img.save(buffer, "JPEG", quality=10)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     if kind == "grey":
         return ImageOps.grayscale(img).convert("RGB")
-    if kind == "blur":
-        return img.filter(ImageFilter.GaussianBlur(4))
     if kind == "flip":
         return ImageOps.mirror(img)
+    if kind == "blur":
+        return img.filter(ImageFilter.GaussianBlur(4))
+    if kind == "colour":
+        for enhancer in (ImageEnhance.Color, ImageEnhance.Brightness, ImageEnhance.Contrast):
+            img = enhancer(img).enhance(draw.uniform(0.6, 1.4))
+        return img
+    if kind == "frame":
+        screen_w = max(w, h * 9 // 16)
+        screen = Image.new("RGB", (screen_w, screen_w * 19 // 9), "black")
+        screen.paste(img, ((screen_w - w) // 2, (screen.height - h) // 2))
+        ImageDraw.Draw(screen).rectangle((0, 0, screen_w, screen.height // 20), fill="#303030")
+        return screen.resize((720, 720 * 19 // 9), Image.Resampling.BILINEAR)
     raise ConfigError(f"unknown edit {kind!r}", hint=f"choose one of: {', '.join(EDITS)}")
 
 
@@ -231,7 +279,11 @@ def evaluate(
     rows = labelled_images(folder)
     labels = [label for _, label in rows]
     originals = [_decoded(path) for path, _ in rows]
-    edited = {kind: [edit(img, kind) for img in originals] for kind in EDITS} if copies else {}
+    edited = (
+        {kind: [edit(img, kind, n) for n, img in enumerate(originals)] for kind in EDITS}
+        if copies
+        else {}
+    )
     results = []
     for spec in specs:
         extractor = load_extractor(spec)

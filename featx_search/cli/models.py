@@ -111,8 +111,9 @@ def _eval_specs(
 @click.option(
     "--copies",
     is_flag=True,
-    help="Also search with edited copies of each image (crop, jpeg15, down, rotate, grey, "
-    "blur, flip) and report recall@1 per edit.",
+    help="Also search with edited copies of each image (crops, rotations, 1/8 size, JPEG "
+    "10, grey, mirror, blur, colour, a phone screenshot, and pairs of them) and report "
+    "recall@1 per edit.",
 )
 @click.option(
     "--qe",

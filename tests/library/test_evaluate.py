@@ -111,12 +111,22 @@ def test_query_expansion_and_augmentation_match_a_reference(qe: int, dba: int) -
 
 def test_edits() -> None:
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 160, 3), np.uint8))
-    out = {kind: edit(img, kind) for kind in EDITS}
-    assert out["down"].size == (20, 10) and out["crop"].size == (112, 56)
+    out = {kind: edit(img, kind, seed=3) for kind in EDITS}
+    assert out["down8"].size == (20, 10)
+    assert abs(out["crop"].size[0] * out["crop"].size[1] / (160 * 80) - 0.6) < 0.02
+    assert abs(out["crop40"].size[0] * out["crop40"].size[1] / (160 * 80) - 0.4) < 0.02
+    assert out["rotate"].size == img.size and out["rotate-canvas"].size > img.size
+    assert np.asarray(out["rotate"])[0, 0].sum() == 0  # a corner left black
     grey = np.asarray(out["grey"])
     assert out["grey"].mode == "RGB" and (grey[..., 0] == grey[..., 2]).all()
     np.testing.assert_array_equal(np.asarray(out["flip"]), np.asarray(img)[:, ::-1])
+    assert out["frame"].size == (720, 1520)
     assert all(o.mode == "RGB" for o in out.values())
+    # Parameters come from the seed: the same seed repeats, another seed differs.
+    assert edit(img, "crop40", seed=3).tobytes() == out["crop40"].tobytes()
+    assert edit(img, "colour", seed=4).tobytes() != out["colour"].tobytes()
+    both = edit(img, "flip+colour", seed=3)
+    assert both.size == img.size and both.tobytes() != out["flip"].tobytes()
     with pytest.raises(ConfigError, match="unknown edit 'warp'"):
         edit(img, "warp")
 
