@@ -34,7 +34,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from .config import SpaceSpec
-from .connect import Location, database_url, make_engine, server_engine, unreachable, writable
+from .connect import (
+    Location,
+    database_url,
+    make_engine,
+    one_line,
+    server_engine,
+    unreachable,
+    writable,
+)
 from .errors import ImageError, LibraryError, ReadOnlyError, SpaceError
 from .migrate import alembic_config, alembic_head, check_known_revision
 from .reader import Reader, _inside
@@ -233,9 +241,26 @@ class Store(Reader):
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection whose work is committed at the end of the block, or rolled back."""
-        with self.engine.begin() as conn:
-            yield conn
+        """A connection whose work is committed at the end of the block, or rolled back.
+        Raises :class:`LibraryError` when a server cannot be reached or the connection to it
+        broke (nothing of the block was written)."""
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as err:
+            if self.location.path is None:
+                raise unreachable(self.location, err) from None
+            raise
+        try:
+            with conn, conn.begin():
+                yield conn
+        except DBAPIError as err:
+            if not err.connection_invalidated:
+                raise
+            raise LibraryError(
+                f"lost the connection to library {self.location}: {one_line(err.orig)}",
+                hint="nothing of the change in flight was written; run it again once the "
+                "database server is back (an index run resumes where it stopped)",
+            ) from None
 
     # -- migrations ---------------------------------------------------------------------
 
