@@ -231,14 +231,16 @@ def test_stored_size_is_full_resolution_and_upright(library: Library, tmp_path: 
 
 
 def test_second_indexer_fails_clearly_and_writes_nothing(
-    db: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+    library_db: str, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SQLite's lock file, PostgreSQL's advisory lock: a second writer waits, then stops."""
     import subprocess
     import time
 
     from featx_search import LibraryError
     from featx_search import store as store_module
 
+    db = library_db
     with Library.open(db) as lib:
         lib.index([photos / "a"], TINY)
     # A real second process holds the writer lock, as a running indexer would.
