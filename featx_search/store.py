@@ -117,6 +117,8 @@ class Store(Reader):
     def __init__(self, location: Location | Path, *, engine: Engine) -> None:
         super().__init__(location, engine=engine)
         self.engine = engine
+        # The server session that holds the writer lock, while this store holds it.
+        self._lock_pid: int | None = None
 
     @classmethod
     def open(  # type: ignore[override]
@@ -229,15 +231,35 @@ class Store(Reader):
                         hint="wait for it to finish, then run this again; searches work meanwhile",
                     )
                 time.sleep(0.2)
+            self._lock_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
             conn.commit()
             try:
                 yield
             finally:
+                self._lock_pid = None
                 try:
                     conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": WRITER_LOCK_KEY})
                     conn.commit()
                 except DBAPIError:  # a lost connection has released it already
                     conn.invalidate()
+
+    def _check_lock(self, conn: Connection, pid: int) -> None:
+        """Refuse to commit when the session holding the writer lock is gone (its connection
+        dropped): another writer may hold the lock now."""
+        held = conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = :pid AND objsubid = 1"
+                " AND ((classid::bigint << 32) | objid::bigint) = :key)"
+            ),
+            {"pid": pid, "key": WRITER_LOCK_KEY},
+        ).scalar_one()
+        if not held:
+            raise LibraryError(
+                f"lost the writer lock of library {self.location} (its connection dropped); "
+                "nothing of the change in flight was written",
+                hint="run it again once the database server is reachable; the run resumes",
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -253,6 +275,8 @@ class Store(Reader):
         try:
             with conn, conn.begin():
                 yield conn
+                if self._lock_pid is not None:
+                    self._check_lock(conn, self._lock_pid)
         except DBAPIError as err:
             if not err.connection_invalidated:
                 raise

@@ -172,3 +172,22 @@ def test_both_back_ends_answer_alike(pg_db: str, tmp_path: Path, photos: Path) -
             answers.append([(m.path, round(m.score, 5)) for m in hits])
             answers.append([(g.keeper.path, len(g)) for g in lib.duplicates(0.5)])
     assert answers[0] == answers[2] and answers[1] == answers[3]
+
+
+def test_a_writer_whose_lock_session_died_commits_nothing(pg_db: str, tmp_path: Path) -> None:
+    import psycopg
+
+    store = Store.open(pg_db)
+    try:
+        with store.writer_lock():
+            pid = store._lock_pid
+            assert pid is not None
+            with psycopg.connect(libpq_url(pg_db), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(LibraryError, match="lost the writer lock"):
+                store.root_for(tmp_path / "photos")
+        assert store.find_root(tmp_path / "photos")[0] is None  # rolled back
+        with store.writer_lock():  # the lock is free again
+            assert store.root_for(tmp_path / "photos")[0] >= 1
+    finally:
+        store.close()
