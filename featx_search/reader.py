@@ -278,6 +278,11 @@ class Reader:
             if server:
                 raise unreachable(self.location, err) from None
             raise self._not_a_library(err) from err
+        if server:
+            # One snapshot for every statement of the block, as SQLite's BEGIN gives (the
+            # default READ COMMITTED takes one per statement); a read-only transaction at
+            # this level never fails for a concurrent writer.
+            conn.execution_options(isolation_level="REPEATABLE READ")
         try:
             with conn, conn.begin():
                 yield CoreReads(conn)
