@@ -93,12 +93,13 @@ def test_wrong_credentials_are_one_line(pg_db: str) -> None:
     assert "cannot connect" in line and "***" in line
 
 
-def test_upgrade_and_current_on_a_server(pg_db: str) -> None:
+def test_upgrade_and_current_on_a_server(pg_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     before = _cli("--db", pg_db, "db", "current")
     assert before.returncode == 0 and "(empty)" in before.stdout, before.stderr
     assert _cli("--db", pg_db, "db", "upgrade").returncode == 0
-    after = _cli("--db", pg_db, "db", "current")
-    assert "up to date" in after.stdout and "***" in after.stdout
+    monkeypatch.setenv("FEATX_DB", pg_db)  # $FEATX_DB names a server as --db does
+    after = _cli("db", "current")
+    assert "up to date" in after.stdout and "***" in after.stdout, after.stderr
 
 
 def test_a_newer_revision_on_a_server_is_one_line(pg_db: str) -> None:
