@@ -199,7 +199,7 @@ class Reader:
     @property
     def activity_file(self) -> Path:
         """Where a running index writes its progress (see :mod:`.activity`)."""
-        if self.location.path is not None and self.location.local_dir is None:
+        if self.location.path is not None:
             db = self.location.path
             return db.with_name(db.name + ".activity.json")
         return self.index_dir / "activity.json"
