@@ -162,6 +162,8 @@ def test_index_files_live_in_the_cache_keyed_by_the_database(
     result = _cli("--db", pg_db, "--index-dir", str(elsewhere), "similar", str(query), "-k", "1")
     assert result.returncode == 0 and str(query) in result.stdout, result.stderr
     assert "warning" not in result.stderr
+    check = _cli("--db", pg_db, "--index-dir", str(elsewhere), "db", "check")
+    assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr
 
 
 def test_both_back_ends_answer_alike(pg_db: str, tmp_path: Path, photos: Path) -> None:
