@@ -119,9 +119,12 @@ class Library:
 
     @property
     def path(self) -> Path:
-        """The database file of a SQLite library; raises :class:`LibraryError` for a server
-        library (see :attr:`location`)."""
-        return self._stores.path
+        """The database file of a SQLite library. A server library has no file (see
+        :attr:`location`): its path is ``library`` in this machine's folder for it (where its
+        index files are), so that files kept beside a database (thumbnails) land there."""
+        if self.location.path is not None:
+            return self.location.path
+        return self._store.index_dir / "library"
 
     @property
     def location(self) -> Location:

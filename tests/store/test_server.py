@@ -151,6 +151,7 @@ def test_index_files_live_in_the_cache_keyed_by_the_database(
         lib.index([photos], TINY)
         folder = lib._store.index_dir
         identity = lib.location.identity()
+        assert lib.path == folder / "library"  # what files kept beside a database are named by
         files = [p.name for p in folder.iterdir()]
     cache = Path(os.environ["XDG_CACHE_HOME"]) / "featx-search" / "libraries"
     assert folder.parent == cache and folder.name.startswith(identity + "-")
