@@ -1,10 +1,11 @@
 """What a library's indexer is doing, for other processes to see (``info``, the web app).
 
 While :meth:`Space.sync` runs it keeps a small JSON file beside the database
-(``DB.activity.json``): its process id, the phase, how many images of how many are done, when
-it started and when it last wrote. The file is replaced atomically on every update and removed
-when the run ends; one left by a process that died is ignored (its process is gone, or it has
-not been written for :data:`STALE_SECONDS`).
+(``DB.activity.json``; for a server library, ``activity.json`` in this machine's index
+folder, so only processes on the same machine see it): its process id, the phase, how many
+images of how many are done, when it started and when it last wrote. The file is replaced
+atomically on every update and removed when the run ends; one left by a process that died is
+ignored (its process is gone, or it has not been written for :data:`STALE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ def activity_path(db: Path) -> Path:
     return db.with_name(db.name + ".activity.json")
 
 
+def _file(db: Path | None, file: Path | None) -> Path:
+    if file is not None:
+        return file
+    if db is None:
+        raise TypeError("give the library's database file or its activity file")
+    return activity_path(db)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -59,10 +68,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def current_activity(db: Path) -> Activity | None:
-    """The index run going on in ``db`` now, or None (no run, or one that died)."""
+def current_activity(db: Path | None = None, *, file: Path | None = None) -> Activity | None:
+    """The index run going on in the SQLite library ``db`` now (or whose activity file is
+    ``file``), or None (no run, or one that died)."""
     try:
-        data = json.loads(activity_path(db).read_text())
+        data = json.loads(_file(db, file).read_text())
         activity = Activity(
             pid=int(data["pid"]),
             phase=str(data["phase"]),
@@ -85,8 +95,8 @@ class ActivityFile:
     the end). Writing is best effort: a folder that cannot take the file only loses the
     progress shown elsewhere."""
 
-    def __init__(self, db: Path) -> None:
-        self.path = activity_path(db)
+    def __init__(self, db: Path | None = None, *, file: Path | None = None) -> None:
+        self.path = _file(db, file)
         self.started = time.time()
         self._last = 0.0
         self._state: dict[str, Any] = {"phase": "scanning", "done": 0, "total": 0, "failed": 0}
@@ -125,6 +135,7 @@ class ActivityFile:
         data = {**self._state, "pid": os.getpid(), "started": self.started, "updated": now}
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(data))
             os.replace(tmp, self.path)
         except OSError:

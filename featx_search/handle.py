@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .connect import Location
     from .reader import Reader
     from .store import Store
 
 
 class StoreHandle:
-    """The library's database, shared by the library and its spaces: a plain-sqlite
-    :class:`Reader` until the first write, then the :class:`Store` (which imports SQLAlchemy)."""
+    """The library's database, shared by the library and its spaces: a :class:`Reader` (plain
+    sqlite3 for a SQLite file) until the first write, then the :class:`Store` (which imports
+    SQLAlchemy)."""
 
     def __init__(self, store: Reader) -> None:
         self._store = store
@@ -28,6 +30,10 @@ class StoreHandle:
     def path(self) -> Path:
         return self._store.path
 
+    @property
+    def location(self) -> Location:
+        return self._store.location
+
     def writer(self) -> Store:
         """The store, for writing; raises :class:`ReadOnlyError` on a read-only library."""
         from .store import Store
@@ -36,7 +42,7 @@ class StoreHandle:
         with self._lock:
             if not isinstance(self._store, Store):
                 reader = self._store
-                self._store = Store.open(reader.path, create=False)
+                self._store = Store.open(reader.location, create=False)
                 reader.close()
             return self._store
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .compute import Compute
 from .config import ExtractorSpec
+from .connect import Location
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup
 from .errors import ConfigError, ImageError, SpaceError
 from .handle import StoreHandle
@@ -36,12 +37,21 @@ its fingerprint (a str)."""
 
 
 def default_db_path() -> Path:
-    """``$FEATX_DB`` when set, else ``library.db`` in the per-user data directory."""
+    """``$FEATX_DB`` when set, else ``library.db`` in the per-user data directory (see
+    :func:`default_location` for a ``$FEATX_DB`` that is a database URL)."""
     if os.environ.get(ENV_DB):
         return Path(os.environ[ENV_DB]).expanduser()
     from platformdirs import user_data_path
 
     return user_data_path("featx-search") / "library.db"
+
+
+def default_location() -> Location:
+    """Where the default library is: ``$FEATX_DB`` (a file path or a database URL) when set,
+    else ``library.db`` in the per-user data directory."""
+    if os.environ.get(ENV_DB):
+        return Location.parse(os.environ[ENV_DB])
+    return Location.parse(default_db_path())
 
 
 def parse_selector(text: str | None) -> SpaceSelector | None:
@@ -53,7 +63,8 @@ def parse_selector(text: str | None) -> SpaceSelector | None:
 
 
 class Library:
-    """A photo library: a SQLite database plus FAISS index files beside it.
+    """A photo library: a database (a SQLite file, or PostgreSQL) plus FAISS index files
+    (beside the file, or in this machine's cache for a server library).
 
     Use as a context manager::
 
@@ -75,32 +86,50 @@ class Library:
     @classmethod
     def open(
         cls,
-        db: str | os.PathLike[str] | None = None,
+        db: str | os.PathLike[str] | Location | None = None,
         *,
         create: bool = True,
         read_only: bool = False,
+        index_dir: str | os.PathLike[str] | None = None,
     ) -> Library:
-        """Open the library at ``db`` (default: :func:`default_db_path`) and migrate it to the
-        current schema. A missing library is created, or with ``create=False`` refused.
+        """Open the library at ``db`` (default: :func:`default_location`) and migrate it to
+        the current schema. ``db`` is a SQLite file's path or a database server's URL
+        (``postgresql+psycopg://user:password@host:5432/photos``, see :class:`Location`). A
+        missing library is created (a server's database must exist: its tables are made), or
+        with ``create=False`` refused.
+
+        Index files live beside a SQLite file and, for a server library, in this machine's
+        cache folder (keyed by the database); ``index_dir`` puts them elsewhere.
 
         A library on storage this process may not write (a read-only folder or mount, a file
         without write permission), or any library with ``read_only``, is opened read-only:
         queries work, and anything that would write raises :class:`ReadOnlyError`.
         Raises :class:`LibraryError`."""
-        path = Path(db if db is not None else default_db_path()).expanduser()
+        location = Location.parse(db) if db is not None else default_location()
+        if index_dir is not None:
+            location = location.with_local_dir(Path(index_dir))
         from .reader import Reader
 
-        reader = Reader.open(path, read_only=read_only)  # at the newest schema: no Alembic
+        reader = Reader.open(location, read_only=read_only)  # at the newest schema: no Alembic
         if reader is not None:
             return cls(reader)
         from .store import Store
 
-        return cls(Store.open(path, create=create))
+        return cls(Store.open(location, create=create))
 
     @property
     def path(self) -> Path:
-        """The database file."""
-        return self._stores.path
+        """The database file of a SQLite library. A server library has no file (see
+        :attr:`location`): its path is ``library`` in this machine's folder for it (where its
+        index files are), so that files kept beside a database (thumbnails) land there."""
+        if self.location.path is not None:
+            return self.location.path
+        return self._store.index_dir / "library"
+
+    @property
+    def location(self) -> Location:
+        """Where the library's database is: a file or a server (``str()`` masks a password)."""
+        return self._stores.location
 
     @property
     def _store(self) -> Reader:
@@ -140,7 +169,7 @@ class Library:
         records = self._store.spaces(counts=False)
         if not records:
             raise SpaceError(
-                f"library {self.path} has no images yet",
+                f"library {self.location} has no images yet",
                 hint="index a folder first: featx-search index PATH",
             )
         if selector is None:
@@ -380,11 +409,11 @@ class Library:
 
         spaces: list[SpaceInfo] = [space.info() for space in self.spaces()]
         return LibraryInfo(
-            path=str(self.path),
+            path=str(self.location),
             revision=self._store.current_revision(),
             images=self._store.image_counts(),
             spaces=spaces,
-            indexing=current_activity(self.path),
+            indexing=current_activity(file=self._store.activity_file),
         )
 
     def check(self) -> CheckReport:

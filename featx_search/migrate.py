@@ -47,9 +47,10 @@ def alembic_head() -> str:
     return head
 
 
-def check_known_revision(db: Path, current: str | None) -> None:
-    """Raise :class:`LibraryVersionError` when ``current`` (the revision of ``db``) is one no
-    migration script knows: the library was written by a newer featx-search."""
+def check_known_revision(db: object, current: str | None) -> None:
+    """Raise :class:`LibraryVersionError` when ``current`` (the revision of ``db``, a path or
+    a :class:`~.connect.Location`, as shown) is one no migration script knows: the library was
+    written by a newer featx-search."""
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 

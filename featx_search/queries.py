@@ -2,7 +2,8 @@
 tables of :mod:`featx_search.schema`.
 
 Each statement is static: its inputs are named bind parameters, and a list of ids or hashes
-is one parameter holding a JSON array (read with ``json_each``), so that a statement compiles
+is one parameter holding a JSON array (read with ``json_each``, or PostgreSQL's
+``json_array_elements_text``), so that a statement compiles
 to one SQL text whatever the list's length. ``scripts/gen_sql.py`` compiles them for SQLite
 into :mod:`featx_search.sql_sqlite`, which :class:`~featx_search.reader.Reader` runs with the
 standard ``sqlite3`` module (a query never imports SQLAlchemy); a connection through an engine
@@ -15,17 +16,22 @@ from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
+    Boolean,
     ColumnElement,
     Exists,
     Select,
     String,
     bindparam,
+    cast,
     exists,
     func,
     select,
 )
 from sqlalchemy import column as _column
 from sqlalchemy import table as _table
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from .records import FAILED, INDEXED, Manifest
 from .schema import (
@@ -42,10 +48,41 @@ from .schema import (
 alembic_version = _table("alembic_version", _column("version_num"))
 
 
+class _Listed(ColumnElement[bool]):
+    """SQL: ``column`` is one of the values of the JSON array bound as ``name``.
+
+    SQLite reads the array with ``json_each``; PostgreSQL with ``json_array_elements_text``,
+    its text values cast to the column's type (compiled per dialect below)."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True  # a predicate itself: no "= 1" after it on SQLite
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy declares it so)
+        ("column", InternalTraversal.dp_clauseelement),
+        ("name", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: Any, name: str) -> None:
+        self.column = column
+        self.name = name
+
+
+@compiles(_Listed)
+def _listed_sqlite(element: _Listed, compiler: Any, **kw: Any) -> str:
+    values = func.json_each(bindparam(element.name, type_=String)).table_valued("value")
+    return str(compiler.process(element.column.in_(select(values.c.value)), **kw))
+
+
+@compiles(_Listed, "postgresql")
+def _listed_postgresql(element: _Listed, compiler: Any, **kw: Any) -> str:
+    array = cast(bindparam(element.name, type_=String), JSON)
+    values = func.json_array_elements_text(array).table_valued("value")
+    wanted = select(cast(values.c.value, element.column.type))
+    return str(compiler.process(element.column.in_(wanted), **kw))
+
+
 def _listed(column: Any, name: str) -> ColumnElement[bool]:
-    """SQL: ``column`` is one of the values of the JSON array bound as ``name``."""
-    values = func.json_each(bindparam(name, type_=String)).table_valued("value")
-    return column.in_(select(values.c.value))  # type: ignore[no-any-return]
+    return _Listed(column, name)
 
 
 def _has_vector(in_space: bool) -> Exists:

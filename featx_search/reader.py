@@ -16,19 +16,21 @@ until :meth:`Reader.close`.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 
 from .config import SpaceSpec
-from .connect import library_path, sqlite_uri, writable
+from .connect import ConnectionLost, Location, one_line, sqlite_uri, unreachable, writable
 from .errors import LibraryError, ReadOnlyError, SpaceError
 from .reads import CoreReads, Reads, SqliteReads, listed
 from .records import (
@@ -47,6 +49,27 @@ if TYPE_CHECKING:
 
     from .decisions import Decision
 
+log = logging.getLogger(__name__)
+
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def _retried(read: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``read`` run again once when the connection to a database server broke during it
+    (a server restart, a dropped connection); reads change nothing, so the retry is safe."""
+
+    @functools.wraps(read)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return read(*args, **kwargs)
+        except ConnectionLost as err:
+            log.warning("%s; trying once more", err.message)
+            return read(*args, **kwargs)
+
+    return run
+
 
 def _inside(path: str, folder: str) -> bool:
     """True when ``path`` lies strictly below ``folder`` (both absolute)."""
@@ -62,33 +85,54 @@ class Reader:
     """
 
     def __init__(
-        self, path: Path, *, read_only: bool = False, engine: Engine | None = None
+        self,
+        location: Location | Path,
+        *,
+        read_only: bool = False,
+        engine: Engine | None = None,
     ) -> None:
-        self.path = path
+        self.location = location if isinstance(location, Location) else Location(path=location)
         self.read_only = read_only
         self._engine = engine
         # What sqlite3 opens (SQLite's read-only modes included) when there is no engine.
-        self.uri = sqlite_uri(path, read_only=read_only)
+        self.uri = (
+            ""
+            if self.location.path is None
+            else sqlite_uri(self.location.path, read_only=read_only)
+        )
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._local_dir: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file; raises :class:`LibraryError` for a server library (see
+        :attr:`location`)."""
+        return self.location.file
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> Reader | None:
-        """A reader of the library at ``path`` when it exists at the newest schema revision,
-        else None (then :meth:`Store.open` creates, migrates or refuses it).
+    def open(
+        cls, path: str | os.PathLike[str] | Location, *, read_only: bool = False
+    ) -> Reader | None:
+        """A reader of the library at ``path`` (a file, or a server's URL: see
+        :class:`Location`) when it exists at the newest schema revision, else None (then
+        :meth:`Store.open` creates, migrates or refuses it).
 
         A library this process cannot write is opened read-only, as with ``read_only``; one
         that would need creating or migrating first raises :class:`ReadOnlyError` then.
         """
-        db = library_path(path)
+        location = Location.parse(path)
+        if location.path is None:
+            return cls._open_server(location, read_only=read_only)
+        db = location.path
         if not db.is_file():
             if read_only:
                 raise LibraryError(f"no library at {db}", hint="check the path of the library")
             return None
         if not read_only and not writable(db):
             read_only = True
-        reader = cls(db, read_only=read_only)
+        reader = cls(location, read_only=read_only)
         try:
             current = reader.current_revision() if read_only else reader._revision_or_none()
             if current == HEAD_REVISION:
@@ -101,17 +145,64 @@ class Reader:
             return None
         from .migrate import check_known_revision
 
-        check_known_revision(db, current)  # a newer featx-search's library: say so
+        check_known_revision(location, current)  # a newer featx-search's library: say so
         raise ReadOnlyError(
             f"library {db} is at schema revision {current} and needs migrating to "
             f"{HEAD_REVISION}, which writes to it, but it is read-only here",
             hint="open it once where it can be written, or use the featx-search that wrote it",
         )
 
+    @classmethod
+    def _open_server(cls, location: Location, *, read_only: bool) -> Reader | None:
+        """A reader of a server library at the newest revision through an engine (SQLAlchemy
+        Core), else None (``Store.open`` migrates or refuses it)."""
+        from .connect import server_engine
+
+        reader = cls(location, read_only=read_only, engine=server_engine(location.sqlalchemy_url()))
+        try:
+            current = reader.current_revision()
+        except BaseException:
+            reader.close()
+            raise
+        if current == HEAD_REVISION:
+            return reader
+        reader.close()
+        from .migrate import check_known_revision
+
+        check_known_revision(location, current)
+        if read_only:
+            raise ReadOnlyError(
+                f"library {location} is at schema revision {current} and needs migrating to "
+                f"{HEAD_REVISION}, but it was opened read-only",
+                hint="open it once for writing (featx-search db upgrade)",
+            )
+        return None
+
     @property
     def index_dir(self) -> Path:
-        """The folder beside the database that holds this library's index files."""
-        return self.path.with_name(self.path.name + ".indexes")
+        """The folder that holds this library's index files: beside a SQLite file, or for a
+        server library a folder of this machine's cache named after the database (see
+        :func:`~.connect.cache_dir`); ``location.local_dir`` when one was given."""
+        if self.location.local_dir is not None:
+            return self.location.local_dir
+        if self.location.path is not None:
+            return self.location.path.with_name(self.location.path.name + ".indexes")
+        if self._local_dir is None:
+            from .connect import cache_dir
+
+            with self._read() as reads:
+                oid = reads.database_oid()
+            name = f"{self.location.identity()}-{oid}".replace(os.sep, "_")
+            self._local_dir = cache_dir() / "libraries" / name
+        return self._local_dir
+
+    @property
+    def activity_file(self) -> Path:
+        """Where a running index writes its progress (see :mod:`.activity`)."""
+        if self.location.path is not None:
+            db = self.location.path
+            return db.with_name(db.name + ".activity.json")
+        return self.index_dir / "activity.json"
 
     def close(self) -> None:
         with self._lock:
@@ -126,9 +217,14 @@ class Reader:
         """Raise :class:`ReadOnlyError` when the library is read-only (see ``read_only``)."""
         if not self.read_only:
             return
-        why = "it was opened read-only" if writable(self.path) else "this process may not write it"
+        path = self.location.path
+        why = (
+            "it was opened read-only"
+            if path is None or writable(path)
+            else "this process may not write it"
+        )
         raise ReadOnlyError(
-            f"library {self.path} is read-only: {why}; nothing was changed",
+            f"library {self.location} is read-only: {why}; nothing was changed",
             hint="searches work as they are; to index, copy the library (the .db file and "
             "its .indexes folder) somewhere writable, or give write access to it and its folder",
         )
@@ -164,28 +260,55 @@ class Reader:
                 raise
             conn.execute("COMMIT")
         except sqlite3.OperationalError as err:
-            raise LibraryError(f"cannot read library {self.path}: {err}") from err
+            raise LibraryError(f"cannot read library {self.location}: {err}") from err
         except sqlite3.DatabaseError as err:  # e.g. "file is not a database"
             raise LibraryError(
-                f"{self.path} is not a featx-search library: {err}",
+                f"{self.location} is not a featx-search library: {err}",
                 hint="point db at a library file or a new path",
             ) from err
 
     @contextmanager
     def _core_read(self, engine: Engine) -> Iterator[Reads]:
-        from sqlalchemy.exc import DBAPIError, OperationalError
+        from sqlalchemy.exc import DBAPIError
 
+        server = self.location.path is None
         try:
-            with engine.connect() as conn, conn.begin():
+            conn = engine.connect()
+        except DBAPIError as err:
+            if server:
+                raise unreachable(self.location, err) from None
+            raise self._not_a_library(err) from err
+        if server:
+            # One snapshot for every statement of the block, as SQLite's BEGIN gives (the
+            # default READ COMMITTED takes one per statement); a read-only transaction at
+            # this level never fails for a concurrent writer.
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        try:
+            with conn, conn.begin():
                 yield CoreReads(conn)
-        except OperationalError as err:
-            raise LibraryError(f"cannot read library {self.path}: {err.orig}") from err
-        except DBAPIError as err:  # e.g. "file is not a database"
-            raise LibraryError(
-                f"{self.path} is not a featx-search library: {err.orig}",
-                hint="point db at a library file or a new path",
-            ) from err
+        except DBAPIError as err:
+            if err.connection_invalidated:
+                raise ConnectionLost(
+                    f"lost the connection to library {self.location}: {one_line(err.orig)}",
+                    hint="check that the database server is running and reachable",
+                ) from None
+            if server:
+                raise LibraryError(
+                    f"cannot read library {self.location}: {one_line(err.orig)}"
+                ) from err
+            raise self._not_a_library(err) from err
 
+    def _not_a_library(self, err: Any) -> LibraryError:
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(err, OperationalError):
+            return LibraryError(f"cannot read library {self.location}: {err.orig}")
+        return LibraryError(
+            f"{self.location} is not a featx-search library: {err.orig}",
+            hint="point db at a library file or a new path",
+        )
+
+    @_retried
     def current_revision(self) -> str | None:
         """The schema revision the database is at; None for a new, empty database. Raises
         :class:`LibraryError` for a file that is not a library or cannot be read."""
@@ -203,6 +326,7 @@ class Reader:
 
     # -- spaces -------------------------------------------------------------------------
 
+    @_retried
     def spaces(self, *, counts: bool = True) -> list[SpaceRecord]:
         """Every space, oldest first; without ``counts`` each record's ``count`` is -1 (not
         counting vectors saves a scan of them, which queries do not need)."""
@@ -228,12 +352,14 @@ class Reader:
                 return record
         raise SpaceError(f"no space with id {space_id}")
 
+    @_retried
     def transform(self, space_id: int) -> bytes | None:
         """The learned vector transform stored with a space (see whiten.py), or None."""
         with self._read() as reads:
             data = reads.scalar("transform", space_id=space_id)
         return None if data is None else bytes(data)
 
+    @_retried
     def index_settings(self, space_id: int) -> IndexSettings:
         with self._read() as reads:
             row = reads.first("index_settings", space_id=space_id)
@@ -247,6 +373,7 @@ class Reader:
             params={k: int(v) for k, v in own.get("params", {}).items()},
         )
 
+    @_retried
     def manifest(self, space_id: int) -> Manifest | None:
         with self._read() as reads:
             row = reads.first("manifest", space_id=space_id)
@@ -258,12 +385,14 @@ class Reader:
     def _roots(self, reads: Reads) -> list[tuple[int, str]]:
         return [(int(root_id), path) for root_id, path in reads.rows("roots")]
 
+    @_retried
     def roots_below(self, folder: Path) -> list[tuple[int, Path]]:
         """The roots strictly below ``folder`` (absolute, resolved): a sync of ``folder``
         takes them in (see :meth:`Store.root_for`)."""
         with self._read() as reads:
             return [(i, Path(root)) for i, root in self._roots(reads) if _inside(root, str(folder))]
 
+    @_retried
     def find_root(self, folder: Path) -> tuple[int | None, Path]:
         """The id and path of the root that holds ``folder`` (absolute, resolved), or
         (None, ``folder``) when none does. :meth:`Store.root_for` also creates it."""
@@ -274,6 +403,7 @@ class Reader:
                     return root_id, Path(root)
         return None, folder
 
+    @_retried
     def image_id(self, path: Path) -> int | None:
         """The id of the stored image at ``path`` (absolute, resolved), or None."""
         with self._read() as reads:
@@ -285,6 +415,7 @@ class Reader:
                         return int(found)
         return None
 
+    @_retried
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         """Absolute paths of images by id."""
         with self._read() as reads:
@@ -310,6 +441,7 @@ class Reader:
             "image_facts_page", {"space_id": space_id, "offset": offset, "limit": limit}
         )
 
+    @_retried
     def _facts(self, name: str, params: dict[str, Any]) -> list[ImageFacts]:
         with self._read() as reads:
             return [
@@ -328,16 +460,19 @@ class Reader:
                 )
             ]
 
+    @_retried
     def image_counts(self) -> dict[str, int]:
         with self._read() as reads:
             return {status: int(n) for status, n in reads.rows("image_counts")}
 
+    @_retried
     def failures(self) -> list[tuple[str, str]]:
         """(absolute path, error) of every failed file."""
         with self._read() as reads:
             rows = reads.rows("failures")
             return [(os.path.join(root, rel), error or "") for root, rel, error in rows]
 
+    @_retried
     def known_files(self, root_id: int, prefix: str, space_id: int) -> dict[str, KnownFile]:
         """Files stored under ``prefix`` of a root, keyed by path relative to the root."""
         # Paths are stored as bytes (see schema.FsPath), so the prefix is matched here.
@@ -350,11 +485,13 @@ class Reader:
                 if rel.startswith(under)
             }
 
+    @_retried
     def stored_sizes(self) -> set[int]:
         """The byte sizes of all stored images (to find files worth hashing for moves)."""
         with self._read() as reads:
             return {int(size) for (size,) in reads.rows("stored_sizes")}
 
+    @_retried
     def copies(self, hashes: Iterable[str], space_id: int) -> dict[str, list[StoredCopy]]:
         """Stored images whose content hash is in ``hashes``, grouped by hash."""
         found: dict[str, list[StoredCopy]] = {}
@@ -366,6 +503,7 @@ class Reader:
                 )
         return found  # each group ordered by id, as the statement reads them
 
+    @_retried
     def integrity_problems(self) -> list[str]:
         """What SQLite's integrity and foreign-key checks, and the image states, find wrong."""
         problems: list[str] = []
@@ -386,6 +524,7 @@ class Reader:
 
     # -- vectors ------------------------------------------------------------------------
 
+    @_retried
     def vectors(
         self, space_id: int, ids: Sequence[int] | None = None
     ) -> tuple[int, np.ndarray, np.ndarray]:
@@ -415,12 +554,14 @@ class Reader:
                 n += 1
         return int(generation), out_ids[:n], matrix[:n]  # shorter when some ids had no vector
 
+    @_retried
     def vector_ids(self, space_id: int) -> np.ndarray:
         """The image ids that have a vector in a space: int64 (N,), ascending (no blobs read)."""
         with self._read() as reads:
             rows = reads.rows("vector_ids", space_id=space_id)
             return np.fromiter((image_id for (image_id,) in rows), dtype=np.int64)
 
+    @_retried
     def decisions(self) -> list[Decision]:
         """Every decision on duplicate groups, oldest first, with its images by id."""
         from .decisions import DecidedImage, Decision

@@ -73,6 +73,11 @@ class Reads:
         """The rows of SQLite's ``PRAGMA name`` (integrity checks)."""
         raise NotImplementedError
 
+    def database_oid(self) -> int:
+        """A server database's own id (it changes when the database is dropped and made
+        again, so that a machine's cached index files are not mistaken for its)."""
+        raise NotImplementedError
+
 
 class SqliteReads(Reads):
     """The reads as SQLite text (sql_sqlite.py) on a ``sqlite3`` connection."""
@@ -141,4 +146,13 @@ class CoreReads(Reads):
         return inspect(self._conn).has_table("alembic_version")
 
     def pragma(self, name: str) -> list[Row]:
+        if self._conn.dialect.name != "sqlite":
+            # A server checks its own storage; foreign keys are enforced as rows are written.
+            return [("ok",)] if name == "integrity_check" else []
         return list(self._conn.exec_driver_sql(f"PRAGMA {name}"))
+
+    def database_oid(self) -> int:
+        found = self._conn.exec_driver_sql(
+            "SELECT oid FROM pg_database WHERE datname = current_database()"
+        )
+        return int(found.scalar_one())

@@ -423,7 +423,7 @@ class Space:
         from .ingest import run_sync
 
         store = self._stores.writer()
-        with store.writer_lock(), ActivityFile(store.path) as activity:
+        with store.writer_lock(), ActivityFile(file=store.activity_file) as activity:
             report, index = run_sync(
                 self,
                 store,

@@ -1,6 +1,7 @@
 """The library database, write side: opening, creating and migrating it, and every write.
 
-SQLite (WAL mode) is the source of truth for metadata and vectors. :class:`Store` adds
+The database (SQLite in WAL mode, or PostgreSQL) is the source of truth for metadata and
+vectors. :class:`Store` adds
 writes (SQLAlchemy Core on the tables of :mod:`featx_search.schema`) and migrations
 (Alembic) to the reads of :class:`~.reader.Reader`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -26,12 +28,21 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError
 
 from .config import SpaceSpec
-from .connect import database_url, library_path, make_engine, writable
+from .connect import (
+    Location,
+    database_url,
+    make_engine,
+    one_line,
+    server_engine,
+    unreachable,
+    writable,
+)
 from .errors import ImageError, LibraryError, ReadOnlyError, SpaceError
 from .migrate import alembic_config, alembic_head, check_known_revision
 from .reader import Reader, _inside
@@ -62,6 +73,10 @@ log = logging.getLogger(__name__)
 
 # How long a second indexer waits for the first before giving up.
 WRITER_WAIT_SECONDS = 10.0
+
+# The key of a server library's writer lock (pg_advisory_lock): advisory locks belong to one
+# database, so one key per database is the library's ("featx-w" in ASCII).
+WRITER_LOCK_KEY = 0x66656174782D77
 
 # FULL: a committed batch survives a power cut too (one fsync per batch, small next to the
 # model's time); NORMAL could lose the last commits, never corrupt.
@@ -99,22 +114,54 @@ class Store(Reader):
     :meth:`open`; close with :meth:`close`. Its reads run the Core statements of
     :mod:`.queries` on its engine, as a second database back end would."""
 
-    def __init__(self, path: Path, *, engine: Engine) -> None:
-        super().__init__(path, engine=engine)
+    def __init__(self, location: Location | Path, *, engine: Engine) -> None:
+        super().__init__(location, engine=engine)
         self.engine = engine
+        # The server session that holds the writer lock, while this store holds it.
+        self._lock_pid: int | None = None
 
     @classmethod
     def open(  # type: ignore[override]
-        cls, path: str | os.PathLike[str], *, migrate: bool = True, create: bool = True
+        cls,
+        path: str | os.PathLike[str] | Location,
+        *,
+        migrate: bool = True,
+        create: bool = True,
     ) -> Store:
-        """Open the database at ``path`` for writing, creating it when missing if ``create``.
+        """Open the database at ``path`` (a file, or a server's URL: see :class:`Location`)
+        for writing, creating a missing SQLite file if ``create`` (a server's database must
+        exist; its tables are created here).
 
         With ``migrate`` the schema is brought to the newest revision. A database whose
         revision this version does not know raises :class:`LibraryVersionError`; one this
         process may not write raises :class:`ReadOnlyError` (open it with
-        :meth:`Reader.open` to query it).
+        :meth:`Reader.open` to query it); a server that cannot be reached raises
+        :class:`LibraryError` (password masked).
         """
-        db = library_path(path)
+        location = Location.parse(path)
+        if location.path is None:
+            engine = server_engine(location.sqlalchemy_url())
+        else:
+            engine = cls._sqlite_engine(location.path, create=create)
+        store = cls(location, engine=engine)
+        try:
+            current = store.current_revision()
+            if current != HEAD_REVISION:  # skips Alembic when up to date
+                check_known_revision(location, current)
+                if migrate:
+                    store.upgrade()
+        except DBAPIError as err:
+            store.close()
+            if location.path is None:
+                raise unreachable(location, err) from None
+            raise LibraryError(f"cannot open library {location}: {err.orig}") from err
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @staticmethod
+    def _sqlite_engine(db: Path, *, create: bool) -> Engine:
         if db.is_dir():
             raise LibraryError(
                 f"library path {db} is a folder", hint="give a database file, e.g. photos.db"
@@ -135,28 +182,22 @@ class Store(Reader):
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise LibraryError(f"cannot create folder for library {db}: {err}") from err
-        store = cls(db, engine=make_engine(database_url(db), pragmas=_WRITE_PRAGMAS))
-        try:
-            current = store.current_revision()
-            if current != HEAD_REVISION:  # skips Alembic when up to date
-                check_known_revision(db, current)
-                if migrate:
-                    store.upgrade()
-        except DBAPIError as err:
-            store.close()
-            raise LibraryError(f"cannot open library {db}: {err.orig}") from err
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return make_engine(database_url(db), pragmas=_WRITE_PRAGMAS)
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """Hold the library's writer lock (``DB.lock``): one indexer at a time.
+        """Hold the library's writer lock: one indexer at a time. On SQLite a lock file
+        (``DB.lock``); on a server an advisory lock of the database (``pg_advisory_lock``),
+        held by one connection for the whole block.
 
         Waits up to :data:`WRITER_WAIT_SECONDS`, then raises :class:`LibraryError`. Readers
-        never take it. The lock is released by the OS if the process dies.
+        never take it. The lock is released if the process dies (the OS drops the file lock;
+        the server ends the session of a lost connection).
         """
+        if self.location.path is None:
+            with self._advisory_lock():
+                yield
+            return
         from filelock import FileLock, Timeout
 
         lock = FileLock(self.path.with_name(self.path.name + ".lock"))
@@ -173,10 +214,77 @@ class Store(Reader):
             lock.release()
 
     @contextmanager
+    def _advisory_lock(self) -> Iterator[None]:
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as err:
+            raise unreachable(self.location, err) from None
+        with conn:
+            deadline = time.monotonic() + WRITER_WAIT_SECONDS
+            while not conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": WRITER_LOCK_KEY}
+            ).scalar_one():
+                conn.commit()  # end the transaction the probe began
+                if time.monotonic() >= deadline:
+                    raise LibraryError(
+                        f"another indexer is running on {self.location}",
+                        hint="wait for it to finish, then run this again; searches work meanwhile",
+                    )
+                time.sleep(0.2)
+            self._lock_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            conn.commit()
+            try:
+                yield
+            finally:
+                self._lock_pid = None
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": WRITER_LOCK_KEY})
+                    conn.commit()
+                except DBAPIError:  # a lost connection has released it already
+                    conn.invalidate()
+
+    def _check_lock(self, conn: Connection, pid: int) -> None:
+        """Refuse to commit when the session holding the writer lock is gone (its connection
+        dropped): another writer may hold the lock now."""
+        held = conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = :pid AND objsubid = 1"
+                " AND ((classid::bigint << 32) | objid::bigint) = :key)"
+            ),
+            {"pid": pid, "key": WRITER_LOCK_KEY},
+        ).scalar_one()
+        if not held:
+            raise LibraryError(
+                f"lost the writer lock of library {self.location} (its connection dropped); "
+                "nothing of the change in flight was written",
+                hint="run it again once the database server is reachable; the run resumes",
+            )
+
+    @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection whose work is committed at the end of the block, or rolled back."""
-        with self.engine.begin() as conn:
-            yield conn
+        """A connection whose work is committed at the end of the block, or rolled back.
+        Raises :class:`LibraryError` when a server cannot be reached or the connection to it
+        broke (nothing of the block was written)."""
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as err:
+            if self.location.path is None:
+                raise unreachable(self.location, err) from None
+            raise
+        try:
+            with conn, conn.begin():
+                yield conn
+                if self._lock_pid is not None:
+                    self._check_lock(conn, self._lock_pid)
+        except DBAPIError as err:
+            if not err.connection_invalidated:
+                raise
+            raise LibraryError(
+                f"lost the connection to library {self.location}: {one_line(err.orig)}",
+                hint="nothing of the change in flight was written; run it again once the "
+                "database server is back (an index run resumes where it stopped)",
+            ) from None
 
     # -- migrations ---------------------------------------------------------------------
 
@@ -200,7 +308,7 @@ class Store(Reader):
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-        log.info("library %s migrated to %s", self.path, HEAD_REVISION)
+        log.info("library %s migrated to %s", self.location, HEAD_REVISION)
 
     # -- spaces -------------------------------------------------------------------------
 

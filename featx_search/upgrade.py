@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .library import Library, default_db_path
+from .connect import Location
+from .library import Library, default_location
 
 
 @dataclass(frozen=True)
@@ -21,26 +22,28 @@ class SchemaStatus:
         return self.current == self.head
 
 
-def schema_status(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
-    """The schema revision of ``db`` without migrating it. Raises :class:`LibraryError`."""
-    from .connect import library_path, writable
+def schema_status(db: str | os.PathLike[str] | Location | None = None) -> SchemaStatus:
+    """The schema revision of ``db`` (a file or a server's URL) without migrating it. Raises
+    :class:`LibraryError`."""
+    from .connect import writable
     from .reader import Reader
     from .sql_sqlite import HEAD_REVISION
 
-    path = library_path(db if db is not None else default_db_path())
-    if path.is_file() and not writable(path):  # read-only storage: read the revision only
-        reader: Reader = Reader(path, read_only=True)
+    location = Location.parse(db) if db is not None else default_location()
+    path = location.path
+    if path is not None and path.is_file() and not writable(path):
+        reader: Reader = Reader(location, read_only=True)  # read-only storage: read only
     else:
         from .store import Store
 
-        reader = Store.open(path, migrate=False, create=False)
+        reader = Store.open(location, migrate=False, create=False)
     try:
-        return SchemaStatus(str(reader.path), reader.current_revision(), HEAD_REVISION)
+        return SchemaStatus(str(reader.location), reader.current_revision(), HEAD_REVISION)
     finally:
         reader.close()
 
 
-def upgrade_schema(db: str | os.PathLike[str] | None = None) -> SchemaStatus:
+def upgrade_schema(db: str | os.PathLike[str] | Location | None = None) -> SchemaStatus:
     """Migrate ``db`` to the newest schema revision; returns the status afterwards."""
     with Library.open(db, create=False) as lib:
-        return schema_status(lib.path)
+        return schema_status(lib.location)

@@ -8,8 +8,10 @@ index holds exactly the stored ids, no stored file that is still there unchanged
 path stored twice. A last run without a kill must then give the same library as a clean run
 over the final folder: the same files in the same states with the same vectors.
 
-Usage: .venv/bin/python scripts/crash_test.py PHOTOS [--rounds 20] [--seed 0]
+Usage: .venv/bin/python scripts/crash_test.py PHOTOS [--rounds 20] [--seed 0] [--db URL]
            [-- extra index options, e.g. -m tests.models:tiny_cnn -w none --batch-size 2]
+With ``--db`` the library crashed is that one (e.g. an empty PostgreSQL database); the clean
+reference run is always a SQLite file.
 Exits 1 on the first broken invariant. Run it from the checkout root.
 """
 
@@ -32,14 +34,33 @@ import numpy as np
 from featx_search import Library
 
 
-def _indexer(db: Path, photos: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+def _server(db: str) -> bool:
+    return "://" in db
+
+
+def _exists(db: str) -> bool:
+    return _server(db) or Path(db).exists()
+
+
+def _indexer(db: str, photos: Path, extra: list[str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(photos), "-q"]
     return subprocess.Popen(cmd + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _generation(db: Path) -> int:
+def _generation(db: str) -> int:
     """How many batches the library has committed, read without Alembic or locks (the
     indexer keeps writing): every committed batch bumps its space's generation."""
+    if _server(db):
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        libpq = make_url(db).set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with psycopg.connect(libpq) as con:
+                found = con.execute("SELECT coalesce(max(generation), 0) FROM spaces").fetchone()
+                return int(found[0]) if found else 0
+        except psycopg.Error:
+            return 0  # not migrated yet
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
             return int(con.execute("SELECT coalesce(max(generation), 0) FROM spaces").fetchone()[0])
@@ -47,7 +68,7 @@ def _generation(db: Path) -> int:
         return 0  # not created or not migrated yet
 
 
-def _snapshot(db: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+def _snapshot(db: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     """(path -> state, path -> vector) of the library's only space (empty before it exists)."""
     with Library.open(db, create=False) as lib:
         spaces = lib.spaces()
@@ -100,20 +121,18 @@ def _mutate(folder: Path, rng: random.Random, round_: int) -> set[Path]:
     return {edited, renamed, deleted}
 
 
-def _stored_paths(db: Path) -> set[str]:
+def _stored_paths(db: str) -> set[str]:
     return set(_snapshot(db)[1])
 
 
-def _check(db: Path) -> int:
+def _check(db: str) -> int:
     """Reopen the library, check its invariants, return how many images it holds."""
     with Library.open(db, create=False) as lib:
         report = lib.check()
         if not report.ok:
             raise SystemExit(f"FAIL: {report.problems}")
-        with sqlite3.connect(db) as con:
-            rows, distinct = con.execute(
-                "SELECT count(*), count(DISTINCT root_id || '/' || hex(relpath)) FROM images"
-            ).fetchone()
+        paths = [facts.path for facts in lib._store.image_facts(None)]
+        rows, distinct = len(paths), len(set(paths))
         if rows != distinct:
             raise SystemExit(f"FAIL: {rows - distinct} paths stored twice")
         return int(rows)
@@ -125,6 +144,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="kills before the final run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the scratch files here (a new folder)")
+    parser.add_argument("--db", help="the library to crash (default: a file in the workdir)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -132,12 +152,12 @@ def main() -> None:
     rng = random.Random(args.seed)
     with contextlib.ExitStack() as stack:
         tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
-        photos, db = Path(tmp) / "photos", Path(tmp) / "crashed.db"
+        photos, db = Path(tmp) / "photos", args.db or str(Path(tmp) / "crashed.db")
         shutil.copytree(args.photos, photos, symlinks=True)
         full = 5.0  # seconds a run may last; updated from each round
         kills = 0
         for round_ in range(args.rounds):
-            before = _stored_paths(db) if db.exists() else set()
+            before = _stored_paths(db) if _exists(db) else set()
             changed = _mutate(photos, rng, round_)
             total = sum(1 for p in photos.rglob("*") if p.is_file())
             started = time.perf_counter()
@@ -163,12 +183,12 @@ def main() -> None:
             # further than start-up.
             full = max(full, time.perf_counter() - started)
             proc.wait()
-            held = _check(db) if db.exists() else 0
+            held = _check(db) if _exists(db) else 0
             # (a file renamed in an earlier round may still be stored under its old path
             # until a run gets to record the move: only files still on disk count; a kill
             # during start-up may come before the library file exists)
             kept = {p for p in before if Path(p) not in changed and Path(p).exists()}
-            lost = kept - (_stored_paths(db) if db.exists() else set())
+            lost = kept - (_stored_paths(db) if _exists(db) else set())
             if lost:
                 raise SystemExit(f"FAIL: round {round_}: stored files lost: {sorted(lost)[:5]}")
             done = _generation(db) - start
@@ -179,7 +199,7 @@ def main() -> None:
         if final.wait() != 0:
             raise SystemExit(f"FAIL: final run: {final.stderr.read().decode()}")  # type: ignore[union-attr]
         _check(db)
-        reference = Path(tmp) / "reference.db"
+        reference = str(Path(tmp) / "reference.db")
         if _indexer(reference, photos, args.extra).wait() != 0:
             raise SystemExit("FAIL: the clean reference run failed")
         expected_states, expected_vectors = _snapshot(reference)

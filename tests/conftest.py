@@ -1,14 +1,17 @@
-"""Shared fixtures: synthetic photo folders, temporary libraries, an indexed library."""
+"""Shared fixtures: synthetic photo folders, temporary libraries (SQLite files, and fresh
+PostgreSQL databases), an indexed library."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from featx_search import Library
-from tests.support import TINY_ARGS, make_photo, run_cli
+from tests.support import PG_URL_ENV, TINY_ARGS, libpq_url, make_photo, pg_database, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +48,55 @@ def indexed(db: Path, photos: Path) -> Path:
     """The library file of :func:`photos` indexed with the tiny model through the CLI."""
     run_cli("--db", db, "index", photos, *TINY_ARGS, "-q")
     return db
+
+
+# -- PostgreSQL: the server named by $FEATX_TEST_PG_URL, one fresh database per test --------
+
+
+def _pg_unavailable(why: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"the PostgreSQL tests must run under CI: {why}", pytrace=False)
+    pytest.skip(
+        f"PostgreSQL half skipped: {why} "
+        f"(set {PG_URL_ENV}=postgresql+psycopg://user:password@host:5432/db of a superuser)"
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The URL of a PostgreSQL server whose role may create databases ($FEATX_TEST_PG_URL).
+    Skips when unset or unreachable, except under CI, where it fails."""
+    url = os.environ.get(PG_URL_ENV)
+    if not url:
+        _pg_unavailable(f"{PG_URL_ENV} is not set")
+    try:
+        import psycopg
+    except ImportError:
+        _pg_unavailable("psycopg is not installed (pip install 'featx-search[postgres]')")
+    from featx_search.connect import Location, one_line
+
+    try:
+        with psycopg.connect(libpq_url(url), connect_timeout=5):
+            pass
+    except psycopg.Error as err:
+        _pg_unavailable(f"cannot reach {Location.parse(url)}: {one_line(err)}")
+    return url
+
+
+@pytest.fixture
+def pg_db(pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test. The per-user cache
+    (where a server library keeps its index files) is a folder of the test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pg_database(pg_server) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def library_db(request: pytest.FixtureRequest, db: Path) -> str:
+    """Where a new library goes, once per back end: a SQLite file's path, then a fresh
+    PostgreSQL database's URL (see :func:`pg_db`)."""
+    if request.param == "sqlite":
+        return str(db)
+    url: str = request.getfixturevalue("pg_db")
+    return url

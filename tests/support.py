@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -43,6 +46,41 @@ def make_photo(path: Path, seed: int, size: tuple[int, int] = (160, 120)) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+PG_URL_ENV = "FEATX_TEST_PG_URL"
+"""The environment variable naming the PostgreSQL server the tests may create databases on."""
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+psycopg://...``) as libpq (psycopg itself) takes it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextmanager
+def pg_database(server: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server at ``server`` (a SQLAlchemy URL of a
+    role that may create databases), dropped at the end (its connections ended): its URL."""
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    name = f"featx_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(libpq_url(server), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(libpq_url(server), autocommit=True) as admin:
+            drop = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
+            admin.execute(sql.SQL(drop).format(sql.Identifier(name)))
+
+
+def is_server(db: str | Path) -> bool:
+    """Whether a test's library is on a database server (else a SQLite file)."""
+    return "://" in str(db)
 
 
 TINY_ARGS = ["--model", TINY.model, "--weights", "none"]

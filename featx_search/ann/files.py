@@ -98,7 +98,8 @@ def _record_size(store: Reader, record: SpaceRecord, manifest: Manifest, path: P
 
 def verify_index(store: Reader, record: SpaceRecord) -> list[str]:
     """Problems with the space's published index file, empty when it is sound (or when no
-    file is published yet): missing or unreadable, a size, SHA-256, dimension or vector
+    file is published yet, or a server library has no copy on this machine): missing or
+    unreadable, a size, SHA-256, dimension or vector
     count other than its manifest's. Reads the whole file."""
     from ..whiten import index_dim
 
@@ -106,6 +107,8 @@ def verify_index(store: Reader, record: SpaceRecord) -> list[str]:
     if manifest is None:
         return []
     path = store.index_dir / manifest.filename
+    if store.location.path is None and not path.exists():
+        return []  # a server library's index files are per machine: this one has none yet
     where = f"space {record.fingerprint}: index file {manifest.filename}"
     try:
         checksum, size = file_checksum(path)

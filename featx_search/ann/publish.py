@@ -112,6 +112,10 @@ def open_index(
             "index of %s is %s, wanted %s; rebuilding", record.fingerprint, manifest.kind, want
         )
         return build_from_store(store, record)
+    if store.location.path is None and not (store.index_dir / manifest.filename).exists():
+        # A server library's index files are per machine: this one has no copy yet.
+        log.info("no copy of the index of %s on this machine; building it", record.fingerprint)
+        return build_from_store(store, record)
     try:
         index = open_published(
             store,

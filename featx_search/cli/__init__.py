@@ -15,7 +15,7 @@ import click
 
 from .. import __version__
 from .errors import FeatxGroup
-from .options import group_db_option
+from .options import group_db_option, group_index_dir_option
 from .process import log_to_stderr, prepare_environment
 
 __all__ = ["cli", "main"]
@@ -75,6 +75,7 @@ class _Commands(MutableMapping[str, click.Command]):
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @group_db_option
+@group_index_dir_option
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (to stderr).")
 @click.version_option(__version__, prog_name="featx-search")
 def cli(verbose: bool) -> None:

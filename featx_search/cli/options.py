@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from ..ann.spec import SearchParams
-from ..errors import SpaceError
-from ..library import Library, SpaceSelector, default_db_path, parse_selector
+from ..connect import Location
+from ..errors import LibraryError, SpaceError
+from ..library import Library, SpaceSelector, default_location, parse_selector
 from ..options import MAX_EXPAND, Query
 from ..query import Filters
 from .output import ListingOutput
@@ -46,17 +47,31 @@ def apply(func: Callable[..., Any], options: Sequence[Decorator]) -> Callable[..
 
 # -- the library and the space ---------------------------------------------------------------
 
-DB_HELP = "Library database file (default: $FEATX_DB, else a per-user data directory)."
+DB_HELP = (
+    "Library database: a file (SQLite) or a server's URL, "
+    "postgresql+psycopg://user:password@host:5432/db "
+    "(default: $FEATX_DB, else a per-user data directory)."
+)
 
 
-def _remember_db(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+def _remember_db(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        location = Location.parse(value)
+    except LibraryError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+    ctx.ensure_object(dict)["db"] = location
+
+
+def _remember_index_dir(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
     if value is not None:
-        ctx.ensure_object(dict)["db"] = value
+        ctx.ensure_object(dict)["index_dir"] = value
 
 
 group_db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH|URL",
     envvar="FEATX_DB",
     expose_value=False,
     callback=_remember_db,
@@ -64,9 +79,20 @@ group_db_option = click.option(
 )
 """``--db`` on the group, defaulting to ``$FEATX_DB``."""
 
+group_index_dir_option = click.option(
+    "--index-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FEATX_INDEX_DIR",
+    expose_value=False,
+    callback=_remember_index_dir,
+    help="Folder of this machine's index files (default: beside a SQLite file; for a server "
+    "library, a folder of the per-user cache named after the database).",
+)
+"""``--index-dir`` on the group, defaulting to ``$FEATX_INDEX_DIR``."""
+
 db_option = click.option(
     "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH|URL",
     expose_value=False,
     callback=_remember_db,
     help=DB_HELP,
@@ -74,11 +100,13 @@ db_option = click.option(
 """``--db`` on a command; it wins over the group's ``--db`` and ``$FEATX_DB``."""
 
 
-def db_path(ctx: click.Context) -> Path:
-    """The library file that ``--db`` (command, then group), ``$FEATX_DB`` or the default
-    names."""
-    path: Path | None = ctx.ensure_object(dict).get("db")
-    return path or default_db_path()
+def db_path(ctx: click.Context) -> Location:
+    """The library that ``--db`` (command, then group), ``$FEATX_DB`` or the default names,
+    with ``--index-dir`` when given."""
+    state = ctx.ensure_object(dict)
+    location: Location = state.get("db") or default_location()
+    index_dir: Path | None = state.get("index_dir")
+    return location if index_dir is None else location.with_local_dir(index_dir)
 
 
 def open_library(ctx: click.Context, *, create: bool = False) -> Library:
@@ -93,7 +121,7 @@ def refuse_ambiguous(lib: Library, space: SpaceSelector | None) -> None:
     spaces = lib.spaces()
     if len(spaces) > 1:
         raise SpaceError(
-            f"library {lib.path} has {len(spaces)} spaces; choose one with --space",
+            f"library {lib.location} has {len(spaces)} spaces; choose one with --space",
             hint="spaces: "
             + "; ".join(f"{s.id}: {s.fingerprint} ({s.label}, {s.count} images)" for s in spaces),
         )

@@ -48,7 +48,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, open_brow
     app = create_app(lib, guard=Guard(hosts=tuple(dict.fromkeys(names)), token=token))
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-    click.echo(f"featx-search serving {lib.path} at {url}", err=True)
+    click.echo(f"featx-search serving {lib.location} at {url}", err=True)
     if open_browser:
         webbrowser.open(url)
     try:

@@ -218,8 +218,6 @@ def test_non_utf8_file_name_round_trips(library: Library, photos: Path) -> None:
 
 
 def test_stored_size_is_full_resolution_and_upright(library: Library, tmp_path: Path) -> None:
-    import sqlite3
-
     folder = tmp_path / "big"
     src = make_photo(folder / "src.png", seed=8, size=(1200, 900))
     with Image.open(src) as img:
@@ -228,19 +226,21 @@ def test_stored_size_is_full_resolution_and_upright(library: Library, tmp_path: 
         img.convert("RGB").save(folder / "rotated.jpg", exif=exif)
     src.unlink()
     library.index([folder], TINY)  # decoded with JPEG draft scaling to ~1/4 size
-    row = sqlite3.connect(library.path).execute("select width, height from images").fetchone()
-    assert row == (900, 1200)
+    (facts,) = library._store.image_facts(None)
+    assert (facts.width, facts.height) == (900, 1200)
 
 
 def test_second_indexer_fails_clearly_and_writes_nothing(
-    db: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+    library_db: str, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SQLite's lock file, PostgreSQL's advisory lock: a second writer waits, then stops."""
     import subprocess
     import time
 
     from featx_search import LibraryError
     from featx_search import store as store_module
 
+    db = library_db
     with Library.open(db) as lib:
         lib.index([photos / "a"], TINY)
     # A real second process holds the writer lock, as a running indexer would.

@@ -17,14 +17,14 @@ from PIL import Image
 
 from featx_search import ConfigError, Filters, ImageError, Library, Match, Query, parse_date
 from featx_search.store import Store
-from tests.support import TINY, make_photo
+from tests.support import TINY, is_server, make_photo, pg_database
 
 N = 24
 
 
 @dataclass
 class Corpus:
-    db: Path
+    db: str  # a SQLite file's path or a PostgreSQL database's URL
     root: Path
     ids: np.ndarray  # stored image ids, ascending
     vectors: np.ndarray  # their stored vectors
@@ -55,12 +55,24 @@ def _plant(root: Path) -> dict[str, datetime]:
     return dates
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def corpus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Corpus]:
+    """The same 24 photos indexed into a SQLite library, then into a PostgreSQL one."""
     base = tmp_path_factory.mktemp("query")
+    if request.param == "sqlite":
+        yield from _corpus(base, str(base / "lib.db"))
+        return
+    server: str = request.getfixturevalue("pg_server")
+    with pytest.MonkeyPatch.context() as patch, pg_database(server) as url:
+        patch.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        yield from _corpus(base, url)
+
+
+def _corpus(base: Path, db: str) -> Iterator[Corpus]:
     root = base / "photos"
     dates = _plant(root)
-    db = base / "lib.db"
     with Library.open(db) as lib:
         lib.index([root], TINY)
     store = Store.open(db)
@@ -288,6 +300,8 @@ def test_bad_query_arguments_are_clear(lib: Library, corpus: Corpus, tmp_path: P
 
 
 def test_query_options_import_neither_torch_nor_sqlalchemy(corpus: Corpus) -> None:
+    if is_server(corpus.db):
+        pytest.skip("a server library is read through SQLAlchemy; SQLite's path is the lean one")
     target = str(corpus.root / "a" / "img03.jpg")
     code = (
         "import sys, json\n"

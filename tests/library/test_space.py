@@ -103,7 +103,7 @@ def test_the_index_is_loaded_once_and_reloaded_when_its_generation_moves(
     generation = space.generation
     extra = make_photo(tmp_path / "more" / "new.jpg", seed=99)
     # Another handle on the same file (as another process would) moves the generation on.
-    with Library.open(library.path) as other:
+    with Library.open(library.location) as other:
         other.index([tmp_path / "more"], TINY)
     assert space.generation > generation
     assert space.index() is not index and len(space.index()) == 13
@@ -122,14 +122,14 @@ def test_plan_loads_no_model_and_writes_nothing(
 
     monkeypatch.setattr("featx_search.extract.load_extractor", no_model)
     monkeypatch.setattr("featx_search.extract.extractor.load_extractor", no_model)
-    fresh = Library.open(library.path)
-    report = fresh.plan([photos / "a"], TINY)
-    assert (report.added, report.removed, report.unchanged) == (1, 1, 5)
-    above = fresh.plan([photos], TINY)  # a folder above the stored one sees its files
-    assert (above.added, above.removed, above.unchanged) == (7, 1, 5)
-    assert fresh.space().count == 6
-    new_space = fresh.plan([photos], RESNET18)
-    assert new_space.added == 12 and len(fresh.spaces()) == 1
+    with Library.open(library.location) as fresh:
+        report = fresh.plan([photos / "a"], TINY)
+        assert (report.added, report.removed, report.unchanged) == (1, 1, 5)
+        above = fresh.plan([photos], TINY)  # a folder above the stored one sees its files
+        assert (above.added, above.removed, above.unchanged) == (7, 1, 5)
+        assert fresh.space().count == 6
+        new_space = fresh.plan([photos], RESNET18)
+        assert new_space.added == 12 and len(fresh.spaces()) == 1
 
 
 def test_remove_by_id_file_and_folder(library: Library, photos: Path) -> None:
@@ -184,9 +184,9 @@ def test_cold_library_shared_by_threads_builds_one_extractor(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(extract_module, "load_extractor", counting)
-    cold = Library.open(library.path)
-    queries = sorted(photos.rglob("*.*"))[:16] * 2
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda p: cold.search(p, Query(k=1)), queries[:16]))
-    assert [r[0].path for r in results] == [str(p.resolve()) for p in queries[:16]]
-    assert len(builds) == 1
+    with Library.open(library.location) as cold:
+        queries = sorted(photos.rglob("*.*"))[:16] * 2
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda p: cold.search(p, Query(k=1)), queries[:16]))
+        assert [r[0].path for r in results] == [str(p.resolve()) for p in queries[:16]]
+        assert len(builds) == 1

@@ -133,6 +133,17 @@ def test_a_copy_is_embedded_not_moved(library: Library, photos: Path) -> None:
     assert str(photos / "a" / "img01.jpg") in _vectors(library)
 
 
+def _snapshot(library: Library) -> object:
+    """What a dry run must not change: the database file and the files beside it, or on a
+    server the stored rows and the index folder."""
+    if library.location.is_sqlite:
+        db = library.path
+        return db.read_bytes(), sorted(p.name for p in db.parent.iterdir())
+    store = library._store
+    files = sorted(p.name for p in store.index_dir.iterdir())
+    return store.image_facts(None), [(s.id, s.generation) for s in store.spaces()], files
+
+
 def test_dry_run_lists_changes_and_writes_nothing(
     library: Library, photos: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,8 +154,7 @@ def test_dry_run_lists_changes_and_writes_nothing(
     os.utime(edited, ns=(1, 3_000_000_000))
     (photos / "a" / "img03.png").unlink()
     make_photo(photos / "b" / "new.png", seed=99)
-    db = library.path
-    snapshot = db.read_bytes(), sorted(p.name for p in (db.parent).iterdir())
+    snapshot = _snapshot(library)
     opened = _Opened(monkeypatch)
     report = library.plan([photos])
     assert report.dry_run and opened.paths == []
@@ -157,7 +167,7 @@ def test_dry_run_lists_changes_and_writes_nothing(
             ("remove", str(photos / "a" / "img03.png")),
         ]
     )
-    assert (db.read_bytes(), sorted(p.name for p in db.parent.iterdir())) == snapshot
+    assert _snapshot(library) == snapshot
     real = library.index([photos])
     assert (real.added, real.updated, real.moved, real.removed) == (1, 1, 1, 1)
 

@@ -91,7 +91,7 @@ def test_library_whitening_applies_to_index_queries_and_new_images(
     assert len(ids) == 13  # stored vectors stay raw (32-d), the truth
     assert raw.shape == (13, 32)
     # A fresh library object reads the stored whitening and the published index.
-    with Library.open(library.path) as again:
+    with Library.open(library.location) as again:
         assert [m.image_id for m in again.search(query, Query(k=13))] == [
             m.image_id for m in library.search(query, Query(k=13))
         ]

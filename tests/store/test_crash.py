@@ -17,7 +17,7 @@ import pytest
 
 from featx_search import Library, LibraryError, Query
 from featx_search.ann.index import VectorIndex
-from tests.support import TINY, TINY_ARGS, make_photo
+from tests.support import TINY, TINY_ARGS, is_server, libpq_url, make_photo
 
 
 def test_forged_length_in_index_file_is_refused_not_allocated(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def many(tmp_path: Path) -> Path:
     return root
 
 
-def _indexer(db: Path, photos: Path, *extra: str) -> subprocess.Popen[str]:
+def _indexer(db: str | Path, photos: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(photos), *extra],
         cwd=REPO,
@@ -59,7 +59,10 @@ def _indexer(db: Path, photos: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_rows(db: Path, proc: subprocess.Popen[str], rows: int) -> None:
+def _wait_for_rows(db: str, proc: subprocess.Popen[str], rows: int) -> None:
+    if is_server(db):
+        _wait_for_server_rows(db, proc, rows)
+        return
     while proc.poll() is None:
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
@@ -70,8 +73,26 @@ def _wait_for_rows(db: Path, proc: subprocess.Popen[str], rows: int) -> None:
         time.sleep(0.01)
 
 
-def _crash_loop(photos: Path, rounds: int, timeout: int) -> subprocess.CompletedProcess[str]:
+def _wait_for_server_rows(db: str, proc: subprocess.Popen[str], rows: int) -> None:
+    import psycopg
+
+    while proc.poll() is None:
+        try:
+            with psycopg.connect(libpq_url(db)) as con:
+                found = con.execute("SELECT count(*) FROM images").fetchone()
+                if found is not None and found[0] >= rows:
+                    return
+        except psycopg.Error:
+            pass
+        time.sleep(0.01)
+
+
+def _crash_loop(
+    photos: Path, rounds: int, timeout: int, db: str | None = None
+) -> subprocess.CompletedProcess[str]:
     script = ["scripts/crash_test.py", str(photos), "--rounds", str(rounds)]
+    if db is not None:
+        script += ["--db", db]
     return subprocess.run(
         [sys.executable, *script, "--", *CRASH_ARGS],
         cwd=REPO,
@@ -81,8 +102,9 @@ def _crash_loop(photos: Path, rounds: int, timeout: int) -> subprocess.Completed
     )
 
 
-def test_killed_indexer_loop_converges_to_a_clean_run(many: Path) -> None:
-    result = _crash_loop(many, rounds=3, timeout=600)
+def test_killed_indexer_loop_converges_to_a_clean_run(many: Path, library_db: str) -> None:
+    db = library_db if is_server(library_db) else None
+    result = _crash_loop(many, rounds=3, timeout=600, db=db)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the final library equals a clean run" in result.stdout
 
@@ -93,7 +115,8 @@ def test_killed_indexer_many_times(many: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_ctrl_c_saves_the_batch_and_says_how_to_resume(many: Path, db: Path) -> None:
+def test_ctrl_c_saves_the_batch_and_says_how_to_resume(many: Path, library_db: str) -> None:
+    db = library_db
     proc = _indexer(db, many, *CRASH_ARGS)
     _wait_for_rows(db, proc, 2)
     proc.send_signal(signal.SIGINT)
@@ -105,7 +128,7 @@ def test_ctrl_c_saves_the_batch_and_says_how_to_resume(many: Path, db: Path) -> 
         saved = lib.spaces()[0].count
     assert 1 <= saved < 40  # the first batch (2 files) may hold the bad file
     rest = subprocess.run(
-        [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(many), "--json"],
+        [sys.executable, "-m", "featx_search", "--db", db, "index", str(many), "--json"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -118,7 +141,8 @@ def test_ctrl_c_saves_the_batch_and_says_how_to_resume(many: Path, db: Path) -> 
         assert lib.spaces()[0].count == 40 and len(lib.failures()) == 1
 
 
-def test_searches_run_while_indexing(many: Path, db: Path, tmp_path: Path) -> None:
+def test_searches_run_while_indexing(many: Path, library_db: str, tmp_path: Path) -> None:
+    db = library_db
     first = tmp_path / "first"
     for i in range(6):
         make_photo(first / f"f{i}.jpg", seed=100 + i)

@@ -33,8 +33,8 @@ def test_new_library_is_migrated_to_head(db: Path) -> None:
         store.close()
 
 
-def test_migrations_agree_with_models(db: Path) -> None:
-    store = Store.open(db)
+def test_migrations_agree_with_models(library_db: str) -> None:
+    store = Store.open(library_db)
     try:
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -119,18 +119,18 @@ def test_head_revision_constant_matches_the_migrations() -> None:
     assert Store.head_revision() == HEAD_REVISION
 
 
-def test_reader_reads_back_what_the_store_wrote(tmp_path: Path) -> None:
-    """A Reader (sqlite3 and the SQL compiled in sql_sqlite.py) and the Store (SQLAlchemy
-    Core on its engine) read back alike what the Store wrote: paths that are not UTF-8, dates,
-    blobs, flags and id lists longer than SQLite's limit of bound variables survive the
-    crossing."""
+def test_reader_reads_back_what_the_store_wrote(tmp_path: Path, library_db: str) -> None:
+    """A Reader (sqlite3 and the SQL compiled in sql_sqlite.py, or on a server the Core
+    statements) and the Store (SQLAlchemy Core on its engine) read back alike what the Store
+    wrote: paths that are not UTF-8, dates, blobs, flags and id lists longer than SQLite's
+    limit of bound variables survive the crossing."""
     from datetime import datetime
 
     from featx_search import reader
     from featx_search.config import ExtractorSpec, Preprocess, SpaceSpec
     from featx_search.records import FileResult
 
-    store = Store.open(tmp_path / "lib.db")
+    store = Store.open(library_db)
     try:
         root = tmp_path / "photos"
         root.mkdir()
@@ -171,7 +171,7 @@ def test_reader_reads_back_what_the_store_wrote(tmp_path: Path) -> None:
         results.append(FileResult(root_id, "broken.jpg", 1, 1, error="not an image"))
         added, _ = store.write_batch(space.id, results)
 
-        read = reader.Reader.open(store.path)
+        read = reader.Reader.open(store.location)
         assert read is not None
         try:
             for each in (read, store):
@@ -210,15 +210,20 @@ def test_reader_reads_back_what_the_store_wrote(tmp_path: Path) -> None:
         store.close()
 
 
-def test_library_at_an_older_revision_is_migrated_on_open(db: Path) -> None:
+def test_library_at_an_older_revision_is_migrated_on_open(library_db: str) -> None:
     from featx_search.reader import Reader
 
-    Store.open(db).close()
-    command.downgrade(alembic_config(f"sqlite:///{db}"), "-1")
+    db = library_db
+    store = Store.open(db)
+    url = store.engine.url
+    store.close()
+    command.downgrade(alembic_config(url), "-1")
     assert Reader.open(db) is None  # the Alembic-free path only serves the newest schema
     with Library.open(db) as lib:
         assert lib.info().revision == Store.head_revision()
-    assert Reader.open(db) is not None
+    reader = Reader.open(db)
+    assert reader is not None
+    reader.close()
 
 
 # -- any path a file system allows ----------------------------------------------------------
