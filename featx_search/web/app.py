@@ -38,6 +38,7 @@ from .page import add_page
 if TYPE_CHECKING:
     from ..library import Library
     from ..query import Match
+    from ..records import ImageFacts
     from ..space import Space
 
 log = logging.getLogger(__name__)
@@ -183,12 +184,12 @@ def create_app(
         return len(target.index())
 
     def rows(
-        target: Space, matches: list[Match], query: Query, offset: int, total: int
+        matches: list[Match], query: Query, offset: int, total: int, facts: dict[int, ImageFacts]
     ) -> dict[str, Any]:
+        """A page of results: ``matches[offset:]``, with sizes from ``facts`` (by id)."""
         picked = matches[offset:]
         if len(matches) < query.k:  # the threshold (or the library) ran out first
             total = len(matches)
-        facts = {f.id: f for f in target.image_facts([m.image_id for m in picked])}
         return {
             "results": [
                 {
@@ -222,10 +223,13 @@ def create_app(
             biggest = replace(query, k=max(q.k for _, q, _ in batch))
             found = find(target, [i for i, _, _ in batch], biggest)
             total = ranked(target, query)
-            return [
-                rows(target, matches[: q.k], q, start, total)
+            pages = [
+                (matches[: q.k], q, start)
                 for matches, (_, q, start) in zip(found, batch, strict=True)
             ]
+            shown = sorted({m.image_id for matches, _, start in pages for m in matches[start:]})
+            facts = {f.id: f for f in target.image_facts(shown)}  # one read for the batch
+            return [rows(matches, q, start, total, facts) for matches, q, start in pages]
 
         key = (kind, space_id, replace(query, k=1))
         page_of_results: dict[str, Any] = await searcher.submit(key, (item, query, offset), work)
