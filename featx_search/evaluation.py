@@ -57,6 +57,7 @@ class EvalResult:
     p10: float
     copies: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    precision: str = "fp32"  # what the model ran in (``auto`` resolved)
 
     @property
     def copy_recall(self) -> float | None:
@@ -70,6 +71,7 @@ class EvalResult:
             "layers": list(self.layers),
             "pool": self.pool,
             "input": self.input,
+            "precision": self.precision,
             "dim": self.dim,
             "images": self.images,
             "queries": self.queries,
@@ -220,6 +222,7 @@ def evaluate(
                 p10=p10,
                 copies=recall,
                 seconds=time.perf_counter() - started,
+                precision=space.precision,
             )
             log.info("evaluated %s (%s): mAP %.3f", space.label, how, mean_ap)
             if progress is not None:

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from featx_search import Library
+from featx_search import compute as compute_module
 from tests.support import TINY_ARGS, make_photo, run_cli
+
+
+@pytest.fixture(autouse=True)
+def _fp32_machine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs as on a device without native bf16 or fp16, so that ``auto`` precision
+    means fp32 whatever machine runs the suite; tests marked ``real_precisions`` see the
+    machine as it is (or mock it themselves)."""
+    if request.node.get_closest_marker("real_precisions") is None:
+        monkeypatch.setattr(compute_module, "native_precisions", lambda device: ("fp32",))
 
 
 @pytest.fixture
