@@ -3,11 +3,15 @@ CPU), and what ``auto`` resolves to."""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from featx_search import Library, Query
 from featx_search import compute as compute_module
 from featx_search.compute import (
     DeviceCaps,
@@ -16,6 +20,9 @@ from featx_search.compute import (
     precisions_of,
     resolve_precision,
 )
+from tests.support import TINY, TINY_ARGS, make_photo, run_cli
+
+AUTO = replace(TINY, precision="auto")
 
 pytestmark = pytest.mark.real_precisions
 
@@ -182,3 +189,88 @@ def test_this_machine_reports_fp32_last() -> None:
     """Whatever this CPU is, fp32 is always there and last; no timing is involved."""
     found = native_precisions("cpu")
     assert found[-1] == "fp32" and len(set(found)) == len(found)
+
+
+def _machine(monkeypatch: pytest.MonkeyPatch, *native: str) -> None:
+    """From now on this process runs on a CPU whose native precisions are ``native``."""
+    monkeypatch.setattr(compute_module, "native_precisions", lambda device: (*native, "fp32"))
+
+
+def test_auto_is_fixed_when_a_space_is_made_and_kept_on_another_machine(
+    monkeypatch: pytest.MonkeyPatch, db: Path, photos: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _machine(monkeypatch, "bf16")
+    with Library.open(db) as lib:
+        report = lib.index([photos], AUTO)
+        space = lib.space()
+        assert report.precision == "bf16" and space.record.spec.precision == "bf16"
+        assert space.record.spec.request.precision == "bf16"  # the request says what auto chose
+        assert space.label.endswith("/bf16")
+        made = space.fingerprint
+    # Another machine without native bf16: the same spec goes on in the space's bf16 (slow,
+    # with a warning), instead of making an fp32 space beside it.
+    _machine(monkeypatch)
+    make_photo(photos / "c" / "new.jpg", seed=99)
+    with Library.open(db) as lib, caplog.at_level(logging.WARNING):
+        plan = lib.plan([photos], AUTO)
+        assert (plan.space, plan.added) == (made, 1)
+        report = lib.index([photos], AUTO)
+        assert (report.space, report.added, report.precision) == (made, 1, "bf16")
+        assert [s.fingerprint for s in lib.spaces()] == [made]
+        assert lib.info().spaces[0].precision == "bf16"
+    assert "precision bf16 is not native on this cpu" in caplog.text
+    # An explicit precision still makes its own space.
+    with Library.open(db) as lib:
+        report = lib.index([photos], replace(TINY, precision="fp32"))
+        assert report.space != made and report.precision == "fp32"
+        # Now two spaces answer auto: the one this machine runs natively is chosen.
+        assert lib.create_space(AUTO).record.spec.precision == "fp32"
+        _machine(monkeypatch, "bf16")
+        assert lib.create_space(AUTO).record.spec.precision == "bf16"
+
+
+def test_an_old_fp32_space_stays_the_space_of_auto(
+    monkeypatch: pytest.MonkeyPatch, db: Path, photos: Path
+) -> None:
+    """A library made when fp32 was the default holds requests that say fp32: on a bf16
+    machine, auto goes on in that space rather than indexing everything again."""
+    _machine(monkeypatch)
+    with Library.open(db) as lib:
+        lib.index([photos], replace(TINY, precision="fp32"))
+        old = lib.space()
+        assert "precision" not in old.record.spec.identity()  # fp32 fingerprints are the old ones
+    _machine(monkeypatch, "bf16")
+    with Library.open(db) as lib:
+        report = lib.index([photos], AUTO)
+        assert (report.space, report.added, report.precision) == (old.fingerprint, 0, "fp32")
+
+
+def test_a_stored_bf16_space_opens_and_embeds_in_bf16(
+    monkeypatch: pytest.MonkeyPatch, db: Path, photos: Path
+) -> None:
+    """A space stored with an explicit bf16 request (before auto existed) keeps its
+    fingerprint and queries in bf16."""
+    bf16 = replace(TINY, precision="bf16")
+    with Library.open(db) as lib:
+        lib.index([photos], bf16)
+        made = lib.space().fingerprint
+    with Library.open(db) as lib:
+        space = lib.space()
+        assert space.fingerprint == made
+        extractor = space.extractor()
+        assert extractor.space.fingerprint == made
+        assert str(extractor.placement.dtype) == "torch.bfloat16"  # type: ignore[union-attr]
+        assert lib.search(next(photos.rglob("*.jpg")), Query(k=1))[0].score > 0.99
+
+
+def test_cli_shows_the_resolved_precision(
+    monkeypatch: pytest.MonkeyPatch, db: Path, photos: Path
+) -> None:
+    _machine(monkeypatch, "bf16")
+    result = run_cli("--db", db, "index", photos, *TINY_ARGS)
+    assert "computed in bf16)" in result.output, result.output
+    assert "precision=bf16" in run_cli("--db", db, "info").output
+    result = run_cli("--db", db, "index", photos, *TINY_ARGS, "--precision", "fp32", "--json")
+    assert json.loads(result.output)["precision"] == "fp32"
+    result = run_cli("--db", db, "index", photos, *TINY_ARGS, "--precision", "fp8", ok=False)
+    assert result.exit_code != 0 and "--precision" in result.output
