@@ -1,8 +1,9 @@
 """Where and how a model runs: device, number format, CPU threads and memory layout.
 
 None of these is part of an embedding space except the precision, which is chosen in
-:class:`~featx_search.config.ExtractorSpec`; here it is only turned into a torch dtype and
-checked against what the device runs fast.
+:class:`~featx_search.config.ExtractorSpec`; here it is turned into a torch dtype, and the
+precisions a device runs natively are read from what it reports (CPU feature flags and
+oneDNN, CUDA compute capability), which is what ``auto`` resolves from.
 """
 
 from __future__ import annotations

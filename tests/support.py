@@ -47,7 +47,7 @@ def make_photo(path: Path, seed: int, size: tuple[int, int] = (160, 120)) -> Pat
     return path
 
 
-TINY_ARGS = ["--model", TINY.model, "--weights", "none"]
+TINY_ARGS = ["--model", TINY.model, "--weights", "none", "--precision", "fp32"]
 """The command-line flags of :data:`TINY`."""
 
 

@@ -20,9 +20,10 @@ from featx_search.compute import (
     precisions_of,
     resolve_precision,
 )
-from tests.support import TINY, TINY_ARGS, make_photo, run_cli
+from tests.support import TINY, make_photo, run_cli
 
 AUTO = replace(TINY, precision="auto")
+AUTO_ARGS = ["--model", TINY.model, "--weights", "none"]  # no --precision: auto
 
 pytestmark = pytest.mark.real_precisions
 
@@ -267,10 +268,10 @@ def test_cli_shows_the_resolved_precision(
     monkeypatch: pytest.MonkeyPatch, db: Path, photos: Path
 ) -> None:
     _machine(monkeypatch, "bf16")
-    result = run_cli("--db", db, "index", photos, *TINY_ARGS)
+    result = run_cli("--db", db, "index", photos, *AUTO_ARGS)
     assert "computed in bf16)" in result.output, result.output
     assert "precision=bf16" in run_cli("--db", db, "info").output
-    result = run_cli("--db", db, "index", photos, *TINY_ARGS, "--precision", "fp32", "--json")
+    result = run_cli("--db", db, "index", photos, *AUTO_ARGS, "--precision", "fp32", "--json")
     assert json.loads(result.output)["precision"] == "fp32"
-    result = run_cli("--db", db, "index", photos, *TINY_ARGS, "--precision", "fp8", ok=False)
+    result = run_cli("--db", db, "index", photos, *AUTO_ARGS, "--precision", "fp8", ok=False)
     assert result.exit_code != 0 and "--precision" in result.output
