@@ -14,7 +14,8 @@ For each model (``name`` or ``name:weights``) it measures:
 
 (a) every forward the project can run on this CPU, on already-decoded input: each precision
     (fp32, bf16, fp16; those the CPU only emulates on a few images) in the plain torch graph
-    and frozen (TorchScript), and fp32 in OpenVINO when installed; each timed, with the
+    and frozen (TorchScript), fp32 in OpenVINO when installed, and fp32 in the NCHW layout
+    for comparison (channels_last is the default); each timed, with the
     smallest cosine between its vectors and the plain fp32 graph's and how many of the
     top-5 neighbours (among the sample, in fp32) its queries keep. The fastest is the one L
     uses; which one the defaults pick (``--precision auto``, ``--runtime auto``,
@@ -250,10 +251,8 @@ def forwards(
     vectors against ``exact`` (the plain fp32 graph's on ``inputs``)."""
     from dataclasses import replace
 
-    from featx_search import Compute
     from featx_search.compute import native_precisions, openvino_installed
     from featx_search.config import PRECISIONS
-    from featx_search.extract import load_extractor
 
     native = native_precisions("cpu")
     rows = []
@@ -263,32 +262,41 @@ def forwards(
         for graph in GRAPHS:
             if graph == "openvino" and (precision != "fp32" or not openvino_installed()):
                 continue
-            compute = Compute(
-                device="cpu",
-                freeze="on" if graph == "frozen" else "off",
-                runtime="openvino" if graph == "openvino" else "torch",
-            )
-            extractor = load_extractor(replace(spec, precision=precision), compute)
-            extractor.prepare_run(LARGE_RUN, batch)
-            if graph_of(extractor) != graph:  # conversion failed or vectors differed
-                rows.append(Forward(precision, graph, native=fast, error="not made (see log)"))
-                continue
-            rate = model_rate(extractor, some, batch, rounds=2 if fast else 1)
-            got = extractor.embed(some)
-            cosine = float(np.min(np.sum(got * exact[: len(some)], axis=1)))
-            rows.append(
-                Forward(
-                    precision,
-                    graph,
-                    rate,
-                    native=fast,
-                    images=len(some),
-                    min_cosine=cosine,
-                    top5=same_top5(exact, exact[: len(some)], got),
-                )
-            )
-            del extractor
+            rows.append(_forward(replace(spec, precision=precision), graph, some, exact, batch))
+            rows[-1] = replace(rows[-1], native=fast)
+    # The other layout, for comparison (channels_last is the default on the CPU).
+    nchw = _forward(replace(spec, precision="fp32"), "plain", inputs, exact, batch, nchw=True)
+    rows.insert(1, replace(nchw, graph="plain NCHW"))
     return rows
+
+
+def _forward(
+    spec: Any, graph: str, inputs: np.ndarray, exact: np.ndarray, batch: int, *, nchw: bool = False
+) -> Forward:
+    """One forward of (a): ``spec`` run by ``graph``, timed on ``inputs``."""
+    from featx_search import Compute
+    from featx_search.extract import load_extractor
+
+    compute = Compute(
+        device="cpu",
+        channels_last=False if nchw else None,
+        freeze="on" if graph == "frozen" else "off",
+        runtime="openvino" if graph == "openvino" else "torch",
+    )
+    extractor = load_extractor(spec, compute)
+    extractor.prepare_run(LARGE_RUN, batch)
+    if graph_of(extractor) != graph:  # conversion failed or vectors differed
+        return Forward(spec.precision, graph, error="not made (see log)")
+    rate = model_rate(extractor, inputs, batch, rounds=2 if len(inputs) == len(exact) else 1)
+    got = extractor.embed(inputs)
+    return Forward(
+        spec.precision,
+        graph,
+        rate,
+        images=len(inputs),
+        min_cosine=float(np.min(np.sum(got * exact[: len(inputs)], axis=1))),
+        top5=same_top5(exact, exact[: len(inputs)], got),
+    )
 
 
 def fastest(rows: list[Forward]) -> Forward:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featx_search import Library, Query
+from featx_search import ExtractorSpec, Library, Query
 from featx_search import compute as compute_module
 from featx_search.compute import (
     DeviceCaps,
@@ -275,3 +275,13 @@ def test_cli_shows_the_resolved_precision(
     assert json.loads(result.output)["precision"] == "fp32"
     result = run_cli("--db", db, "index", photos, *AUTO_ARGS, "--precision", "fp8", ok=False)
     assert result.exit_code != 0 and "--precision" in result.output
+
+
+def test_a_spec_answers_its_own_space_and_auto_any_precision() -> None:
+    bf16 = replace(TINY, precision="bf16")
+    assert TINY.answers(TINY) and not TINY.answers(bf16) and not bf16.answers(TINY)
+    assert AUTO.answers(TINY) and AUTO.answers(bf16) and AUTO.answers(AUTO)
+    assert not AUTO.answers(replace(bf16, pool="gem"))  # only the precision is left open
+    assert ExtractorSpec().precision == "auto"
+    # Stored requests from before auto read back as they were stored.
+    assert ExtractorSpec.from_dict({"model": "m", "weights": "none"}).precision == "fp32"

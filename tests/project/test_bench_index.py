@@ -47,9 +47,10 @@ def test_every_precision_and_graph_is_timed(bench: ModuleType) -> None:
     exact = load_extractor(TINY, Compute(device="cpu", freeze="off", runtime="torch")).embed(inputs)
     rows = bench.forwards(spec, inputs, exact, 4, emulated_images=2)
     labels = [r.label for r in rows]
-    want = ["fp32 plain", "fp32 frozen", "bf16 plain", "bf16 frozen", "fp16 plain", "fp16 frozen"]
+    want = ["fp32 plain", "fp32 plain NCHW", "fp32 frozen", "bf16 plain", "bf16 frozen"]
+    want += ["fp16 plain", "fp16 frozen"]
     if openvino_installed():
-        want.insert(2, "fp32 openvino")
+        want.insert(3, "fp32 openvino")
     assert labels == want
     plain = rows[0]
     assert plain.native and plain.images == 6 and plain.min_cosine > 1 - 1e-5
