@@ -208,12 +208,17 @@ class Library:
         return replace(spec, precision=stored[-1])
 
     def space_for(
-        self, spec: ExtractorSpec | None = None, selector: SpaceSelector | None = None
+        self,
+        spec: ExtractorSpec | None = None,
+        selector: SpaceSelector | None = None,
+        *,
+        compute: Compute | None = None,
     ) -> Space:
         """The space a sync writes to: ``spec``'s (made if new) when given, else the selected
-        or default space, else (an empty library) the default spec's."""
+        or default space, else (an empty library) the default spec's. A new space's ``auto``
+        precision is the one ``compute``'s device runs fastest."""
         if spec is not None or (selector is None and not self._store.spaces()):
-            return self.create_space(spec)
+            return self.create_space(spec, compute=compute)
         return self.space(selector)
 
     # -- changes ------------------------------------------------------------------------
@@ -230,7 +235,7 @@ class Library:
     ) -> IndexReport:
         """Sync the image files under ``paths`` into the space of ``spec`` (made if new), or
         the selected ``space``, or the default one (see :meth:`Space.sync`)."""
-        target = self.space_for(spec, space)
+        target = self.space_for(spec, space, compute=options.compute if options else None)
         return target.sync(paths, options, progress=progress, stop=stop)
 
     def plan(
