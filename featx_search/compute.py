@@ -1,8 +1,9 @@
 """Where and how a model runs: device, number format, CPU threads and memory layout.
 
 None of these is part of an embedding space except the precision, which is chosen in
-:class:`~featx_search.config.ExtractorSpec`; here it is only turned into a torch dtype and
-checked against what the device runs fast.
+:class:`~featx_search.config.ExtractorSpec`; here it is turned into a torch dtype, and the
+precisions a device runs natively are read from what it reports (CPU feature flags and
+oneDNN, CUDA compute capability), which is what ``auto`` resolves from.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-from .config import DEFAULT_PRECISION, Precision, check_choice
+from .config import DEFAULT_PRECISION, Precision, PrecisionChoice, check_choice
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -201,27 +203,111 @@ def torch_dtype(precision: Precision) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-@functools.cache
-def fast_precisions(device: str) -> tuple[Precision, ...]:
-    """The precisions ``device`` runs natively (not emulated), fp32 first.
+# CPU feature flags (Linux /proc/cpuinfo names) that mean a number format runs natively: x86
+# AVX-512 BF16 or AMX-BF16 and AVX-512 FP16 or AMX-FP16; on Arm the BF16 extension. AVX-512
+# alone is not enough: oneDNN then emulates bf16 with conversions, slower than fp32.
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+CPU_FP16_FLAGS = frozenset({"avx512_fp16", "amx_fp16"})
+# CUDA compute capabilities with fast fp16 (tensor cores from Volta 7.0; Tegra X1 5.3, P100
+# 6.0 and Tegra X2 6.2 before) and native bf16 (Ampere 8.0 on).
+CUDA_FP16_CAPABILITY = (7, 0)
+CUDA_FP16_OLDER = frozenset({(5, 3), (6, 0), (6, 2)})
+CUDA_BF16_CAPABILITY = (8, 0)
+CPUINFO = Path("/proc/cpuinfo")
 
-    On CPU bf16 needs AVX-512 BF16 or AMX (oneDNN says so); fp16 needs AVX-512 FP16 or AMX-FP16.
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceCaps:
+    """What a device reports about the number formats it runs; read by :func:`device_caps`.
+
+    - ``kind``: ``cpu``, ``cuda`` or ``mps``.
+    - ``cpu_flags``: the CPU's feature flags (``/proc/cpuinfo``; empty where unknown).
+    - ``onednn_bf16``, ``onednn_fp16``: whether torch's oneDNN runs these formats on this CPU
+      at all (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, ``..._fp16_...``).
+    - ``cuda_capability``: the GPU's compute capability; ``cuda_bf16``:
+      ``torch.cuda.is_bf16_supported(including_emulation=False)``.
     """
+
+    kind: str
+    cpu_flags: frozenset[str] = frozenset()
+    onednn_bf16: bool = False
+    onednn_fp16: bool = False
+    cuda_capability: tuple[int, int] | None = None
+    cuda_bf16: bool = False
+
+
+def precisions_of(caps: DeviceCaps) -> tuple[Precision, ...]:
+    """The precisions a device with ``caps`` runs natively, fastest first; fp32 always, last.
+
+    CPU: bf16 with AVX-512 BF16, AMX-BF16 or Arm BF16 (and oneDNN's bf16), fp16 with
+    AVX-512 FP16 or AMX-FP16 (and oneDNN's fp16). CUDA: bf16 from compute capability 8.0
+    (when torch says so), fp16 from 7.0 (and on 5.3, 6.0, 6.2). MPS: fp16. Decided from what
+    the device reports, never from timing.
+    """
+    found: list[Precision] = []
+    if caps.kind == "cpu":
+        if caps.onednn_bf16 and caps.cpu_flags & CPU_BF16_FLAGS:
+            found.append("bf16")
+        if caps.onednn_fp16 and caps.cpu_flags & CPU_FP16_FLAGS:
+            found.append("fp16")
+    elif caps.kind == "cuda" and caps.cuda_capability is not None:
+        capability = caps.cuda_capability
+        if caps.cuda_bf16 and capability >= CUDA_BF16_CAPABILITY:
+            found.append("bf16")
+        if capability >= CUDA_FP16_CAPABILITY or capability in CUDA_FP16_OLDER:
+            found.append("fp16")
+    elif caps.kind == "mps":
+        found.append("fp16")
+    return (*found, DEFAULT_PRECISION)
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``)."""
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def device_caps(device: str) -> DeviceCaps:
+    """What the resolved ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``mps``) reports."""
     import torch
 
-    found: list[Precision] = [DEFAULT_PRECISION]
-    if device == "cpu":
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            found.append("bf16")
-        if torch.ops.mkldnn._is_mkldnn_fp16_supported():
-            found.append("fp16")
-    elif device == "cuda":
-        if torch.cuda.is_bf16_supported():
-            found.append("bf16")
-        found.append("fp16")
-    elif device == "mps":
-        found.append("fp16")
-    return tuple(found)
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        mkldnn = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+        return DeviceCaps(
+            kind=kind,
+            cpu_flags=_cpu_flags(),
+            onednn_bf16=mkldnn and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            onednn_fp16=mkldnn and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()),
+        )
+    if kind == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return DeviceCaps(
+            kind=kind,
+            cuda_capability=(major, minor),
+            cuda_bf16=bool(torch.cuda.is_bf16_supported(including_emulation=False)),
+        )
+    return DeviceCaps(kind=kind)
+
+
+@functools.cache
+def native_precisions(device: str) -> tuple[Precision, ...]:
+    """The precisions the resolved ``device`` runs natively (not emulated), fastest first,
+    fp32 last (see :func:`precisions_of`)."""
+    return precisions_of(device_caps(device))
+
+
+def resolve_precision(precision: PrecisionChoice, device: str) -> Precision:
+    """``auto`` -> the fastest precision the resolved ``device`` runs natively; others as
+    they are."""
+    return native_precisions(device)[0] if precision == "auto" else precision
 
 
 def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.Module, Placement]:
@@ -242,12 +328,12 @@ def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.
             hint=f"use device cpu and precision {DEFAULT_PRECISION}, or runtime auto",
             param="runtime",
         )
-    if precision not in fast_precisions(device):
+    if precision not in native_precisions(device):
         log.warning(
             "precision %s is not native on this %s (native: %s); it works, but slowly",
             precision,
             device,
-            ", ".join(fast_precisions(device)),
+            ", ".join(native_precisions(device)),
         )
     channels_last = compute.channels_last
     if channels_last is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from .errors import ConfigError
@@ -16,9 +16,11 @@ Pool = Literal["avg", "max", "gem"]
 Method = Literal["auto", "fx", "hook"]
 # How an image meets a square model input: resize and centre crop, or squash the whole frame.
 Fit = Literal["crop", "full"]
-# Number formats a model can run in. fp32 is the default and the only one whose spaces keep
-# the fingerprints they had before precision existed.
+# Number formats a model can run in. fp32 spaces keep the fingerprints they had before
+# precision existed.
 Precision = Literal["fp32", "bf16", "fp16"]
+# What a user may ask for: a precision, or auto (the fastest one the device runs natively).
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
 # How images are resized (PIL's filters of the same names).
 Interpolation = Literal["bilinear", "bicubic"]
 
@@ -26,6 +28,7 @@ POOLS: tuple[Pool, ...] = get_args(Pool)
 METHODS: tuple[Method, ...] = get_args(Method)
 FITS: tuple[Fit, ...] = get_args(Fit)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+PRECISION_CHOICES: tuple[PrecisionChoice, ...] = get_args(PrecisionChoice)
 INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "DEFAULT"
@@ -56,15 +59,19 @@ class ExtractorSpec:
     entry in ``extract/registry.py``, chosen with ``featx-search eval``; else the node that
     feeds the classifier, pooled with avg). ``precision`` is the number format the model runs
     in (``fp32``, ``bf16``, ``fp16``); it changes vectors, so it is part of the embedding
-    space. ``method`` is how features are read (see :data:`METHODS`); it is not part of the
-    space's fingerprint, since FX and forward hooks give the same vectors wherever both apply.
+    space. ``auto`` (the default) is fixed when a space is made: the precision of the
+    library's space made from the same spec, else the fastest one the device runs natively
+    (:func:`featx_search.compute.native_precisions`); the resolved space's ``request`` holds
+    the fixed one. ``method`` is how features are read (see :data:`METHODS`); it is not part
+    of the space's fingerprint, since FX and forward hooks give the same vectors wherever
+    both apply.
     """
 
     model: str = DEFAULT_MODEL
     weights: str = DEFAULT_WEIGHTS
     layers: tuple[str, ...] = ()
     pool: Pool | None = None
-    precision: Precision = DEFAULT_PRECISION
+    precision: PrecisionChoice = "auto"
     method: Method = "auto"
 
     def __post_init__(self) -> None:
@@ -89,7 +96,14 @@ class ExtractorSpec:
             )
         if self.pool is not None:
             check_choice(self.pool, POOLS, "pool")
-        check_choice(self.precision, PRECISIONS, "precision")
+        check_choice(self.precision, PRECISION_CHOICES, "precision")
+
+    def answers(self, stored: ExtractorSpec) -> bool:
+        """Whether a space made from the request ``stored`` is this spec's: equal, or equal
+        but for a precision that this spec leaves to ``auto``."""
+        return stored == self or (
+            self.precision == "auto" and replace(stored, precision="auto") == self
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers)}

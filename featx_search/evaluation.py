@@ -77,6 +77,7 @@ class EvalResult:
     seconds: float = 0.0
     qe: int = 0
     dba: int = 0
+    precision: str = "fp32"  # what the model ran in (``auto`` resolved)
 
     @property
     def copy_recall(self) -> float | None:
@@ -90,6 +91,7 @@ class EvalResult:
             "layers": list(self.layers),
             "pool": self.pool,
             "input": self.input,
+            "precision": self.precision,
             "dim": self.dim,
             "images": self.images,
             "queries": self.queries,
@@ -315,6 +317,7 @@ def evaluate(
                     seconds=time.perf_counter() - started,
                     qe=qe,
                     dba=dba,
+                    precision=space.precision,
                 )
                 log.info("evaluated %s (%s): mAP %.3f", space.label, how, mean_ap)
                 if progress is not None:

@@ -135,6 +135,7 @@ def run_sync(
         prune_empty=options.prune_empty,
     )
     report = start_report(record.fingerprint, record.label, plan)
+    report.precision = record.spec.precision
     store.move([m for _, _, m in plan.moves])
     index, _ = open_index(store, record)  # a private copy: readers keep the published one
     whitening = stored(store, record)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, overload
@@ -198,11 +199,16 @@ class Library:
         """The space of ``spec`` (default: :class:`ExtractorSpec`'s defaults), made when the
         library does not hold it yet. This builds the model, whose weights are part of the
         space's fingerprint. ``index`` (a FAISS factory string or ``auto``) and
-        ``max_memory`` set the space's index (for an existing space, when given)."""
+        ``max_memory`` set the space's index (for an existing space, when given).
+
+        A precision of ``auto`` means the precision of a space made from the same spec
+        (precision aside), so that another machine goes on in it; of several, the one this
+        device runs natively; with none, the fastest precision this device runs natively."""
         from .extract import load_extractor
 
         store = self._stores.writer()  # a read-only library refuses before a model loads
-        extractor = load_extractor(spec or ExtractorSpec(), compute)
+        spec = self._pinned(spec or ExtractorSpec(), compute or Compute(), store.spaces())
+        extractor = load_extractor(spec, compute)
         known = {r.fingerprint for r in store.spaces()}
         space = self._handle(store.ensure_space(extractor.space))
         space.adopt(extractor, compute)
@@ -211,13 +217,37 @@ class Library:
             space.configure_index(index, max_memory=max_memory)
         return space
 
+    @staticmethod
+    def _pinned(
+        spec: ExtractorSpec, compute: Compute, records: Sequence[SpaceRecord]
+    ) -> ExtractorSpec:
+        """``spec`` with ``auto`` precision fixed to a stored space's (see
+        :meth:`create_space`); left to ``auto`` when no stored space answers it."""
+        if spec.precision != "auto":
+            return spec
+        stored = [r.spec.precision for r in records if spec.answers(r.spec.request)]
+        if not stored:
+            return spec
+        if len(set(stored)) > 1:
+            from .compute import resolve_device, resolve_precision
+
+            here = resolve_precision("auto", resolve_device(compute.device))
+            if here in stored:
+                return replace(spec, precision=here)
+        return replace(spec, precision=stored[-1])
+
     def space_for(
-        self, spec: ExtractorSpec | None = None, selector: SpaceSelector | None = None
+        self,
+        spec: ExtractorSpec | None = None,
+        selector: SpaceSelector | None = None,
+        *,
+        compute: Compute | None = None,
     ) -> Space:
         """The space a sync writes to: ``spec``'s (made if new) when given, else the selected
-        or default space, else (an empty library) the default spec's."""
+        or default space, else (an empty library) the default spec's. A new space's ``auto``
+        precision is the one ``compute``'s device runs fastest."""
         if spec is not None or (selector is None and not self._store.spaces()):
-            return self.create_space(spec)
+            return self.create_space(spec, compute=compute)
         return self.space(selector)
 
     # -- changes ------------------------------------------------------------------------
@@ -234,7 +264,7 @@ class Library:
     ) -> IndexReport:
         """Sync the image files under ``paths`` into the space of ``spec`` (made if new), or
         the selected ``space``, or the default one (see :meth:`Space.sync`)."""
-        target = self.space_for(spec, space)
+        target = self.space_for(spec, space, compute=options.compute if options else None)
         return target.sync(paths, options, progress=progress, stop=stop)
 
     def plan(
@@ -252,7 +282,7 @@ class Library:
 
         records = self._store.spaces()
         if spec is not None:
-            found = [r for r in records if r.spec.request == spec]
+            found = [r for r in records if spec.answers(r.spec.request)]
             if not found:
                 options = options or SyncOptions()
                 return plan_report(

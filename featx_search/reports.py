@@ -36,6 +36,7 @@ class IndexReport:
     dry_run: bool = False
     interrupted: bool = False
     remaining: int = 0
+    precision: str = ""  # what the space's model computes in ("" for a plan)
     missing: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -65,6 +66,8 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "embed_seconds": round(self.embed_seconds, 3),
         }
+        if self.precision:
+            out["precision"] = self.precision
         if self.dry_run:
             out["changes"] = [{"action": a, "path": p} for a, p in self.changes]
         return out
@@ -89,6 +92,7 @@ class SpaceInfo:
     # the requested index spec ("auto" or a FAISS factory string) and the built one
     index_spec: str = "auto"
     index_kind: str | None = None
+    precision: str = "fp32"  # the number format the space's model computes in
 
     @property
     def index_current(self) -> bool:
@@ -105,6 +109,7 @@ class SpaceInfo:
             "layers": list(self.layers),
             "pool": self.pool,
             "dim": self.dim,
+            "precision": self.precision,
             "count": self.count,
             "generation": self.generation,
             "index_generation": self.index_generation,

@@ -48,6 +48,7 @@ def space_info(space: Space, store: Reader) -> SpaceInfo:
         whitened=None if whitening is None else whitening.dims,
         index_spec=settings.spec or AUTO,
         index_kind=None if manifest is None else kind_spec(manifest.kind),
+        precision=spec.precision,
     )
 
 

@@ -10,30 +10,31 @@ photo is a seeded random crop of one source photo (aspect 4:3, 3:2, 16:9, 1:1, p
 resized so its long side is one of 1280 to 5640 px, re-encoded as a baseline JPEG at
 quality 75-95.
 
-For each model it measures:
+For each model (``name`` or ``name:weights``) it measures:
 
-(a) the bare extractor on already-decoded input (precision, layout and graph the pipeline
-    uses on a large library: ``--runtime auto`` and ``--freeze auto`` decide, as for a run of
-    2000+ images, whether OpenVINO or a frozen TorchScript graph runs it; the plain torch
-    graph's rate is printed too, with the largest change of a cosine similarity between the
-    sample photos that the used graph makes),
-(b) ``featx-search index`` as a subprocess on the first n/5 and on all n photos, each into a
-    new library, --repeat times (fastest kept); b = (n - n/5) / (t_n - t_n/5) cancels
-    start-up (imports, model load, and converting or freezing the graph). Both runs get the
-    ``--runtime`` and ``--freeze`` that (a) decided: runs this small would not convert by
-    themselves (see ``OPENVINO_MIN_IMAGES`` and ``FREEZE_MIN_IMAGES``),
+(a) every forward the project can run on this CPU, on already-decoded input: each precision
+    (fp32, bf16, fp16; those the CPU only emulates on a few images) in the plain torch graph
+    and frozen (TorchScript), fp32 in OpenVINO when installed, and fp32 in the NCHW layout
+    for comparison (channels_last is the default); each timed, with the
+    smallest cosine between its vectors and the plain fp32 graph's and how many of the
+    top-5 neighbours (among the sample, in fp32) its queries keep. The fastest is the one L
+    uses; which one the defaults pick (``--precision auto``, ``--runtime auto``,
+    ``--freeze auto`` for a run of n images and of a large library) is printed beside it,
+(b) ``featx-search index`` with its defaults, as a subprocess on the first n/5 and on all n
+    photos, each into a new library, --repeat times (fastest kept); b = (n - n/5) /
+    (t_n - t_n/5) cancels start-up (imports, model load, converting a graph),
 (c) the article's recipe: per image, PIL open, torchvision transforms, the whole model with a
     forward hook on the layer featx-search reads, and ``faiss.IndexFlatIP.add``; in a child
     process with the default OpenMP settings, run before and after (b), fastest kept,
 (d) CPU ms/image of the fastest decode (draft/reduce, then resize, crop, normalise) alone,
     on one thread; also the plain full-resolution decode, for comparison.
 
-Then L = 1 / (d / cores + 1 / a), the best any pipeline could do with this decode and this
-model, and b/L, b/c, peak RSS of both (b) runs, and "b run": the n photos over the
-``embed_seconds`` that ``index --json`` reports for its own pipeline (start-up excluded
-without subtracting two runs, whose start-ups vary by a second or two). A side table
-compares, on the same decoded input, channels_last on and off, and fp32 with bf16: speed,
-and how many of the top-5 neighbours (among the sample, in fp32) a bf16 query keeps.
+Then L = 1 / (d / cores + 1 / a), a the fastest forward of (a): the best any pipeline could do
+with this decode and this model on this CPU; and b/L, b/c, peak RSS of both (b) runs, and
+"b run": the n photos over the ``embed_seconds`` that ``index --json`` reports for its own
+pipeline (start-up excluded without subtracting two runs, whose start-ups vary by a second or
+two). Which precisions the CPU runs natively comes from what it reports
+(``featx_search.compute.native_precisions``), not from these timings.
 
 Like the CLI, this process sets OMP_WAIT_POLICY=PASSIVE before torch loads, so (a) gets the
 same OpenMP setting as (b); (c) keeps the default one, which is faster for its one-image
@@ -58,7 +59,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -75,7 +78,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = 2  # bump when the way bench photos are made changes
 LONG_SIDES = (1280, 1920, 2560, 3264, 4032, 4608, 5640)
 ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3)
-WEIGHTS = {"resnet50": "none", "efficientnet_lite0": "DEFAULT"}
+WEIGHTS = {"resnet50": "none", "efficientnet_lite0": "DEFAULT"}  # when --models names none
+# Graphs (a) times: the plain torch FX graph, frozen TorchScript, OpenVINO (fp32 only).
+GRAPHS = ("plain", "frozen", "openvino")
+# What prepare_run is told for "a large library": every conversion auto allows.
+LARGE_RUN = 100_000
 
 
 def log(message: str) -> None:
@@ -203,6 +210,117 @@ def same_top5(index: np.ndarray, exact: np.ndarray, other: np.ndarray) -> float:
     return float(np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a, b, strict=True)]))
 
 
+def parse_model(item: str) -> tuple[str, str]:
+    """``name`` or ``name@weights`` -> (name, weights); the weights of :data:`WEIGHTS`, else
+    DEFAULT."""
+    name, _, weights = item.partition("@")
+    return name, weights or WEIGHTS.get(name, "DEFAULT")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One way (a) ran the model: precision, graph, images/s and how its vectors compare
+    with the plain fp32 graph's (``error`` says why it could not run)."""
+
+    precision: str
+    graph: str
+    rate: float = 0.0
+    native: bool = True
+    images: int = 0
+    min_cosine: float = float("nan")
+    top5: float = float("nan")
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision} {self.graph}"
+
+
+def graph_of(extractor: Any) -> str:
+    """What runs an extractor's graph: ``openvino``, ``frozen`` or ``plain``."""
+    return (
+        "openvino" if extractor.runtime == "openvino" else "frozen" if extractor.frozen else "plain"
+    )
+
+
+def forwards(
+    spec: Any, inputs: np.ndarray, exact: np.ndarray, batch: int, emulated_images: int
+) -> list[Forward]:
+    """(a): every precision in every graph that can run it here, each timed on ``inputs``
+    (on the first ``emulated_images`` where the CPU only emulates the precision), with its
+    vectors against ``exact`` (the plain fp32 graph's on ``inputs``)."""
+    from dataclasses import replace
+
+    from featx_search.compute import native_precisions, openvino_installed
+    from featx_search.config import PRECISIONS
+
+    native = native_precisions("cpu")
+    rows = []
+    for precision in PRECISIONS:
+        fast = precision in native
+        some = inputs if fast else inputs[: max(1, emulated_images)]
+        for graph in GRAPHS:
+            if graph == "openvino" and (precision != "fp32" or not openvino_installed()):
+                continue
+            rows.append(_forward(replace(spec, precision=precision), graph, some, exact, batch))
+            rows[-1] = replace(rows[-1], native=fast)
+    # The other layout, for comparison (channels_last is the default on the CPU).
+    nchw = _forward(replace(spec, precision="fp32"), "plain", inputs, exact, batch, nchw=True)
+    rows.insert(1, replace(nchw, graph="plain NCHW"))
+    return rows
+
+
+def _forward(
+    spec: Any, graph: str, inputs: np.ndarray, exact: np.ndarray, batch: int, *, nchw: bool = False
+) -> Forward:
+    """One forward of (a): ``spec`` run by ``graph``, timed on ``inputs``."""
+    from featx_search import Compute
+    from featx_search.extract import load_extractor
+
+    compute = Compute(
+        device="cpu",
+        channels_last=False if nchw else None,
+        freeze="on" if graph == "frozen" else "off",
+        runtime="openvino" if graph == "openvino" else "torch",
+    )
+    extractor = load_extractor(spec, compute)
+    extractor.prepare_run(LARGE_RUN, batch)
+    if graph_of(extractor) != graph:  # conversion failed or vectors differed
+        return Forward(spec.precision, graph, error="not made (see log)")
+    rate = model_rate(extractor, inputs, batch, rounds=2 if len(inputs) == len(exact) else 1)
+    got = extractor.embed(inputs)
+    return Forward(
+        spec.precision,
+        graph,
+        rate,
+        images=len(inputs),
+        min_cosine=float(np.min(np.sum(got * exact[: len(inputs)], axis=1))),
+        top5=same_top5(exact, exact[: len(inputs)], got),
+    )
+
+
+def fastest(rows: list[Forward]) -> Forward:
+    """The fastest forward that ran."""
+    return max((r for r in rows if not r.error), key=lambda r: r.rate)
+
+
+def limit(decode_ms: float, cores: int, rate: float) -> float:
+    """L: images/s when ``cores`` decode (``decode_ms`` CPU ms each) beside a model running
+    ``rate`` images/s (decoding and the model share the cores)."""
+    return 1 / (decode_ms / 1000 / cores + 1 / rate)
+
+
+def defaults_pick(spec: Any, images: int, batch: int) -> str:
+    """What ``featx-search index`` with its defaults runs for ``images`` images: precision
+    and graph."""
+    from featx_search import Compute
+    from featx_search.extract import load_extractor
+
+    extractor = load_extractor(spec, Compute(device="cpu"))
+    extractor.prepare_run(images, batch)
+    return f"{extractor.space.precision} {graph_of(extractor)}"
+
+
 PEAK_RSS = (
     "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "
     "_, status, usage = os.wait4(p.pid, 0); print(usage.ru_maxrss); "
@@ -211,6 +329,7 @@ PEAK_RSS = (
 
 
 def run_cli(folder: Path, model: str, extra: list[str]) -> tuple[float, float, float]:
+    model, weights = parse_model(model)
     """Seconds, peak RSS (MiB) and the reported ``embed_seconds`` (the run without its
     start-up) of ``featx-search index folder`` into a new library."""
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
@@ -225,7 +344,7 @@ def run_cli(folder: Path, model: str, extra: list[str]) -> tuple[float, float, f
             "-m",
             model,
             "-w",
-            WEIGHTS[model],
+            weights,
             "--json",
             *extra,
         ]
@@ -252,9 +371,10 @@ def recipe_rate(model_name: str, paths: list[Path]) -> float:
     from featx_search.extract.cut import default_layer, node_names
     from featx_search.extract.registry import build
 
-    built = build(ExtractorSpec(model=model_name, weights=WEIGHTS[model_name]))
+    name, weights = parse_model(model_name)
+    built = build(ExtractorSpec(model=name, weights=weights))
     model = built.model.eval()
-    layer = default_layer(model, node_names(model, model_name))
+    layer = default_layer(model, node_names(model, name))
     pre = built.preprocess
     transform = transforms.Compose(
         [
@@ -318,7 +438,11 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500, help="photos for (b); n/5 is the small run")
-    parser.add_argument("--models", default="resnet50,efficientnet_lite0")
+    parser.add_argument(
+        "--models",
+        default="resnet50,efficientnet_lite0",
+        help="name or name@weights, comma-separated (resnet50 runs with weights none)",
+    )
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-data")
     parser.add_argument("--source", type=Path, help="photos to build from (default: apt-get)")
     parser.add_argument(
@@ -330,14 +454,20 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=48, help="photos for (a), (c), (d)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (b) size")
-    parser.add_argument("--bf16-images", type=int, default=8, help="queries for the bf16 check")
+    parser.add_argument(
+        "--emulated-images",
+        type=int,
+        default=8,
+        help="images (a) times a precision on that the CPU only emulates (slow)",
+    )
     parser.add_argument(
         "--extra", default="", help="more `index` options for (b), e.g. '--workers 1'"
     )
     args = parser.parse_args()
 
+    from dataclasses import replace
+
     from featx_search import Compute, ExtractorSpec
-    from featx_search.compute import FREEZE_MIN_IMAGES, OPENVINO_MIN_IMAGES
     from featx_search.extract import load_extractor
 
     cores = os.cpu_count() or 1
@@ -361,48 +491,26 @@ def main() -> None:
     with section("decode (d)"):
         d_fast, d_plain = decode_ms(sample)
     rows = []
-    graph_rows = []
     for model in args.models.split(","):
-        spec = ExtractorSpec(model=model, weights=WEIGHTS[model])
-        with section(f"{model}: bare model (a), precisions and layouts"):
-            fp32 = load_extractor(spec, Compute(device="cpu", freeze="off", runtime="torch"))
+        name, weights = parse_model(model)
+        spec = ExtractorSpec(model=name, weights=weights)  # precision auto, as the CLI's
+        with section(f"{model}: every forward (a)"):
+            fp32 = load_extractor(
+                replace(spec, precision="fp32"),
+                Compute(device="cpu", freeze="off", runtime="torch"),
+            )
             inputs = decoded_inputs(sample, fp32.space.preprocess)
-            a_plain = model_rate(fp32, inputs, args.batch_size)
             exact = fp32.embed(inputs)
-            tuned = load_extractor(spec, Compute(device="cpu"))  # runtime, freeze: "auto"
-            t0 = time.perf_counter()
-            tuned.prepare_run(max(FREEZE_MIN_IMAGES, OPENVINO_MIN_IMAGES), args.batch_size)
-            graph_s = time.perf_counter() - t0
-            a = model_rate(tuned, inputs, args.batch_size)
-            # Largest change of any query-to-sample cosine against the plain graph; layout or
-            # micro-batch changes alone move them by about 4e-7 here.
-            drift = float(np.abs((tuned.embed(inputs) - exact) @ exact.T).max())
-            graph = (
-                "openvino" if tuned.runtime == "openvino" else "frozen" if tuned.frozen else "plain"
-            )
-            del tuned
-            nchw = load_extractor(spec, Compute(device="cpu", channels_last=False))
-            a_nchw = model_rate(nchw, inputs, args.batch_size, rounds=1)
-            # bf16 is emulated (slow) on CPUs without AVX-512 BF16 / AMX: a few images only.
-            few = inputs[: args.bf16_images]
-            bf16 = load_extractor(
-                ExtractorSpec(model=model, weights=WEIGHTS[model], precision="bf16"),
-                Compute(device="cpu"),
-            )
-            bf16.embed(few[:2])
-            t0 = time.perf_counter()
-            low = bf16.embed(few)
-            a_bf16 = len(few) / (time.perf_counter() - t0)
-            same = same_top5(exact, exact[: len(few)], low)
-            del nchw, bf16
+            del fp32
+            ran = forwards(spec, inputs, exact, args.batch_size, args.emulated_images)
+            best = fastest(ran)
+            picked_n = defaults_pick(spec, args.n, args.batch_size)
+            picked_large = defaults_pick(spec, LARGE_RUN, args.batch_size)
+            a_default = next((r.rate for r in ran if r.label == picked_n), float("nan"))
         with section(f"{model}: article recipe (c), first of two"):
             c_runs = [recipe_in_child(model, sample[:32])]
-        with section(f"{model}: featx-search index, {small} and {args.n} photos (b)"):
-            extra = [
-                *("--runtime", "openvino" if graph == "openvino" else "torch"),
-                *("--freeze", "on" if graph == "frozen" else "off"),
-                *args.extra.split(),
-            ]
+        with section(f"{model}: featx-search index with its defaults, {small} and {args.n} (b)"):
+            extra = args.extra.split()
             # Interleaved repeats, fastest of each: a start-up that happens to be slow in one
             # run would otherwise move b a lot (it is a difference of two times).
             small_runs, full_runs = [], []
@@ -419,44 +527,84 @@ def main() -> None:
             # land in a busy moment, and a slow (c) would flatter b/c.
             c_runs.append(recipe_in_child(model, sample[:32]))
             c = max(c_runs)
-        limit = 1 / (d_fast / 1000 / cores + 1 / a)
-        rows.append((model, a, a_nchw, a_bf16, same, b, c, limit, rss_small, rss_full, b_run))
-        graph_rows.append((model, graph, graph_s, a_plain, a, drift))
+        rows.append(
+            Row(
+                model=model,
+                forwards=ran,
+                best=best,
+                picked=picked_n,
+                picked_large=picked_large,
+                a_default=a_default,
+                b=b,
+                c=c,
+                limit=limit(d_fast, cores, best.rate),
+                rss=(rss_small, rss_full),
+                b_run=b_run,
+            )
+        )
+    print(report(rows, cores=cores, d_fast=d_fast, d_plain=d_plain, n=args.n))
 
-    print(
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One model's measurements."""
+
+    model: str
+    forwards: list[Forward]
+    best: Forward
+    picked: str  # what the defaults run for the (b) run, "precision graph"
+    picked_large: str  # ... and for a large library
+    a_default: float  # (a) of what the defaults picked
+    b: float
+    c: float
+    limit: float
+    rss: tuple[float, float]
+    b_run: float
+
+
+def report(rows: list[Row], *, cores: int, d_fast: float, d_plain: float, n: int) -> str:
+    """The printed tables: limits and ratios, then every forward of (a)."""
+    from featx_search.compute import native_precisions
+
+    out = [
         f"\nload average now {os.getloadavg()[0]:.1f} on {cores} cores (busy machine: "
-        "compare ratios, not absolute numbers)"
-    )
-    print(
+        "compare ratios, not absolute numbers)",
+        f"native precisions of this CPU (from what it reports): "
+        f"{', '.join(native_precisions('cpu'))}",
         f"decode (d), CPU ms/image on one thread: fast {d_fast:.1f}, plain {d_plain:.1f} "
-        f"({d_plain / d_fast:.1f}x)"
-    )
-    head = f"{'model':<20}{'a img/s':>9}{'b img/s':>9}{'c img/s':>9}{'L img/s':>9}"
-    print(head + f"{'b/L':>7}{'b/c':>7}{'RSS n/5':>9}{'RSS n':>8}{'RSS +%':>8}{'b run':>7}")
-    for model, a, _, _, _, b, c, limit, rss_small, rss_full, b_run in rows:
-        grow = 100 * (rss_full / rss_small - 1)
-        print(
-            f"{model:<20}{a:9.1f}{b:9.1f}{c:9.1f}{limit:9.1f}{b / limit:7.2f}{b / c:7.2f}"
-            f"{rss_small:8.0f}M{rss_full:7.0f}M{grow:7.1f}%{b_run:7.1f}"
+        f"({d_plain / d_fast:.1f}x)",
+        f"{'model':<20}{'fastest (a)':>16}{'a img/s':>9}{'defaults pick':>15}{'a img/s':>9}"
+        f"{'b img/s':>9}{'c img/s':>9}{'L img/s':>9}{'b/L':>7}{'b/c':>7}{'RSS n/5':>9}"
+        f"{'RSS n':>8}{'RSS +%':>8}{'b run':>7}",
+    ]
+    for r in rows:
+        grow = 100 * (r.rss[1] / r.rss[0] - 1)
+        out.append(
+            f"{r.model:<20}{r.best.label:>16}{r.best.rate:9.1f}{r.picked:>15}{r.a_default:9.1f}"
+            f"{r.b:9.1f}{r.c:9.1f}{r.limit:9.1f}{r.b / r.limit:7.2f}{r.b / r.c:7.2f}"
+            f"{r.rss[0]:8.0f}M{r.rss[1]:7.0f}M{grow:7.1f}%{r.b_run:7.1f}"
         )
-    print(
-        "b run: images / embed_seconds of the fastest full run, as `index --json` reports it "
-        "(a cross-check of b without the subtraction of two runs)"
+    out.append(
+        f"defaults pick: what `index` with its defaults runs for {n} photos (for a large "
+        "library: " + "; ".join(f"{r.model} {r.picked_large}" for r in rows) + "). "
+        "L uses the fastest forward. b run: images / embed_seconds of the fastest full run, "
+        "as `index --json` reports it (a cross-check of b without the subtraction of two runs)"
     )
-    print(f"\n{'model':<20}{'fp32 NHWC':>10}{'fp32 NCHW':>10}{'bf16 NHWC':>10}{'top-5 same':>11}")
-    for (model, _, a_nchw, a_bf16, same, *_), (_, _, _, a_plain, _, _) in zip(
-        rows, graph_rows, strict=True
-    ):
-        print(f"{model:<20}{a_plain:10.1f}{a_nchw:10.1f}{a_bf16:10.1f}{100 * same:10.0f}%")
-    print(
-        f"\n{'model':<20}{'graph':>9}{'took s':>8}{'a plain':>9}{'a used':>8}{'x':>6}"
-        f"{'max dcos':>10}"
+    out.append(
+        f"\n{'model':<20}{'forward':>16}{'native':>8}{'images':>8}{'img/s':>8}{'x fp32':>8}"
+        f"{'min cos':>10}{'top-5 same':>11}"
     )
-    for model, graph, took, plain, used, drift in graph_rows:
-        print(
-            f"{model:<20}{graph:>9}{took:8.1f}{plain:9.1f}{used:8.1f}{used / plain:6.2f}"
-            f"{drift:10.1e}"
-        )
+    for r in rows:
+        base = next((f.rate for f in r.forwards if f.label == "fp32 plain"), float("nan"))
+        for f in r.forwards:
+            if f.error:
+                out.append(f"{r.model:<20}{f.label:>16}{'yes' if f.native else 'no':>8}  {f.error}")
+                continue
+            out.append(
+                f"{r.model:<20}{f.label:>16}{'yes' if f.native else 'no':>8}{f.images:8d}"
+                f"{f.rate:8.1f}{f.rate / base:8.2f}{f.min_cosine:10.5f}{100 * f.top5:10.0f}%"
+            )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

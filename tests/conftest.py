@@ -11,6 +11,7 @@ from typing import NoReturn
 import pytest
 
 from featx_search import Library
+from featx_search import compute as compute_module
 from tests.support import PG_URL_ENV, TINY_ARGS, libpq_url, make_photo, pg_database, run_cli
 
 
@@ -19,6 +20,15 @@ def _no_query_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """Index runs do not export query models here (seconds each); tests of query models turn
     them back on with ``monkeypatch.setenv("FEATX_QUERY_MODEL", "1")``."""
     monkeypatch.setenv("FEATX_QUERY_MODEL", "0")
+
+
+@pytest.fixture(autouse=True)
+def _fp32_machine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs as on a device without native bf16 or fp16, so that ``auto`` precision
+    means fp32 whatever machine runs the suite; tests marked ``real_precisions`` see the
+    machine as it is (or mock it themselves)."""
+    if request.node.get_closest_marker("real_precisions") is None:
+        monkeypatch.setattr(compute_module, "native_precisions", lambda device: ("fp32",))
 
 
 @pytest.fixture

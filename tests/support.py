@@ -16,10 +16,12 @@ from PIL import Image, ImageDraw
 
 from featx_search import ExtractorSpec
 
-# A tiny random-init CNN: fast enough for many end-to-end tests.
-TINY = ExtractorSpec(model="tests.models:tiny_cnn", weights="none")
+# A tiny random-init CNN: fast enough for many end-to-end tests. fp32 named, not auto: the
+# same vectors on every machine, also in module-scoped fixtures and child processes, which
+# conftest's fp32 pin does not reach.
+TINY = ExtractorSpec(model="tests.models:tiny_cnn", weights="none", precision="fp32")
 # A real torchvision model with random (seeded) weights.
-RESNET18 = ExtractorSpec(model="resnet18", weights="none")
+RESNET18 = ExtractorSpec(model="resnet18", weights="none", precision="fp32")
 
 
 def make_photo(path: Path, seed: int, size: tuple[int, int] = (160, 120)) -> Path:
@@ -83,7 +85,7 @@ def is_server(db: str | Path) -> bool:
     return "://" in str(db)
 
 
-TINY_ARGS = ["--model", TINY.model, "--weights", "none"]
+TINY_ARGS = ["--model", TINY.model, "--weights", "none", "--precision", "fp32"]
 """The command-line flags of :data:`TINY`."""
 
 

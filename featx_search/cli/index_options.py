@@ -22,15 +22,14 @@ from ..compute import (
 )
 from ..config import (
     DEFAULT_MODEL,
-    DEFAULT_PRECISION,
     DEFAULT_WEIGHTS,
     METHODS,
     POOLS,
-    PRECISIONS,
+    PRECISION_CHOICES,
     ExtractorSpec,
     Method,
     Pool,
-    Precision,
+    PrecisionChoice,
 )
 from ..options import SyncOptions
 from .options import apply, builds
@@ -73,9 +72,11 @@ _SPEC_OPTIONS = [
 ]
 precision_option = click.option(
     "--precision",
-    type=click.Choice(PRECISIONS),
-    help="Number format of the model; part of the space, so another one makes a new space  "
-    f"[default: {DEFAULT_PRECISION}, or the library's space]",
+    type=click.Choice(PRECISION_CHOICES),
+    help="Number format of the model. auto: the library's space's, else the fastest this "
+    "device runs natively (bf16 on CPUs with AVX-512 BF16 or AMX and on GPUs from Ampere, "
+    "fp16 on older GPUs and MPS, else fp32). Part of the space: another one makes a new "
+    "space  [default: auto]",
 )
 
 
@@ -85,7 +86,7 @@ def _spec(
     weights: str | None,
     layers: Sequence[str],
     pool: Pool | None,
-    precision: Precision | None,
+    precision: PrecisionChoice | None,
     method: Method | None,
 ) -> ExtractorSpec | None:
     if (
@@ -102,7 +103,7 @@ def _spec(
         weights=weights or DEFAULT_WEIGHTS,
         layers=tuple(layers),
         pool=pool,
-        precision=precision or DEFAULT_PRECISION,
+        precision=precision or "auto",
         method=method or "auto",
     )
 

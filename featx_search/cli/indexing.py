@@ -90,7 +90,7 @@ def index(
             if spec is not None:
                 target = lib.create_space(spec, compute=options.compute)
             else:
-                target = lib.space_for(None, space)
+                target = lib.space_for(None, space, compute=options.compute)
             target.configure_index(index_spec, max_memory=max_memory)
             show = not (quiet or as_json)
             with (

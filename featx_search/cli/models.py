@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from ..config import DEFAULT_MODEL, DEFAULT_WEIGHTS, POOLS, ExtractorSpec, Method, Pool
+from ..config import (
+    DEFAULT_MODEL,
+    DEFAULT_WEIGHTS,
+    POOLS,
+    PRECISION_CHOICES,
+    ExtractorSpec,
+    Method,
+    Pool,
+    PrecisionChoice,
+)
 from ..evaluation import INPUTS, EvalResult, evaluate
 from ..extract.layers import list_layers
 from . import output
@@ -67,19 +76,23 @@ def _eval_specs(
     layer_sets: tuple[str, ...],
     pools: tuple[Pool, ...],
     method: Method | None,
+    precisions: tuple[PrecisionChoice, ...] = (),
 ) -> list[ExtractorSpec]:
-    """Every combination of --model, --layer (``a+b`` concatenates) and --pool."""
+    """Every combination of --model, --layer (``a+b`` concatenates), --pool and
+    --precision."""
     return [
         ExtractorSpec(
             model=model,
             weights=weights,
             layers=tuple(part for part in layer.split("+") if part) if layer else (),
             pool=pool,
+            precision=precision,
             method=method or "auto",
         )
         for model in models or (DEFAULT_MODEL,)
         for layer in layer_sets or ("",)
         for pool in pools or (None,)
+        for precision in precisions or ("auto",)
     ]
 
 
@@ -129,6 +142,13 @@ def _eval_specs(
     type=click.IntRange(min=0),
     help="Also score database-side augmentation with this many neighbours (repeatable; 0: none).",
 )
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(PRECISION_CHOICES),
+    help="Precision to try (repeatable)  [default: auto, the fastest this device runs natively]",
+)
 @method_option
 @json_option
 def eval_command(
@@ -141,16 +161,17 @@ def eval_command(
     copies: bool,
     qes: tuple[int, ...],
     dbas: tuple[int, ...],
+    precisions: tuple[PrecisionChoice, ...],
     method: Method | None,
     as_json: bool,
 ) -> None:
     """Score extraction settings on FOLDER, which holds one subfolder of images per class.
 
     Every image queries the others: mAP, P@1 and P@10 count images of its class. Every
-    combination of --model, --layer, --pool, --input, --qe and --dba is scored. No library
-    is used.
+    combination of --model, --layer, --pool, --precision, --input, --qe and --dba is
+    scored. No library is used.
     """
-    specs = _eval_specs(models, weights, layer_sets, pools, method)
+    specs = _eval_specs(models, weights, layer_sets, pools, method, precisions)
 
     def show(result: EvalResult) -> None:
         output.eval_row(result, as_json=as_json, expansions=bool(qes or dbas))

@@ -105,7 +105,8 @@ def _index_summary(report: IndexReport) -> str:
         f"indexed {report.indexed} (added {report.added}, updated {report.updated}), "
         f"moved {report.moved}, unchanged {report.unchanged}, failed {report.failed}, "
         f"removed {report.removed} in {report.seconds:.1f} s{rate}; "
-        f"space {report.space} ({report.label})"
+        f"space {report.space} ({report.label}"
+        + (f", computed in {report.precision})" if report.precision else ")")
     )
 
 
@@ -225,6 +226,7 @@ def library_info(summary: LibraryInfo, *, as_json: bool) -> None:
         state = "current" if s.index_current else "stale (rebuilt on next use)"
         _echo(
             f"space {s.fingerprint}  {s.label}  weights={s.weights}  dim={s.dim}  "
+            f"precision={s.precision}  "
             f"vectors={s.count}  index={state}"
             + (f" {s.index_kind}" if s.index_kind else "")
             + ("" if s.index_spec == "auto" else f" (spec {s.index_spec})")
@@ -320,7 +322,7 @@ def layer_table(rows: Sequence[Layer], *, as_json: bool) -> None:
 
 
 def eval_header(*, copies: bool, expansions: bool = False) -> None:
-    header = f"{'model':<18} {'layers':<22} {'pool':<4} {'input':<5} {'dim':>5}"
+    header = f"{'model':<18} {'layers':<22} {'pool':<4} {'input':<5} {'prec':<4} {'dim':>5}"
     if expansions:
         header += "  qe dba"
     header += "  mAP   P@1   P@10"
@@ -333,7 +335,10 @@ def eval_row(r: EvalResult, *, as_json: bool, expansions: bool = False) -> None:
     if as_json:
         _json(r.to_dict())
         return
-    line = f"{r.model:<18} {'+'.join(r.layers):<22} {r.pool:<4} {r.input:<5} {r.dim:>5}"
+    line = (
+        f"{r.model:<18} {'+'.join(r.layers):<22} {r.pool:<4} {r.input:<5} {r.precision:<4} "
+        f"{r.dim:>5}"
+    )
     if expansions:
         line += f"  {r.qe:>2} {r.dba:>3}"
     line += f"  {r.map:.3f} {r.p1:.3f} {r.p10:.3f}"

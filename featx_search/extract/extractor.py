@@ -17,6 +17,8 @@ from ..compute import (
     Placement,
     applied,
     place,
+    resolve_device,
+    resolve_precision,
     to_input,
 )
 from ..config import ExtractorSpec, SpaceSpec
@@ -187,8 +189,9 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
     back to hooks (with a warning) when the model cannot be traced.
 
     The graph runs in ``spec.precision`` on the device, threads and layout of ``compute``
-    (default: :class:`Compute`, i.e. the best device here). Building and tracing hold a
-    process-wide lock, so threads may call this at once.
+    (default: :class:`Compute`, i.e. the best device here); ``auto`` becomes the fastest
+    precision that device runs natively, and the space's ``request`` says which. Building and
+    tracing hold a process-wide lock, so threads may call this at once.
 
     Raises :class:`ModelError`, :class:`WeightsError`, :class:`LayerError` or
     :class:`ConfigError` with a hint when something named in ``spec`` is not usable.
@@ -196,6 +199,9 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
     import torch
     import torchvision
 
+    compute = compute or Compute()
+    precision = resolve_precision(spec.precision, resolve_device(compute.device))
+    spec = replace(spec, precision=precision)  # the space's request says what auto chose
     with building():
         built = build(spec)
         graph, layers = _cut(built, spec)
@@ -214,20 +220,21 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
             torch_version=torch.__version__.split("+")[0],
             torchvision_version=torchvision.__version__.split("+")[0],
             request=spec,
-            precision=spec.precision,
+            precision=precision,
         )
         # After the checksum: the weights are hashed as built, in fp32 on the CPU.
         if isinstance(graph, HookGraph):  # place the hooked model itself (moved in place)
-            _, placement = place(graph.model, spec.precision, compute or Compute())
+            _, placement = place(graph.model, precision, compute)
         else:
-            graph, placement = place(graph, spec.precision, compute or Compute())
+            graph, placement = place(graph, precision, compute)
         dim = Extractor(graph, partial, placement).embed(probe).shape[1]
     space = SpaceSpec(**{**partial.__dict__, "dim": int(dim)})
     log.info(
-        "extractor %s ready: %d-d, space %s, on %s (channels_last=%s)",
+        "extractor %s ready: %d-d, space %s, %s on %s (channels_last=%s)",
         space.label,
         dim,
         space.fingerprint,
+        precision,
         placement.device,
         placement.channels_last,
     )

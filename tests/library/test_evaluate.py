@@ -185,12 +185,18 @@ def test_eval_cli_json_and_table(classes: Path) -> None:
     assert [r["pool"] for r in rows] == ["avg", "gem"] and rows[0]["layers"] == ["4"]
     assert rows[0]["copies"] == {} and 0 <= rows[0]["map"] <= 1
     table = run("eval", classes, *TINY_ARGS, "-l", "1+3", "--copies").stdout.splitlines()
-    assert table[0].split()[:6] == ["model", "layers", "pool", "input", "dim", "mAP"]
+    assert table[0].split()[:7] == ["model", "layers", "pool", "input", "prec", "dim", "mAP"]
     assert "flip" in table[0] and "1+3" in table[1] and len(table) == 2
+    assert table[1].split()[4] == "fp32"
+    # Precisions to compare: one row each, in the order asked.
+    args = ["--model", TINY.model, "--weights", "none", "--precision", "fp32"]
+    out = run("eval", classes, *args, "--precision", "bf16", "--json").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
     out = run("eval", classes, *TINY_ARGS, "--qe", "0", "--qe", "2", "--dba", "1", "--json").stdout
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["qe"], r["dba"]) for r in rows] == [(0, 1), (2, 1)]
     table = run("eval", classes, *TINY_ARGS, "--qe", "1").stdout.splitlines()
-    assert table[0].split()[5:8] == ["qe", "dba", "mAP"] and table[1].split()[5:7] == ["1", "0"]
+    assert table[0].split()[6:9] == ["qe", "dba", "mAP"] and table[1].split()[6:8] == ["1", "0"]
     bad = run("eval", classes / "cats", *TINY_ARGS, ok=False)
     assert bad.exit_code == 1 and "needs at least two subfolders" in bad.output
