@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .errors import ConfigError
 from .options import Progress, ProgressCallback
 from .query import image_date
 from .records import ImageFacts
@@ -29,6 +30,13 @@ DEFAULT_DUP_THRESHOLD = 0.9
 BATCH = 512
 # Vectors longer than twice this are pre-filtered on this many main axes (see _project).
 PROJECT_DIM = 128
+# From this many images on, pairs come from an inverted-file range search (see _ann_pairs).
+ANN_MIN_IMAGES = 200_000
+ANN_NPROBE = 16
+ANN_MAX_LISTS = 4096
+ANN_CHUNK = 20_000
+DupMethod = Literal["auto", "all", "ann"]
+DUP_METHODS: tuple[str, ...] = ("auto", "all", "ann")
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,53 @@ def _orthonormal(columns: np.ndarray) -> np.ndarray:
     return q
 
 
+def _exact_pairs(
+    reduced: np.ndarray, radius_sq: float, batch: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Every pair (a < b) of rows of ``reduced`` within squared distance ``radius_sq``, by a
+    blocked all-pairs search: (a, b, rows done so far) per block of ``batch`` rows."""
+    total = len(reduced)
+    norms = np.einsum("ij,ij->i", reduced, reduced)
+    for start in range(0, total, batch):
+        stop = min(start + batch, total)
+        block = reduced[start:stop] @ reduced[start:].T  # this block against itself and later
+        block *= -2.0
+        block += norms[start:stop, None]
+        block += norms[None, start:]
+        rows, cols = np.nonzero(block <= radius_sq)
+        a, b = rows + start, cols + start
+        keep = b > a  # each pair once, never an image with itself
+        yield a[keep], b[keep], stop
+
+
+def _ann_pairs(
+    reduced: np.ndarray, radius_sq: float, nprobe: int = ANN_NPROBE
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Pairs (a < b) of rows of ``reduced`` within squared distance ``radius_sq``, drawn
+    from an inverted-file index over them (range search, ``nprobe`` lists per row), in
+    chunks of :data:`ANN_CHUNK` rows: (a, b, rows done so far). Near-duplicates lie far
+    inside the radius, so they share a list or sit in a neighbouring one; the cost grows
+    with N x N x nprobe / nlist instead of N x N."""
+    from .ann.raw import faiss_module
+
+    faiss = faiss_module()
+    total, dim = reduced.shape
+    data = np.ascontiguousarray(reduced, dtype=np.float32)
+    nlist = max(1, min(ANN_MAX_LISTS, int(4 * np.sqrt(total))))
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+    sample = np.random.default_rng(0).choice(total, min(total, 64 * nlist), replace=False)
+    index.train(data[np.sort(sample)])
+    index.add(data)
+    index.nprobe = min(nprobe, nlist)
+    for start in range(0, total, ANN_CHUNK):
+        stop = min(start + ANN_CHUNK, total)
+        lims, _, found = index.range_search(data[start:stop], float(radius_sq))
+        a = np.repeat(np.arange(start, stop), np.diff(lims.astype(np.int64)))
+        keep = found > a
+        yield a[keep], found[keep].astype(np.int64), stop
+
+
 def near_duplicates(
     space: Space,
     threshold: float,
@@ -205,15 +260,26 @@ def near_duplicates(
     progress: ProgressCallback | None = None,
     batch: int = BATCH,
     project_dim: int = PROJECT_DIM,
+    method: DupMethod = "auto",
 ) -> list[DupGroup]:
     """Groups of images in a space linked by a cosine score of at least ``threshold`` (or by
     identical bytes), as connected components, largest first.
 
-    Exact and without an N x N matrix: a blocked range search over the vectors projected on
-    their ``project_dim`` main axes (a lossless pre-filter, see :func:`_project`) proposes
-    pairs, and each is confirmed on the full vectors. Memory: the vectors, their projection
-    and one ``batch`` x N block of distances.
+    Pairs are proposed on the vectors projected on their ``project_dim`` main axes (a
+    lossless pre-filter, see :func:`_project`) and each is confirmed on the full vectors.
+    ``method`` says how they are proposed: ``all`` compares every pair in blocks of
+    ``batch`` rows (no N x N matrix; the work grows with N squared), ``ann`` range-searches
+    an inverted-file index over the projection (much faster at scale; a pair lying in lists
+    the search does not visit can be missed), ``auto`` is ``ann`` from
+    :data:`ANN_MIN_IMAGES` images on. Memory: the vectors, their projection, and one block
+    of distances or the inverted lists.
     """
+    if method not in DUP_METHODS:
+        raise ConfigError(
+            f"unknown duplicates method {method!r}",
+            hint=f"choose one of: {', '.join(DUP_METHODS)}",
+            param="method",
+        )
     started = time.perf_counter()
     generation, ids, vectors = space.vectors()
     facts = space.image_facts()
@@ -224,21 +290,17 @@ def near_duplicates(
     components = _Components(total)
     _link_identical(facts, components)
     reduced = _project(vectors, project_dim) if dim > 2 * project_dim and total > 1 else vectors
-    norms = np.einsum("ij,ij->i", reduced, reduced)
     # Unit vectors scoring >= t lie within squared distance 2 - 2t; the slack covers rounding
     # and vectors whose norm is not exactly 1.
     radius_sq = 2.0 - 2.0 * threshold + 1e-3
+    use_ann = method == "ann" or (method == "auto" and total >= ANN_MIN_IMAGES)
+    pairs = (
+        _ann_pairs(reduced, radius_sq)
+        if use_ann and total > 1
+        else _exact_pairs(reduced, radius_sq, batch)
+    )
     proposed = confirmed = 0
-    for start in range(0, total, batch):
-        stop = min(start + batch, total)
-        block = reduced[start:stop] @ reduced[start:].T  # this block against itself and later
-        block *= -2.0
-        block += norms[start:stop, None]
-        block += norms[None, start:]
-        rows, cols = np.nonzero(block <= radius_sq)
-        a, b = rows + start, cols + start
-        keep = b > a  # each pair once, never an image with itself
-        a, b = a[keep], b[keep]
+    for a, b, done in pairs:
         proposed += len(a)
         for lo in range(0, len(a), 50_000):  # confirm on the full vectors, in bounded chunks
             pa, pb = a[lo : lo + 50_000], b[lo : lo + 50_000]
@@ -247,9 +309,10 @@ def near_duplicates(
                 components.union(int(x), int(y))
                 confirmed += 1
         if progress is not None:
-            progress(Progress(stop, total, elapsed=time.perf_counter() - started))
+            progress(Progress(done, total, elapsed=time.perf_counter() - started))
     log.info(
-        "near-duplicates: %d vectors (generation %d), %d pairs proposed, %d confirmed",
+        "near-duplicates (%s): %d vectors (generation %d), %d pairs proposed, %d confirmed",
+        "ann" if use_ann else "all pairs",
         total,
         generation,
         proposed,

@@ -16,7 +16,7 @@ import numpy as np
 from .compute import Compute
 from .config import ExtractorSpec
 from .connect import Location
-from .dups import DEFAULT_DUP_THRESHOLD, DupGroup
+from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, DupMethod
 from .errors import ConfigError, ImageError, SpaceError
 from .handle import StoreHandle
 from .images import ImageInput
@@ -385,16 +385,18 @@ class Library:
         *,
         exact: bool = False,
         space: SpaceSelector | None = None,
+        candidates: DupMethod = "auto",
         progress: ProgressCallback | None = None,
     ) -> list[DupGroup]:
-        """Groups of duplicate images, largest first (see :meth:`Space.duplicates`). With
-        ``exact`` only byte-identical files (same SHA-256) are grouped and no space is used."""
+        """Groups of duplicate images, largest first (see :meth:`Space.duplicates`, which
+        ``candidates`` is passed to). With ``exact`` only byte-identical files (same
+        SHA-256) are grouped and no space is used."""
         from .dups import exact_duplicates
 
         check_threshold(threshold)
         if exact:
             return exact_duplicates(self._store)
-        return self.space(space).duplicates(threshold, progress=progress)
+        return self.space(space).duplicates(threshold, candidates=candidates, progress=progress)
 
     def decide(
         self, image_ids: Iterable[int], decision: DecisionKind, *, keep: int | None = None

@@ -14,7 +14,7 @@ import numpy as np
 
 from .ann.spec import SearchParams
 from .compute import Compute
-from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, near_duplicates
+from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, DupMethod, near_duplicates
 from .errors import ConfigError, ImageError
 from .images import ImageInput, describe, load_input
 from .options import ProgressCallback, Query, SyncOptions
@@ -395,13 +395,19 @@ class Space:
         return os.fspath(image), found
 
     def duplicates(
-        self, threshold: float = DEFAULT_DUP_THRESHOLD, *, progress: ProgressCallback | None = None
+        self,
+        threshold: float = DEFAULT_DUP_THRESHOLD,
+        *,
+        candidates: DupMethod = "auto",
+        progress: ProgressCallback | None = None,
     ) -> list[DupGroup]:
         """Groups of images whose vectors score at least ``threshold`` (or whose bytes are
-        identical), largest first, each with a suggested keeper. Exact, from the stored
-        vectors: neither a model nor the index is loaded."""
+        identical), largest first, each with a suggested keeper, from the stored vectors
+        (neither a model nor the space's index is loaded). ``candidates``: how pairs are
+        found (``all`` pairs, exact; ``ann``, an inverted-file range search; ``auto``, ann
+        from 200,000 images on; see :func:`featx_search.dups.near_duplicates`)."""
         check_threshold(threshold)
-        return near_duplicates(self, threshold, progress=progress)
+        return near_duplicates(self, threshold, progress=progress, method=candidates)
 
     # -- changes ------------------------------------------------------------------------
 

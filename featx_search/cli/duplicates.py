@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..dups import DEFAULT_DUP_THRESHOLD
+from ..dups import DEFAULT_DUP_THRESHOLD, DUP_METHODS, DupMethod
 from ..library import SpaceSelector
 from . import output
 from .options import db_option, open_library, output_options, refuse_ambiguous, space_option
@@ -31,6 +31,15 @@ from .progress import progress_bar
     help="List the decisions recorded on duplicate groups (in the web app) instead: each "
     "image with its part (keep, duplicate, distinct), to act on with other tools.",
 )
+@click.option(
+    "--candidates",
+    type=click.Choice(DUP_METHODS),
+    default="auto",
+    show_default=True,
+    help="How pairs to compare are found: all (every pair; exact, slow past 100,000 images), "
+    "ann (a range search over an inverted-file index; fast) or auto (ann from 200,000 "
+    "images).",
+)
 @space_option("Space to compare in (fingerprint prefix, id or label).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @output_options
@@ -41,6 +50,7 @@ def dups(
     threshold: float,
     exact: bool,
     decisions: bool,
+    candidates: DupMethod,
     space: SpaceSelector | None,
     quiet: bool,
     out: ListingOutput,
@@ -59,5 +69,7 @@ def dups(
     with open_library(ctx) as lib, progress_bar("comparing", show=not quiet) as bar:
         if not exact:
             refuse_ambiguous(lib, space)
-        groups = lib.duplicates(threshold, exact=exact, space=space, progress=bar)
+        groups = lib.duplicates(
+            threshold, exact=exact, space=space, candidates=candidates, progress=bar
+        )
     output.duplicates("featx-search dups", groups, out)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from featx_search import DupGroup, ExtractorSpec, Library
 from featx_search.dups import near_duplicates
-from tests.support import TINY, make_photo
+from tests.support import TINY, make_photo, run_cli
 
 
 def scene(kind: int, seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -137,8 +137,9 @@ def test_groups_are_the_connected_components_of_a_brute_force_graph(
             key=sorted,
         )
         assert want and max(map(len, want)) < len(ids)  # a graph worth checking
-        for batch, project in ((1, 128), (7, 8), (512, 4)):  # neither batches nor projection
-            got = near_duplicates(space, threshold, batch=batch, project_dim=project)
+        runs = [("all", 1, 128), ("all", 7, 8), ("all", 512, 4), ("ann", 512, 8)]
+        for method, batch, project in runs:  # neither batches, projection nor index matter
+            got = near_duplicates(space, threshold, batch=batch, project_dim=project, method=method)
             assert _as_sets(got) == want
             assert [len(g) for g in got] == sorted((len(g) for g in got), reverse=True)
             for g in got:  # every score is the keeper's cosine similarity
@@ -186,3 +187,12 @@ def test_projection_never_lengthens_a_difference() -> None:
     short = np.linalg.norm(projected[a] - projected[b], axis=1)
     assert np.all(short <= full + 1e-5)
     assert short.sum() > 0.5 * full.sum()  # and the main axes keep much of the distance
+
+
+def test_dups_cli_finds_the_same_groups_with_either_candidate_search(tiny_library: Path) -> None:
+    args = ["--db", tiny_library, "dups", "--threshold", "0.95", "--json", "-q"]
+    every = run_cli(*args, "--candidates", "all").output
+    indexed = run_cli(*args, "--candidates", "ann").output
+    assert every == indexed and '"keeper": true' in every
+    bad = run_cli(*args, "--candidates", "some", ok=False)
+    assert bad.exit_code == 2 and "--candidates" in bad.output
