@@ -373,6 +373,9 @@ def _rebuild(store: Store) -> tuple[BuildInfo, ...]:
 
 
 def _remove_sqlite(path: Path) -> None:
-    """Remove a SQLite file this copy created (and its journal files)."""
+    """Remove a SQLite file this copy created (its journal files, lock and index folder)."""
+    import shutil
+
     for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
+    shutil.rmtree(path.with_name(path.name + ".indexes"), ignore_errors=True)
