@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         WhitenReport,
     )
     from .space import Space, StoredImage
+    from .transfer import CopyReport, copy_library
     from .upgrade import SchemaStatus, schema_status, upgrade_schema
 
 # Public name -> the module that defines it. Names load on first use (PEP 562), so importing
@@ -51,6 +52,7 @@ _EXPORTS = {
     "CheckReport": "reports",
     "Compute": "compute",
     "ConfigError": "errors",
+    "CopyReport": "transfer",
     "Decision": "decisions",
     "DupGroup": "dups",
     "DupMember": "dups",
@@ -86,6 +88,7 @@ _EXPORTS = {
     "WeightsError": "errors",
     "WhitenReport": "reports",
     "choose_spec": "ann.spec",
+    "copy_library": "transfer",
     "default_db_path": "library",
     "evaluate": "evaluation",
     "list_layers": "extract.layers",
@@ -115,6 +118,7 @@ __all__ = [
     "CheckReport",
     "Compute",
     "ConfigError",
+    "CopyReport",
     "Decision",
     "DupGroup",
     "DupMember",
@@ -151,6 +155,7 @@ __all__ = [
     "WhitenReport",
     "__version__",
     "choose_spec",
+    "copy_library",
     "default_db_path",
     "evaluate",
     "list_layers",

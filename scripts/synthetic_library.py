@@ -27,8 +27,12 @@ import sys
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from featx_search.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench-data"
@@ -99,31 +103,30 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
-    """The library of ``n`` synthetic images (built once, then reused); returns its path."""
-    from featx_search.ann.publish import rebuild_index
+def write_rows(
+    store: Store,
+    n: int,
+    base: np.ndarray,
+    spec: dict[str, object],
+    *,
+    seed: int = 0,
+    folder: Path,
+    verbose: bool = True,
+) -> list[list[int]]:
+    """Write ``n`` synthetic images (rows and vectors mixed from ``base``, in the space of
+    ``spec``) under the root ``folder`` into ``store``, :data:`CHUNK` per batch; returns the
+    planted groups of near-copies (image ids). No index is built."""
     from featx_search.config import SpaceSpec
     from featx_search.records import FileResult
-    from featx_search.store import Store
 
-    db = DATA / f"synthetic-{n}-s{seed}.db"
-    planted_file = db.with_suffix(".planted.json")
-    if db.exists() and planted_file.exists():
-        return db
-    for stale in (db, planted_file):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(db.with_name(db.name + ".indexes"), ignore_errors=True)
-    base, spec, _ = real_vectors(photos_folder(photos))
     rng = np.random.default_rng(seed)
     dim = base.shape[1]
-    store = Store.open(db)
     record = store.ensure_space(SpaceSpec.from_dict(spec))
-    root_id, _ = store.root_for(DATA / f"synthetic-{n}-photos")
+    root_id, _ = store.root_for(folder)
     sizes = [(4000, 3000), (1920, 1080), (3024, 4032), (800, 600), (2048, 1536)]
     start = datetime(2012, 1, 1)
     planted: list[list[int]] = []
     made = 0
-    print(f"writing {n} synthetic vectors into {db}", file=sys.stderr)
     while made < n:
         count = min(CHUNK, n - made)
         picks = rng.integers(0, len(base), (count, 3))
@@ -173,8 +176,30 @@ def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
         added, _ = store.write_batch(record.id, results)
         planted += [[added[p] for p in members] for members in groups]
         made += len(results)
-        print(f"  {made}/{n}", file=sys.stderr, end="\r")
-    print(file=sys.stderr)
+        if verbose:
+            print(f"  {made}/{n}", file=sys.stderr, end="\r")
+    if verbose:
+        print(file=sys.stderr)
+    return planted
+
+
+def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
+    """The library of ``n`` synthetic images (built once, then reused); returns its path."""
+    from featx_search.ann.publish import rebuild_index
+    from featx_search.store import Store
+
+    db = DATA / f"synthetic-{n}-s{seed}.db"
+    planted_file = db.with_suffix(".planted.json")
+    if db.exists() and planted_file.exists():
+        return db
+    for stale in (db, planted_file):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(db.with_name(db.name + ".indexes"), ignore_errors=True)
+    base, spec, _ = real_vectors(photos_folder(photos))
+    store = Store.open(db)
+    print(f"writing {n} synthetic vectors into {db}", file=sys.stderr)
+    planted = write_rows(store, n, base, spec, seed=seed, folder=DATA / f"synthetic-{n}-photos")
+    record = store.spaces()[0]
     # the index the space wants at this size (auto: Flat, then IVF), built once and published
     rebuild_index(store, store.space(record.id))
     store.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from ..ann.spec import SearchParams
+from ..connect import Location
+from ..errors import LibraryError
 from ..library import SpaceSelector
 from ..upgrade import schema_status, upgrade_schema
 from . import output
@@ -17,6 +19,7 @@ from .options import (
     search_options,
     space_option,
 )
+from .progress import progress_bar
 
 
 @click.command()
@@ -62,7 +65,7 @@ def info(
 
 @click.group()
 def db() -> None:
-    """Inspect or migrate the library database schema."""
+    """Inspect, migrate or copy the library database."""
 
 
 @db.command()
@@ -91,3 +94,42 @@ def check(ctx: click.Context) -> None:
     output.check_report(report)
     if not report.ok:
         raise click.ClickException(f"{len(report.problems)} problems found")
+
+
+def _location(ctx: click.Context, param: click.Parameter, value: str) -> Location:
+    try:
+        return Location.parse(value)
+    except LibraryError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
+@db.command()
+@click.argument("source", metavar="SRC", callback=_location)
+@click.argument("destination", metavar="DST", callback=_location)
+@click.option(
+    "--chunk",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows read and written at a time.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+def copy(source: Location, destination: Location, chunk: int, quiet: bool, as_json: bool) -> None:
+    """Copy the library at SRC into DST, each a SQLite file or a server's URL
+    (postgresql+psycopg://user:password@host:5432/db), either way.
+
+    DST is created (a file) or must be an empty database; a destination that holds a library
+    is refused. Every row keeps its id. At the end the row counts of each table and a
+    checksum of each space's vectors are compared, and each space's index is rebuilt from
+    the copied vectors, so that the copy answers searches at once.
+    """
+    from ..transfer import CopyMismatch, copy_library
+
+    with progress_bar("copying", show=not (quiet or as_json)) as progress:
+        try:
+            report = copy_library(source, destination, progress, chunk=chunk)
+        except CopyMismatch as err:
+            output.copy_report(err.report, as_json=as_json)
+            raise
+    output.copy_report(report, as_json=as_json)

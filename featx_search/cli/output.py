@@ -28,6 +28,7 @@ from ..reports import CheckReport, IndexReport, LibraryInfo, RecallReport, White
 if TYPE_CHECKING:
     from .. import BuildInfo, Layer
     from ..extract.catalog import ModelCard
+    from ..transfer import CopyReport
     from ..upgrade import SchemaStatus
 
 
@@ -237,6 +238,23 @@ def library_info(summary: LibraryInfo, *, as_json: bool) -> None:
 def schema(status: SchemaStatus) -> None:
     state = "up to date" if status.up_to_date else f"behind head {status.head}"
     _echo(f"{status.path}: revision {status.current or '(empty)'} ({state})")
+
+
+def copy_report(report: CopyReport, *, as_json: bool) -> None:
+    """Rows per table and vector checksums on both sides, then the indexes rebuilt."""
+    if as_json:
+        _json(report.to_dict())
+        return
+    _echo(f"copied {report.source} -> {report.destination} in {report.seconds:.1f} s")
+    _echo(f"{'table':<22}{'source':>12}{'copy':>12}")
+    for t in report.tables:
+        mark = "" if t.ok else "  MISMATCH"
+        _echo(f"{t.table:<22}{t.source:>12,}{t.destination:>12,}{mark}")
+    for c in report.checksums:
+        mark = "equal" if c.ok else f"MISMATCH (copy {c.destination[:16] or 'none'})"
+        _echo(f"space {c.space_id}: {c.count:,} vectors, sha256 {c.source[:16]}  {mark}")
+    for built in report.rebuilt:
+        _echo(f"rebuilt {built.spec} index of {built.count:,} vectors in {built.seconds:.1f} s")
 
 
 def check_report(report: CheckReport) -> None:
