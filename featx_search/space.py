@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .extract import Extractor
     from .extract.query_model import QueryModel
     from .handle import StoreHandle
+    from .ingest import Engine
     from .reader import Reader
     from .store import Store
     from .whiten import Whitening
@@ -412,13 +413,16 @@ class Space:
         *,
         progress: ProgressCallback | None = None,
         stop: threading.Event | None = None,
+        engine: Engine | None = None,
     ) -> IndexReport:
         """Bring the space up to date with the image files under ``paths`` (folders,
         recursively, or single files) and publish its index. Only new and changed files are
         embedded; moved files keep their vectors; files gone from a scanned folder are
         removed. ``progress`` is called after every committed batch; setting ``stop`` ends
-        the run after the batch in flight (a later sync resumes). Raises
-        :class:`LibraryError` when another process is writing to the library."""
+        the run after the batch in flight (a later sync resumes). ``engine`` decodes and
+        embeds elsewhere (:class:`featx_search.distributed.RayEngine`; default: threads of
+        this process). Raises :class:`LibraryError` when another process is writing to the
+        library."""
         from .activity import ActivityFile
         from .ingest import run_sync
 
@@ -431,6 +435,7 @@ class Space:
                 options or SyncOptions(),
                 progress=activity.wrap(progress),
                 stop=stop,
+                engine=engine,
             )
             activity.phase("publishing")
             self._settle(store, index)
