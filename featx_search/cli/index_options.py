@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -34,6 +34,9 @@ from ..config import (
 )
 from ..options import SyncOptions
 from .options import apply, builds
+
+if TYPE_CHECKING:
+    from ..ingest import Engine
 
 method_option = click.option(
     "--method",
@@ -235,3 +238,37 @@ builds_sync_options = builds(
 """Makes the values of the batch, worker, retry, prune and compute options (placed on the
 command one by one, in the order its help lists them) arrive as ``options``, a
 :class:`SyncOptions` with its :class:`Compute`."""
+
+ENGINES = ("local", "ray")
+_ENGINE_OPTIONS = [
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="local",
+        show_default=True,
+        help="Where files are decoded and embedded: threads of this process, or Ray Data "
+        "actors (the ray extra; --workers actors, --threads CPUs each). The scan and the "
+        "library stay here either way.",
+    ),
+    click.option(
+        "--ray-address",
+        metavar="auto|ray://HOST:10001",
+        help="The Ray cluster to run on  [default: a local Ray instance sized to this machine]",
+    ),
+]
+
+
+def _engine(*, engine: str, ray_address: str | None) -> Engine | None:
+    if engine == "local":
+        if ray_address is not None:
+            raise click.BadParameter("needs --engine ray", param_hint="--ray-address")
+        return None
+    from ..distributed import RayEngine  # Ray is imported only for this engine
+
+    return RayEngine(ray_address)
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--engine`` and ``--ray-address``, arriving as ``engine``: None for the local engine,
+    else a :class:`featx_search.distributed.RayEngine`."""
+    return apply(builds("engine", _engine, ["engine", "ray_address"])(func), _ENGINE_OPTIONS)
