@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +239,22 @@ builds_sync_options = builds(
 """Makes the values of the batch, worker, retry, prune and compute options (placed on the
 command one by one, in the order its help lists them) arrive as ``options``, a
 :class:`SyncOptions` with its :class:`Compute`."""
+
+builds_embed_options = builds(
+    "options",
+    functools.partial(_sync_options, retry_failed=False, prune_empty=False),
+    [
+        "batch_size",
+        "workers",
+        "device",
+        "threads",
+        "channels_last",
+        "micro_batch",
+        "freeze",
+        "runtime",
+    ],
+)
+"""The same for `embed`, which has no library: no retry or prune options."""
 
 ENGINES = ("local", "ray")
 _ENGINE_OPTIONS = [
