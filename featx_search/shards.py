@@ -285,6 +285,24 @@ def remap(path: str, mapping: Sequence[tuple[str, str]]) -> str:
     return path
 
 
+def _roots(
+    store: Store, shards: ShardSet, mapping: Sequence[tuple[str, str]]
+) -> dict[str, tuple[int, Path]]:
+    """The store's root (id, folder) for each folder holding a file of ``shards`` (remapped).
+    Outer folders are made roots first, so that no root made here absorbs another one made
+    here (shards list files in any order)."""
+    folders = {
+        str(Path(remap(path, mapping)).parent)
+        for rows in shards.rows(["path"])
+        for path in rows["path"]
+    }
+    roots: dict[str, tuple[int, Path]] = {}
+    for folder in sorted(folders, key=len):
+        outer = next((roots[str(p)] for p in Path(folder).parents if str(p) in roots), None)
+        roots[folder] = outer or store.root_for(Path(folder))
+    return roots
+
+
 def ingest_shards(
     space_id: int,
     store: Store,
@@ -305,17 +323,14 @@ def ingest_shards(
     record = store.space(space_id)
     report = IndexReport(space=record.fingerprint, label=record.label)
     stop = stop or threading.Event()
-    roots: dict[str, tuple[int, Path]] = {}
+    roots = _roots(store, shards, mapping)
     known: dict[int, dict[str, KnownFile]] = {}
     writer = Writer(store, record, report, total=shards.count(), progress=progress)
     for rows in shards.rows():
         pending: list[tuple[Job, Outcome, list[float] | None]] = []
         for i, raw in enumerate(rows["path"]):
             path = Path(remap(raw, mapping))
-            folder = str(path.parent)
-            if folder not in roots:
-                roots[folder] = store.root_for(path.parent)
-            root_id, root_dir = roots[folder]
+            root_id, root_dir = roots[str(path.parent)]
             if root_id not in known:
                 known[root_id] = store.known_files(root_id, "", space_id)
             rel = os.path.relpath(path, root_dir)

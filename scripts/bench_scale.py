@@ -1,26 +1,26 @@
 #!/usr/bin/env python
 """Past one machine, measured on one: (a) the Ray engine against the local engine.
 
-(a) ``featx-search index PHOTOS --engine ray`` (a local Ray instance sized to this machine)
-    against the local engine, on the same real photos (scripts/synthetic_library.py's
-    ``photos_folder``: Debian's mate-backgrounds, copied until there are ``--n``), each into a
-    new library, as subprocesses. Each engine indexes the first n/5 and all n photos;
-    steady images/s = (n - n/5) / (t_n - t_n/5) cancels start-up (imports, model load, Ray's
-    start and its actors), which is printed apart. The ratio ray/local of the steady rates is
-    the overhead Ray adds per image (issue 16 asks for at least 0.8). Both engines run the
-    model with the same graph (``--runtime``/``--freeze`` as given).
+(a) A sync with the Ray engine (a Ray instance sized to this machine, started once, as a
+    cluster would be) against the local engine, on the same real photos
+    (scripts/synthetic_library.py's ``photos_folder``: Debian's mate-backgrounds, copied until
+    there are ``--n``), each into a new library, in this process. Steady images/s counts
+    from the first committed batch to the last, so it leaves out what a run pays once (the
+    Ray actors' start and model load, printed apart as start-up); the whole sync's rate
+    includes it. The ratio ray/local of the steady rates is what Ray costs per image (issue
+    16 asks for at least 0.8). Both engines choose the model's graph the same way
+    (``--runtime``/``--freeze`` auto), and use the default batch size, workers and threads.
 
 (b) (the 10,000,000-vector on-disk index) is not written yet.
 
 Usage:
-    nice -n 10 .venv/bin/python scripts/bench_scale.py --n 90
+    nice -n 10 .venv/bin/python scripts/bench_scale.py --n 120
     .venv/bin/python scripts/bench_scale.py --n 30 --model tests.models:tiny_cnn --weights none
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -63,71 +64,76 @@ def bench_photos(source: Path, n: int, folder: Path) -> list[Path]:
     return made
 
 
-def index_run(photos: list[Path], engine: str, work: Path, extra: list[str]) -> dict[str, float]:
-    """One ``index`` of ``photos`` (linked into a fresh folder) into a new library: wall
-    seconds, the report's embed seconds, added and failed."""
+def index_run(photos: list[Path], engine: Any, work: Path, spec: Any) -> dict[str, float]:
+    """One sync of ``photos`` (linked into a fresh folder) into a new library, in this
+    process: the steady images/s (from the first committed batch to the last), the report's
+    embed seconds (from the first file handed to the engine to the last batch committed: the
+    Ray actors start and load the model in it), added and failed."""
+    from featx_search import Library, Progress
+
     folder = Path(tempfile.mkdtemp(dir=work))
     for photo in photos:
         target = folder / photo.parent.name / photo.name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(photo, target)
-    db = folder / "lib.db"
-    command = [sys.executable, "-m", "featx_search", "--db", str(db), "index", str(folder)]
-    command += ["--engine", engine, "--json", "-q", *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FEATX_QUERY_MODEL": "0"}
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    ticks: list[tuple[float, int]] = []
+
+    def tick(step: Progress) -> None:
+        ticks.append((time.perf_counter(), step.done))
+
+    with Library.open(folder / "lib.db", create=True) as lib:
+        space = lib.create_space(spec)
+        report = space.sync([folder], engine=engine, progress=tick)
     shutil.rmtree(folder)
+    if len(ticks) < 3 or ticks[-1][0] <= ticks[0][0]:
+        raise SystemExit(f"too few batches to time ({len(ticks)}): use a larger --n")
+    (t0, d0), (t1, d1) = ticks[0], ticks[-1]
     return {
-        "wall": wall,
-        "embed": float(report["embed_seconds"]),
-        "added": report["added"],
-        "failed": report["failed"],
+        "steady": (d1 - d0) / (t1 - t0),
+        "embed": report.embed_seconds,
+        "added": report.added,
+        "failed": report.failed,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=90, help="photos (default 90)")
+    parser.add_argument("--n", type=int, default=120, help="photos (default 120)")
     parser.add_argument("--photos", type=Path, help="folder of real photos")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per size, fastest kept")
-    parser.add_argument("--model", help="model option for index (default: its default)")
-    parser.add_argument("--weights", help="weights option for index")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per engine, fastest kept")
+    parser.add_argument("--model", help="model (default: the default model)")
+    parser.add_argument("--weights", help="weights (default: the model's default)")
     args = parser.parse_args()
-    extra = []
-    if args.model:
-        extra += ["--model", args.model]
-    if args.weights:
-        extra += ["--weights", args.weights]
+    import ray
+
+    from featx_search import ExtractorSpec
+    from featx_search.distributed import RayEngine
+
+    spec = ExtractorSpec(
+        **{k: v for k, v in (("model", args.model), ("weights", args.weights)) if v}
+    )
     source = photos_folder(args.photos)
+    # One Ray instance for every Ray run, as a cluster would be: its start is not timed.
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    engines = {"local": None, "ray": RayEngine()}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         photos = bench_photos(source, args.n, work / "photos")
-        small = photos[: max(1, args.n // 5)]
-        rows = []
-        for engine in ("local", "ray"):
-            runs = {}
-            for name, subset in (("small", small), ("all", photos)):
-                tries = [index_run(subset, engine, work, extra) for _ in range(args.repeat)]
-                runs[name] = min(tries, key=lambda r: r["wall"])
-            extra_time = runs["all"]["wall"] - runs["small"]["wall"]
-            if extra_time <= 0:
-                raise SystemExit(f"{engine}: n={args.n} is too few to time: use a larger --n")
-            steady = (len(photos) - len(small)) / extra_time
-            whole = len(photos) / runs["all"]["wall"]
-            startup = runs["all"]["wall"] - len(photos) / steady
-            rows.append((engine, steady, whole, startup, runs["all"]["failed"]))
+        for name, engine in engines.items():
+            tries = [index_run(photos, engine, work, spec) for _ in range(args.repeat)]
+            best = max(tries, key=lambda r: r["steady"])
+            whole = len(photos) / best["embed"]
+            startup = best["embed"] - len(photos) / best["steady"]
+            rows.append((name, best["steady"], whole, startup, best["failed"]))
+    ray.shutdown()
     print(
         f"# bench_scale (a): {args.n} photos from {source}; {cpu_model()}, {os.cpu_count()} cores"
     )
-    print("| engine | images/s (steady) | images/s (whole run) | start-up s | failed |")
+    print("| engine | images/s (steady) | images/s (whole sync) | start-up s | failed |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for engine, steady, whole, startup, failed in rows:
-        print(f"| {engine} | {steady:.2f} | {whole:.2f} | {startup:.1f} | {failed} |")
+    for name, steady, whole, startup, failed in rows:
+        print(f"| {name} | {steady:.2f} | {whole:.2f} | {startup:.1f} | {failed} |")
     ratio = rows[1][1] / rows[0][1]
     print(f"\nray / local (steady images/s): {ratio:.2f} (target at least 0.8)")
 
