@@ -77,12 +77,26 @@ class _Embedder:
         from .extract import extractor_for, reproduces
 
         self.spec = SpaceSpec.from_dict(json.loads(spec_json))
-        self.extractor = extractor_for(self.spec, compute)
-        reproduces(self.extractor, self.spec, writing=True)  # same vectors on every worker
-        self.extractor.prepare_run(images, batch_size)
         self.pool = ThreadPoolExecutor(compute.threads or 1, thread_name_prefix="featx-decode")
+        # A featx error here (a worker that would make other vectors) goes back to the
+        # driver as data from every call: Ray passes exceptions on only as text.
+        self.error: FeatxError | None = None
+        try:
+            self.extractor = extractor_for(self.spec, compute)
+            reproduces(self.extractor, self.spec, writing=True)  # same vectors on every worker
+            self.extractor.prepare_run(images, batch_size)
+        except FeatxError as err:
+            self.error = err
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.error is not None:
+            err, n = self.error, len(batch["at"])
+            return {
+                "at": batch["at"],
+                "fatal": np.array([type(err).__name__] * n, dtype=object),
+                "message": np.array([err.message] * n, dtype=object),
+                "hint": np.array([err.hint or ""] * n, dtype=object),
+            }
         preprocess = self.spec.preprocess
         decoded = list(self.pool.map(lambda p: decode(Path(p), preprocess), batch["path"]))
         ok = np.array([array is not None for array, _ in decoded], dtype=bool)
@@ -127,14 +141,13 @@ def _outcomes(batch: dict[str, np.ndarray]) -> list[Outcome]:
     ]
 
 
-def _featx_cause(err: BaseException) -> FeatxError | None:
-    """The featx error a worker raised, out of Ray's wrappers, if that is what happened."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, FeatxError):
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return None
+def _fatal(block: dict[str, np.ndarray]) -> FeatxError:
+    """The error a worker sent back instead of vectors, as the same featx error class."""
+    from . import errors
+
+    kind = getattr(errors, str(block["fatal"][0]), FeatxError)
+    cls = kind if isinstance(kind, type) and issubclass(kind, FeatxError) else FeatxError
+    return cls(str(block["message"][0]), hint=str(block["hint"][0]) or None)
 
 
 class RayEngine:
@@ -203,6 +216,8 @@ class RayEngine:
         size = options.batch_size
         try:
             for block in batches:
+                if "fatal" in block:
+                    raise _fatal(block)
                 for start in range(0, len(block["at"]), size):  # a block may hold several
                     batch = {name: column[start : start + size] for name, column in block.items()}
                     ok = np.asarray(batch["ok"], bool)
@@ -211,11 +226,6 @@ class RayEngine:
                     yield [(jobs[i], outcome) for i, outcome in outcomes], vectors
                 if stop.is_set():
                     break
-        except Exception as err:
-            cause = _featx_cause(err)
-            if cause is None:
-                raise
-            raise cause from None
         finally:
             close = getattr(batches, "close", None)
             if close is not None:

@@ -1,19 +1,25 @@
 """Same vectors everywhere: the local engine, the Ray engine and the shards route (local and
 Ray) store the same vectors and failures for the same files; ingest is idempotent, remaps
-paths and refuses another space's shards; a missing Ray gives one clear error."""
+paths and refuses another space's shards; the Ray engine stops after a batch and resumes,
+and refuses workers that would change the vectors; a missing Ray gives one clear error."""
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-from featx_search import Library
-from tests.support import TINY_ARGS, make_photo, run_cli
+from featx_search import Library, SyncOptions
+from featx_search.errors import SpaceError
+from featx_search.plan import Job
+from featx_search.scan import scan
+from tests.support import TINY, TINY_ARGS, make_photo, run_cli
 
 # Ray warns about its own deprecated settings while it runs (not ours to fix).
 pytestmark = pytest.mark.filterwarnings(r"ignore::DeprecationWarning:ray\..*")
@@ -158,3 +164,32 @@ def test_missing_ray_is_one_clear_error(
 def test_ray_address_needs_the_ray_engine(photos: Path, tmp_path: Path) -> None:
     result = run_cli("--db", tmp_path / "x.db", "index", photos, "--ray-address", "auto", ok=False)
     assert result.exit_code == 2 and "--ray-address" in result.output
+
+
+def test_ray_engine_stops_after_a_batch_and_the_next_sync_resumes(
+    ray_local: ModuleType, photos: Path, library: Library
+) -> None:
+    from featx_search.distributed import RayEngine
+
+    space = library.create_space(TINY)
+    stop = threading.Event()
+    stop.set()  # as Ctrl-C does: the batch that comes back is committed, then the run ends
+    options = SyncOptions(batch_size=4)
+    first = space.sync([photos], options, engine=RayEngine(), stop=stop)
+    assert first.interrupted and first.added == 4 and first.remaining == 8
+    assert space.count == 4
+    second = space.sync([photos], options, engine=RayEngine())
+    assert (second.added, second.unchanged, second.interrupted) == (8, 4, False)
+    assert space.count == 12
+
+
+def test_a_worker_that_would_change_the_vectors_is_refused(
+    ray_local: ModuleType, photos: Path, library: Library
+) -> None:
+    from featx_search.distributed import RayEngine
+
+    space = library.create_space(TINY)
+    elsewhere = replace(space.record.spec, torch_version="0.0")  # as if the driver had it
+    jobs = [Job(0, str(info.path), info, is_update=False) for info in scan(photos)]
+    with pytest.raises(SpaceError, match="cannot be reproduced"):
+        list(RayEngine()(jobs, elsewhere, SyncOptions(batch_size=4), threading.Event()))
