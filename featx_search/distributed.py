@@ -150,6 +150,18 @@ def _fatal(block: dict[str, np.ndarray]) -> FeatxError:
     return cls(str(block["message"][0]), hint=str(block["hint"][0]) or None)
 
 
+@contextlib.contextmanager
+def _quiet(ray: ModuleType) -> Iterator[None]:
+    """No Ray Data progress bars or plan printing (the CLI draws its own bar), restored after."""
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.print_on_execution_start
+    context.enable_progress_bars = context.print_on_execution_start = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start = saved
+
+
 class RayEngine:
     """Decoding and embedding on Ray Data (see :class:`featx_search.ingest.Engine`).
 
@@ -175,7 +187,7 @@ class RayEngine:
     ) -> Generator[Embedded, None, None]:
         if not jobs:
             return
-        with connected(self.address) as ray:
+        with connected(self.address) as ray, _quiet(ray):
             yield from self._run(ray, jobs, spec, options, stop)
 
     def _run(
@@ -186,9 +198,6 @@ class RayEngine:
         options: SyncOptions,
         stop: threading.Event,
     ) -> Generator[Embedded, None, None]:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
         compute = options.compute
         threads = compute.threads or 1
         resources = ray.cluster_resources()
