@@ -84,8 +84,9 @@ def test_ray_engine_and_shards_store_the_local_vectors(
     assert ray_local.is_initialized()
 
 
-def test_local_shards_ingest_idempotent_and_remapped(with_bad: Path, tmp_path: Path) -> None:
-    pq = pytest.importorskip("pyarrow.parquet")
+def test_local_shards_ingest_idempotent_and_remapped(
+    parquet: ModuleType, with_bad: Path, tmp_path: Path
+) -> None:
     make_photo(with_bad / "top.jpg", seed=40)
     make_photo(with_bad / "b" / "deeper" / "inner.jpg", seed=41)
     shards, db = tmp_path / "shards", tmp_path / "lib.db"
@@ -97,8 +98,8 @@ def test_local_shards_ingest_idempotent_and_remapped(with_bad: Path, tmp_path: P
 
     # Rows come in any order (the Ray engine's): files of inner folders first here.
     (shard,) = shards.glob("part-*.parquet")
-    table = pq.read_table(shard)
-    pq.write_table(table.take(list(reversed(range(table.num_rows)))), shard)
+    table = parquet.read_table(shard)
+    parquet.write_table(table.take(list(reversed(range(table.num_rows)))), shard)
 
     elsewhere = tmp_path / "mounted" / "Pictures"
     mapping = f"{with_bad}={elsewhere}"
@@ -127,8 +128,7 @@ def test_local_shards_ingest_idempotent_and_remapped(with_bad: Path, tmp_path: P
     assert str(elsewhere) in found
 
 
-def test_ingest_refuses_another_space(photos: Path, tmp_path: Path) -> None:
-    pytest.importorskip("pyarrow")
+def test_ingest_refuses_another_space(parquet: ModuleType, photos: Path, tmp_path: Path) -> None:
     db, shards = tmp_path / "lib.db", tmp_path / "shards"
     run_cli("--db", db, "index", photos, *TINY_ARGS, "-q")
     run_cli("embed", photos / "a", *TINY_ARGS, "--pool", "max", "--out", shards, "-q")
