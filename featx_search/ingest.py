@@ -5,6 +5,7 @@ The caller (:meth:`Space.sync`) holds the writer lock and publishes the index af
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -60,7 +61,7 @@ class Engine(Protocol):
 
     def __call__(
         self, jobs: Sequence[Job], spec: SpaceSpec, options: SyncOptions, stop: threading.Event
-    ) -> Iterator[Embedded]: ...
+    ) -> Generator[Embedded, None, None]: ...
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def run_sync(
     writer = Writer(store, record, report, total=len(plan.jobs), progress=progress)
     stop = stop or threading.Event()
     if engine is not None:
-        batches: Iterator[Embedded] = engine(plan.jobs, record.spec, options, stop)
+        batches: Generator[Embedded, None, None] = engine(plan.jobs, record.spec, options, stop)
     else:
         # Loaded only when some file needs embedding: a no-change run never imports torch.
         extractor = space.extractor(options.compute, writing=True) if plan.jobs else None
@@ -262,17 +263,13 @@ class Writer:
         self.total, self.done, self.progress = total, 0, progress
         self.started = time.perf_counter()
 
-    def commit_all(self, batches: Iterator[Embedded]) -> None:
+    def commit_all(self, batches: Generator[Embedded, None, None]) -> None:
         """Commit every batch ``batches`` yields; when fewer than ``total`` jobs came back
         (the engine stopped), the report says ``interrupted`` and how many remain."""
         embed_started = time.perf_counter()
-        try:
+        with contextlib.closing(batches):  # an engine's threads or actors stop with it
             for batch, vectors in batches:
                 self.commit(batch, vectors)
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
         self.report.embed_seconds = time.perf_counter() - embed_started
         if self.done < self.total:
             self.report.interrupted = True
@@ -289,18 +286,7 @@ class Writer:
         self.index.add(
             np.asarray(added, np.int64), vectors if whitening is None else whitening.apply(vectors)
         )
-        report = self.report
-        for job, outcome in batch:
-            path = str(job.info.path)
-            if outcome.error is not None:
-                report.failed += 1
-                report.failures.append((path, outcome.error))
-            elif job.is_update:
-                report.updated += 1
-                report.changes.append(("update", path))
-            else:
-                report.added += 1
-                report.changes.append(("add", path))
+        tally(self.report, batch)
         self.done += len(batch)
         if self.progress is not None and batch:
             self.progress(
@@ -308,7 +294,22 @@ class Writer:
                     self.done,
                     self.total,
                     str(batch[-1][0].info.path),
-                    report.failed,
+                    self.report.failed,
                     time.perf_counter() - self.started,
                 )
             )
+
+
+def tally(report: IndexReport, batch: list[tuple[Job, Outcome]]) -> None:
+    """Count a handled batch in ``report``: failures with their reason, additions, updates."""
+    for job, outcome in batch:
+        path = str(job.info.path)
+        if outcome.error is not None:
+            report.failed += 1
+            report.failures.append((path, outcome.error))
+        elif job.is_update:
+            report.updated += 1
+            report.changes.append(("update", path))
+        else:
+            report.added += 1
+            report.changes.append(("add", path))

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import SpaceSpec
 from .errors import ConfigError, LibraryError
-from .ingest import Embedded, Engine, Outcome, Writer, embed_locally
+from .ingest import Embedded, Engine, Outcome, Writer, embed_locally, tally
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job
 from .records import FAILED, KnownFile
@@ -227,7 +227,9 @@ def write_shards(
     if engine is None:
         if jobs:
             extractor.prepare_run(len(jobs), options.batch_size)
-        batches: Iterator[Embedded] = embed_locally(extractor, jobs, spec, options, stop)
+        batches: Generator[Embedded, None, None] = embed_locally(
+            extractor, jobs, spec, options, stop
+        )
     else:
         batches = engine(jobs, spec, options, stop)
     writer = _ShardWriter(shards)
@@ -237,12 +239,7 @@ def write_shards(
         for batch, vectors in batches:
             writer.add(batch, vectors)
             count += len(batch)
-            for job, outcome in batch:
-                if outcome.error is None:
-                    report.added += 1
-                else:
-                    report.failed += 1
-                    report.failures.append((str(job.info.path), outcome.error))
+            tally(report, batch)
             if progress is not None and batch:
                 elapsed = time.perf_counter() - started
                 progress(
@@ -250,9 +247,7 @@ def write_shards(
                 )
     finally:
         writer.flush()
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+        batches.close()
     report.embed_seconds = time.perf_counter() - embed_started
     if count < len(jobs):
         report.interrupted, report.remaining = True, len(jobs) - count
