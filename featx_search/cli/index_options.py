@@ -128,7 +128,8 @@ micro_batch_option = click.option(
 threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Threads the model uses (torch intra-op)  [default: cores]",
+    help="Threads the model uses (torch intra-op); with --engine ray, CPUs per actor  "
+    "[default: cores; Ray: 1]",
 )
 device_option = click.option(
     "--device",
@@ -177,7 +178,10 @@ batch_size_option = click.option(
     help="Images per committed transaction (and per step of the progress bar).",
 )
 workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]"
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Decoding threads; with --engine ray, model actors  [default: cores; Ray: the "
+    "cluster's CPUs / --threads]",
 )
 retry_failed_option = click.option(
     "--retry-failed", is_flag=True, help="Try files that failed before again."
