@@ -5,6 +5,7 @@ The caller (:meth:`Space.sync`) holds the writer lock and publishes the index af
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -14,7 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -29,37 +31,66 @@ from .whiten import stored
 
 if TYPE_CHECKING:
     from .ann.index import VectorIndex
+    from .config import Preprocess, SpaceSpec
     from .extract import Extractor
     from .space import Space
     from .store import Store
-    from .whiten import Whitening
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What decoding one file gave besides its pixels: the reason it failed (None when it
+    decoded), its size (width, height), content hash and capture time."""
+
+    error: str | None
+    size: tuple[int, int] | None = None
+    content_hash: str | None = None
+    taken_at: datetime | None = None
+
+
+Embedded = tuple[list[tuple[Job, Outcome]], np.ndarray]
+"""One batch back from an engine: each job with its outcome, and the float32 (ok, dim)
+vectors of the jobs that decoded, in order."""
+
+
+class Engine(Protocol):
+    """What decodes and embeds a sync's jobs elsewhere than in this process's threads (the
+    Ray engine, :mod:`featx_search.distributed`): batches of at most ``options.batch_size``
+    jobs, in any order, each job once; it stops after the batch in flight once ``stop`` is
+    set."""
+
+    def __call__(
+        self, jobs: Sequence[Job], spec: SpaceSpec, options: SyncOptions, stop: threading.Event
+    ) -> Generator[Embedded, None, None]: ...
 
 
 @dataclass(frozen=True)
 class _Decoded:
     job: Job
     array: np.ndarray | None
-    error: str | None
-    size: tuple[int, int] | None
-    content_hash: str | None = None
-    taken_at: datetime | None = None
+    outcome: Outcome
 
 
-def _decode(job: Job, record: SpaceRecord) -> _Decoded:
-    spec = record.spec.preprocess
+def decode(path: Path, spec: Preprocess) -> tuple[np.ndarray | None, Outcome]:
+    """One file read, hashed and preprocessed as ``spec`` says: float32 (3, H, W), or None
+    and the reason in the outcome. Never raises: a bad file must never stop a run."""
     try:
-        got = decode_file(job.info.path, min_side=spec.resize)
+        got = decode_file(path, min_side=spec.resize)
         array = preprocess(got.image, spec)
         got.image.close()  # free the pixels now, not when the collector gets to them
-        return _Decoded(job, array, None, got.size, got.content_hash, got.taken_at)
+        return array, Outcome(None, got.size, got.content_hash, got.taken_at)
     except ImageError as err:
-        return _Decoded(job, None, err.message, None)
-    except Exception as err:  # a bad file must never stop the run (invariant 3)
-        return _Decoded(job, None, f"{type(err).__name__}: {err}", None)
+        return None, Outcome(err.message)
+    except Exception as err:  # invariant 3
+        return None, Outcome(f"{type(err).__name__}: {err}")
+
+
+def _decode(job: Job, spec: SpaceSpec) -> _Decoded:
+    return _Decoded(job, *decode(job.info.path, spec.preprocess))
 
 
 def _prefetch(
-    pool: ThreadPoolExecutor, jobs: Sequence[Job], record: SpaceRecord, window: int
+    pool: ThreadPoolExecutor, jobs: Sequence[Job], spec: SpaceSpec, window: int
 ) -> Generator[_Decoded, None, None]:
     """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory).
 
@@ -67,12 +98,12 @@ def _prefetch(
     """
     queue = iter(jobs)
     pending: deque[Future[_Decoded]] = deque(
-        pool.submit(_decode, job, record) for job in islice(queue, window)
+        pool.submit(_decode, job, spec) for job in islice(queue, window)
     )
     try:
         while pending:
             yield pending.popleft().result()
-            pending.extend(pool.submit(_decode, job, record) for job in islice(queue, 1))
+            pending.extend(pool.submit(_decode, job, spec) for job in islice(queue, 1))
     finally:
         for future in pending:
             future.cancel()
@@ -102,6 +133,47 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def embed_locally(
+    extractor: Extractor | None,
+    jobs: Sequence[Job],
+    spec: SpaceSpec,
+    options: SyncOptions,
+    stop: threading.Event,
+) -> Generator[Embedded, None, None]:
+    """The local engine: ``jobs`` decoded and embedded in this process, batch by batch, in
+    order. Three stages overlap: ``options.workers`` threads decode and preprocess files
+    ahead of the model (at most two batches ahead), one thread runs the model on a batch,
+    and meanwhile the caller handles the previous batch. Memory is bounded by about four
+    batches of decoded input, however many files there are. Once ``stop`` is set it yields
+    the batch already in the model, then ends."""
+    pool = ThreadPoolExecutor(
+        options.workers or default_workers(), thread_name_prefix="featx-decode"
+    )
+    model = ThreadPoolExecutor(1, thread_name_prefix="featx-model")
+    decoded = _prefetch(pool, jobs, spec, 2 * options.batch_size)
+
+    def done(batch: list[_Decoded], vectors: Future[np.ndarray]) -> Embedded:
+        return [(d.job, d.outcome) for d in batch], vectors.result()
+
+    try:
+        pending: tuple[list[_Decoded], Future[np.ndarray]] | None = None
+        for batch in _batches(decoded, options.batch_size):
+            running = model.submit(_embed, extractor, batch, spec.dim)
+            if pending is not None:  # torch releases the GIL: the caller overlaps the model
+                yield done(*pending)
+                if stop.is_set():  # the batch already in the model too, then stop
+                    pending = None
+                    yield done(batch, running)
+                    break
+            pending = (batch, running)
+        if pending is not None:
+            yield done(*pending)
+    finally:
+        decoded.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        model.shutdown(wait=True, cancel_futures=True)
+
+
 def run_sync(
     space: Space,
     store: Store,
@@ -110,6 +182,7 @@ def run_sync(
     *,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    engine: Engine | None = None,
 ) -> tuple[IndexReport, VectorIndex]:
     """Bring ``space`` up to date with the image files under ``paths``; returns the report
     and the space's index as updated in memory (the caller publishes it).
@@ -120,10 +193,8 @@ def run_sync(
     could not be read or is empty (see :class:`SyncOptions`). When ``stop`` is set the run
     ends after the batches in flight and the report says ``interrupted``.
 
-    Three stages overlap: ``workers`` threads decode and preprocess files ahead of the model
-    (at most two batches ahead), one thread runs the model on a batch, and meanwhile this
-    thread commits the previous batch to the store and the index. Memory is bounded by about
-    four batches of decoded input, however many files there are.
+    Files are decoded and embedded by ``engine``, by default :func:`embed_locally`; this
+    thread is the one writer, committing each batch it gets back.
     """
     started = time.perf_counter()
     record = space.record
@@ -137,104 +208,107 @@ def run_sync(
     report = start_report(record.fingerprint, record.label, plan)
     report.precision = record.spec.precision
     store.move([m for _, _, m in plan.moves])
-    index, _ = open_index(store, record)  # a private copy: readers keep the published one
-    whitening = stored(store, record)
-    # Loaded only when some file needs embedding: a no-change run never imports torch.
-    extractor = space.extractor(options.compute, writing=True) if plan.jobs else None
-    if extractor is not None:  # before the decoding threads start (see prepare_run)
-        extractor.prepare_run(len(plan.jobs), options.batch_size)
+    writer = Writer(store, record, report, total=len(plan.jobs), progress=progress)
     stop = stop or threading.Event()
-    done = 0
-
-    def finish(batch: list[_Decoded], vectors: Future[np.ndarray]) -> None:
-        nonlocal done
-        _store_batch(store, record, index, whitening, batch, vectors.result(), report)
-        done += len(batch)
-        if progress is not None:
-            progress(
-                Progress(
-                    done,
-                    len(plan.jobs),
-                    str(batch[-1].job.info.path),
-                    report.failed,
-                    time.perf_counter() - started,
-                )
-            )
-
-    embed_started = time.perf_counter()
-    pool = ThreadPoolExecutor(
-        options.workers or default_workers(), thread_name_prefix="featx-decode"
-    )
-    model = ThreadPoolExecutor(1, thread_name_prefix="featx-model")
-    decoded = _prefetch(pool, plan.jobs, record, 2 * options.batch_size)
-    try:
-        pending: tuple[list[_Decoded], Future[np.ndarray]] | None = None
-        for batch in _batches(decoded, options.batch_size):
-            running = model.submit(_embed, extractor, batch, record.spec.dim)
-            if pending is not None:  # torch releases the GIL: this overlaps the model
-                finish(*pending)
-                if stop.is_set():  # store the batch already in the model too, then stop
-                    finish(batch, running)
-                    pending = None
-                    break
-            pending = (batch, running)
-        if pending is not None:
-            finish(*pending)
-        report.embed_seconds = time.perf_counter() - embed_started
-        if done < len(plan.jobs):
-            report.interrupted = True
-            report.remaining = len(plan.jobs) - done
-    finally:
-        decoded.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-        model.shutdown(wait=True, cancel_futures=True)
+    if engine is not None:
+        batches: Generator[Embedded, None, None] = engine(plan.jobs, record.spec, options, stop)
+    else:
+        # Loaded only when some file needs embedding: a no-change run never imports torch.
+        extractor = space.extractor(options.compute, writing=True) if plan.jobs else None
+        if extractor is not None:  # before the decoding threads start (see prepare_run)
+            extractor.prepare_run(len(plan.jobs), options.batch_size)
+        batches = embed_locally(extractor, plan.jobs, record.spec, options, stop)
+    writer.commit_all(batches)
     if plan.removed and not report.interrupted:
         _, dropped = store.write_batch(record.id, [], list(plan.removed))
-        index.remove(np.asarray(dropped, np.int64))
+        writer.index.remove(np.asarray(dropped, np.int64))
         report.removed = len(plan.removed)
         report.changes.extend(("remove", str(path)) for path in plan.removed.values())
     report.seconds = time.perf_counter() - started
-    return report, index
+    return report, writer.index
 
 
-def _store_batch(
-    store: Store,
-    record: SpaceRecord,
-    index: VectorIndex,
-    whitening: Whitening | None,
-    batch: list[_Decoded],
-    vectors: np.ndarray,
-    report: IndexReport,
-) -> None:
-    """Commit one embedded batch in one transaction and mirror it in the index."""
-    ok = [d for d in batch if d.array is not None]
-    by_job = {id(d.job): v for d, v in zip(ok, vectors, strict=True)}
-    results = [
-        FileResult(
-            root_id=d.job.root_id,
-            relpath=d.job.relpath,
-            size=d.job.info.size,
-            mtime_ns=d.job.info.mtime_ns,
-            vector=by_job.get(id(d.job)),
-            error=d.error,
-            width=d.size[0] if d.size else None,
-            height=d.size[1] if d.size else None,
-            content_hash=d.content_hash,
-            taken_at=d.taken_at,
-        )
-        for d in batch
-    ]
-    added, dropped = store.write_batch(record.id, results)
-    index.remove(np.asarray(dropped, np.int64))
-    index.add(
-        np.asarray(added, np.int64), vectors if whitening is None else whitening.apply(vectors)
+def file_result(job: Job, outcome: Outcome, vector: np.ndarray | None) -> FileResult:
+    """What :meth:`Store.write_batch` records for ``job``: its vector, or its failure."""
+    return FileResult(
+        root_id=job.root_id,
+        relpath=job.relpath,
+        size=job.info.size,
+        mtime_ns=job.info.mtime_ns,
+        vector=vector,
+        error=outcome.error,
+        width=outcome.size[0] if outcome.size else None,
+        height=outcome.size[1] if outcome.size else None,
+        content_hash=outcome.content_hash,
+        taken_at=outcome.taken_at,
     )
-    for d in batch:
-        path = str(d.job.info.path)
-        if d.error is not None:
+
+
+class Writer:
+    """The one writer of a sync: commits each embedded batch in one transaction and mirrors
+    it in a private copy of the space's index (``index``, published by the caller), adding
+    to ``report`` and calling ``progress`` after each batch."""
+
+    def __init__(
+        self,
+        store: Store,
+        record: SpaceRecord,
+        report: IndexReport,
+        *,
+        total: int,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.store, self.record, self.report = store, record, report
+        self.index, _ = open_index(store, record)  # a private copy: readers keep the published
+        self.whitening = stored(store, record)
+        self.total, self.done, self.progress = total, 0, progress
+        self.started = time.perf_counter()
+
+    def commit_all(self, batches: Generator[Embedded, None, None]) -> None:
+        """Commit every batch ``batches`` yields; when fewer than ``total`` jobs came back
+        (the engine stopped), the report says ``interrupted`` and how many remain."""
+        embed_started = time.perf_counter()
+        with contextlib.closing(batches):  # an engine's threads or actors stop with it
+            for batch, vectors in batches:
+                self.commit(batch, vectors)
+        self.report.embed_seconds = time.perf_counter() - embed_started
+        if self.done < self.total:
+            self.report.interrupted = True
+            self.report.remaining = self.total - self.done
+
+    def commit(self, batch: list[tuple[Job, Outcome]], vectors: np.ndarray) -> None:
+        """Commit one embedded batch in one transaction and mirror it in the index."""
+        ok = [job for job, outcome in batch if outcome.error is None]
+        by_job = {id(job): v for job, v in zip(ok, vectors, strict=True)}
+        results = [file_result(job, outcome, by_job.get(id(job))) for job, outcome in batch]
+        added, dropped = self.store.write_batch(self.record.id, results)
+        self.index.remove(np.asarray(dropped, np.int64))
+        whitening = self.whitening
+        self.index.add(
+            np.asarray(added, np.int64), vectors if whitening is None else whitening.apply(vectors)
+        )
+        tally(self.report, batch)
+        self.done += len(batch)
+        if self.progress is not None and batch:
+            self.progress(
+                Progress(
+                    self.done,
+                    self.total,
+                    str(batch[-1][0].info.path),
+                    self.report.failed,
+                    time.perf_counter() - self.started,
+                )
+            )
+
+
+def tally(report: IndexReport, batch: list[tuple[Job, Outcome]]) -> None:
+    """Count a handled batch in ``report``: failures with their reason, additions, updates."""
+    for job, outcome in batch:
+        path = str(job.info.path)
+        if outcome.error is not None:
             report.failed += 1
-            report.failures.append((path, d.error))
-        elif d.job.is_update:
+            report.failures.append((path, outcome.error))
+        elif job.is_update:
             report.updated += 1
             report.changes.append(("update", path))
         else:

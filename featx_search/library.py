@@ -267,6 +267,38 @@ class Library:
         target = self.space_for(spec, space, compute=options.compute if options else None)
         return target.sync(paths, options, progress=progress, stop=stop)
 
+    def ingest(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        space: SpaceSelector | None = None,
+        new_space: bool = False,
+        mapping: Sequence[tuple[str, str]] = (),
+        progress: ProgressCallback | None = None,
+        stop: threading.Event | None = None,
+    ) -> IndexReport:
+        """Load the Parquet shards in ``folder`` (see ``featx-search embed``) into the space
+        they were embedded in, their paths remapped by ``mapping`` (see :meth:`Space.ingest`).
+        The space is the selected one, else the library's space of the shards' fingerprint,
+        else its only space; an empty library (or ``new_space``) gets the shards' space, made
+        from their manifest without loading a model. Raises :class:`SpaceError` when the
+        shards are of another space than the one they would go into."""
+        from .shards import ShardSet
+
+        shards = ShardSet.open(folder)
+        records = self._store.spaces()
+        same = [r for r in records if r.fingerprint == shards.fingerprint]
+        if space is not None:
+            target = self.space(space)
+        elif same:
+            target = self._handle(same[0])
+        elif new_space or not records:
+            target = self._handle(self._stores.writer().ensure_space(shards.spec))
+            target.configure_index("auto")
+        else:
+            target = self.space()  # the only space, or SpaceError listing them
+        return target.ingest(shards, mapping, progress=progress, stop=stop)
+
     def plan(
         self,
         paths: Iterable[str | os.PathLike[str]],

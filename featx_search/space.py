@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from .extract import Extractor
     from .extract.query_model import QueryModel
     from .handle import StoreHandle
+    from .ingest import Engine
     from .reader import Reader
+    from .shards import ShardSet
     from .store import Store
     from .whiten import Whitening
 
@@ -418,26 +420,71 @@ class Space:
         *,
         progress: ProgressCallback | None = None,
         stop: threading.Event | None = None,
+        engine: Engine | None = None,
     ) -> IndexReport:
         """Bring the space up to date with the image files under ``paths`` (folders,
         recursively, or single files) and publish its index. Only new and changed files are
         embedded; moved files keep their vectors; files gone from a scanned folder are
         removed. ``progress`` is called after every committed batch; setting ``stop`` ends
-        the run after the batch in flight (a later sync resumes). Raises
-        :class:`LibraryError` when another process is writing to the library."""
-        from .activity import ActivityFile
+        the run after the batch in flight (a later sync resumes). ``engine`` decodes and
+        embeds elsewhere (:class:`featx_search.distributed.RayEngine`; default: threads of
+        this process). Raises :class:`LibraryError` when another process is writing to the
+        library."""
         from .ingest import run_sync
 
-        store = self._stores.writer()
-        with store.writer_lock(), ActivityFile(file=store.activity_file) as activity:
-            report, index = run_sync(
+        def run(store: Store, progress: ProgressCallback) -> tuple[IndexReport, VectorIndex]:
+            return run_sync(
                 self,
                 store,
                 list(paths),
                 options or SyncOptions(),
-                progress=activity.wrap(progress),
+                progress=progress,
                 stop=stop,
+                engine=engine,
             )
+
+        return self._write(run, progress)
+
+    def ingest(
+        self,
+        shards: ShardSet,
+        mapping: Sequence[tuple[str, str]] = (),
+        *,
+        progress: ProgressCallback | None = None,
+        stop: threading.Event | None = None,
+    ) -> IndexReport:
+        """Load Parquet shards of this space (written by :func:`featx_search.shards.write_shards`)
+        with their paths remapped by ``mapping`` (FROM, TO prefixes) and publish the index.
+        Files stored with the same size and mtime are left as they are, so a second ingest
+        changes nothing; nothing is removed. Raises :class:`SpaceError` for shards of
+        another space (their fingerprint differs)."""
+        from .errors import SpaceError
+        from .shards import ingest_shards
+
+        if shards.fingerprint != self.fingerprint:
+            raise SpaceError(
+                f"shards in {shards.folder} are of space {shards.fingerprint} "
+                f"({shards.spec.label}), not of space {self.fingerprint} ({self.label})",
+                hint="embed them with this space's model options, or ingest them into a new "
+                "space (--new-space)",
+            )
+
+        def run(store: Store, progress: ProgressCallback) -> tuple[IndexReport, VectorIndex]:
+            return ingest_shards(self.id, store, shards, mapping, progress=progress, stop=stop)
+
+        return self._write(run, progress)
+
+    def _write(
+        self,
+        run: Callable[[Store, ProgressCallback], tuple[IndexReport, VectorIndex]],
+        progress: ProgressCallback | None,
+    ) -> IndexReport:
+        """``run`` under the writer lock with the activity file, then the index published."""
+        from .activity import ActivityFile
+
+        store = self._stores.writer()
+        with store.writer_lock(), ActivityFile(file=store.activity_file) as activity:
+            report, index = run(store, activity.wrap(progress))
             activity.phase("publishing")
             self._settle(store, index)
         return report

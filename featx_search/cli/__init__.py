@@ -26,6 +26,8 @@ _COMMANDS = {
     "index": ("indexing", "index"),
     "whiten": ("indexing", "whiten"),
     "reindex": ("indexing", "reindex"),
+    "embed": ("shards", "embed"),
+    "ingest": ("shards", "ingest"),
     "search": ("searching", "search"),
     "similar": ("searching", "similar"),
     "dups": ("duplicates", "dups"),

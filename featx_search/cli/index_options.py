@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -33,6 +34,9 @@ from ..config import (
 )
 from ..options import SyncOptions
 from .options import apply, builds
+
+if TYPE_CHECKING:
+    from ..ingest import Engine
 
 method_option = click.option(
     "--method",
@@ -125,7 +129,8 @@ micro_batch_option = click.option(
 threads_option = click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Threads the model uses (torch intra-op)  [default: cores]",
+    help="Threads the model uses (torch intra-op); with --engine ray, CPUs per actor  "
+    "[default: cores; Ray: 1]",
 )
 device_option = click.option(
     "--device",
@@ -174,7 +179,10 @@ batch_size_option = click.option(
     help="Images per committed transaction (and per step of the progress bar).",
 )
 workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), help="Decoding threads  [default: cores]"
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Decoding threads; with --engine ray, model actors  [default: cores; Ray: the "
+    "cluster's CPUs / --threads]",
 )
 retry_failed_option = click.option(
     "--retry-failed", is_flag=True, help="Try files that failed before again."
@@ -236,3 +244,53 @@ builds_sync_options = builds(
 """Makes the values of the batch, worker, retry, prune and compute options (placed on the
 command one by one, in the order its help lists them) arrive as ``options``, a
 :class:`SyncOptions` with its :class:`Compute`."""
+
+builds_embed_options = builds(
+    "options",
+    functools.partial(_sync_options, retry_failed=False, prune_empty=False),
+    [
+        "batch_size",
+        "workers",
+        "device",
+        "threads",
+        "channels_last",
+        "micro_batch",
+        "freeze",
+        "runtime",
+    ],
+)
+"""The same for `embed`, which has no library: no retry or prune options."""
+
+ENGINES = ("local", "ray")
+_ENGINE_OPTIONS = [
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="local",
+        show_default=True,
+        help="Where files are decoded and embedded: threads of this process, or Ray Data "
+        "actors (the ray extra; --workers actors, --threads CPUs each). The scan and the "
+        "library stay here either way.",
+    ),
+    click.option(
+        "--ray-address",
+        metavar="auto|ray://HOST:10001",
+        help="The Ray cluster to run on  [default: a local Ray instance sized to this machine]",
+    ),
+]
+
+
+def _engine(*, engine: str, ray_address: str | None) -> Engine | None:
+    if engine == "local":
+        if ray_address is not None:
+            raise click.BadParameter("needs --engine ray", param_hint="--ray-address")
+        return None
+    from ..distributed import RayEngine  # Ray is imported only for this engine
+
+    return RayEngine(ray_address)
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--engine`` and ``--ray-address``, arriving as ``engine``: None for the local engine,
+    else a :class:`featx_search.distributed.RayEngine`."""
+    return apply(builds("engine", _engine, ["engine", "ray_address"])(func), _ENGINE_OPTIONS)

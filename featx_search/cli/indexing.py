@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,6 +25,9 @@ from .options import (
 from .process import stop_on_interrupt
 from .progress import progress_bar
 
+if TYPE_CHECKING:
+    from ..ingest import Engine
+
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -33,6 +37,7 @@ from .progress import progress_bar
 @flags.batch_size_option
 @flags.micro_batch_option
 @flags.workers_option
+@flags.engine_options
 @click.option(
     "--whiten",
     "whiten_dims",
@@ -61,6 +66,7 @@ def index(
     spec: ExtractorSpec | None,
     space: SpaceSelector | None,
     options: SyncOptions,
+    engine: Engine | None,
     whiten_dims: int | None,
     dry_run: bool,
     quiet: bool,
@@ -97,7 +103,7 @@ def index(
                 progress_bar("embedding", show=show, rate=True) as bar,
                 stop_on_interrupt() as stop,
             ):
-                report = target.sync(paths, options, progress=bar, stop=stop)
+                report = target.sync(paths, options, progress=bar, stop=stop, engine=engine)
             if whiten_dims is not None and not report.interrupted:
                 try:
                     whitened = target.whiten(whiten_dims)

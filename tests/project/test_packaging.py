@@ -23,7 +23,7 @@ import featx_search
 from featx_search.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "torchvision", "faiss")
+HEAVY = ("torch", "torchvision", "faiss", "ray", "pyarrow")
 # Never copied into the build: local state that is not source (and can be large).
 NOT_SOURCE = shutil.ignore_patterns(
     ".git",
