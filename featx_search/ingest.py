@@ -120,12 +120,32 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
         yield batch
 
 
-def _embed(extractor: Extractor | None, batch: list[_Decoded], dim: int) -> np.ndarray:
-    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim))."""
+def _loading(space: Space, options: SyncOptions, images: int) -> Future[Extractor]:
+    """The space's extractor for a run of ``images`` images, built and prepared (see
+    :meth:`Extractor.prepare_run`) on a thread of its own."""
+
+    def load() -> Extractor:
+        extractor = space.extractor(options.compute, writing=True)
+        extractor.prepare_run(images, options.batch_size)
+        return extractor
+
+    loader = ThreadPoolExecutor(1, thread_name_prefix="featx-load")
+    try:
+        return loader.submit(load)
+    finally:
+        loader.shutdown(wait=False)
+
+
+def _embed(
+    extractor: Extractor | Future[Extractor] | None, batch: list[_Decoded], dim: int
+) -> np.ndarray:
+    """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim)); waits for
+    an extractor still loading."""
     arrays = [d.array for d in batch if d.array is not None]
     if not arrays or extractor is None:
         return np.empty((0, dim), np.float32)
-    return extractor.embed(np.stack(arrays))
+    model = extractor.result() if isinstance(extractor, Future) else extractor
+    return model.embed(np.stack(arrays))
 
 
 def default_workers() -> int:
@@ -134,14 +154,15 @@ def default_workers() -> int:
 
 
 def embed_locally(
-    extractor: Extractor | None,
+    extractor: Extractor | Future[Extractor] | None,
     jobs: Sequence[Job],
     spec: SpaceSpec,
     options: SyncOptions,
     stop: threading.Event,
 ) -> Generator[Embedded, None, None]:
     """The local engine: ``jobs`` decoded and embedded in this process, batch by batch, in
-    order. Three stages overlap: ``options.workers`` threads decode and preprocess files
+    order; ``extractor`` may still be loading (a future). Three stages overlap:
+    ``options.workers`` threads decode and preprocess files
     ahead of the model (at most two batches ahead), one thread runs the model on a batch,
     and meanwhile the caller handles the previous batch. Memory is bounded by about four
     batches of decoded input, however many files there are. Once ``stop`` is set it yields
@@ -214,9 +235,9 @@ def run_sync(
         batches: Generator[Embedded, None, None] = engine(plan.jobs, record.spec, options, stop)
     else:
         # Loaded only when some file needs embedding: a no-change run never imports torch.
-        extractor = space.extractor(options.compute, writing=True) if plan.jobs else None
-        if extractor is not None:  # before the decoding threads start (see prepare_run)
-            extractor.prepare_run(len(plan.jobs), options.batch_size)
+        # It loads on its own thread while the first batches decode; the model thread waits
+        # for it, and an error loading it ends the run at the first batch.
+        extractor = _loading(space, options, len(plan.jobs)) if plan.jobs else None
         batches = embed_locally(extractor, plan.jobs, record.spec, options, stop)
     writer.commit_all(batches)
     if plan.removed and not report.interrupted:
