@@ -3,8 +3,9 @@
 A folder with one subfolder per class is embedded with every combination of settings asked
 for. Each image queries all the others: an image of the same class is a hit (mAP, P@1, P@10).
 With ``copies``, edited copies of each image (:data:`EDITS`: crops, rotations, scaling,
-compression, colour, screenshots and pairs of them) query the originals, and recall@1 (the
-original ranks first) is reported per edit type. Nothing is stored; no library is opened.
+compression, colour, screenshots and pairs of them) query the originals, their frame bars
+trimmed as searches trim them, and recall@1 (the original ranks first) is reported per edit
+type. Nothing is stored; no library is opened.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from .config import FITS, ExtractorSpec, Fit, Preprocess
 from .errors import ConfigError
-from .images import is_image_name, load_rgb, preprocess
+from .images import is_image_name, load_rgb, preprocess, trim_bars
 from .query import mix
 from .scan import scan
 
@@ -297,7 +298,8 @@ def evaluate(
             base = _embed(extractor, originals, how, batch_size)
             recall = {}
             for kind, images in edited.items():
-                top = np.argmax(_embed(extractor, images, how, batch_size) @ base.T, axis=1)
+                queries = [trim_bars(image) for image in images]  # as searches do (Query.trim)
+                top = np.argmax(_embed(extractor, queries, how, batch_size) @ base.T, axis=1)
                 recall[kind] = float(np.mean(top == np.arange(len(images))))
             for qe, dba in expansions:
                 mean_ap, p1, p10, queries = retrieval_scores(base, labels, qe=qe, dba=dba)

@@ -247,9 +247,51 @@ def preprocess(
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_input(source: ImageInput, spec: Preprocess) -> np.ndarray:
-    """Decode and preprocess one image: float32 (3, crop, crop). Raises :class:`ImageError`."""
-    return preprocess(load_rgb(source, min_side=spec.resize), spec)
+def load_input(source: ImageInput, spec: Preprocess, *, trim: bool = False) -> np.ndarray:
+    """Decode and preprocess one image: float32 (3, crop, crop); with ``trim`` its frame bars
+    are cut away first (:func:`trim_bars`). Raises :class:`ImageError`."""
+    picture = load_rgb(source, min_side=spec.resize)
+    return preprocess(trim_bars(picture) if trim else picture, spec)
+
+
+# A frame bar is a run of rows (or columns) of one dark or bright colour along opposite edges.
+_BAR_TOLERANCE = 12  # largest difference from the row's first pixel, per channel
+_BAR_DARK, _BAR_BRIGHT = 60, 245  # a bar's mean level is below the first or above the second
+_BAR_MIN = 0.02  # each of the two opposite bars covers at least this share of the side
+_KEEP_MIN = 0.2  # what is left covers at least this share of each side
+
+
+def trim_bars(picture: PILImage) -> PILImage:
+    """``picture`` without the bars a screenshot or a letterbox put around a photo: runs of
+    uniform dark or bright rows at both the top and the bottom (or columns at both sides),
+    each at least 2 % of the side. A photo with a dark sky or a white wall along one edge
+    keeps it; a picture that would lose more than 80 % of a side is returned as it is."""
+    pixels = np.asarray(picture.convert("RGB"), dtype=np.int16)
+    height, width = pixels.shape[:2]
+
+    def plain(lines: np.ndarray) -> np.ndarray:
+        level = lines.mean(axis=(1, 2))
+        flat = np.abs(lines - lines[:, :1, :]).max(axis=(1, 2)) <= _BAR_TOLERANCE
+        bars: np.ndarray = flat & ((level < _BAR_DARK) | (level > _BAR_BRIGHT))
+        return bars
+
+    def span(bars: np.ndarray) -> tuple[int, int]:
+        size = len(bars)
+        start = int(np.argmin(bars)) if not bars.all() else size
+        end = size - (int(np.argmin(bars[::-1])) if not bars.all() else size)
+        if (
+            start < _BAR_MIN * size
+            or size - end < _BAR_MIN * size
+            or end - start < _KEEP_MIN * size
+        ):
+            return 0, size  # not a bar on both sides: leave this direction alone
+        return start, end
+
+    top, bottom = span(plain(pixels))
+    left, right = span(plain(pixels.transpose(1, 0, 2)))
+    if (top, bottom, left, right) == (0, height, 0, width):
+        return picture
+    return picture.crop((left, top, right, bottom))
 
 
 def describe(source: ImageInput) -> str:

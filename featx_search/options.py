@@ -25,6 +25,9 @@ class Query:
       list for all queries).
     - ``params``: nprobe (IVF), ef_search (HNSW) and rerank (PQ/SQ codes) for these queries,
       over the space's own; higher is slower and more exact.
+    - ``trim``: query images given as pictures (search by image) lose the dark or bright bars
+      a screenshot or a letterbox put around them before they are embedded (see
+      :func:`featx_search.images.trim_bars`); the stored images are embedded as they are.
     - ``expand``: query expansion (alpha-QE): search, mix the query with its first
       ``expand`` results (weighted by their score cubed), and search again. It helps
       "more of this kind" searches on some collections and hurts on others (measured in
@@ -38,6 +41,7 @@ class Query:
     combine: bool = False
     params: SearchParams = field(default_factory=SearchParams)
     expand: int = 0
+    trim: bool = True
 
     def __post_init__(self) -> None:
         check_k(self.k)

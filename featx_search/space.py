@@ -200,15 +200,16 @@ class Space:
 
     # -- queries ------------------------------------------------------------------------
 
-    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Vectors of ``images`` (paths or PIL images) in this space: float32 (N, dim).
-        Raises :class:`ImageError` naming the first image that cannot be decoded.
+    def embed(self, images: Sequence[ImageInput], *, trim: bool = False) -> np.ndarray:
+        """Vectors of ``images`` (paths or PIL images) in this space: float32 (N, dim); with
+        ``trim`` frame bars are cut away first (as searches do, see :class:`Query`). Raises
+        :class:`ImageError` naming the first image that cannot be decoded.
 
         The model is the space's extractor when this process has built it, else its saved
         query model when it has one (no torch import: see :meth:`save_query_model`), else
         the extractor, built now."""
         spec = self._first.spec.preprocess
-        batch = np.stack([load_input(image, spec) for image in images])
+        batch = np.stack([load_input(image, spec, trim=trim) for image in images])
         if Compute() not in self._extractors:
             query_model = self.query_model()
             if query_model is not None:
@@ -273,7 +274,7 @@ class Space:
                 if isinstance(image, (str, os.PathLike)):
                     found = self._store.image_id(Path(image).expanduser().absolute().resolve())
                     row.extend([] if found is None else [found])
-        found_rows = self._query(self.embed(batch), selves, query)
+        found_rows = self._query(self.embed(batch, trim=query.trim), selves, query)
         return found_rows[0] if one and not query.combine else found_rows
 
     @overload

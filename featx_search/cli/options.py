@@ -237,6 +237,13 @@ _QUERY_OPTIONS = [
     ),
     click.option("--before", metavar="DATE", help="Only images taken before DATE."),
     click.option(
+        "--trim/--no-trim",
+        default=True,
+        show_default=True,
+        help="search: cut away the dark or bright bars around a query picture (screenshots, "
+        "letterboxes) before embedding it.",
+    ),
+    click.option(
         "--qe",
         "expand",
         default=0,
@@ -258,6 +265,7 @@ def _query(
     after: str | None,
     before: str | None,
     expand: int,
+    trim: bool,
     params: SearchParams,
 ) -> Query:
     filters = Filters.from_text(under=under, glob=glob, after=after, before=before)
@@ -269,6 +277,7 @@ def _query(
         combine=combine,
         params=params,
         expand=expand,
+        trim=trim,
     )
 
 
@@ -286,6 +295,7 @@ def query_options(space_help: str) -> Decorator:
         "after",
         "before",
         "expand",
+        "trim",
     ]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -291,7 +291,7 @@ def create_app(
             raise HTTPException(415, err.message) from None
         query = Query(k=page(k, offset), filters=_filters(under, after, before))
         target = space(space_id)
-        vector = await batcher.embed(target, picture)
+        vector = await batcher.embed(target, picture, trim=query.trim)
         return await answer(
             "search",
             space_id,

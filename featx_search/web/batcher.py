@@ -84,13 +84,14 @@ class Batcher:
             self._executor.submit(self._drain)
         return await future
 
-    async def embed(self, space: Space, picture: Image.Image) -> np.ndarray:
-        """The vector of ``picture`` in ``space`` (float32 (dim,)), by the space's model."""
+    async def embed(self, space: Space, picture: Image.Image, *, trim: bool = False) -> np.ndarray:
+        """The vector of ``picture`` in ``space`` (float32 (dim,)), by the space's model; with
+        ``trim`` its frame bars cut away first."""
 
         def embed(pictures: Sequence[Image.Image]) -> list[np.ndarray]:
-            return list(space.embed(list(pictures)))
+            return list(space.embed(list(pictures), trim=trim))
 
-        return await self.submit(("embed", space.id), picture, embed)
+        return await self.submit(("embed", space.id, trim), picture, embed)
 
     def _take(self) -> list[_Waiting[Any, Any]]:
         """The next batch: waiting items under the first waiting key, oldest first."""
