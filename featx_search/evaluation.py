@@ -298,8 +298,8 @@ def evaluate(
             base = _embed(extractor, originals, how, batch_size)
             recall = {}
             for kind, images in edited.items():
-                queries = [trim_bars(image) for image in images]  # as searches do (Query.trim)
-                top = np.argmax(_embed(extractor, queries, how, batch_size) @ base.T, axis=1)
+                trimmed = [trim_bars(image) for image in images]  # as searches do (Query.trim)
+                top = np.argmax(_embed(extractor, trimmed, how, batch_size) @ base.T, axis=1)
                 recall[kind] = float(np.mean(top == np.arange(len(images))))
             for qe, dba in expansions:
                 mean_ap, p1, p10, queries = retrieval_scores(base, labels, qe=qe, dba=dba)
