@@ -236,12 +236,9 @@ class Space:
         read-only."""
         from .extract import query_model
 
-        spec = self._first.spec
-        if self._store.read_only or not query_model.enabled() or not query_model.eligible(spec):
+        if self._store.read_only:
             return None
-        if query_model.usable(query_model.folder_for(self._store.index_dir, spec), spec):
-            return None
-        made = query_model.make(self.extractor(), self._store.index_dir)
+        made = query_model.make(self._first.spec, self.extractor, self._store.index_dir)
         return None if made is None else made.folder
 
     @overload

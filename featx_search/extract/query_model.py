@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,17 +78,18 @@ def _probes(space: SpaceSpec) -> np.ndarray:
     return rng.standard_normal((PROBES, 3, size, size)).astype(np.float32)
 
 
-def make(extractor: Extractor, index_dir: Path) -> Made | None:
-    """Export ``extractor``'s space to its query model folder, checked against the
-    extractor's own vectors, unless one is there already or the space is not eligible.
-    Returns what was made, or ``None``. A model that disagrees with torch is not saved (a
-    warning says so); other failures are logged and swallowed: searches still work without."""
-    space = extractor.space
+def make(space: SpaceSpec, extractor: Callable[[], Extractor], index_dir: Path) -> Made | None:
+    """Export ``space`` (its model from ``extractor()``, called only when one is needed) to
+    its query model folder, checked against the extractor's own vectors, unless one is
+    there already or the space is not eligible. Returns what was made, or ``None``. A model
+    that disagrees with torch is not saved (a warning says so); other failures are logged
+    and swallowed: searches still work without."""
     target = folder_for(index_dir, space)
     if not eligible(space) or not enabled() or usable(target, space):
         return None
+    model = extractor()  # a model that cannot be built is the caller's error, not a warning
     try:
-        return _make(extractor, target)
+        return _make(model, target)
     except Exception as err:
         log.warning("could not save a query model for space %s: %s", space.fingerprint, err)
         return None
