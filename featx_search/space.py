@@ -232,7 +232,7 @@ class Space:
         extractor (built if needed) exported to OpenVINO with the pooling, checked against
         torch, so that a fresh process embeds query photos without importing torch. Returns
         the folder when one was written; ``None`` when one exists, the space cannot have one
-        (not fp32 FX, OpenVINO missing, ``FEATX_QUERY_MODEL=0``) or the library is
+        (not read with FX, OpenVINO missing, ``FEATX_QUERY_MODEL=0``) or the library is
         read-only."""
         from .extract import query_model
 

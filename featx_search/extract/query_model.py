@@ -8,8 +8,11 @@ extractor when it is made (vectors of probe inputs must agree), and is refused w
 made for another space or OpenVINO release. OpenVINO's compiled blob for this CPU is cached
 beside it, so a later process compiles nothing either.
 
-Only fp32 spaces read with FX get one (OpenVINO would otherwise compute in another number
-format than the space); everything else keeps embedding with torch.
+Every space read with FX gets one. It always computes in fp32: for an fp32 space it is the
+space's own function (checked to 1e-4); for a bf16 or fp16 space it is that function without
+the rounding, checked against torch's fp32 twin of the space. A query vector in fp32 against
+stored bf16 vectors is what ``scripts/compare_precision.py`` calls "mixed": retrieval quality
+does not move (docs/benchmarks.md). Spaces read with hooks keep embedding with torch.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,9 +56,19 @@ def folder_for(index_dir: Path, space: SpaceSpec) -> Path:
     return index_dir / f"{space.fingerprint}.query"
 
 
+FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 def eligible(space: SpaceSpec) -> bool:
-    """Whether ``space`` can have a query model (fp32, read with FX)."""
-    return getattr(space, "precision", "fp32") == "fp32" and space.request.method != "hook"
+    """Whether ``space`` can have a query model (a floating-point space read with FX)."""
+    return space.precision in FLOAT_PRECISIONS and space.request.method != "hook"
+
+
+def fp32_twin(space: SpaceSpec) -> SpaceSpec:
+    """``space`` computed in fp32: the same model, weights, layers, pooling and input."""
+    if space.precision == "fp32":
+        return space
+    return replace(space, precision="fp32", request=replace(space.request, precision="fp32"))
 
 
 @dataclass(frozen=True)
@@ -81,24 +94,36 @@ def _probes(space: SpaceSpec) -> np.ndarray:
 def make(space: SpaceSpec, extractor: Callable[[], Extractor], index_dir: Path) -> Made | None:
     """Export ``space`` (its model from ``extractor()``, called only when one is needed) to
     its query model folder, checked against the extractor's own vectors, unless one is
-    there already or the space is not eligible. Returns what was made, or ``None``. A model
-    that disagrees with torch is not saved (a warning says so); other failures are logged
-    and swallowed: searches still work without."""
+    there already or the space is not eligible. A space that does not compute in fp32 is
+    exported from its fp32 twin (built here; ``extractor`` is not called). Returns what was
+    made, or ``None``. A model that disagrees with torch is not saved (a warning says so);
+    other failures are logged and swallowed: searches still work without."""
     target = folder_for(index_dir, space)
     if not eligible(space) or not enabled() or usable(target, space):
         return None
-    model = extractor()  # a model that cannot be built is the caller's error, not a warning
+    # A model that cannot be built is the caller's error, not a warning.
+    model = extractor() if space.precision == "fp32" else _twin_extractor(space)
     try:
-        return _make(model, target)
+        return _make(model, space, target)
     except Exception as err:
         log.warning("could not save a query model for space %s: %s", space.fingerprint, err)
         return None
 
 
-def _make(extractor: Extractor, target: Path) -> Made | None:
+def _twin_extractor(space: SpaceSpec) -> Extractor:
+    """torch's fp32 extractor of ``space`` (see :func:`fp32_twin`), checked to make the
+    twin's vectors (another torch release only warns, as for queries)."""
+    from .extractor import extractor_for, reproduces
+
+    twin = fp32_twin(space)
+    model = extractor_for(twin)
+    reproduces(model, twin, writing=False)
+    return model
+
+
+def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
     from .runtimes import _import_openvino, exported_for_openvino
 
-    space = extractor.space
     graph = extractor.fx_graph()
     if graph is None:
         return None
@@ -122,6 +147,7 @@ def _make(extractor: Extractor, target: Path) -> Made | None:
         meta = {
             "fingerprint": space.fingerprint,
             "dim": space.dim,
+            "precision": "fp32",
             "openvino": _openvino_version(),
             "max_difference": difference,
         }

@@ -14,6 +14,7 @@ import pytest
 
 from featx_search import Library
 from featx_search.extract import query_model
+from featx_search.images import load_input
 from tests.support import TINY_ARGS, run_cli
 
 pytest.importorskip("openvino")
@@ -92,3 +93,28 @@ def test_a_query_model_that_disagrees_with_torch_is_not_saved(
         folder = query_model.folder_for(space._store.index_dir, space._first.spec)
         assert not folder.exists()
         assert not list(folder.parent.glob(".query-*"))  # no staging folder left behind
+
+
+def test_a_bf16_space_gets_an_fp32_query_model_checked_against_its_fp32_twin(
+    photos: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    args = [a if a != "fp32" else "bf16" for a in TINY_ARGS]
+    result = run_cli("--db", db, "index", photos, *args)
+    assert "query model" in result.output
+    photo = photos / "a" / "img01.jpg"
+    fast = _fresh_search(db, photo, enabled=True)
+    slow = _fresh_search(db, photo, enabled=False)  # torch, in the space's bf16
+    assert fast["torch"] is False and slow["torch"] is True
+    with Library.open(db) as lib:
+        space = lib.space()
+        assert space.record.spec.precision == "bf16"
+        folder = query_model.folder_for(space._store.index_dir, space._first.spec)
+        assert json.loads((folder / "meta.json").read_text())["precision"] == "fp32"
+        twin = query_model._twin_extractor(space._first.spec)
+        assert twin.space.precision == "fp32"
+        expected = twin.embed(np.stack([load_input(photo, space.record.spec.preprocess)]))[0]
+    got, rounded = np.array(fast["vector"]), np.array(slow["vector"])
+    assert np.abs(got - expected).max() < 1e-4  # the fp32 function of the space
+    assert np.abs(got - rounded).max() > 1e-6  # not the bf16 one ...
+    assert float(got @ rounded) > 0.99  # ... but close to it
