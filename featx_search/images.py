@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -261,34 +263,46 @@ _BAR_MIN = 0.02  # each of the two opposite bars covers at least this share of t
 _KEEP_MIN = 0.2  # what is left covers at least this share of each side
 
 
+def _plain(lines: np.ndarray) -> np.ndarray:
+    """Which of ``lines`` (int16 (n, length, 3)) look like a bar: uniform, and dark or
+    bright."""
+    level = lines.mean(axis=(1, 2))
+    flat = np.abs(lines - lines[:, :1, :]).max(axis=(1, 2)) <= _BAR_TOLERANCE
+    bars: np.ndarray = flat & ((level < _BAR_DARK) | (level > _BAR_BRIGHT))
+    return bars
+
+
+def _bar_span(size: int, lines: Callable[[int, int], np.ndarray]) -> tuple[int, int]:
+    """What is left of a side of ``size`` lines once its bars are cut: (start, end), or
+    (0, size) when it has no bar at both ends. ``lines(a, b)`` gives lines a to b. Only the
+    lines at the two ends are read unless both ends are bars."""
+    need = math.ceil(_BAR_MIN * size)
+    if not (_plain(lines(0, need)).all() and _plain(lines(size - need, size)).all()):
+        return 0, size  # the common case, decided from 4 % of the picture
+    bars = _plain(lines(0, size))
+    start = int(np.argmin(bars)) if not bars.all() else size
+    end = size - (int(np.argmin(bars[::-1])) if not bars.all() else size)
+    if start < _BAR_MIN * size or size - end < _BAR_MIN * size or end - start < _KEEP_MIN * size:
+        return 0, size  # not a bar on both sides: leave this direction alone
+    return start, end
+
+
 def trim_bars(picture: PILImage) -> PILImage:
     """``picture`` without the bars a screenshot or a letterbox put around a photo: runs of
     uniform dark or bright rows at both the top and the bottom (or columns at both sides),
     each at least 2 % of the side. A photo with a dark sky or a white wall along one edge
     keeps it; a picture that would lose more than 80 % of a side is returned as it is."""
-    pixels = np.asarray(picture.convert("RGB"), dtype=np.int16)
-    height, width = pixels.shape[:2]
+    rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
+    width, height = rgb.size
 
-    def plain(lines: np.ndarray) -> np.ndarray:
-        level = lines.mean(axis=(1, 2))
-        flat = np.abs(lines - lines[:, :1, :]).max(axis=(1, 2)) <= _BAR_TOLERANCE
-        bars: np.ndarray = flat & ((level < _BAR_DARK) | (level > _BAR_BRIGHT))
-        return bars
+    def rows(a: int, b: int) -> np.ndarray:
+        return np.asarray(rgb.crop((0, a, width, b)), dtype=np.int16)
 
-    def span(bars: np.ndarray) -> tuple[int, int]:
-        size = len(bars)
-        start = int(np.argmin(bars)) if not bars.all() else size
-        end = size - (int(np.argmin(bars[::-1])) if not bars.all() else size)
-        if (
-            start < _BAR_MIN * size
-            or size - end < _BAR_MIN * size
-            or end - start < _KEEP_MIN * size
-        ):
-            return 0, size  # not a bar on both sides: leave this direction alone
-        return start, end
+    def columns(a: int, b: int) -> np.ndarray:
+        return np.asarray(rgb.crop((a, 0, b, height)), dtype=np.int16).transpose(1, 0, 2)
 
-    top, bottom = span(plain(pixels))
-    left, right = span(plain(pixels.transpose(1, 0, 2)))
+    top, bottom = _bar_span(height, rows)
+    left, right = _bar_span(width, columns)
     if (top, bottom, left, right) == (0, height, 0, width):
         return picture
     return picture.crop((left, top, right, bottom))
