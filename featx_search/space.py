@@ -205,15 +205,14 @@ class Space:
         ``trim`` frame bars are cut away first (as searches do, see :class:`Query`). Raises
         :class:`ImageError` naming the first image that cannot be decoded.
 
-        The model is the space's extractor when this process has built it, else its saved
-        query model when it has one (no torch import: see :meth:`save_query_model`), else
-        the extractor, built now."""
+        The model is the space's saved query model when it has one (no torch import: see
+        :meth:`save_query_model`), else its extractor, so that every search by a picture
+        (the CLI's, the web server's, this API's) embeds it the same way."""
         spec = self._first.spec.preprocess
         batch = np.stack([load_input(image, spec, trim=trim) for image in images])
-        if Compute() not in self._extractors:
-            query_model = self.query_model()
-            if query_model is not None:
-                return query_model.embed(batch)
+        query_model = self.query_model()
+        if query_model is not None:
+            return query_model.embed(batch)
         return self.extractor().embed(batch)
 
     def query_model(self) -> QueryModel | None:

@@ -14,8 +14,9 @@ then `POST /api/search` with a real JPEG photo (multipart field `image`, k=10). 
 gives p50 and p99 latency and requests per second.
 
 The bare embedding speed is measured in this process while the server idles, before and after
-the client runs: the library's space extractor embeds batches of the same photo, decoded and
-preprocessed as the server does for an upload (the model call alone is timed too). Upload
+the client runs: the model the server embeds uploads with (the space's query model, saved
+first as `index` does, else its extractor) embeds batches of the same photo, decoded, trimmed
+and preprocessed as the server does for an upload (the model call alone is timed too). Upload
 search with 8 clients is compared with it (target: at least 0.8 of it), and `similar` p99 with
 8 clients on the largest library with 50 ms. A library at an older schema is migrated before
 its server is started, so that start-up is timed without the migration. Last, on the largest
@@ -381,18 +382,19 @@ def load(
 
 
 def bare_embedding(space: Space, data: bytes, images: int, batch: int) -> tuple[float, float]:
-    """Images per second of the space's extractor on batches of ``batch`` copies of the JPEG
-    ``data``, each decoded from bytes and preprocessed as an upload is (one batch of warm-up):
-    (with decoding and preprocessing, the model call alone)."""
+    """Images per second of the model the server embeds uploads with (the space's query
+    model, else its extractor) on batches of ``batch`` copies of the JPEG ``data``, each
+    decoded from bytes and preprocessed as an upload is (one batch of warm-up): (with
+    decoding and preprocessing, the model call alone)."""
     import numpy as np
 
     from featx_search.images import decode_bytes, load_input
 
-    extractor = space.extractor()
+    extractor = space.query_model() or space.extractor()
     spec = space.record.spec.preprocess
 
     def one_batch(n: int) -> float:
-        pictures = [load_input(decode_bytes(data, "photo.jpg"), spec) for _ in range(n)]
+        pictures = [load_input(decode_bytes(data, "photo.jpg"), spec, trim=True) for _ in range(n)]
         began = time.perf_counter()
         extractor.embed(np.stack(pictures))
         return time.perf_counter() - began
@@ -436,7 +438,8 @@ def bench_size(
     db = build(size, photos=args.photos)
     upload_body, content_type = multipart({"k": str(K)}, "image", "photo.jpg", photo)
     upload = poster("/api/search", upload_body, content_type)
-    Library.open(db).close()  # migrated now if it must be, not while the server starts
+    with Library.open(db) as writable:  # migrated now if it must be, not while serving
+        writable.space().save_query_model()  # as `index` leaves one
     with Library.open(db, read_only=True) as lib, Server(db) as server:
         info_s = server.wait_for(getter("/api/info"))
         upload_s = server.wait_for(upload)

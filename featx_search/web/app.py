@@ -475,9 +475,12 @@ def _search_threads() -> None:
 
 
 def _warm(library: Library) -> None:
-    """Build the default space's model ahead of the first upload search."""
+    """Load the default space's model ahead of the first upload search: its query model
+    when it has one (no torch in the server), else its extractor."""
     try:
-        library.space().extractor()
+        space = library.space()
+        if space.query_model() is None:
+            space.extractor()
     except FeatxError as err:  # searches will say it again, with the same message
         log.warning("the model could not be loaded ahead of time: %s", err)
 

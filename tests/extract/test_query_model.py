@@ -118,3 +118,21 @@ def test_a_bf16_space_gets_an_fp32_query_model_checked_against_its_fp32_twin(
     assert np.abs(got - expected).max() < 1e-4  # the fp32 function of the space
     assert np.abs(got - rounded).max() > 1e-6  # not the bf16 one ...
     assert float(got @ rounded) > 0.99  # ... but close to it
+
+
+def test_searches_by_picture_use_the_query_model_even_where_torch_is_loaded(
+    photos: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fastapi")
+    from featx_search.web.app import _warm
+
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    run_cli("--db", db, "index", photos, *TINY_ARGS, "-q")
+    photo = photos / "a" / "img01.jpg"
+    with Library.open(db) as lib:
+        _warm(lib)  # what the web server does when it starts
+        space = lib.space()
+        assert space._extractors == {} and space.query_model() is not None
+        cold = space.embed([photo])
+        space.extractor()  # torch loaded in this process (as eval or index would)
+        assert np.array_equal(space.embed([photo]), cold)  # still the query model
