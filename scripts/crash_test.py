@@ -9,9 +9,12 @@ path stored twice. A last run without a kill must then give the same library as 
 over the final folder: the same files in the same states with the same vectors.
 
 Usage: .venv/bin/python scripts/crash_test.py PHOTOS [--rounds 20] [--seed 0] [--db URL]
-           [-- extra index options, e.g. -m tests.models:tiny_cnn -w none --batch-size 2]
+           [--writers N] [-- extra index options, e.g. -m tests.models:tiny_cnn -w none]
 With ``--db`` the library crashed is that one (e.g. an empty PostgreSQL database); the clean
-reference run is always a SQLite file.
+reference run is always a SQLite file. With ``--writers N`` (a server library only) every round
+starts N indexers on the same folder at once and kills one of them; the others must finish
+cleanly. For a server library the script last copies it to SQLite (``db copy``) and back to a
+fresh database, and checks that ``similar`` answers the same in all three.
 Exits 1 on the first broken invariant. Run it from the checkout root.
 """
 
@@ -31,11 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
-from featx_search import Library
+from featx_search import Library, Query
 
 
 def _server(db: str) -> bool:
     return "://" in db
+
+
+def _shown(db: str) -> str:
+    """``db`` as printed: a server URL without its password."""
+    if not _server(db):
+        return db
+    from sqlalchemy.engine import make_url
+
+    return make_url(db).render_as_string(hide_password=True)
 
 
 def _exists(db: str) -> bool:
@@ -125,6 +137,30 @@ def _stored_paths(db: str) -> set[str]:
     return set(_snapshot(db)[1])
 
 
+def _same_answers(dbs: list[str], probes: int) -> None:
+    """``similar`` (k=5, by path) answers with the same paths in every library of ``dbs``."""
+    with Library.open(dbs[0], create=False) as lib:
+        paths = sorted(facts.path for facts in lib._store.image_facts(None))[:probes]
+    answers = []
+    for db in dbs:
+        with Library.open(db, create=False) as lib:
+            answers.append([[m.path for m in lib.similar(p, Query(k=5))] for p in paths])
+    for db, answer in zip(dbs[1:], answers[1:], strict=True):
+        if answer != answers[0]:
+            raise SystemExit(
+                f"FAIL: similar answers differently in {_shown(db)} and {_shown(dbs[0])}"
+            )
+
+
+def _copy(source: str, target: str) -> None:
+    cmd = [sys.executable, "-m", "featx_search", "db", "copy", source, target]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"FAIL: db copy {_shown(source)} -> {_shown(target)}: {done.stderr.strip()}"
+        )
+
+
 def _check(db: str) -> int:
     """Reopen the library, check its invariants, return how many images it holds."""
     with Library.open(db, create=False) as lib:
@@ -145,10 +181,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the scratch files here (a new folder)")
     parser.add_argument("--db", help="the library to crash (default: a file in the workdir)")
+    parser.add_argument("--writers", type=int, default=1, help="indexers at once (server only)")
+    parser.add_argument("--copy-to", help="an empty server database for the copy back")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.extra = extra
+    if args.writers > 1 and not (args.db and _server(args.db)):
+        parser.error("--writers above 1 needs a server library (--db URL): SQLite has one writer")
     rng = random.Random(args.seed)
     with contextlib.ExitStack() as stack:
         tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
@@ -161,7 +201,8 @@ def main() -> None:
             changed = _mutate(photos, rng, round_)
             total = sum(1 for p in photos.rglob("*") if p.is_file())
             started = time.perf_counter()
-            proc = _indexer(db, photos, args.extra)
+            procs = [_indexer(db, photos, args.extra) for _ in range(args.writers)]
+            proc = rng.choice(procs)  # the one killed; the others must finish on their own
             # Two kills in three land once a random number of batches is committed (mid-indexing,
             # between or inside batches); the others at a random time (start-up, migration,
             # scan, publish).
@@ -183,6 +224,10 @@ def main() -> None:
             # further than start-up.
             full = max(full, time.perf_counter() - started)
             proc.wait()
+            for other in procs:
+                if other is not proc and other.wait() != 0:
+                    error = other.stderr.read().decode().strip()  # type: ignore[union-attr]
+                    raise SystemExit(f"FAIL: round {round_}: a writer not killed failed: {error}")
             held = _check(db) if _exists(db) else 0
             # (a file renamed in an earlier round may still be stored under its old path
             # until a run gets to record the move: only files still on disk count; a kill
@@ -213,6 +258,16 @@ def main() -> None:
             f"ok: {kills} kills in {args.rounds} rounds; the final library equals a clean run "
             f"({len(states)} files)"
         )
+        if _server(db):
+            copied = str(Path(tmp) / "copied.db")
+            _copy(db, copied)
+            libraries = [db, copied]
+            if args.copy_to:
+                _copy(copied, args.copy_to)
+                libraries.append(args.copy_to)
+            _same_answers(libraries, probes=10)
+            shown = ", ".join(_shown(d) for d in libraries)
+            print(f"ok: similar answers the same in {shown}")
 
 
 if __name__ == "__main__":
