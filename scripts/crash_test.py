@@ -139,8 +139,7 @@ def _stored_paths(db: str) -> set[str]:
 
 def _same_answers(dbs: list[str], probes: int) -> None:
     """``similar`` (k=5, by path) answers with the same paths in every library of ``dbs``."""
-    with Library.open(dbs[0], create=False) as lib:
-        paths = sorted(facts.path for facts in lib._store.image_facts(None))[:probes]
+    paths = sorted(_stored_paths(dbs[0]))[:probes]  # indexed ones (failed files have no vector)
     answers = []
     for db in dbs:
         with Library.open(db, create=False) as lib:
