@@ -6,6 +6,7 @@ The caller (:meth:`Space.sync`) holds the writer lock and publishes the index af
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -32,9 +33,11 @@ from .whiten import stored
 if TYPE_CHECKING:
     from .ann.index import VectorIndex
     from .config import Preprocess, SpaceSpec
-    from .extract import Extractor
     from .space import Space
     from .store import Store
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,46 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
         yield batch
 
 
-def _loading(space: Space, options: SyncOptions, images: int) -> Future[Extractor]:
-    """The space's extractor for a run of ``images`` images, built and prepared (see
-    :meth:`Extractor.prepare_run`) on a thread of its own."""
+class Model(Protocol):
+    """What embeds a run's batches: the space's :class:`Extractor`, or its saved model."""
 
-    def load() -> Extractor:
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def prepare_run(self, images: int, batch_size: int) -> None: ...
+
+
+def saved_model(space: Space, options: SyncOptions, images: int) -> Model | None:
+    """The space's saved OpenVINO model when a run of ``images`` images may embed with it
+    instead of building the torch one: a run too short to win back torch's start-up
+    (under ``OPENVINO_MIN_IMAGES``) on the CPU, with no runtime or freezing asked for, into
+    an fp32 space whose saved model reproduces it (see :func:`query_model.for_writing`)."""
+    from .compute import OPENVINO_MIN_IMAGES
+    from .extract import query_model
+
+    compute = options.compute
+    if (
+        images >= OPENVINO_MIN_IMAGES
+        or compute.device not in ("auto", "cpu")
+        or compute.runtime == "torch"
+        or compute.freeze == "on"
+        or not query_model.enabled()
+    ):
+        return None
+    return space.saved_model()
+
+
+def _loading(space: Space, options: SyncOptions, images: int) -> Future[Model]:
+    """The model for a run of ``images`` images: the space's saved one when it may be used
+    (:func:`saved_model`, ready now), else its extractor, built and prepared (see
+    :meth:`Extractor.prepare_run`) on a thread of its own."""
+    saved = saved_model(space, options, images)
+    if saved is not None:
+        log.info("embedding with the space's saved OpenVINO model (torch not loaded)")
+        ready: Future[Model] = Future()
+        ready.set_result(saved)
+        return ready
+
+    def load() -> Model:
         extractor = space.extractor(options.compute, writing=True)
         extractor.prepare_run(images, options.batch_size)
         return extractor
@@ -136,9 +174,7 @@ def _loading(space: Space, options: SyncOptions, images: int) -> Future[Extracto
         loader.shutdown(wait=False)
 
 
-def _embed(
-    extractor: Extractor | Future[Extractor] | None, batch: list[_Decoded], dim: int
-) -> np.ndarray:
+def _embed(extractor: Model | Future[Model] | None, batch: list[_Decoded], dim: int) -> np.ndarray:
     """Vectors for the decoded files of ``batch``, in order (float32, (ok, dim)); waits for
     an extractor still loading."""
     arrays = [d.array for d in batch if d.array is not None]
@@ -154,7 +190,7 @@ def default_workers() -> int:
 
 
 def embed_locally(
-    extractor: Extractor | Future[Extractor] | None,
+    extractor: Model | Future[Model] | None,
     jobs: Sequence[Job],
     spec: SpaceSpec,
     options: SyncOptions,

@@ -226,6 +226,15 @@ class Space:
                 self._query_model_looked = True
             return self._query_model
 
+    def saved_model(self) -> QueryModel | None:
+        """The space's query model when it may also write the space's vectors (an fp32
+        space, and a model made from torch's graph of exactly this space), else ``None``."""
+        from .extract import query_model
+
+        if not query_model.enabled():
+            return None
+        return query_model.for_writing(self._store.index_dir, self._first.spec)
+
     def save_query_model(self) -> Path | None:
         """Save the space's query model beside its index files unless it has one: its
         extractor (built if needed) exported to OpenVINO with the pooling, checked against

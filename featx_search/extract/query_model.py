@@ -148,6 +148,9 @@ def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
             "fingerprint": space.fingerprint,
             "dim": space.dim,
             "precision": "fp32",
+            # Made from torch's graph of exactly this space (not another torch release's):
+            # then it may write the space's vectors too (see for_writing).
+            "exact": extractor.space.fingerprint == fp32_twin(space).fingerprint,
             "openvino": _openvino_version(),
             "max_difference": difference,
         }
@@ -193,14 +196,34 @@ class QueryModel:
             {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
         )
         self.space = space
+        self.folder = folder
         self._request: Any = compiled.create_infer_request()
         self._lock = threading.Lock()
+
+    def prepare_run(self, images: int, batch_size: int) -> None:
+        """Nothing to choose: the saved model runs as it is (the extractor's interface)."""
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
             result = self._request.infer({0: np.ascontiguousarray(batch, np.float32)})
             vectors = np.array(result[0], dtype=np.float32)  # copied out of the request
         return vectors
+
+
+def for_writing(index_dir: Path, space: SpaceSpec) -> QueryModel | None:
+    """The saved model of ``space`` when it may write the space's vectors: an fp32 space
+    (the model computes in fp32), and a model made from torch's graph of exactly this space
+    (checked to 1e-4 then). Runs that embed few images use it instead of importing torch."""
+    if space.precision != "fp32":
+        return None
+    model = load(index_dir, space)
+    if model is None:
+        return None
+    try:
+        exact = json.loads((model.folder / _META).read_text()).get("exact") is True
+    except (OSError, ValueError):
+        exact = False
+    return model if exact else None
 
 
 def load(index_dir: Path, space: SpaceSpec) -> QueryModel | None:

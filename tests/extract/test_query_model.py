@@ -136,3 +136,58 @@ def test_searches_by_picture_use_the_query_model_even_where_torch_is_loaded(
         cold = space.embed([photo])
         space.extractor()  # torch loaded in this process (as eval or index would)
         assert np.array_equal(space.embed([photo]), cold)  # still the query model
+
+
+_INDEX = """
+import json, runpy, sys
+sys.argv = ["featx-search", "--db", sys.argv[1], "index", sys.argv[2], "-q"]
+try:
+    runpy.run_module("featx_search", run_name="__main__")
+except SystemExit as stop:
+    assert not stop.code, stop.code
+print(json.dumps({"torch": "torch" in sys.modules}))
+"""
+
+
+def test_a_small_run_into_an_fp32_space_embeds_with_its_saved_model_without_torch(
+    photos: Path, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    run_cli("--db", db, "index", photos / "a", *TINY_ARGS, "-q")  # makes the saved model
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _INDEX, str(db), str(photos)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=ROOT,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == {"torch": False}
+    reference = tmp_path / "torch.db"  # every file embedded by torch
+    run_cli("--db", reference, "index", photos, *TINY_ARGS, "-q", env={"FEATX_QUERY_MODEL": "0"})
+    vectors = {}
+    for library in (db, reference):
+        with Library.open(library) as lib:
+            _, ids, matrix = lib.space().vectors()
+            paths = [f.path for f in lib.space().image_facts(ids.tolist())]
+            vectors[library] = dict(zip(paths, matrix, strict=True))
+    assert vectors[db].keys() == vectors[reference].keys()
+    assert any("/b/" in path for path in vectors[db])  # the second run's files
+    for path, vector in vectors[reference].items():
+        assert np.abs(vectors[db][path] - vector).max() < 1e-4
+
+
+def test_a_saved_model_made_by_another_torch_release_does_not_write(
+    photos: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    run_cli("--db", db, "index", photos / "a", *TINY_ARGS, "-q")
+    with Library.open(db) as lib:
+        space = lib.space()
+        assert space.saved_model() is not None
+        folder = query_model.folder_for(space._store.index_dir, space._first.spec)
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**meta, "exact": False}))
+        assert space.saved_model() is None  # searches may still use it; writes may not
+        assert space.query_model() is not None
