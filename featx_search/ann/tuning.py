@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # Queries of a tuning or recall run.
 TUNE_QUERIES = 200
+# Stored vectors scored against the queries of a ground truth at once.
+BLOCK = 8192
 # Tuning stops raising nprobe / efSearch once two doublings gain less recall than this.
 PLATEAU = 0.005
 
@@ -73,15 +75,19 @@ class TruthHeap:
         self._heap = faiss_module().ResultHeap(len(self.ids), max(self._want, 1), keep_max=True)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Merge a chunk: (M,) ids and (M, d) vectors."""
+        """Merge a chunk: (M,) ids and (M, d) vectors (scored :data:`BLOCK` rows at a time,
+        so that the (Q, M) scores of a large chunk are never held at once)."""
         if len(ids) == 0 or len(self.ids) == 0 or self._want == 0:
             return
-        sims = self.queries @ np.ascontiguousarray(vectors, dtype=np.float32).T
-        take = min(self._want, sims.shape[1])
-        top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
-        scores = np.ascontiguousarray(np.take_along_axis(sims, top, 1), dtype=np.float32)
-        found = np.ascontiguousarray(np.asarray(ids, np.int64)[top])
-        self._heap.add_result(scores, found)
+        ids = np.asarray(ids, np.int64)
+        for start in range(0, len(ids), BLOCK):
+            block = np.ascontiguousarray(vectors[start : start + BLOCK], dtype=np.float32)
+            sims = self.queries @ block.T
+            take = min(self._want, sims.shape[1])
+            top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+            scores = np.ascontiguousarray(np.take_along_axis(sims, top, 1), dtype=np.float32)
+            found = np.ascontiguousarray(ids[start : start + BLOCK][top])
+            self._heap.add_result(scores, found)
 
     def result(self) -> Truth:
         """The collected :class:`Truth` (call once, after the last chunk)."""
