@@ -299,3 +299,24 @@ def test_settings_budget_reaches_auto(db: Path, tmp_path: Path) -> None:
         assert wanted_spec(store, record) == "ondisk:IVF16,Flat"
     finally:
         store.close()
+
+
+def test_a_read_only_reader_streams_the_same_vectors(db: Path, tmp_path: Path) -> None:
+    from featx_search.reader import Reader
+
+    space_id, vectors = _library_with_vectors(db, tmp_path, n=700)
+    reader = Reader.open(db, read_only=True)
+    try:
+        with reader.vector_snapshot(space_id) as snapshot:
+            assert snapshot.count == 700
+            pages = list(snapshot.chunks(256))
+            assert [len(ids) for ids, _ in pages] == [256, 256, 188]
+            np.testing.assert_array_equal(np.concatenate([v for _, v in pages]), vectors)
+            ids, picked = snapshot.pick(np.array([0, 255, 256, 699]))
+            assert ids.tolist() == [1, 256, 257, 700]
+            np.testing.assert_array_equal(picked, vectors[[0, 255, 256, 699]])
+        # an on-disk build in a reader that cannot write beside the library maps a temp copy
+        index, _ = build_from_store(reader, reader.space(space_id), "ondisk:IVF16,Flat")
+        assert len(index) == 700 and index.ivfdata is None
+    finally:
+        reader.close()
