@@ -40,6 +40,7 @@ def build_index(
     seed: int = 0,
     chunk: int = CHUNK,
     ivfdata: Path | None = None,
+    trained: VectorIndex | None = None,
 ) -> VectorIndex:
     """An index of ``spec`` holding every vector of ``source`` (of ``dim`` floats).
 
@@ -49,11 +50,13 @@ def build_index(
     only. With ``tune`` the default nprobe / efSearch are raised until recall@10 on a sample
     reaches :data:`~featx_search.ann.spec.RECALL_TARGET`. The index's ``fetch`` (for
     re-ranking lossy codes) is ``source.fetch``: the caller replaces it when ``source`` is
-    a snapshot that closes. Raises :class:`ConfigError` when ``source`` is too small to
-    train ``spec`` or an on-disk spec has no ``ivfdata``.
+    a snapshot that closes. ``trained``: an empty trained index of ``spec`` to fill instead
+    of training a new one (see :meth:`VectorIndex.trained_copy`). Raises
+    :class:`ConfigError` when ``source`` is too small to train ``spec`` or an on-disk spec
+    has no ``ivfdata``.
     """
     started = time.perf_counter()
-    index = VectorIndex(dim, spec=spec)
+    index = trained if trained is not None else VectorIndex(dim, spec=spec)
     if index.ondisk and ivfdata is None:
         raise ConfigError(
             f"index {spec!r} keeps its lists on disk: give the file for them", param="index"

@@ -122,6 +122,21 @@ class VectorIndex:
         self.check_trainable(len(vectors))
         self.train_on(vectors[sample_positions(len(vectors), self.train_size, seed)])
 
+    def trained_copy(self) -> VectorIndex | None:
+        """An empty copy of this published on-disk index, trained the same (its quantizer
+        read again from its file, without the lists), for a rebuild that adds the vectors
+        without training again; None for other indexes or when the file is gone."""
+        if not self.ondisk or self.ivfdata is None:
+            return None
+        path = self.ivfdata.with_suffix(".faiss")
+        try:
+            raw = read_file(path, path.stat().st_size, skip_lists=True)
+        except (OSError, LibraryError):
+            return None
+        copy = VectorIndex(self.dim, raw, spec=self.spec, params=self.params)
+        copy.raw.ntotal = 0
+        return copy
+
     def check_trainable(self, count: int) -> None:
         """:class:`ConfigError` unless ``count`` vectors are enough to train the spec."""
         need = min_train(self.spec)

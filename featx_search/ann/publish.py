@@ -72,6 +72,7 @@ def build_from_store(
     *,
     ivfdata: Path | None = None,
     chunk: int = CHUNK,
+    trained: VectorIndex | None = None,
 ) -> tuple[VectorIndex, int]:
     """A new index of the space from its stored vectors (no re-embedding), and the generation
     it reflects. ``spec`` None means the space's own (see :func:`wanted_spec`).
@@ -79,7 +80,8 @@ def build_from_store(
     The vectors stream from one snapshot of the store, ``chunk`` at a time
     (:func:`~featx_search.ann.build.build_index`). An on-disk spec writes its lists to
     ``ivfdata`` (to be published there), else to a private folder whose files are unlinked
-    once mapped (such an index serves this process and cannot be saved).
+    once mapped (such an index serves this process and cannot be saved). ``trained``: an
+    empty trained index of ``spec`` to fill instead of training again.
 
     This is the one place where stored vectors enter a rebuilt index."""
     from ..whiten import index_dim, stored
@@ -97,7 +99,9 @@ def build_from_store(
             source: VectorSource = snapshot
             if whitening is not None:
                 source = Transformed(snapshot, whitening.apply)
-            index = build_index(source, dim, spec=spec, ivfdata=ivfdata, chunk=chunk)
+            index = build_index(
+                source, dim, spec=spec, ivfdata=ivfdata, chunk=chunk, trained=trained
+            )
             generation = snapshot.generation
     finally:
         if private is not None:  # mapped files stay readable until unmapped (POSIX)
@@ -244,9 +248,13 @@ def publish_index(
     want = wanted_spec(store, record)
     stale = index.ondisk and not _fresh(store, index)
     if index.spec != want or index.needs_compaction or stale:
-        reason = "tombstones" if index.spec == want else f"{index.spec} -> {want}"
+        reason = "tombstones" if index.needs_compaction else "lists written again"
+        reason = reason if index.spec == want else f"{index.spec} -> {want}"
+        # an on-disk index a sync could not change: its lists are written again, with the
+        # vectors added to the same trained lists (as a sync adds to an in-memory index)
+        trained = index.trained_copy() if index.spec == want else None
         log.info("rebuilding the index of %s (%s)", record.fingerprint, reason)
-        index, generation = _build_to_publish(store, record, want, generation)
+        index, generation = _build_to_publish(store, record, want, generation, trained)
     if index.ivfdata is not None:
         path = index.ivfdata.with_suffix(".faiss")
     else:
@@ -276,13 +284,17 @@ def publish_index(
 
 
 def _build_to_publish(
-    store: Store, record: SpaceRecord, spec: str, generation: int
+    store: Store,
+    record: SpaceRecord,
+    spec: str,
+    generation: int,
+    trained: VectorIndex | None = None,
 ) -> tuple[VectorIndex, int]:
     """:func:`build_from_store` for publishing: an on-disk spec's lists go into the index
     folder under a new name (deleted again if the build fails)."""
     ivfdata = ivfdata_path(ondisk_path(store, record, generation)) if is_ondisk(spec) else None
     try:
-        return build_from_store(store, record, spec, ivfdata=ivfdata)
+        return build_from_store(store, record, spec, ivfdata=ivfdata, trained=trained)
     except BaseException:
         if ivfdata is not None:
             ivfdata.unlink(missing_ok=True)

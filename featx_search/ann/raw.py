@@ -158,14 +158,19 @@ def _vector_limit(limit: int) -> Iterator[None]:
             faiss.set_deserialization_vector_byte_limit(before)
 
 
-def read_file(path: Path, size: int, *, mmap: bool = False, ondisk: bool = False) -> Any:
+def read_file(
+    path: Path, size: int, *, mmap: bool = False, ondisk: bool = False, skip_lists: bool = False
+) -> Any:
     """The raw index in the file at ``path`` of ``size`` bytes, memory-mapped read only with
     ``mmap``; with ``ondisk`` its inverted lists are the ``.ivfdata`` file beside it, always
     memory-mapped read only. No vector inside a file can be larger than the file, so a
-    damaged length field fails cleanly instead of asking for terabytes. Raises
+    damaged length field fails cleanly instead of asking for terabytes. With ``skip_lists``
+    the inverted lists are not read (a trained, empty IVF index to fill). Raises
     :class:`LibraryError`."""
     faiss = faiss_module()
-    if ondisk:
+    if skip_lists:
+        flags = faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY
+    elif ondisk:
         # The lists are mapped below from the .ivfdata beside the file, wherever the folder
         # has moved (IO_FLAG_ONDISK_SAME_DIR would do that too, but prints to stdout).
         flags = faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY
@@ -174,7 +179,7 @@ def read_file(path: Path, size: int, *, mmap: bool = False, ondisk: bool = False
     try:
         with _vector_limit(max(size, 1 << 20)):
             raw = faiss.read_index(str(path), flags)
-        if ondisk:
+        if ondisk and not skip_lists:
             _map_lists(raw, ivfdata_path(path))
     except RuntimeError as err:
         raise LibraryError(f"cannot load index file {path}: {err}") from err

@@ -182,15 +182,26 @@ def test_published_ondisk_index_is_memory_mapped_and_moves_with_its_folder(
         store.close()
 
 
-def test_ondisk_index_follows_syncs(library: Library, photos: Path) -> None:
+def test_ondisk_index_follows_syncs(
+    library: Library, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for i in range(8):
         make_photo(photos / "more" / f"m{i}.png", seed=300 + i)
     space = library.create_space(TINY, index="ondisk:IVF16,Flat")
     library.index([photos])
     info = space.info()
     assert info.index_kind == "ondisk:IVF16,Flat" and info.index_current
+    trained: list[int] = []
+    real = VectorIndex.train_on
+
+    def counting(self: VectorIndex, sample: np.ndarray) -> None:
+        trained.append(len(sample))
+        real(self, sample)
+
+    monkeypatch.setattr(VectorIndex, "train_on", counting)
     extra = make_photo(photos / "c" / "late.png", seed=99)
-    library.index([photos])  # the sync cannot change the lists: the publish rebuilds them
+    library.index([photos])  # the sync cannot change the lists: the publish writes them again
+    assert trained == []  # into the same trained lists
     assert space.info().index_current and space.info().count == info.count + 1
     assert library.search(extra, Query(k=1))[0].path == str(extra)
     victim = sorted(photos.rglob("*.png"))[0]
