@@ -298,15 +298,27 @@ def test_cli_reindex_on_disk_and_recall(db: Path, tmp_path: Path) -> None:
     assert report["spec"] == "ondisk:IVF32,Flat" and report["recall"] >= 0.9
 
 
-def test_settings_budget_reaches_auto(db: Path, tmp_path: Path) -> None:
+def test_settings_budget_reaches_auto(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featx_search.ann.publish as publish_module
     from featx_search.ann.publish import wanted_spec
+    from featx_search.ann.spec import default_budget
 
+    budget = default_budget()
+    assert budget is not None and 2**28 < budget < os.sysconf("SC_PAGE_SIZE") * os.sysconf(
+        "SC_PHYS_PAGES"
+    )
     space_id, _ = _library_with_vectors(db, tmp_path, n=300)
     store = Store.open(db)
     try:
         record = store.space(space_id)
         assert wanted_spec(store, record) == "Flat"
         store.set_index_settings(space_id, IndexSettings(None, 1024, {}))
+        assert wanted_spec(store, record) == "ondisk:IVF16,Flat"
+        # without a budget of its own a space plans for the machine's (here made tiny)
+        store.set_index_settings(space_id, IndexSettings(None, None, {}))
+        monkeypatch.setattr(publish_module, "default_budget", lambda: 1024)
         assert wanted_spec(store, record) == "ondisk:IVF16,Flat"
     finally:
         store.close()
