@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from .ann.publish import open_index
+from .ann.publish import writer_index
 from .errors import ImageError
 from .images import decode_file, preprocess
 from .options import Progress, ProgressCallback, SyncOptions
@@ -278,7 +278,7 @@ def run_sync(
     writer.commit_all(batches)
     if plan.removed and not report.interrupted:
         _, dropped = store.write_batch(record.id, [], list(plan.removed))
-        writer.index.remove(np.asarray(dropped, np.int64))
+        writer.mirror([], dropped, None)
         report.removed = len(plan.removed)
         report.changes.extend(("remove", str(path)) for path in plan.removed.values())
     report.seconds = time.perf_counter() - started
@@ -316,7 +316,8 @@ class Writer:
         progress: ProgressCallback | None = None,
     ) -> None:
         self.store, self.record, self.report = store, record, report
-        self.index, _ = open_index(store, record)  # a private copy: readers keep the published
+        # a private copy: readers keep the published one (on-disk: rebuilt when published)
+        self.index = writer_index(store, record)
         self.whitening = stored(store, record)
         self.total, self.done, self.progress = total, 0, progress
         self.started = time.perf_counter()
@@ -339,11 +340,7 @@ class Writer:
         by_job = {id(job): v for job, v in zip(ok, vectors, strict=True)}
         results = [file_result(job, outcome, by_job.get(id(job))) for job, outcome in batch]
         added, dropped = self.store.write_batch(self.record.id, results)
-        self.index.remove(np.asarray(dropped, np.int64))
-        whitening = self.whitening
-        self.index.add(
-            np.asarray(added, np.int64), vectors if whitening is None else whitening.apply(vectors)
-        )
+        self.mirror(added, dropped, vectors)
         tally(self.report, batch)
         self.done += len(batch)
         if self.progress is not None and batch:
@@ -355,6 +352,19 @@ class Writer:
                     self.report.failed,
                     time.perf_counter() - self.started,
                 )
+            )
+
+    def mirror(self, added: list[int], dropped: list[int], vectors: np.ndarray | None) -> None:
+        """Apply a committed batch to the index: ``dropped`` ids out, ``added`` ids in with
+        their raw ``vectors``. An on-disk index cannot change: it is rebuilt when published."""
+        if self.index.ondisk:
+            return
+        self.index.remove(np.asarray(dropped, np.int64))
+        if vectors is not None and len(added):
+            whitening = self.whitening
+            self.index.add(
+                np.asarray(added, np.int64),
+                vectors if whitening is None else whitening.apply(vectors),
             )
 
 

@@ -203,6 +203,15 @@ STATEMENTS: dict[str, Select[Any]] = {
     "vector_ids": select(vectors.c.image_id)
     .where(vectors.c.space_id == bindparam("space_id"))
     .order_by(vectors.c.image_id),
+    # Pages of a space's vectors and of their ids by key (image ids above ``after``), so that
+    # a build streams a library of any size in bounded memory (Reader.vector_snapshot).
+    "vectors_page": _vectors(listed=False)
+    .where(vectors.c.image_id > bindparam("after"))
+    .limit(bindparam("limit")),
+    "vector_ids_page": select(vectors.c.image_id)
+    .where(vectors.c.space_id == bindparam("space_id"), vectors.c.image_id > bindparam("after"))
+    .order_by(vectors.c.image_id)
+    .limit(bindparam("limit")),
     # -- decisions on duplicate groups
     "decisions": select(
         dup_decisions.c.id,

@@ -554,6 +554,21 @@ class Reader:
                 n += 1
         return int(generation), out_ids[:n], matrix[:n]  # shorter when some ids had no vector
 
+    @contextmanager
+    def vector_snapshot(self, space_id: int) -> Iterator[StoredVectors]:
+        """A space's stored vectors in one snapshot, read in pages by id when asked (a
+        :class:`~featx_search.ann.source.VectorSource`: builds and ground truth stream it in
+        bounded memory). The snapshot is one read transaction, open until the block ends:
+        make no other read of this reader on this thread inside it (on SQLite it would begin
+        a transaction inside the open one). Raises :class:`SpaceError`."""
+        with self._read() as reads:
+            space = reads.first("space_shape", space_id=space_id)
+            if space is None:
+                raise SpaceError(f"no space with id {space_id}")
+            dim, generation = space
+            count = int(reads.scalar("vector_count", space_id=space_id))
+            yield StoredVectors(reads, space_id, int(dim), int(generation), count)
+
     @_retried
     def vector_ids(self, space_id: int) -> np.ndarray:
         """The image ids that have a vector in a space: int64 (N,), ascending (no blobs read)."""
@@ -575,3 +590,83 @@ class Reader:
             Decision(decision_id, kind, decided_at, tuple(members))
             for decision_id, (kind, decided_at, members) in found.items()
         ]
+
+
+class StoredVectors:
+    """A space's vectors in one read snapshot (:meth:`Reader.vector_snapshot`), in ascending
+    id order: pages by id for :meth:`chunks`, ids by position for :meth:`pick`, listed ids
+    for :meth:`fetch`. ``generation`` is the space's at the snapshot."""
+
+    # Ids per listed read (one JSON parameter).
+    LISTED = 20_000
+
+    def __init__(self, reads: Reads, space_id: int, dim: int, generation: int, count: int):
+        self._reads, self.space_id, self.dim = reads, space_id, dim
+        self.generation, self._count = generation, count
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64 (M,), float32 (M, dim)) pages of at most ``size`` rows, by id."""
+        after = -1
+        while True:
+            ids = np.empty(size, np.int64)
+            matrix = np.empty((size, self.dim), np.float32)
+            n = 0
+            rows = self._reads.rows("vectors_page", space_id=self.space_id, after=after, limit=size)
+            for image_id, data in rows:
+                ids[n] = image_id
+                matrix[n] = np.frombuffer(data, dtype=VECTOR_DTYPE)
+                n += 1
+            if n == 0:
+                return
+            yield ids[:n], matrix[:n]
+            after = int(ids[n - 1])
+            if n < size:
+                return
+
+    def ids(self, size: int = 1 << 18) -> Iterator[np.ndarray]:
+        """The ids, ascending, in pages of at most ``size`` (no vectors read)."""
+        after = -1
+        while True:
+            rows = self._reads.rows(
+                "vector_ids_page", space_id=self.space_id, after=after, limit=size
+            )
+            page = np.fromiter((image_id for (image_id,) in rows), dtype=np.int64)
+            if len(page) == 0:
+                return
+            yield page
+            after = int(page[-1])
+            if len(page) < size:
+                return
+
+    def pick(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows at ascending 0-based ``positions`` of the id order: (ids, vectors)."""
+        positions = np.asarray(positions, np.int64)
+        wanted = np.empty(len(positions), np.int64)
+        start = done = 0
+        for page in self.ids():
+            end = start + len(page)
+            stop = int(np.searchsorted(positions, end))
+            wanted[done:stop] = page[positions[done:stop] - start]
+            done, start = stop, end
+            if done == len(positions):
+                break
+        return self.fetch(wanted[:done])
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of those ``ids`` that are stored: (ids, vectors), ascending ids."""
+        wanted = np.unique(np.asarray(ids, np.int64))
+        out_ids = np.empty(len(wanted), np.int64)
+        matrix = np.empty((len(wanted), self.dim), np.float32)
+        n = 0
+        for start in range(0, len(wanted), self.LISTED):
+            batch = listed(int(i) for i in wanted[start : start + self.LISTED])
+            rows = self._reads.rows("vectors_listed", space_id=self.space_id, ids=batch)
+            for image_id, data in rows:
+                out_ids[n] = image_id
+                matrix[n] = np.frombuffer(data, dtype=VECTOR_DTYPE)
+                n += 1
+        return out_ids[:n], matrix[:n]

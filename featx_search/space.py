@@ -557,7 +557,8 @@ class Space:
         self, k: int = 10, sample: int = 200, *, seed: int = 0, params: SearchParams | None = None
     ) -> RecallReport:
         """Recall@k of the index against exact search, on ``sample`` stored vectors (each
-        asks for its k nearest other images). Reads every stored vector of the space."""
+        asks for its k nearest other images). Reads every stored vector of the space, in
+        chunks."""
         from .upkeep import recall
 
-        return recall(self, k, sample, seed, params)
+        return recall(self, self._store, k, sample, seed, params)

@@ -209,6 +209,21 @@ STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, .
         {},
         ("",),
     ),
+    "vectors_page": (
+        "SELECT vectors.image_id, vectors.data FROM vectors WHERE vectors.space_id = "
+        ":space_id AND vectors.image_id > :after ORDER BY vectors.image_id LIMIT :limit "
+        "OFFSET :param_1",
+        {"space_id": "", "after": "", "limit": "", "param_1": ""},
+        {"param_1": 0},
+        ("", ""),
+    ),
+    "vector_ids_page": (
+        "SELECT vectors.image_id FROM vectors WHERE vectors.space_id = :space_id AND "
+        "vectors.image_id > :after ORDER BY vectors.image_id LIMIT :limit OFFSET :param_1",
+        {"space_id": "", "after": "", "limit": "", "param_1": ""},
+        {"param_1": 0},
+        ("",),
+    ),
     "decisions": (
         "SELECT dup_decisions.id, dup_decisions.decision, dup_decisions.decided_at, "
         "dup_decision_members.image_id, dup_decision_members.role, roots.path, "

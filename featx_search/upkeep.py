@@ -118,26 +118,28 @@ def whiten(space: Space, store: Store, dims: int) -> WhitenReport:
 
 
 def recall(
-    space: Space, k: int, sample: int, seed: int, params: SearchParams | None
+    space: Space, store: Reader, k: int, sample: int, seed: int, params: SearchParams | None
 ) -> RecallReport:
-    """Recall@k of the space's index against exact search on ``sample`` stored vectors."""
-    from .ann.tuning import recall_at_k
+    """Recall@k of the space's index against exact search on ``sample`` stored vectors (the
+    exact neighbours computed by streaming the store in chunks)."""
+    from .ann.publish import recall_from_store
 
     check_k(k)
     if sample < 1:
         raise ConfigError(f"sample must be at least 1, got {sample}", param="sample")
-    index, whitening = space.index(), space.whitening()
+    index = space.index()
     merged = space.search_params(params)
-    _, ids, vectors = space.vectors()
-    vectors = vectors if whitening is None else whitening.apply(vectors)
     started = time.perf_counter()
-    value = recall_at_k(index, ids, vectors, k=k, sample=sample, seed=seed, params=merged)
+    record = store.space(space.id, counts=False)
+    value, count = recall_from_store(
+        store, record, index, k=k, sample=sample, seed=seed, params=merged
+    )
     return RecallReport(
         space=space.fingerprint,
         spec=index.spec,
-        count=len(ids),
+        count=count,
         k=k,
-        queries=min(sample, len(ids)),
+        queries=min(sample, count),
         recall=value,
         params=index.params.merged(merged).to_dict(),
         seconds=time.perf_counter() - started,

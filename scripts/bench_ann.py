@@ -28,6 +28,7 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from featx_search.ann.index import VectorIndex, _array_fetch  # noqa: E402
-from featx_search.ann.spec import SearchParams, choose_spec, ivf_size  # noqa: E402
+from featx_search.ann.spec import SearchParams, choose_spec, is_ondisk, ivf_size  # noqa: E402
 
 EDITS = 24
 
@@ -225,7 +226,10 @@ def main() -> None:
         gc.collect()
         faiss.omp_set_num_threads(1)  # builds on one thread: comparable on a shared machine
         started = time.perf_counter()
-        index = VectorIndex.build(dim, ids, base, spec=spec)
+        lists = None  # an ondisk: spec (auto under a budget) maps its lists from a temp file
+        if is_ondisk(spec):
+            lists = Path(tempfile.mkdtemp(prefix="bench-ann-")) / "lists.ivfdata"
+        index = VectorIndex.build(dim, ids, base, spec=spec, ivfdata=lists)
         build = time.perf_counter() - started
         index.fetch = _array_fetch(ids, base)
         memory = index.nbytes

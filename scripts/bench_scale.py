@@ -11,7 +11,8 @@
     16 asks for at least 0.8). Both engines choose the model's graph the same way
     (``--runtime``/``--freeze`` auto), and use the default batch size, workers and threads.
 
-(b) (the 10,000,000-vector on-disk index) is not written yet.
+(b) (the 10,000,000-vector on-disk index) is not written yet; scripts/bench_ondisk.py
+    measures on-disk builds at smaller sizes (peak RSS against library size).
 
 Usage:
     nice -n 10 .venv/bin/python scripts/bench_scale.py --n 120

@@ -2,6 +2,8 @@
 
 - :mod:`.spec`: index specs, the ``auto`` rule, search params (imports no faiss);
 - :mod:`.raw`: faiss itself: raw indexes from factory strings, reading and writing files;
+- :mod:`.source`: vectors streamed in chunks (:class:`~.source.VectorSource`);
+- :mod:`.build`: streamed builds, on-disk inverted lists written in two passes;
 - :mod:`.index`: :class:`~.index.VectorIndex`, the wrapper everything else uses;
 - :mod:`.tuning`: exact ground truth, recall@k, tuning of nprobe / efSearch;
 - :mod:`.files`: a library's index files, opened against their manifest and verified;

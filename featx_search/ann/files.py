@@ -1,16 +1,23 @@
 """A library's index files: where they live, opening the published one against its manifest
-(size, dimension and count; no full read), and verifying its checksum (``db check``)."""
+(size, dimension and count; no full read), and verifying its checksum (``db check``).
+
+An in-memory index is one file, ``<fingerprint>-g<generation>.faiss``, replaced atomically. An
+on-disk index is two, ``<fingerprint>-g<generation>-<token>.faiss`` and its ``.ivfdata``
+lists: a new name for every build, so that a new pair never overwrites the pair the manifest
+names (which readers may have mapped); the manifest switches to the new pair in one write and
+older files are deleted after it."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LibraryError
 from .index import VectorIndex
-from .raw import file_checksum
-from .spec import MMAP_BYTES, SearchParams
+from .raw import files_checksum, ivfdata_path
+from .spec import MMAP_BYTES, SearchParams, is_ondisk
 
 if TYPE_CHECKING:
     from ..reader import Reader
@@ -32,11 +39,24 @@ def index_path(store: Reader, record: SpaceRecord, generation: int) -> Path:
     return store.index_dir / f"{record.fingerprint}-g{generation}.faiss"
 
 
+def ondisk_path(store: Reader, record: SpaceRecord, generation: int) -> Path:
+    """A new name for an on-disk index file of ``generation`` (its lists: the same name with
+    ``.ivfdata``), never one in use."""
+    return store.index_dir / f"{record.fingerprint}-g{generation}-{secrets.token_hex(4)}.faiss"
+
+
+def index_files(path: Path, spec: str) -> list[Path]:
+    """The files of the index at ``path``: itself, and its lists for an on-disk ``spec``."""
+    return [path, ivfdata_path(path)] if is_ondisk(spec) else [path]
+
+
 def remove_older(store: Reader, record: SpaceRecord, keep: Path) -> None:
-    """Delete the space's index files other than ``keep``."""
-    for old in store.index_dir.glob(f"{record.fingerprint}-g*.faiss"):
-        if old.name != keep.name:
-            old.unlink(missing_ok=True)
+    """Delete the space's index files other than ``keep`` (and its lists)."""
+    kept = {keep.name, ivfdata_path(keep).name}
+    for pattern in ("g*.faiss", "g*.ivfdata"):
+        for old in store.index_dir.glob(f"{record.fingerprint}-{pattern}"):
+            if old.name not in kept:
+                old.unlink(missing_ok=True)
 
 
 def open_published(
@@ -55,8 +75,8 @@ def open_published(
     bytes are not hashed (see :func:`verify_index`). A manifest written before sizes were
     recorded (``nbytes`` None) falls back to the checksum, and a writable ``store`` then
     records the size so that later opens skip it. ``mmap``: True memory-maps the file (read
-    only), None does so for files of at least :data:`MMAP_BYTES`. Raises
-    :class:`LibraryError`.
+    only), None does so for files of at least :data:`MMAP_BYTES`; an on-disk index always
+    maps its lists. Raises :class:`LibraryError`.
     """
     path = store.index_dir / manifest.filename
     use_mmap = bool(mmap)
@@ -110,8 +130,9 @@ def verify_index(store: Reader, record: SpaceRecord) -> list[str]:
     if store.location.path is None and not path.exists():
         return []  # a server library's index files are per machine: this one has none yet
     where = f"space {record.fingerprint}: index file {manifest.filename}"
+    spec = kind_spec(manifest.kind)
     try:
-        checksum, size = file_checksum(path)
+        checksum, size = files_checksum(index_files(path, spec))
     except OSError as err:
         return [f"{where} cannot be read ({err.strerror or err})"]
     problems = []
@@ -123,9 +144,7 @@ def verify_index(store: Reader, record: SpaceRecord) -> list[str]:
         return problems
     dim = index_dim(store, record)
     try:
-        index = VectorIndex.load(
-            path, dim=dim, spec=kind_spec(manifest.kind), mmap=size >= MMAP_BYTES
-        )
+        index = VectorIndex.load(path, dim=dim, spec=spec, mmap=size >= MMAP_BYTES)
     except LibraryError as err:
         return [f"{where}: {err}"]
     if len(index) != manifest.count:

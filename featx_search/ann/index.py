@@ -1,10 +1,11 @@
 """The FAISS index wrapper: any factory spec, ids are image ids, search with filters and exact
 re-ranking of lossy codes, files written atomically and opened by size (hashed only on
-request)."""
+request); on-disk IVF indexes are an index file and its ``.ivfdata`` lists, memory-mapped."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +15,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, LibraryError
-from .raw import faiss_module, file_checksum, id_mode, new_raw, read_file, write_file
-from .spec import DEFAULT_RERANK, TOMBSTONE_FRACTION, SearchParams, is_lossy, ivf_lists, min_train
+from .raw import (
+    faiss_module,
+    files_checksum,
+    fsync_dir,
+    id_mode,
+    ivfdata_path,
+    new_raw,
+    read_file,
+    write_file,
+)
+from .spec import (
+    TOMBSTONE_FRACTION,
+    SearchParams,
+    is_lossy,
+    is_ondisk,
+    ivf_lists,
+    min_train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +57,12 @@ class SavedFile:
 class VectorIndex:
     """Inner-product search over L2-normalised float32 vectors, keyed by int64 ids.
 
-    ``spec`` is a FAISS factory string (``Flat`` by default: exact). IVF indexes keep the ids
-    themselves; other types sit in an ``IndexIDMap2``. Types that cannot delete (HNSW) keep
-    removed vectors as tombstones (their id set to -1, skipped by every search).
+    ``spec`` is a FAISS factory string (``Flat`` by default: exact) or an on-disk IVF spec
+    (``ondisk:IVF...``). IVF indexes keep the ids themselves; other types sit in an
+    ``IndexIDMap2``. Types that cannot delete (HNSW) keep removed vectors as tombstones
+    (their id set to -1, skipped by every search). An on-disk index is read only: its lists
+    are the memory-mapped file ``ivfdata``; it changes by a streamed rebuild
+    (:func:`featx_search.ann.build.build_index`).
     Scores are cosine similarities (approximate for lossy codes unless re-ranked).
     """
 
@@ -63,6 +83,9 @@ class VectorIndex:
         self.read_only = read_only
         # Re-ranking of lossy codes reads the exact vectors through this (set by open_index).
         self.fetch: Fetch | None = None
+        # An on-disk index's lists: the file it maps (None when they are not on disk yet, or
+        # when they were built in a private folder and cannot be published).
+        self.ivfdata: Path | None = None
 
     @classmethod
     def build(
@@ -74,41 +97,62 @@ class VectorIndex:
         spec: str = "Flat",
         tune: bool = True,
         seed: int = 0,
+        ivfdata: Path | None = None,
     ) -> VectorIndex:
         """An index of ``spec`` holding (N, dim) float32 ``vectors`` under int64 ``ids``.
 
         Trainable types are trained on a random sample of ``vectors`` (about 50 per inverted
         list); with ``tune`` the default nprobe / efSearch are raised until recall@10 on a
-        sample of the vectors reaches :data:`~featx_search.ann.spec.RECALL_TARGET`.
+        sample of the vectors reaches :data:`~featx_search.ann.spec.RECALL_TARGET`. An
+        on-disk spec writes its lists to ``ivfdata``. The same as
+        :func:`featx_search.ann.build.build_index` on the arrays.
         """
-        index = cls(dim, spec=spec)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not index._index.is_trained:
-            index.train(vectors, seed=seed)
-        if is_lossy(spec):
-            index.params = SearchParams(rerank=DEFAULT_RERANK)
-            index.fetch = _array_fetch(ids, vectors)
-        index.add(ids, vectors)
-        if tune and index.approximate:
-            from .tuning import tune_params
+        from .build import build_index
+        from .source import ArraySource
 
-            index.params = tune_params(index, ids, vectors, seed=seed)
-        return index
+        return build_index(
+            ArraySource(ids, vectors), dim, spec=spec, tune=tune, seed=seed, ivfdata=ivfdata
+        )
 
     def train(self, vectors: np.ndarray, *, seed: int = 0) -> None:
         """Train on a random sample of (N, dim) ``vectors``; raises :class:`ConfigError` when
         N is too small for the spec."""
+        from .source import sample_positions
+
+        self.check_trainable(len(vectors))
+        self.train_on(vectors[sample_positions(len(vectors), self.train_size, seed)])
+
+    def trained_copy(self) -> VectorIndex | None:
+        """An empty copy of this published on-disk index, trained the same (its quantizer
+        read again from its file, without the lists), for a rebuild that adds the vectors
+        without training again; None for other indexes or when the file is gone."""
+        if not self.ondisk or self.ivfdata is None:
+            return None
+        path = self.ivfdata.with_suffix(".faiss")
+        try:
+            raw = read_file(path, path.stat().st_size, skip_lists=True)
+        except (OSError, LibraryError):
+            return None
+        copy = VectorIndex(self.dim, raw, spec=self.spec, params=self.params)
+        copy.raw.ntotal = 0
+        return copy
+
+    def check_trainable(self, count: int) -> None:
+        """:class:`ConfigError` unless ``count`` vectors are enough to train the spec."""
         need = min_train(self.spec)
-        if len(vectors) < need:
+        if count < need:
             raise ConfigError(
-                f"index {self.spec!r} needs at least {need} vectors to train, got {len(vectors)}",
+                f"index {self.spec!r} needs at least {need} vectors to train, got {count}",
                 hint="use Flat or auto until the space holds more images",
             )
-        size = max(need, TRAIN_PER_LIST * (ivf_lists(self.spec) or 0), 20_000)
-        rng = np.random.default_rng(seed)
-        sample = vectors
-        if len(vectors) > size:
-            sample = vectors[np.sort(rng.choice(len(vectors), size, replace=False))]
+
+    @property
+    def train_size(self) -> int:
+        """How many vectors training samples (about 50 per inverted list, at least 20,000)."""
+        return max(min_train(self.spec), TRAIN_PER_LIST * (ivf_lists(self.spec) or 0), 20_000)
+
+    def train_on(self, sample: np.ndarray) -> None:
+        """Train on exactly the (M, dim) ``sample``."""
         started = time.perf_counter()
         self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
         log.info(
@@ -126,6 +170,16 @@ class VectorIndex:
     @property
     def lossy(self) -> bool:
         return is_lossy(self.spec)
+
+    @property
+    def ondisk(self) -> bool:
+        """True for on-disk IVF specs (lists in a memory-mapped ``.ivfdata`` file)."""
+        return is_ondisk(self.spec)
+
+    @property
+    def raw(self) -> Any:
+        """The FAISS index itself (for :mod:`.build`)."""
+        return self._index
 
     def _id_map(self) -> np.ndarray:
         # A writable view of the id map's memory (valid until the next add).
@@ -193,6 +247,14 @@ class VectorIndex:
             raise LibraryError(f"index {self.spec!r} is not trained; rebuild it")
         self.remove(ids)
         self._index.add_with_ids(vectors, ids)
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add (N, dim) vectors under int64 ``ids`` known to be absent (a fresh build: no
+        search for ids to replace)."""
+        self._writable()
+        self._index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, np.int64)
+        )
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ``ids`` (absent ones are ignored); returns how many were removed."""
@@ -283,8 +345,24 @@ class VectorIndex:
 
     def save(self, path: Path) -> SavedFile:
         """Write the index to ``path`` atomically (temp file, fsync, rename, fsync folder);
-        returns the written file's checksum and size."""
-        checksum, nbytes = write_file(self._index, path)
+        returns the written file's checksum and size.
+
+        An on-disk index's lists must already be its ``.ivfdata`` beside ``path`` (they were
+        written there by the build); they are synced first, and the checksum and size cover
+        the index file followed by the lists. Raises :class:`LibraryError` otherwise."""
+        if not self.ondisk:
+            checksum, nbytes = write_file(self._index, path)
+            return SavedFile(checksum, nbytes)
+        lists = ivfdata_path(path)
+        if self.ivfdata is None or self.ivfdata.resolve() != lists.resolve():
+            raise LibraryError(
+                f"the lists of this on-disk index are not {lists}; it cannot be saved there"
+            )
+        with open(lists, "rb+") as fh:
+            os.fsync(fh.fileno())
+        write_file(self._index, path)
+        fsync_dir(path.parent)
+        checksum, nbytes = files_checksum([path, lists])
         return SavedFile(checksum, nbytes)
 
     @classmethod
@@ -305,23 +383,30 @@ class VectorIndex:
         (SHA-256) reads the whole file first and refuses it unless it matches (opening a
         published file passes only the size: its checksum is checked when it is published
         and by :func:`featx_search.ann.files.verify_index`). With ``mmap`` the file is
-        memory-mapped (read only) instead of read into memory. Raises :class:`LibraryError`
-        for a missing, damaged or foreign file.
+        memory-mapped (read only) instead of read into memory. An on-disk ``spec`` maps its
+        ``.ivfdata`` beside ``path`` (always read only; ``nbytes`` and ``checksum`` cover
+        both files). Raises :class:`LibraryError` for a missing, damaged or foreign file.
         """
+        ondisk = is_ondisk(spec)
+        files = [path, ivfdata_path(path)] if ondisk else [path]
         try:
             size = path.stat().st_size
-            if nbytes is not None and size != nbytes:
+            total = sum(f.stat().st_size for f in files)
+            if nbytes is not None and total != nbytes:
                 raise LibraryError(
-                    f"index file {path} has {size} bytes, its manifest says {nbytes}"
+                    f"index file {path} has {total} bytes, its manifest says {nbytes}"
                 )
-            if checksum is not None and file_checksum(path)[0] != checksum:
+            if checksum is not None and files_checksum(files)[0] != checksum:
                 raise LibraryError(f"index file {path} does not match its manifest checksum")
         except OSError as err:
             raise LibraryError(f"cannot read index file {path}: {err}") from err
-        raw = read_file(path, size, mmap=mmap)
+        raw = read_file(path, size, mmap=mmap, ondisk=ondisk)
         if raw.d != dim:
             raise LibraryError(f"index file {path} holds {raw.d}-d vectors, expected {dim}")
-        return cls(dim, raw, spec=spec, params=params, read_only=mmap)
+        index = cls(dim, raw, spec=spec, params=params, read_only=mmap or ondisk)
+        if ondisk:
+            index.ivfdata = files[1]
+        return index
 
 
 def _array_fetch(ids: np.ndarray, vectors: np.ndarray) -> Fetch:

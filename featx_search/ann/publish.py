@@ -2,22 +2,29 @@
 vectors, opening the current one, and publishing a new one (file, then manifest).
 
 These take the store and the space's record; the store is the truth, the file a rebuildable
-cache. Whether to publish is decided by :meth:`featx_search.space.Space._settle`."""
+cache. Whether to publish is decided by :meth:`featx_search.space.Space._settle`. Builds and
+recall runs stream the stored vectors from one snapshot in chunks
+(:meth:`~featx_search.reader.Reader.vector_snapshot`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import LibraryError
-from .files import index_path, kind_spec, open_published, remove_older
+from .files import index_files, index_path, kind_spec, ondisk_path, open_published, remove_older
 from .index import Fetch, VectorIndex
-from .spec import SearchParams, resolve_spec
+from .raw import ivfdata_path
+from .source import CHUNK, Transformed, VectorSource
+from .spec import SearchParams, default_budget, is_ondisk, resolve_spec
 
 if TYPE_CHECKING:
     from ..reader import Reader
@@ -32,11 +39,9 @@ def wanted_spec(store: Reader, record: SpaceRecord, count: int | None = None) ->
     from ..whiten import index_dim
 
     settings = store.index_settings(record.id)
+    budget = settings.max_memory if settings.max_memory is not None else default_budget()
     return resolve_spec(
-        settings.spec,
-        record.count if count is None else count,
-        index_dim(store, record),
-        settings.max_memory,
+        settings.spec, record.count if count is None else count, index_dim(store, record), budget
     )
 
 
@@ -61,24 +66,88 @@ class BuildInfo:
 
 
 def build_from_store(
-    store: Reader, record: SpaceRecord, spec: str | None = None
+    store: Reader,
+    record: SpaceRecord,
+    spec: str | None = None,
+    *,
+    ivfdata: Path | None = None,
+    chunk: int = CHUNK,
+    trained: VectorIndex | None = None,
 ) -> tuple[VectorIndex, int]:
     """A new index of the space from its stored vectors (no re-embedding), and the generation
     it reflects. ``spec`` None means the space's own (see :func:`wanted_spec`).
 
-    This is the one place where stored vectors enter a rebuilt index."""
-    from ..whiten import for_index
+    The vectors stream from one snapshot of the store, ``chunk`` at a time
+    (:func:`~featx_search.ann.build.build_index`). An on-disk spec writes its lists to
+    ``ivfdata`` (to be published there), else to a private folder whose files are unlinked
+    once mapped (such an index serves this process and cannot be saved). ``trained``: an
+    empty trained index of ``spec`` to fill instead of training again.
 
-    generation, ids, vectors = store.vectors(record.id)
-    vectors = for_index(store, record, vectors)  # PCA-whitened when the space has it
-    spec = spec or wanted_spec(store, record, len(ids))
-    started = time.perf_counter()
-    index = VectorIndex.build(vectors.shape[1], ids, vectors, spec=spec)
+    This is the one place where stored vectors enter a rebuilt index."""
+    from ..whiten import index_dim, stored
+    from .build import build_index
+
+    whitening = stored(store, record)  # read before the snapshot: no reads inside it
+    dim = index_dim(store, record)
+    spec = spec or wanted_spec(store, record)
+    private = None
+    if is_ondisk(spec) and ivfdata is None:
+        private = _private_folder(store)
+        ivfdata = private / "index.ivfdata"
+    try:
+        with store.vector_snapshot(record.id) as snapshot:
+            source: VectorSource = snapshot
+            if whitening is not None:
+                source = Transformed(snapshot, whitening.apply)
+            index = build_index(
+                source, dim, spec=spec, ivfdata=ivfdata, chunk=chunk, trained=trained
+            )
+            generation = snapshot.generation
+    finally:
+        if private is not None:  # mapped files stay readable until unmapped (POSIX)
+            shutil.rmtree(private, ignore_errors=True)
+    if private is not None:
+        index.ivfdata = None
     index.fetch = _store_fetch(store, record)
-    log.info(
-        "built %s index of %d vectors in %.1f s", spec, len(ids), time.perf_counter() - started
-    )
     return index, generation
+
+
+def recall_from_store(
+    store: Reader,
+    record: SpaceRecord,
+    index: VectorIndex,
+    *,
+    k: int = 10,
+    sample: int = 200,
+    seed: int = 0,
+    params: SearchParams | None = None,
+    chunk: int = CHUNK,
+) -> tuple[float, int]:
+    """Recall@k of ``index`` against exact search on ``sample`` stored vectors of the space,
+    and how many vectors were searched. The exact top k streams the store in chunks of
+    ``chunk`` (see :func:`~featx_search.ann.tuning.recall_of`)."""
+    from ..whiten import stored
+    from .tuning import ground_truth, recall_of
+
+    whitening = stored(store, record)
+    with store.vector_snapshot(record.id) as snapshot:
+        source: VectorSource = snapshot
+        if whitening is not None:
+            source = Transformed(snapshot, whitening.apply)
+        count = snapshot.count
+        truth = ground_truth(source, k, sample, seed, chunk=chunk) if count >= 2 else None
+    if truth is None:
+        return 1.0, count
+    return recall_of(index, truth, _store_fetch(store, record), params=params), count
+
+
+def _private_folder(store: Reader) -> Path:
+    # Beside the index files when possible: the lists are as large as the vectors.
+    try:
+        store.index_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".build-", dir=store.index_dir))
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="featx-build-"))
 
 
 def _store_fetch(store: Reader, record: SpaceRecord) -> Fetch:
@@ -133,6 +202,33 @@ def open_index(
     return index, manifest.generation
 
 
+def writer_index(store: Reader, record: SpaceRecord) -> VectorIndex:
+    """The index a sync's writer mirrors its batches in: a private copy from
+    :func:`open_index`; for an on-disk spec the published index itself, read only (the sync
+    cannot change its lists; publishing rebuilds it from the store), or an empty stand-in
+    when none is current (no build before the sync)."""
+    from ..whiten import index_dim
+
+    want = wanted_spec(store, record)
+    if not is_ondisk(want):
+        return open_index(store, record)[0]
+    manifest = store.manifest(record.id)
+    if manifest is not None and kind_spec(manifest.kind) == want:
+        try:
+            return open_index(store, record)[0]
+        except LibraryError:
+            pass
+    return VectorIndex(index_dim(store, record), spec=want, read_only=True)
+
+
+def _fresh(store: Reader, index: VectorIndex) -> bool:
+    """True for an on-disk index built to be published: lists in the index folder under a
+    name no manifest uses yet."""
+    if index.ivfdata is None or index.ivfdata.parent.resolve() != store.index_dir.resolve():
+        return False
+    return index.ivfdata.exists() and not index.ivfdata.with_suffix(".faiss").exists()
+
+
 def publish_index(
     store: Store, record: SpaceRecord, index: VectorIndex, generation: int
 ) -> VectorIndex:
@@ -142,38 +238,76 @@ def publish_index(
     tombstones passed their threshold, the index is first rebuilt from the store. The
     manifest records the file's checksum, taken from the bytes on disk, and its size. Older
     files of the space are deleted afterwards. Returns the published index.
+
+    An on-disk index is published as a new pair of files (see
+    :mod:`~featx_search.ann.files`): until the manifest names them, readers keep the old
+    pair; when saving or the manifest fails, the new pair is deleted.
     """
     from ..records import Manifest
 
     want = wanted_spec(store, record)
-    if index.spec != want or index.needs_compaction:
-        reason = "tombstones" if index.spec == want else f"{index.spec} -> {want}"
+    stale = index.ondisk and not _fresh(store, index)
+    if index.spec != want or index.needs_compaction or stale:
+        reason = "tombstones" if index.needs_compaction else "lists written again"
+        reason = reason if index.spec == want else f"{index.spec} -> {want}"
+        # an on-disk index a sync could not change: its lists are written again, with the
+        # vectors added to the same trained lists (as a sync adds to an in-memory index)
+        trained = index.trained_copy() if index.spec == want else None
         log.info("rebuilding the index of %s (%s)", record.fingerprint, reason)
-        index, generation = build_from_store(store, record, want)
-    path = index_path(store, record, generation)
-    saved = index.save(path)
-    store.set_manifest(
-        record.id,
-        Manifest(
-            generation=generation,
-            count=len(index),
-            checksum=saved.checksum,
-            filename=path.name,
-            kind=index.spec,
-            tombstones=index.tombstones,
-            params_json=json.dumps(index.params.to_dict(), sort_keys=True),
-            nbytes=saved.nbytes,
-        ),
-    )
+        index, generation = _build_to_publish(store, record, want, generation, trained)
+    if index.ivfdata is not None:
+        path = index.ivfdata.with_suffix(".faiss")
+    else:
+        path = index_path(store, record, generation)
+    try:
+        saved = index.save(path)
+        store.set_manifest(
+            record.id,
+            Manifest(
+                generation=generation,
+                count=len(index),
+                checksum=saved.checksum,
+                filename=path.name,
+                kind=index.spec,
+                tombstones=index.tombstones,
+                params_json=json.dumps(index.params.to_dict(), sort_keys=True),
+                nbytes=saved.nbytes,
+            ),
+        )
+    except BaseException:
+        if index.ondisk:  # the manifest still names the old pair: drop the new one
+            for new in index_files(path, index.spec):
+                new.unlink(missing_ok=True)
+        raise
     remove_older(store, record, path)
     return index
+
+
+def _build_to_publish(
+    store: Store,
+    record: SpaceRecord,
+    spec: str,
+    generation: int,
+    trained: VectorIndex | None = None,
+) -> tuple[VectorIndex, int]:
+    """:func:`build_from_store` for publishing: an on-disk spec's lists go into the index
+    folder under a new name (deleted again if the build fails)."""
+    ivfdata = ivfdata_path(ondisk_path(store, record, generation)) if is_ondisk(spec) else None
+    try:
+        return build_from_store(store, record, spec, ivfdata=ivfdata, trained=trained)
+    except BaseException:
+        if ivfdata is not None:
+            ivfdata.unlink(missing_ok=True)
+        raise
 
 
 def rebuild_index(store: Store, record: SpaceRecord) -> BuildInfo:
     """Build the space's index from its stored vectors with its current spec and publish it."""
     started = time.perf_counter()
     record = store.space(record.id)
-    index, generation = build_from_store(store, record)
+    index, generation = _build_to_publish(
+        store, record, wanted_spec(store, record), record.generation
+    )
     index = publish_index(store, record, index, generation)
     manifest = store.manifest(record.id)
     return BuildInfo(

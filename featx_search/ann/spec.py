@@ -2,14 +2,17 @@
 (imports no faiss).
 
 A space's index spec is a FAISS factory string (``Flat``, ``HNSW32``, ``IVF4096,Flat``,
-``IVF4096,PQ64``, ``OPQ64,IVF4096,PQ64``, ...) or ``auto``. ``auto`` is resolved from the
-number of stored vectors, their size and an optional memory budget by :func:`choose_spec`;
-docs/how-it-works.md explains the rule; ``scripts/bench_ann.py`` measures it.
+``IVF4096,PQ64``, ``OPQ64,IVF4096,PQ64``, ...), an IVF one behind :data:`ONDISK`
+(``ondisk:IVF4096,Flat``: its inverted lists in a file beside the index, memory-mapped), or
+``auto``. ``auto`` is resolved from the number of stored vectors, their size and the memory
+budget (the space's, else :func:`default_budget`) by :func:`choose_spec`; docs/how-it-works.md
+explains the rule; ``scripts/bench_ann.py`` measures it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,6 +20,10 @@ from typing import Any
 from ..errors import ConfigError
 
 AUTO = "auto"
+# The prefix of specs whose inverted lists live on disk (faiss's OnDiskInvertedLists).
+ONDISK = "ondisk:"
+# Without a budget of its own, a space plans its index for this share of physical memory.
+BUDGET_FRACTION = 0.5
 # Below this many vectors exact search costs about a millisecond per query: keep it exact.
 FLAT_MAX = 20_000
 # Defaults of nprobe / efSearch are tuned at build time until recall@10 reaches this.
@@ -103,6 +110,26 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def is_ondisk(spec: str) -> bool:
+    """True for specs whose inverted lists live on disk (``ondisk:IVF...``)."""
+    return spec.startswith(ONDISK)
+
+
+def faiss_spec(spec: str) -> str:
+    """The FAISS factory string of ``spec`` (without :data:`ONDISK`)."""
+    return spec[len(ONDISK) :] if is_ondisk(spec) else spec
+
+
+def default_budget() -> int | None:
+    """The memory budget of a space that sets none: :data:`BUDGET_FRACTION` of this machine's
+    physical memory (None where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # e.g. Windows
+        return None
+    return int(total * BUDGET_FRACTION) if total > 0 else None
+
+
 def check_spec_text(spec: str) -> str:
     """``spec`` stripped, or :class:`ConfigError` for what featx-search never accepts here.
 
@@ -115,6 +142,15 @@ def check_spec_text(spec: str) -> str:
         )
     if spec.lower() == AUTO:
         return AUTO
+    if spec.lower().startswith(ONDISK):
+        body = spec[len(ONDISK) :].strip()
+        if ivf_lists(body) is None or "IVFPQR" in body:
+            raise ConfigError(
+                f"index {spec!r}: only IVF indexes keep their lists on disk",
+                hint="use e.g. ondisk:IVF4096,Flat or ondisk:IVF4096,PQ64",
+                param="index",
+            )
+        return ONDISK + check_spec_text(body)
     for word in _FORBIDDEN:
         if word.lower() in spec.lower():
             raise ConfigError(
@@ -161,17 +197,14 @@ def ivf_size(n: int) -> int:
     return int(max(16, min(nlist, 65536)))
 
 
-def pq_sizes(dim: int) -> list[int]:
-    """Candidate PQ code sizes (bytes per vector) for ``dim``, largest (most exact) first:
-    sub-vectors of 4, 8, 16 and 32 dimensions."""
-    return [dim // sub for sub in (4, 8, 16, 32) if dim % sub == 0 and dim // sub >= 1]
-
-
 def estimate_bytes(spec: str, n: int, dim: int) -> int:
-    """Approximate RAM of an index of ``n`` vectors of ``dim`` floats (ids included)."""
-    ids = 8 * n
+    """Approximate RAM of an index of ``n`` vectors of ``dim`` floats (ids included); for an
+    on-disk spec what stays in memory: the coarse quantizer and the lists' directory."""
     nlist = ivf_lists(spec)
     quantizer = 4 * dim * nlist if nlist else 0
+    if is_ondisk(spec):
+        return quantizer + 24 * (nlist or 0)
+    ids = 8 * n
     body = spec.split(",")[-1]
     pq = re.search(r"PQ(\d+)", body)
     sq = re.search(r"SQ(\d+)", body)
@@ -196,8 +229,9 @@ def choose_spec(n: int, dim: int, max_memory: int | None = None) -> str:
     - fewer than :data:`FLAT_MAX` vectors (and the floats fit the budget): ``Flat``, exact;
     - otherwise, if the float vectors fit the budget: ``IVF<nlist>,Flat`` with nlist from
       :func:`ivf_size` (about 4 * sqrt(n));
-    - otherwise ``IVF<nlist>,PQ<m>`` with the largest code size m from :func:`pq_sizes` that
-      fits, re-ranked exactly from the stored vectors (or the smallest m if none fits).
+    - otherwise ``ondisk:IVF<nlist>,Flat``: the same index with its inverted lists (the
+      float vectors and ids) in a file that queries memory-map, built by streaming the store
+      in chunks (its memory does not grow with n).
     """
     if n < 256 or (
         n < FLAT_MAX and (max_memory is None or estimate_bytes("Flat", n, dim) <= max_memory)
@@ -207,12 +241,7 @@ def choose_spec(n: int, dim: int, max_memory: int | None = None) -> str:
     ivf_flat = f"IVF{nlist},Flat"
     if max_memory is None or estimate_bytes(ivf_flat, n, dim) <= max_memory:
         return ivf_flat
-    sizes = pq_sizes(dim) or [1]
-    for m in sizes:
-        spec = f"IVF{nlist},PQ{m}"
-        if estimate_bytes(spec, n, dim) <= max_memory:
-            return spec
-    return f"IVF{nlist},PQ{sizes[-1]}"
+    return ONDISK + ivf_flat
 
 
 def resolve_spec(requested: str | None, n: int, dim: int, max_memory: int | None) -> str:

@@ -160,13 +160,15 @@ def index_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 "index_spec",
                 metavar="SPEC",
                 help="Index type of the space: auto, or a FAISS factory string such as Flat, "
-                "HNSW32, IVF4096,Flat, IVF4096,PQ64  [default: the space's, at first auto]",
+                "HNSW32, IVF4096,Flat, IVF4096,PQ64; ondisk:IVF4096,Flat keeps the inverted lists "
+                "in a memory-mapped file  [default: the space's, at first auto]",
             ),
             click.option(
                 "--max-memory",
                 metavar="SIZE",
-                help="Memory budget of the space's index for --index auto (e.g. 512M, 2G); "
-                "auto compresses vectors (IVF-PQ) when they do not fit.",
+                help="Memory budget of the space's index for --index auto (e.g. 512M, 2G) "
+                "[default: half of this machine's memory]; when the vectors do not fit, auto "
+                "keeps them on disk (ondisk:IVF...,Flat, memory-mapped, built in chunks).",
             ),
         ],
     )

@@ -194,11 +194,11 @@ def test_exact_neighbours_equals_argsort() -> None:
         (1_000_000, 512, None, "IVF4096,Flat"),
         (1_000_000, 1280, None, "IVF4096,Flat"),
         (10_000_000, 512, None, "IVF16384,Flat"),
-        (1_000_000, 512, "1G", "IVF4096,PQ128"),
-        (1_000_000, 512, "100M", "IVF4096,PQ64"),
-        (1_000_000, 1280, "256M", "IVF4096,PQ160"),
-        (1_000_000, 512, "10M", "IVF4096,PQ16"),  # nothing fits: the smallest codes
-        (10_000, 512, "10M", "IVF256,PQ128"),  # small but over budget as floats
+        (1_000_000, 512, "3G", "IVF4096,Flat"),
+        (1_000_000, 512, "1G", "ondisk:IVF4096,Flat"),  # the floats do not fit
+        (1_000_000, 1280, "256M", "ondisk:IVF4096,Flat"),
+        (10_000_000, 256, "3G", "ondisk:IVF16384,Flat"),
+        (10_000, 512, "10M", "ondisk:IVF256,Flat"),  # small but over budget as floats
     ],
 )
 def test_auto_picks_the_documented_type(
@@ -212,8 +212,7 @@ def test_auto_choice_fits_its_budget() -> None:
     for n in (30_000, 300_000, 3_000_000):
         for budget in (50 * 2**20, 500 * 2**20, 5 * 2**30):
             spec = choose_spec(n, 256, budget)
-            smallest = spec.endswith("PQ8")
-            assert smallest or estimate_bytes(spec, n, 256) <= budget
+            assert estimate_bytes(spec, n, 256) <= budget
 
 
 def test_untrainable_spec_waits_as_flat() -> None:

@@ -122,13 +122,15 @@ def no_checksums(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     paths it was asked for are listed."""
     asked: list[Path] = []
 
-    def refuse(path: Path) -> tuple[str, int]:
-        asked.append(path)
-        raise AssertionError(f"{path} was read in full")
+    def refuse(path: Path | list[Path]) -> tuple[str, int]:
+        first = path[0] if isinstance(path, list) else path
+        asked.append(first)
+        raise AssertionError(f"{first} was read in full")
 
     monkeypatch.setattr(raw_module, "file_checksum", refuse)
-    monkeypatch.setattr("featx_search.ann.index.file_checksum", refuse)
-    monkeypatch.setattr("featx_search.ann.files.file_checksum", refuse)
+    monkeypatch.setattr(raw_module, "files_checksum", refuse)
+    monkeypatch.setattr("featx_search.ann.index.files_checksum", refuse)
+    monkeypatch.setattr("featx_search.ann.files.files_checksum", refuse)
     return asked
 
 
@@ -186,13 +188,13 @@ def test_verify_index_reports_a_missing_or_resized_file(store: Store) -> None:
 def checksums(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files whose checksum is computed while the test runs, in order."""
     calls: list[Path] = []
-    real = raw_module.file_checksum
+    real = raw_module.files_checksum
 
-    def counting(p: Path) -> tuple[str, int]:
-        calls.append(p)
-        return real(p)
+    def counting(paths: list[Path]) -> tuple[str, int]:
+        calls.extend(paths)
+        return real(paths)
 
-    monkeypatch.setattr("featx_search.ann.index.file_checksum", counting)
+    monkeypatch.setattr("featx_search.ann.index.files_checksum", counting)
     return calls
 
 
