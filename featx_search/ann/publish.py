@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,10 +114,22 @@ def open_index(
             "index of %s is %s, wanted %s; rebuilding", record.fingerprint, manifest.kind, want
         )
         return build_from_store(store, record)
-    if store.location.path is None and not (store.index_dir / manifest.filename).exists():
-        # A server library's index files are per machine: this one has no copy yet.
-        log.info("no copy of the index of %s on this machine; building it", record.fingerprint)
-        return build_from_store(store, record)
+    params = SearchParams.from_dict(json.loads(manifest.params_json or "{}"))
+    if store.location.path is None:
+        # A server library's index files are per machine: this one's copy, made if needed.
+        from ..local_index import open_copy
+
+        index, generation = open_copy(
+            store,
+            record,
+            manifest,
+            dim=index_dim(store, record),
+            spec=want,
+            params=params,
+            mmap=mmap,
+        )
+        index.fetch = _store_fetch(store, record)
+        return index, generation
     try:
         index = open_published(
             store,
@@ -123,7 +137,7 @@ def open_index(
             manifest,
             dim=index_dim(store, record),
             spec=want,
-            params=SearchParams.from_dict(json.loads(manifest.params_json or "{}")),
+            params=params,
             mmap=mmap,
         )
     except LibraryError as err:
@@ -151,10 +165,9 @@ def publish_index(
         log.info("rebuilding the index of %s (%s)", record.fingerprint, reason)
         index, generation = build_from_store(store, record, want)
     path = index_path(store, record, generation)
-    saved = index.save(path)
-    store.set_manifest(
-        record.id,
-        Manifest(
+    with folder_lock(store) as local:
+        saved = index.save(path)
+        manifest = Manifest(
             generation=generation,
             count=len(index),
             checksum=saved.checksum,
@@ -163,10 +176,28 @@ def publish_index(
             tombstones=index.tombstones,
             params_json=json.dumps(index.params.to_dict(), sort_keys=True),
             nbytes=saved.nbytes,
-        ),
-    )
-    remove_older(store, record, path)
+        )
+        store.set_manifest(record.id, manifest)
+        if local:  # a server library: this machine's copy is the published file
+            from ..local_index import remember, saved_copy
+
+            remember(store, record, saved_copy(manifest, index, path, saved))
+        remove_older(store, record, path)
     return index
+
+
+@contextmanager
+def folder_lock(store: Reader) -> Iterator[bool]:
+    """For a server library, this machine's index folder locked (see
+    :func:`featx_search.local_index.folder_lock`), yielding True; a SQLite library's index
+    files are written under its writer lock already: yields False."""
+    if store.location.path is not None:
+        yield False
+        return
+    from ..local_index import folder_lock as lock
+
+    with lock(store.index_dir):
+        yield True
 
 
 def rebuild_index(store: Store, record: SpaceRecord) -> BuildInfo:
