@@ -6,11 +6,12 @@ The caller (:meth:`Space.sync`) holds the writer lock and publishes the index af
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,9 +26,11 @@ from .errors import ImageError
 from .images import decode_file, preprocess
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job, make_plan, start_report
-from .records import FileResult, SpaceRecord
+from .records import FAILED, FileResult, KnownFile, SpaceRecord
 from .reports import IndexReport
 from .whiten import stored
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .ann.index import VectorIndex
@@ -204,9 +207,10 @@ def run_sync(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     engine: Engine | None = None,
-) -> tuple[IndexReport, VectorIndex]:
-    """Bring ``space`` up to date with the image files under ``paths``; returns the report
-    and the space's index as updated in memory (the caller publishes it).
+) -> tuple[IndexReport, VectorIndex, int | None]:
+    """Bring ``space`` up to date with the image files under ``paths``; returns the report,
+    the space's index as updated in memory (the caller publishes it) and the generation of
+    the store it mirrors (None: another writer changed the space meanwhile).
 
     Unchanged files (same size and mtime) are not opened; moved files (same bytes) keep their
     vectors; files that cannot be decoded are recorded as failed and the run goes on; work is
@@ -215,7 +219,9 @@ def run_sync(
     ends after the batches in flight and the report says ``interrupted``.
 
     Files are decoded and embedded by ``engine``, by default :func:`embed_locally`; this
-    thread is the one writer, committing each batch it gets back.
+    thread is the run's one writer, committing each batch it gets back. On a server library
+    other runs may write at once: this one embeds only the files it claimed (see
+    :class:`Claims`).
     """
     started = time.perf_counter()
     record = space.record
@@ -231,22 +237,129 @@ def run_sync(
     store.move([m for _, _, m in plan.moves])
     writer = Writer(store, record, report, total=len(plan.jobs), progress=progress)
     stop = stop or threading.Event()
-    if engine is not None:
-        batches: Generator[Embedded, None, None] = engine(plan.jobs, record.spec, options, stop)
+
+    def embedded(jobs: Sequence[Job]) -> Generator[Embedded, None, None]:
+        if engine is not None:
+            return engine(jobs, record.spec, options, stop)
+        return embed_locally(extractor, jobs, record.spec, options, stop)
+
+    # Loaded only when some file needs embedding: a no-change run never imports torch.
+    # It loads on its own thread while the first batches decode; the model thread waits
+    # for it, and an error loading it ends the run at the first batch.
+    extractor = _loading(space, options, len(plan.jobs)) if plan.jobs and engine is None else None
+    if store.location.path is None and plan.jobs:
+        # A server library may have other writers: embed only files this run has claimed.
+        with Claims(store, record.id, writer, options, stop) as claims:
+            writer.owner = claims.owner
+            writer.commit_all(claims.embedded(plan.jobs, embedded))
     else:
-        # Loaded only when some file needs embedding: a no-change run never imports torch.
-        # It loads on its own thread while the first batches decode; the model thread waits
-        # for it, and an error loading it ends the run at the first batch.
-        extractor = _loading(space, options, len(plan.jobs)) if plan.jobs else None
-        batches = embed_locally(extractor, plan.jobs, record.spec, options, stop)
-    writer.commit_all(batches)
+        writer.commit_all(embedded(plan.jobs))
     if plan.removed and not report.interrupted:
         _, dropped = store.write_batch(record.id, [], list(plan.removed))
-        writer.index.remove(np.asarray(dropped, np.int64))
+        writer.mirror([], dropped)
         report.removed = len(plan.removed)
         report.changes.extend(("remove", str(path)) for path in plan.removed.values())
     report.seconds = time.perf_counter() - started
-    return report, writer.index
+    return report, writer.index, writer.generation
+
+
+class Claims:
+    """The files one index run claims on a server library (see :meth:`Store.claim`), a
+    chunk at a time, so that runs writing the library at once never embed a file twice. A
+    file another run holds is left for later; one another run wrote meanwhile is skipped
+    (counted unchanged). Once its own files are done, the run waits for the files other
+    runs hold: they are written by them, or taken over when their holder's lease ran out or
+    its session ended (a killed process). A thread renews this run's claims meanwhile."""
+
+    def __init__(
+        self,
+        store: Store,
+        space_id: int,
+        writer: Writer,
+        options: SyncOptions,
+        stop: threading.Event,
+    ) -> None:
+        import socket
+        import uuid
+
+        from . import store as store_module
+
+        self.store, self.space_id, self.writer, self.stop = store, space_id, writer, stop
+        self.retry_failed = options.retry_failed
+        self.chunk = CLAIM_BATCHES * options.batch_size
+        self.lease = store_module.CLAIM_LEASE_SECONDS
+        host = socket.gethostname()[:32]
+        self.owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._done = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name="featx-claims", daemon=True)
+
+    def __enter__(self) -> Claims:
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._renewer.join()
+        self.store.release_claims(self.owner)
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.lease / 3):
+            try:
+                self.store.renew_claims(self.owner, self.lease)
+            except Exception as err:  # the next commit reports a lost connection
+                log.warning("could not renew this run's claims: %s", err)
+
+    def _written(self, job: Job, known: KnownFile | None) -> bool:
+        """Whether another run wrote ``job``'s file as it is now, after the plan was made."""
+        if known is None or (known.size, known.mtime_ns) != (job.info.size, job.info.mtime_ns):
+            return False
+        return known.has_vector or (known.status == FAILED and not self.retry_failed)
+
+    def embedded(
+        self,
+        jobs: Sequence[Job],
+        embed: Callable[[Sequence[Job]], Generator[Embedded, None, None]],
+    ) -> Generator[Embedded, None, None]:
+        """``embed`` run on ``jobs`` a claimed chunk at a time; stops with ``stop``."""
+        pending = list(jobs)
+        while pending and not self.stop.is_set():
+            held: list[Job] = []
+            for start in range(0, len(pending), self.chunk):
+                if self.stop.is_set():
+                    return
+                chunk = pending[start : start + self.chunk]
+                got = self.store.claim(
+                    self.space_id,
+                    [(j.root_id, j.relpath) for j in chunk],
+                    self.owner,
+                    lease=self.lease,
+                )
+                todo, skipped = [], []
+                for job in chunk:
+                    key = (job.root_id, job.relpath)
+                    if key not in got:
+                        held.append(job)
+                    elif self._written(job, got[key]):
+                        skipped.append(key)
+                    else:
+                        todo.append(job)
+                if skipped:
+                    self.store.unclaim(self.space_id, skipped, self.owner)
+                    self.writer.skip(len(skipped))
+                if todo:
+                    with contextlib.closing(embed(todo)) as batches:
+                        yield from batches
+            if held:
+                log.info("%d files are held by other index runs; waiting for them", len(held))
+                self.stop.wait(CLAIM_POLL_SECONDS)
+            pending = held
+
+
+# Files claimed at a time: this many batches (a killed run leaves at most these to its lease).
+CLAIM_BATCHES = 2
+
+# How often a run waiting for files other runs hold tries to claim them again.
+CLAIM_POLL_SECONDS = 0.5
 
 
 def file_result(job: Job, outcome: Outcome, vector: np.ndarray | None) -> FileResult:
@@ -280,7 +393,12 @@ class Writer:
         progress: ProgressCallback | None = None,
     ) -> None:
         self.store, self.record, self.report = store, record, report
-        self.index, _ = open_index(store, record)  # a private copy: readers keep the published
+        # A private copy (readers keep the published one), and the generation of the store
+        # it mirrors: None once another writer's batch came in between (see mirror).
+        self.index, opened = open_index(store, record)
+        self.generation: int | None = opened
+        # The index run whose claims a committed batch ends (see Claims).
+        self.owner: str | None = None
         self.whitening = stored(store, record)
         self.total, self.done, self.progress = total, 0, progress
         self.started = time.perf_counter()
@@ -302,12 +420,8 @@ class Writer:
         ok = [job for job, outcome in batch if outcome.error is None]
         by_job = {id(job): v for job, v in zip(ok, vectors, strict=True)}
         results = [file_result(job, outcome, by_job.get(id(job))) for job, outcome in batch]
-        added, dropped = self.store.write_batch(self.record.id, results)
-        self.index.remove(np.asarray(dropped, np.int64))
-        whitening = self.whitening
-        self.index.add(
-            np.asarray(added, np.int64), vectors if whitening is None else whitening.apply(vectors)
-        )
+        added, dropped = self.store.write_batch(self.record.id, results, claimed_by=self.owner)
+        self.mirror(added, dropped, vectors)
         tally(self.report, batch)
         self.done += len(batch)
         if self.progress is not None and batch:
@@ -320,6 +434,32 @@ class Writer:
                     time.perf_counter() - self.started,
                 )
             )
+
+    def mirror(
+        self, added: Sequence[int], dropped: Sequence[int], vectors: np.ndarray | None = None
+    ) -> None:
+        """Mirror a committed write in the index: ``dropped`` ids out, ``added`` in (with
+        their raw ``vectors``). When the space's generation did not move by exactly this
+        write, another writer's batch came in between: the index no longer mirrors the
+        store, and ``generation`` becomes None (the index is then rebuilt to publish)."""
+        self.index.remove(np.asarray(dropped, np.int64))
+        if len(added):
+            assert vectors is not None
+            whitening = self.whitening
+            self.index.add(
+                np.asarray(added, np.int64),
+                vectors if whitening is None else whitening.apply(vectors),
+            )
+        written = self.store.written_generation(self.record.id)
+        if self.generation is None or written != self.generation + 1:
+            self.generation = None
+        else:
+            self.generation = written
+
+    def skip(self, files: int) -> None:
+        """Count ``files`` that another index run wrote meanwhile as unchanged, done."""
+        self.report.unchanged += files
+        self.done += files
 
 
 def tally(report: IndexReport, batch: list[tuple[Job, Outcome]]) -> None:
