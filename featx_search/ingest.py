@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from .ann.publish import open_index
-from .errors import ImageError
+from .errors import ImageError, LibraryError
 from .images import decode_file, preprocess
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job, make_plan, start_report
@@ -300,7 +300,10 @@ class Claims:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._renewer.join()
-        self.store.release_claims(self.owner)
+        try:
+            self.store.release_claims(self.owner)
+        except LibraryError as err:  # they lapse with their lease; the run's error matters
+            log.warning("could not release this run's claims: %s", err)
 
     def _renew(self) -> None:
         while not self._done.wait(self.lease / 3):

@@ -389,6 +389,9 @@ class Store(Reader):
             )
         cfg = alembic_config(self.engine.url)
         with self.engine.begin() as conn:
+            # Processes opening a new server library at once: one migrates, the others then
+            # find it at head (Alembic reads the revision after the lock).
+            self._serialize(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         log.info("library %s migrated to %s", self.location, HEAD_REVISION)
