@@ -93,7 +93,7 @@ def _decode(job: Job, spec: SpaceSpec) -> _Decoded:
 
 
 def _prefetch(
-    pool: ThreadPoolExecutor, jobs: Sequence[Job], spec: SpaceSpec, window: int
+    pool: ThreadPoolExecutor, jobs: Iterable[Job], spec: SpaceSpec, window: int
 ) -> Generator[_Decoded, None, None]:
     """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory).
 
@@ -158,7 +158,7 @@ def default_workers() -> int:
 
 def embed_locally(
     extractor: Extractor | Future[Extractor] | None,
-    jobs: Sequence[Job],
+    jobs: Iterable[Job],
     spec: SpaceSpec,
     options: SyncOptions,
     stop: threading.Event,
@@ -238,9 +238,9 @@ def run_sync(
     writer = Writer(store, record, report, total=len(plan.jobs), progress=progress)
     stop = stop or threading.Event()
 
-    def embedded(jobs: Sequence[Job]) -> Generator[Embedded, None, None]:
+    def embedded(jobs: Iterable[Job]) -> Generator[Embedded, None, None]:
         if engine is not None:
-            return engine(jobs, record.spec, options, stop)
+            return engine(list(jobs), record.spec, options, stop)
         return embed_locally(extractor, jobs, record.spec, options, stop)
 
     # Loaded only when some file needs embedding: a no-change run never imports torch.
@@ -251,7 +251,7 @@ def run_sync(
         # A server library may have other writers: embed only files this run has claimed.
         with Claims(store, record.id, writer, options, stop) as claims:
             writer.owner = claims.owner
-            writer.commit_all(claims.embedded(plan.jobs, embedded))
+            writer.commit_all(claims.embedded(plan.jobs, embedded, streaming=engine is None))
     else:
         writer.commit_all(embedded(plan.jobs))
     if plan.removed and not report.interrupted:
@@ -286,6 +286,7 @@ class Claims:
 
         self.store, self.space_id, self.writer, self.stop = store, space_id, writer, stop
         self.retry_failed = options.retry_failed
+        self.batch = options.batch_size
         self.chunk = CLAIM_BATCHES * options.batch_size
         self.lease = store_module.CLAIM_LEASE_SECONDS
         host = socket.gethostname()[:32]
@@ -318,47 +319,76 @@ class Claims:
             return False
         return known.has_vector or (known.status == FAILED and not self.retry_failed)
 
+    def _take(self, chunk: Sequence[Job], held: list[Job]) -> list[Job]:
+        """Claim ``chunk``: the jobs to embed now; those other runs hold go to ``held``,
+        those another run wrote meanwhile are unclaimed and counted done."""
+        got = self.store.claim(
+            self.space_id, [(j.root_id, j.relpath) for j in chunk], self.owner, lease=self.lease
+        )
+        todo, written = [], []
+        for job in chunk:
+            key = (job.root_id, job.relpath)
+            if key not in got:
+                held.append(job)
+            elif self._written(job, got[key]):
+                written.append(key)
+            else:
+                todo.append(job)
+        if written:
+            self.store.unclaim(self.space_id, written, self.owner)
+            self.writer.skip(len(written))
+        return todo
+
+    def _taking(self, jobs: Sequence[Job], size: int, held: list[Job]) -> Iterator[Job]:
+        """``jobs`` claimed ``size`` at a time as they are pulled (held ones left out)."""
+        for start in range(0, len(jobs), size):
+            if self.stop.is_set():
+                return
+            yield from self._take(jobs[start : start + size], held)
+
     def embedded(
         self,
         jobs: Sequence[Job],
-        embed: Callable[[Sequence[Job]], Generator[Embedded, None, None]],
+        embed: Callable[[Iterable[Job]], Generator[Embedded, None, None]],
+        *,
+        streaming: bool,
     ) -> Generator[Embedded, None, None]:
-        """``embed`` run on ``jobs`` a claimed chunk at a time; stops with ``stop``."""
-        pending = list(jobs)
-        while pending and not self.stop.is_set():
+        """``embed`` run on the claimed ``jobs``; stops with ``stop``.
+
+        ``streaming`` (the local engine, which pulls its jobs as it decodes): the first pass
+        is one call of ``embed`` whose jobs are claimed a batch at a time as it pulls them,
+        so that decoding and the model overlap as without claims. Otherwise, and for the
+        files other runs held, ``embed`` is called on one claimed chunk at a time. A run
+        waits for other runs' files only once all it claimed is written: two runs never
+        wait for each other."""
+        pending: list[Job] = list(jobs)
+        if streaming:
             held: list[Job] = []
+            with contextlib.closing(embed(self._taking(pending, self.batch, held))) as batches:
+                yield from batches
+            pending = held
+            if pending and not self.stop.is_set():
+                self._wait(len(pending))
+        while pending and not self.stop.is_set():
+            held = []
             for start in range(0, len(pending), self.chunk):
                 if self.stop.is_set():
                     return
-                chunk = pending[start : start + self.chunk]
-                got = self.store.claim(
-                    self.space_id,
-                    [(j.root_id, j.relpath) for j in chunk],
-                    self.owner,
-                    lease=self.lease,
-                )
-                todo, skipped = [], []
-                for job in chunk:
-                    key = (job.root_id, job.relpath)
-                    if key not in got:
-                        held.append(job)
-                    elif self._written(job, got[key]):
-                        skipped.append(key)
-                    else:
-                        todo.append(job)
-                if skipped:
-                    self.store.unclaim(self.space_id, skipped, self.owner)
-                    self.writer.skip(len(skipped))
+                todo = self._take(pending[start : start + self.chunk], held)
                 if todo:
                     with contextlib.closing(embed(todo)) as batches:
                         yield from batches
             if held:
-                log.info("%d files are held by other index runs; waiting for them", len(held))
-                self.stop.wait(CLAIM_POLL_SECONDS)
+                self._wait(len(held))
             pending = held
 
+    def _wait(self, files: int) -> None:
+        log.info("%d files are held by other index runs; waiting for them", files)
+        self.stop.wait(CLAIM_POLL_SECONDS)
 
-# Files claimed at a time: this many batches (a killed run leaves at most these to its lease).
+
+# Files claimed at a time when claiming goes chunk by chunk (an engine other than the local
+# one, and files other runs held): this many batches.
 CLAIM_BATCHES = 2
 
 # How often a run waiting for files other runs hold tries to claim them again.

@@ -35,11 +35,14 @@ def folders(tmp_path: Path) -> list[Path]:
     return [root / f"s{i}" for i in range(3)]
 
 
-def _indexer(db: str, *args: str | Path, slow: float = 0.1) -> subprocess.Popen[str]:
+def _indexer(
+    db: str, *args: str | Path, slow: float = 0.1, gate: Path | None = None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "FEATX_TEST_SLOW": str(slow), "FEATX_TEST_GATE": str(gate or "")}
     return subprocess.Popen(
         [sys.executable, "-m", "featx_search", "--db", db, "index", *map(str, args)],
         cwd=REPO,
-        env={**os.environ, "FEATX_TEST_SLOW": str(slow)},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -99,27 +102,67 @@ def test_parallel_runs_on_overlapping_folders_embed_each_file_once(
         assert lib.similar(query, Query(k=1))[0].path == str(query)
 
 
-def test_runs_overlap_in_time(pg_db: str, folders: list[Path]) -> None:
-    """Both runs write while the other does (the test above is not two runs in a row):
-    the second finishes while the first still has files of its own to write."""
+def test_runs_overlap_in_time(pg_db: str, folders: list[Path], tmp_path: Path) -> None:
+    """The runs really write at once (the test above could be two runs in a row): the
+    first is held in its model while the second runs from start to end."""
     Store.open(pg_db).close()
     s0, s1, s2 = folders
-    first = _indexer(pg_db, s0, s1, s2, *SLOW_ARGS, "--batch-size", "1", "--json", slow=0.5)
+    gate = tmp_path / "gate"
+    first = _indexer(pg_db, s0, s1, s2, *SLOW_ARGS, "--batch-size", "1", "--json", gate=gate)
     while _rows(pg_db, "SELECT count(*) FROM images") < 2:
         assert first.poll() is None, first.communicate()
-        time.sleep(0.05)
+        time.sleep(0.02)
+    gate.touch()  # the first run's next batch waits in the model
     second = _indexer(pg_db, s2, s1, *SLOW_ARGS, "--json", slow=0)  # same model, fast
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     second_report = json.loads(out)
+    assert first.poll() is None
+    gate.unlink()
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     first_report = json.loads(out)
     assert first_report["added"] + second_report["added"] == 30
     assert first_report["added"] + first_report["unchanged"] == 30
-    # The first run planned all 30 files; the second wrote some of them meanwhile.
-    assert second_report["added"] > 0 and first_report["unchanged"] > 0
+    # The first run planned all 30 files (in folder order, so it was held in s0); the
+    # second wrote s1 and s2 meanwhile, and the first then found them written.
+    assert second_report["added"] >= 10 and first_report["unchanged"] >= 10
+    assert second_report["added"] + second_report["unchanged"] == 20
     assert _rows(pg_db, "SELECT count(*) FROM vectors") == 30
+    _agrees_with_the_store(pg_db)
+
+
+def test_a_run_waits_for_the_files_a_live_run_holds(
+    pg_db: str, folders: list[Path], tmp_path: Path
+) -> None:
+    Store.open(pg_db).close()
+    s1 = folders[1]
+    gate = tmp_path / "gate"
+    first = _indexer(pg_db, s1, *SLOW_ARGS, "--batch-size", "1", "--json", gate=gate)
+    while _rows(pg_db, "SELECT count(*) FROM images") < 1:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    gate.touch()  # the first run holds its claimed files in its model
+    second = _indexer(pg_db, s1, *SLOW_ARGS, "--json", slow=0)
+    try:
+        while _rows(pg_db, "SELECT count(*) FROM vectors") < 10 - _rows(
+            pg_db, "SELECT count(*) FROM claims WHERE claimed_by LIKE '%:" + str(first.pid) + ":%'"
+        ):
+            assert second.poll() is None, second.communicate()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert second.poll() is None  # waiting for the files the first run holds
+    finally:
+        gate.unlink()
+    reports = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    assert sum(r["added"] for r in reports) == 10
+    assert all(r["added"] + r["unchanged"] == 10 for r in reports)
+    assert reports[1]["added"] > 0 and reports[0]["added"] > 0
+    assert _rows(pg_db, "SELECT count(*) FROM claims") == 0
     _agrees_with_the_store(pg_db)
 
 
@@ -133,7 +176,9 @@ def test_a_killed_writer_loses_at_most_its_batch_in_flight(pg_db: str, folders: 
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     held = _rows(pg_db, "SELECT count(*) FROM claims")
-    assert 0 < held <= 4  # at most its claimed chunk (two batches of two) was in flight
+    # At most what it had in flight: two batches decoding, one in the model, one being
+    # written, and the rest of the batch it claimed last (batches of two).
+    assert 0 < held <= 10
     started = time.monotonic()
     rest = _indexer(pg_db, s0, s1, s2, *SLOW_ARGS, "--json", slow=0)
     out, err = rest.communicate(timeout=300)
