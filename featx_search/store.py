@@ -92,6 +92,11 @@ PUBLISH_LOCK_KEY = 0x66787062
 # ("fxrt"): concurrent index runs make a folder's root or a new space once.
 ROOTS_LOCK_KEY = 0x66787274
 
+# How often a batch is written when its transaction collides with another writer's, and the
+# SQLSTATEs of such collisions: a unique key taken meanwhile, a deadlock, a serialization.
+WRITE_TRIES = 3
+_COLLISIONS = frozenset({"23505", "40P01", "40001"})
+
 # How long a claim on a file to embed lasts unless renewed (see Store.claim): a writer that
 # died without its session ending (a machine lost) holds its files this long at most.
 CLAIM_LEASE_SECONDS = 60.0
@@ -495,8 +500,30 @@ class Store(Reader):
         claims of ``claimed_by`` on these files (see :meth:`claim`) end in the same
         transaction. Returns (ids given vectors, ids whose vectors left this space); the
         space's generation after it is :meth:`written_generation`.
+
+        On a server, a transaction that collided with another writer's (the same new file
+        inserted by a run of another space, a deadlock) is rolled back and run again, up to
+        :data:`WRITE_TRIES` times in all.
         """
         removed = list(removed)
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                return self._write_batch(space_id, results, removed, claimed_by)
+            except DBAPIError as err:
+                if self.location.path is not None or attempt == WRITE_TRIES:
+                    raise
+                if getattr(err.orig, "sqlstate", None) not in _COLLISIONS:
+                    raise
+                log.info("a batch collided with another writer's; writing it again: %s", err.orig)
+        raise AssertionError("unreachable")
+
+    def _write_batch(
+        self,
+        space_id: int,
+        results: Sequence[FileResult],
+        removed: list[int],
+        claimed_by: str | None,
+    ) -> tuple[list[int], list[int]]:
         now = utcnow()
         with self.transaction() as conn:
             existing = {

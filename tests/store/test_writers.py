@@ -5,10 +5,12 @@ by another. Skips without a PostgreSQL server (see tests/conftest.py)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -209,6 +211,41 @@ def test_a_claim_of_a_live_run_is_left_to_it(pg_db: str, tmp_path: Path) -> None
             time.sleep(0.05)
             # A lease that ran out: taken, though its holder's session lives.
             assert set(b.claim(space, files, "run-b")) == set(files)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_batch_that_collides_with_another_writers_is_written_again(
+    pg_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Runs of two spaces add the same new file at once: the later insert meets the row
+    the other committed meanwhile, and its batch is written again, as an update."""
+    from sqlalchemy import insert
+
+    from featx_search.records import FileResult
+    from featx_search.schema import images
+
+    caplog.set_level(logging.INFO, logger="featx_search")
+    a, b = Store.open(pg_db), Store.open(pg_db)
+    try:
+        root_id, _ = a.root_for(tmp_path)
+        space = b.ensure_space(_spec()).id
+        result = FileResult(root_id, "x.jpg", 10, 20, vector=np.ones(4, np.float32) / 2)
+        written: list[tuple[list[int], list[int]]] = []
+        with a.engine.connect() as conn, conn.begin():
+            conn.execute(
+                insert(images).values(
+                    root_id=root_id, relpath="x.jpg", size=10, mtime_ns=20, status="failed"
+                )
+            )
+            writer = threading.Thread(target=lambda: written.append(b.write_batch(space, [result])))
+            writer.start()
+            time.sleep(0.5)  # b's insert waits for this transaction, then collides
+        writer.join(timeout=30)
+        assert len(written) == 1 and "collided" in caplog.text
+        assert _rows(pg_db, "SELECT count(*) FROM images") == 1
+        assert _rows(pg_db, "SELECT count(*) FROM vectors") == 1
     finally:
         a.close()
         b.close()
