@@ -9,9 +9,11 @@ path stored twice. A last run without a kill must then give the same library as 
 over the final folder: the same files in the same states with the same vectors.
 
 Usage: .venv/bin/python scripts/crash_test.py PHOTOS [--rounds 20] [--seed 0] [--db URL]
-           [-- extra index options, e.g. -m tests.models:tiny_cnn -w none --batch-size 2]
+           [--writers N] [-- extra index options, e.g. -m tests.models:tiny_cnn -w none]
 With ``--db`` the library crashed is that one (e.g. an empty PostgreSQL database); the clean
-reference run is always a SQLite file.
+reference run is always a SQLite file. ``--writers N`` (a PostgreSQL library) starts N
+indexers of the folder at once in every round; one of them, drawn at random, is the one
+killed, and the others must finish without error.
 Exits 1 on the first broken invariant. Run it from the checkout root.
 """
 
@@ -145,6 +147,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the scratch files here (a new folder)")
     parser.add_argument("--db", help="the library to crash (default: a file in the workdir)")
+    parser.add_argument(
+        "--writers", type=int, default=1, help="indexers at once (PostgreSQL), one killed"
+    )
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -161,7 +166,8 @@ def main() -> None:
             changed = _mutate(photos, rng, round_)
             total = sum(1 for p in photos.rglob("*") if p.is_file())
             started = time.perf_counter()
-            proc = _indexer(db, photos, args.extra)
+            procs = [_indexer(db, photos, args.extra) for _ in range(args.writers)]
+            proc = rng.choice(procs)
             # Two kills in three land once a random number of batches is committed (mid-indexing,
             # between or inside batches); the others at a random time (start-up, migration,
             # scan, publish).
@@ -183,6 +189,10 @@ def main() -> None:
             # further than start-up.
             full = max(full, time.perf_counter() - started)
             proc.wait()
+            for other in procs:
+                if other is not proc and other.wait() != 0:
+                    err = other.stderr.read().decode()  # type: ignore[union-attr]
+                    raise SystemExit(f"FAIL: round {round_}: an indexer not killed failed: {err}")
             held = _check(db) if _exists(db) else 0
             # (a file renamed in an earlier round may still be stored under its old path
             # until a run gets to record the move: only files still on disk count; a kill

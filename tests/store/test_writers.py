@@ -282,3 +282,35 @@ def _spec() -> SpaceSpec:
         torchvision_version="tv",
         request=ExtractorSpec(model="m", weights="none"),
     )
+
+
+@pytest.mark.slow
+def test_killed_writers_among_several_converge_to_a_clean_run(
+    pg_db: str, folders: list[Path]
+) -> None:
+    """scripts/crash_test.py with three indexers at once per round, one killed at random
+    (minutes: run with -m slow)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/crash_test.py",
+            str(folders[0].parent),
+            "--rounds",
+            "3",
+            "--writers",
+            "3",
+            "--db",
+            pg_db,
+            "--",
+            *SLOW_ARGS,
+            "--batch-size",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "FEATX_TEST_SLOW": "0.02"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the final library equals a clean run" in result.stdout
