@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from .ann.publish import writer_index
-from .errors import ImageError
+from .errors import ImageError, LibraryError
 from .images import decode_file, preprocess
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job, make_plan, start_report
-from .records import FileResult, SpaceRecord
+from .records import FAILED, FileResult, KnownFile, SpaceRecord
 from .reports import IndexReport
 from .whiten import stored
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .ann.index import VectorIndex
@@ -93,7 +95,7 @@ def _decode(job: Job, spec: SpaceSpec) -> _Decoded:
 
 
 def _prefetch(
-    pool: ThreadPoolExecutor, jobs: Sequence[Job], spec: SpaceSpec, window: int
+    pool: ThreadPoolExecutor, jobs: Iterable[Job], spec: SpaceSpec, window: int
 ) -> Generator[_Decoded, None, None]:
     """Decode ``jobs`` in order with at most ``window`` results in flight (bounded memory).
 
@@ -191,7 +193,7 @@ def default_workers() -> int:
 
 def embed_locally(
     extractor: Model | Future[Model] | None,
-    jobs: Sequence[Job],
+    jobs: Iterable[Job],
     spec: SpaceSpec,
     options: SyncOptions,
     stop: threading.Event,
@@ -240,9 +242,10 @@ def run_sync(
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     engine: Engine | None = None,
-) -> tuple[IndexReport, VectorIndex]:
-    """Bring ``space`` up to date with the image files under ``paths``; returns the report
-    and the space's index as updated in memory (the caller publishes it).
+) -> tuple[IndexReport, VectorIndex, int | None]:
+    """Bring ``space`` up to date with the image files under ``paths``; returns the report,
+    the space's index as updated in memory (the caller publishes it) and the generation of
+    the store it mirrors (None: another writer changed the space meanwhile).
 
     Unchanged files (same size and mtime) are not opened; moved files (same bytes) keep their
     vectors; files that cannot be decoded are recorded as failed and the run goes on; work is
@@ -251,7 +254,9 @@ def run_sync(
     ends after the batches in flight and the report says ``interrupted``.
 
     Files are decoded and embedded by ``engine``, by default :func:`embed_locally`; this
-    thread is the one writer, committing each batch it gets back.
+    thread is the run's one writer, committing each batch it gets back. On a server library
+    other runs may write at once: this one embeds only the files it claimed (see
+    :class:`Claims`).
     """
     started = time.perf_counter()
     record = space.record
@@ -267,22 +272,162 @@ def run_sync(
     store.move([m for _, _, m in plan.moves])
     writer = Writer(store, record, report, total=len(plan.jobs), progress=progress)
     stop = stop or threading.Event()
-    if engine is not None:
-        batches: Generator[Embedded, None, None] = engine(plan.jobs, record.spec, options, stop)
+
+    def embedded(jobs: Iterable[Job]) -> Generator[Embedded, None, None]:
+        if engine is not None:
+            return engine(list(jobs), record.spec, options, stop)
+        return embed_locally(extractor, jobs, record.spec, options, stop)
+
+    # Loaded only when some file needs embedding: a no-change run never imports torch.
+    # It loads on its own thread while the first batches decode; the model thread waits
+    # for it, and an error loading it ends the run at the first batch.
+    extractor = _loading(space, options, len(plan.jobs)) if plan.jobs and engine is None else None
+    if store.location.path is None and plan.jobs:
+        # A server library may have other writers: embed only files this run has claimed.
+        with Claims(store, record.id, writer, options, stop) as claims:
+            writer.owner = claims.owner
+            writer.commit_all(claims.embedded(plan.jobs, embedded, streaming=engine is None))
     else:
-        # Loaded only when some file needs embedding: a no-change run never imports torch.
-        # It loads on its own thread while the first batches decode; the model thread waits
-        # for it, and an error loading it ends the run at the first batch.
-        extractor = _loading(space, options, len(plan.jobs)) if plan.jobs else None
-        batches = embed_locally(extractor, plan.jobs, record.spec, options, stop)
-    writer.commit_all(batches)
+        writer.commit_all(embedded(plan.jobs))
     if plan.removed and not report.interrupted:
         _, dropped = store.write_batch(record.id, [], list(plan.removed))
-        writer.mirror([], dropped, None)
+        writer.mirror([], dropped)
         report.removed = len(plan.removed)
         report.changes.extend(("remove", str(path)) for path in plan.removed.values())
     report.seconds = time.perf_counter() - started
-    return report, writer.index
+    return report, writer.index, writer.generation
+
+
+class Claims:
+    """The files one index run claims on a server library (see :meth:`Store.claim`), a
+    chunk at a time, so that runs writing the library at once never embed a file twice. A
+    file another run holds is left for later; one another run wrote meanwhile is skipped
+    (counted unchanged). Once its own files are done, the run waits for the files other
+    runs hold: they are written by them, or taken over when their holder's lease ran out or
+    its session ended (a killed process). A thread renews this run's claims meanwhile."""
+
+    def __init__(
+        self,
+        store: Store,
+        space_id: int,
+        writer: Writer,
+        options: SyncOptions,
+        stop: threading.Event,
+    ) -> None:
+        import socket
+        import uuid
+
+        from . import store as store_module
+
+        self.store, self.space_id, self.writer, self.stop = store, space_id, writer, stop
+        self.retry_failed = options.retry_failed
+        self.batch = options.batch_size
+        self.chunk = CLAIM_BATCHES * options.batch_size
+        self.lease = store_module.CLAIM_LEASE_SECONDS
+        host = socket.gethostname()[:32]
+        self.owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._done = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name="featx-claims", daemon=True)
+
+    def __enter__(self) -> Claims:
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._renewer.join()
+        try:
+            self.store.release_claims(self.owner)
+        except LibraryError as err:  # they lapse with their lease; the run's error matters
+            log.warning("could not release this run's claims: %s", err)
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.lease / 3):
+            try:
+                self.store.renew_claims(self.owner, self.lease)
+            except Exception as err:  # the next commit reports a lost connection
+                log.warning("could not renew this run's claims: %s", err)
+
+    def _written(self, job: Job, known: KnownFile | None) -> bool:
+        """Whether another run wrote ``job``'s file as it is now, after the plan was made."""
+        if known is None or (known.size, known.mtime_ns) != (job.info.size, job.info.mtime_ns):
+            return False
+        return known.has_vector or (known.status == FAILED and not self.retry_failed)
+
+    def _take(self, chunk: Sequence[Job], held: list[Job]) -> list[Job]:
+        """Claim ``chunk``: the jobs to embed now; those other runs hold go to ``held``,
+        those another run wrote meanwhile are unclaimed and counted done."""
+        got = self.store.claim(
+            self.space_id, [(j.root_id, j.relpath) for j in chunk], self.owner, lease=self.lease
+        )
+        todo, written = [], []
+        for job in chunk:
+            key = (job.root_id, job.relpath)
+            if key not in got:
+                held.append(job)
+            elif self._written(job, got[key]):
+                written.append(key)
+            else:
+                todo.append(job)
+        if written:
+            self.store.unclaim(self.space_id, written, self.owner)
+            self.writer.skip(len(written))
+        return todo
+
+    def _taking(self, jobs: Sequence[Job], size: int, held: list[Job]) -> Iterator[Job]:
+        """``jobs`` claimed ``size`` at a time as they are pulled (held ones left out)."""
+        for start in range(0, len(jobs), size):
+            if self.stop.is_set():
+                return
+            yield from self._take(jobs[start : start + size], held)
+
+    def embedded(
+        self,
+        jobs: Sequence[Job],
+        embed: Callable[[Iterable[Job]], Generator[Embedded, None, None]],
+        *,
+        streaming: bool,
+    ) -> Generator[Embedded, None, None]:
+        """``embed`` run on the claimed ``jobs``; stops with ``stop``.
+
+        ``streaming`` (the local engine, which pulls its jobs as it decodes): the first pass
+        is one call of ``embed`` whose jobs are claimed a batch at a time as it pulls them,
+        so that decoding and the model overlap as without claims. Otherwise, and for the
+        files other runs held, ``embed`` is called on one claimed chunk at a time. A run
+        waits for other runs' files only once all it claimed is written: two runs never
+        wait for each other."""
+        pending: list[Job] = list(jobs)
+        if streaming:
+            held: list[Job] = []
+            with contextlib.closing(embed(self._taking(pending, self.batch, held))) as batches:
+                yield from batches
+            pending = held
+            if pending and not self.stop.is_set():
+                self._wait(len(pending))
+        while pending and not self.stop.is_set():
+            held = []
+            for start in range(0, len(pending), self.chunk):
+                if self.stop.is_set():
+                    return
+                todo = self._take(pending[start : start + self.chunk], held)
+                if todo:
+                    with contextlib.closing(embed(todo)) as batches:
+                        yield from batches
+            if held:
+                self._wait(len(held))
+            pending = held
+
+    def _wait(self, files: int) -> None:
+        log.info("%d files are held by other index runs; waiting for them", files)
+        self.stop.wait(CLAIM_POLL_SECONDS)
+
+
+# Files claimed at a time when claiming goes chunk by chunk (an engine other than the local
+# one, and files other runs held): this many batches.
+CLAIM_BATCHES = 2
+
+# How often a run waiting for files other runs hold tries to claim them again.
+CLAIM_POLL_SECONDS = 0.5
 
 
 def file_result(job: Job, outcome: Outcome, vector: np.ndarray | None) -> FileResult:
@@ -316,8 +461,13 @@ class Writer:
         progress: ProgressCallback | None = None,
     ) -> None:
         self.store, self.record, self.report = store, record, report
-        # a private copy: readers keep the published one (on-disk: rebuilt when published)
-        self.index = writer_index(store, record)
+        # A private copy (readers keep the published one; an on-disk one is rebuilt when
+        # published), and the generation of the store it mirrors: None once another
+        # writer's batch came in between (see mirror).
+        self.index, opened = writer_index(store, record)
+        self.generation: int | None = opened
+        # The index run whose claims a committed batch ends (see Claims).
+        self.owner: str | None = None
         self.whitening = stored(store, record)
         self.total, self.done, self.progress = total, 0, progress
         self.started = time.perf_counter()
@@ -339,7 +489,7 @@ class Writer:
         ok = [job for job, outcome in batch if outcome.error is None]
         by_job = {id(job): v for job, v in zip(ok, vectors, strict=True)}
         results = [file_result(job, outcome, by_job.get(id(job))) for job, outcome in batch]
-        added, dropped = self.store.write_batch(self.record.id, results)
+        added, dropped = self.store.write_batch(self.record.id, results, claimed_by=self.owner)
         self.mirror(added, dropped, vectors)
         tally(self.report, batch)
         self.done += len(batch)
@@ -354,18 +504,33 @@ class Writer:
                 )
             )
 
-    def mirror(self, added: list[int], dropped: list[int], vectors: np.ndarray | None) -> None:
-        """Apply a committed batch to the index: ``dropped`` ids out, ``added`` ids in with
-        their raw ``vectors``. An on-disk index cannot change: it is rebuilt when published."""
-        if self.index.ondisk:
-            return
-        self.index.remove(np.asarray(dropped, np.int64))
-        if vectors is not None and len(added):
+    def mirror(
+        self, added: Sequence[int], dropped: Sequence[int], vectors: np.ndarray | None = None
+    ) -> None:
+        """Mirror a committed write in the index: ``dropped`` ids out, ``added`` in (with
+        their raw ``vectors``); an on-disk index cannot change (it is rebuilt when
+        published). When the space's generation did not move by exactly this write, another
+        writer's batch came in between: the index no longer mirrors the store, and
+        ``generation`` becomes None (the index is then rebuilt to publish)."""
+        if not self.index.ondisk:
+            self.index.remove(np.asarray(dropped, np.int64))
+        if len(added) and not self.index.ondisk:
+            assert vectors is not None
             whitening = self.whitening
             self.index.add(
                 np.asarray(added, np.int64),
                 vectors if whitening is None else whitening.apply(vectors),
             )
+        written = self.store.written_generation(self.record.id)
+        if self.generation is None or written != self.generation + 1:
+            self.generation = None
+        else:
+            self.generation = written
+
+    def skip(self, files: int) -> None:
+        """Count ``files`` that another index run wrote meanwhile as unchanged, done."""
+        self.report.unchanged += files
+        self.done += files
 
 
 def tally(report: IndexReport, batch: list[tuple[Job, Outcome]]) -> None:

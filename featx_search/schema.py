@@ -27,7 +27,7 @@ from sqlalchemy import (
 # The revision of the newest migration in migrations/versions: a database at it is read and
 # written without Alembic. tests/store/test_store.py checks it against Alembic's head, and
 # Store.upgrade refuses to run when the two disagree.
-HEAD_REVISION = "7f8eca9849bc"
+HEAD_REVISION = "c6a1bdbb1052"
 
 
 def utcnow() -> datetime:
@@ -151,4 +151,21 @@ dup_decision_members = Table(
     Column("image_id", ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
     Column("role", String(16), nullable=False),
     Index("ix_dup_decision_members_decision", "decision_id"),
+)
+
+claims = Table(
+    "claims",
+    metadata,
+    # A file an index run has taken to embed into a space, so that several runs writing one
+    # server library at once never embed it twice: held by ``claimed_by`` (a run) until
+    # ``claimed_until``, or while the database session ``session`` (the run's writer-lock
+    # connection) lives, whichever ends first; then another run may take it. Rows are
+    # deleted when the file is written. SQLite libraries (one writer) never write here.
+    Column("space_id", ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True),
+    Column("root_id", ForeignKey("roots.id", ondelete="CASCADE"), primary_key=True),
+    Column("relpath", FsPath, primary_key=True),
+    Column("claimed_by", String(64), nullable=False),
+    Column("claimed_until", DateTime(timezone=True), nullable=False),
+    Column("session", Integer),
+    Index("ix_claims_claimed_by", "claimed_by"),
 )

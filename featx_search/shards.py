@@ -307,12 +307,13 @@ def ingest_shards(
     batch_size: int = 256,
     progress: ProgressCallback | None = None,
     stop: threading.Event | None = None,
-) -> tuple[IndexReport, VectorIndex]:
+) -> tuple[IndexReport, VectorIndex, int | None]:
     """Load ``shards`` into the space ``space_id`` (of the shards' fingerprint: the caller
-    checks), their paths remapped by ``mapping``; returns the report and the space's index
-    as updated in memory (the caller publishes it). Each file becomes a row under the root
-    of its folder, as if indexed there; a file stored with the same size and mtime and a
-    vector (or the same failure) is left as it is, so ingesting twice changes nothing.
+    checks), their paths remapped by ``mapping``; returns the report, the space's index
+    as updated in memory (the caller publishes it) and the generation it mirrors. Each file
+    becomes a row under the root of its folder, as if indexed there; a file stored with the
+    same size and mtime and a vector (or the same failure) is left as it is, so ingesting
+    twice changes nothing.
     Nothing is removed. Committed ``batch_size`` files per transaction, by the sync's writer."""
     started = time.perf_counter()
     record = store.space(space_id)
@@ -361,4 +362,4 @@ def ingest_shards(
     if writer.done < writer.total:
         report.interrupted, report.remaining = True, writer.total - writer.done
     report.seconds = time.perf_counter() - started
-    return report, writer.index
+    return report, writer.index, writer.generation

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Written = tuple[IndexReport, "VectorIndex", int | None]
+"""What a write run gives to publish: its report, the index it kept in step with its writes,
+and the store's generation that index mirrors (None: it missed another writer's change)."""
+
 StoredImage = int | str | os.PathLike[str]
 """An image already in the library: its id, or the path of its file."""
 
@@ -438,7 +442,7 @@ class Space:
         library."""
         from .ingest import run_sync
 
-        def run(store: Store, progress: ProgressCallback) -> tuple[IndexReport, VectorIndex]:
+        def run(store: Store, progress: ProgressCallback) -> Written:
             return run_sync(
                 self,
                 store,
@@ -449,7 +453,7 @@ class Space:
                 engine=engine,
             )
 
-        return self._write(run, progress)
+        return self._write(run, progress, shared=True)
 
     def ingest(
         self,
@@ -475,24 +479,27 @@ class Space:
                 "space (--new-space)",
             )
 
-        def run(store: Store, progress: ProgressCallback) -> tuple[IndexReport, VectorIndex]:
+        def run(store: Store, progress: ProgressCallback) -> Written:
             return ingest_shards(self.id, store, shards, mapping, progress=progress, stop=stop)
 
         return self._write(run, progress)
 
     def _write(
         self,
-        run: Callable[[Store, ProgressCallback], tuple[IndexReport, VectorIndex]],
+        run: Callable[[Store, ProgressCallback], Written],
         progress: ProgressCallback | None,
+        *,
+        shared: bool = False,
     ) -> IndexReport:
-        """``run`` under the writer lock with the activity file, then the index published."""
+        """``run`` under the writer lock with the activity file, then the index published.
+        ``shared``: other runs that claim their files may write a server library at once."""
         from .activity import ActivityFile
 
         store = self._stores.writer()
-        with store.writer_lock(), ActivityFile(file=store.activity_file) as activity:
-            report, index = run(store, activity.wrap(progress))
+        with store.writer_lock(shared=shared), ActivityFile(file=store.activity_file) as activity:
+            report, index, generation = run(store, activity.wrap(progress))
             activity.phase("publishing")
-            self._settle(store, index)
+            self._settle(store, index, generation)
         return report
 
     def plan(
@@ -548,10 +555,12 @@ class Space:
         with store.writer_lock():
             return whiten(self, store, dims)
 
-    def _settle(self, store: Store, index: VectorIndex | None = None) -> BuildInfo | None:
+    def _settle(
+        self, store: Store, index: VectorIndex | None = None, generation: int | None = None
+    ) -> BuildInfo | None:
         from .upkeep import settle
 
-        return settle(self, store, index)
+        return settle(self, store, index, generation)
 
     def recall(
         self, k: int = 10, sample: int = 200, *, seed: int = 0, params: SearchParams | None = None

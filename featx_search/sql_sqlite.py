@@ -11,7 +11,7 @@ column's SQLAlchemy type does to a value: ``"fspath"`` (path bytes, see ``schema
 
 from __future__ import annotations
 
-HEAD_REVISION = "7f8eca9849bc"
+HEAD_REVISION = "c6a1bdbb1052"
 
 STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, ...]]] = {
     "revision": (

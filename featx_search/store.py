@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     bindparam,
+    column,
     delete,
     func,
     insert,
+    or_,
     select,
+    table,
     text,
     update,
 )
@@ -53,12 +57,14 @@ from .records import (
     VECTOR_DTYPE,
     FileResult,
     IndexSettings,
+    KnownFile,
     Manifest,
     Move,
     SpaceRecord,
 )
 from .schema import (
     HEAD_REVISION,
+    claims,
     dup_decision_members,
     dup_decisions,
     images,
@@ -77,6 +83,23 @@ WRITER_WAIT_SECONDS = 10.0
 # The key of a server library's writer lock (pg_advisory_lock): advisory locks belong to one
 # database, so one key per database is the library's ("featx-w" in ASCII).
 WRITER_LOCK_KEY = 0x66656174782D77
+
+# The first key of a server library's publish lock of a space (pg_advisory_lock(int, int),
+# the space's id second: "fxpb"): one writer at a time publishes a space's index.
+PUBLISH_LOCK_KEY = 0x66787062
+
+# The key of a transaction's advisory lock around changes to roots and spaces on a server
+# ("fxrt"): concurrent index runs make a folder's root or a new space once.
+ROOTS_LOCK_KEY = 0x66787274
+
+# How often a batch is written when its transaction collides with another writer's, and the
+# SQLSTATEs of such collisions: a unique key taken meanwhile, a deadlock, a serialization.
+WRITE_TRIES = 3
+_COLLISIONS = frozenset({"23505", "40P01", "40001"})
+
+# How long a claim on a file to embed lasts unless renewed (see Store.claim): a writer that
+# died without its session ending (a machine lost) holds its files this long at most.
+CLAIM_LEASE_SECONDS = 60.0
 
 # FULL: a committed batch survives a power cut too (one fsync per batch, small next to the
 # model's time); NORMAL could lose the last commits, never corrupt.
@@ -102,6 +125,25 @@ def _drop_vectors(conn: Connection, image_ids: Sequence[int]) -> dict[int, list[
     return by_space
 
 
+def _unclaim(conn: Connection, space_id: int, files: Sequence[tuple[int, str]], owner: str) -> None:
+    by_root: dict[int, list[str]] = {}
+    for root_id, relpath in files:
+        by_root.setdefault(root_id, []).append(relpath)
+    for root_id, rels in by_root.items():
+        conn.execute(
+            delete(claims).where(
+                claims.c.space_id == space_id,
+                claims.c.root_id == root_id,
+                claims.c.relpath.in_(rels),
+                claims.c.claimed_by == owner,
+            )
+        )
+
+
+# The server's sessions (pg_stat_activity): a claim whose session is not among them is free.
+_activity = table("pg_stat_activity", column("pid"))
+
+
 def _inserted_id(result: CursorResult[Any]) -> int:
     key = result.inserted_primary_key
     if key is None:
@@ -119,6 +161,8 @@ class Store(Reader):
         self.engine = engine
         # The server session that holds the writer lock, while this store holds it.
         self._lock_pid: int | None = None
+        # Each space's generation after this store's last write_batch (see written_generation).
+        self._written: dict[int, int] = {}
 
     @classmethod
     def open(  # type: ignore[override]
@@ -185,17 +229,19 @@ class Store(Reader):
         return make_engine(database_url(db), pragmas=_WRITE_PRAGMAS)
 
     @contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """Hold the library's writer lock: one indexer at a time. On SQLite a lock file
-        (``DB.lock``); on a server an advisory lock of the database (``pg_advisory_lock``),
-        held by one connection for the whole block.
+    def writer_lock(self, *, shared: bool = False) -> Iterator[None]:
+        """Hold the library's writer lock. On SQLite a lock file (``DB.lock``): one writer at
+        a time. On a server an advisory lock of the database, held by one connection for the
+        whole block: ``shared`` (index runs, which claim their files, see :meth:`claim`)
+        lets any number of holders in at once (``pg_advisory_lock_shared``), while an
+        exclusive holder (changing a space's index or whitening) is alone.
 
         Waits up to :data:`WRITER_WAIT_SECONDS`, then raises :class:`LibraryError`. Readers
         never take it. The lock is released if the process dies (the OS drops the file lock;
         the server ends the session of a lost connection).
         """
         if self.location.path is None:
-            with self._advisory_lock():
+            with self._advisory_lock(shared=shared):
                 yield
             return
         from filelock import FileLock, Timeout
@@ -214,7 +260,8 @@ class Store(Reader):
             lock.release()
 
     @contextmanager
-    def _advisory_lock(self) -> Iterator[None]:
+    def _advisory_lock(self, *, shared: bool) -> Iterator[None]:
+        mode = "_shared" if shared else ""
         try:
             conn = self.engine.connect()
         except DBAPIError as err:
@@ -222,7 +269,7 @@ class Store(Reader):
         with conn:
             deadline = time.monotonic() + WRITER_WAIT_SECONDS
             while not conn.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": WRITER_LOCK_KEY}
+                text(f"SELECT pg_try_advisory_lock{mode}(:key)"), {"key": WRITER_LOCK_KEY}
             ).scalar_one():
                 conn.commit()  # end the transaction the probe began
                 if time.monotonic() >= deadline:
@@ -238,7 +285,9 @@ class Store(Reader):
             finally:
                 self._lock_pid = None
                 try:
-                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": WRITER_LOCK_KEY})
+                    conn.execute(
+                        text(f"SELECT pg_advisory_unlock{mode}(:key)"), {"key": WRITER_LOCK_KEY}
+                    )
                     conn.commit()
                 except DBAPIError:  # a lost connection has released it already
                     conn.invalidate()
@@ -260,6 +309,45 @@ class Store(Reader):
                 "nothing of the change in flight was written",
                 hint="run it again once the database server is reachable; the run resumes",
             )
+
+    @contextmanager
+    def publishing(self, space_id: int) -> Iterator[None]:
+        """Hold the publish lock of a space: on a server, an advisory lock of the database
+        for the space (waited for, however long), so that of several writers one at a time
+        compares the space's manifest with the store and publishes. On SQLite the writer
+        lock is exclusive already: nothing is taken."""
+        if self.location.path is not None:
+            yield
+            return
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as err:
+            raise unreachable(self.location, err) from None
+        keys = {"key": PUBLISH_LOCK_KEY, "space": space_id}
+        with conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key, :space)"), keys)
+            conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key, :space)"), keys)
+                    conn.commit()
+                except DBAPIError:  # a lost connection has released it already
+                    conn.invalidate()
+
+    def _serialize(self, conn: Connection) -> bool:
+        """On a server, take the transaction lock of changes to roots and spaces (held until
+        ``conn``'s transaction ends); True when taken, False on SQLite (one writer)."""
+        if self.location.path is not None:
+            return False
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ROOTS_LOCK_KEY})
+        return True
+
+    @property
+    def session(self) -> int | None:
+        """The server session (backend pid) that holds this store's writer lock, or None."""
+        return self._lock_pid
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -306,6 +394,9 @@ class Store(Reader):
             )
         cfg = alembic_config(self.engine.url)
         with self.engine.begin() as conn:
+            # Processes opening a new server library at once: one migrates, the others then
+            # find it at head (Alembic reads the revision after the lock).
+            self._serialize(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         log.info("library %s migrated to %s", self.location, HEAD_REVISION)
@@ -318,6 +409,14 @@ class Store(Reader):
             if record.fingerprint == spec.fingerprint:
                 return record
         with self.transaction() as conn:
+            if self._serialize(conn):  # another run may have made it meanwhile
+                found = conn.execute(
+                    select(spaces.c.id, spaces.c.generation).where(
+                        spaces.c.fingerprint == spec.fingerprint
+                    )
+                ).first()
+                if found is not None:
+                    return self.space(int(found.id))
             result = conn.execute(
                 insert(spaces).values(
                     fingerprint=spec.fingerprint,
@@ -348,6 +447,7 @@ class Store(Reader):
         """
         folder_str = str(folder)
         with self.transaction() as conn:
+            self._serialize(conn)
             known = self._roots(CoreReads(conn))
             for root_id, root in known:
                 if folder_str == root or _inside(folder_str, root):
@@ -386,15 +486,44 @@ class Store(Reader):
             conn.execute(update(images).where(images.c.id == bindparam("_id")), rows)
 
     def write_batch(
-        self, space_id: int, results: Sequence[FileResult], removed: Iterable[int] = ()
+        self,
+        space_id: int,
+        results: Sequence[FileResult],
+        removed: Iterable[int] = (),
+        *,
+        claimed_by: str | None = None,
     ) -> tuple[list[int], list[int]]:
         """Record a batch of processed files and removals in one transaction.
 
         A file with a vector becomes ``indexed`` in this space (its vectors in other spaces are
-        dropped when its content changed); a file with an error becomes ``failed``.
-        Returns (ids given vectors, ids whose vectors left this space).
+        dropped when its content changed); a file with an error becomes ``failed``. The
+        claims of ``claimed_by`` on these files (see :meth:`claim`) end in the same
+        transaction. Returns (ids given vectors, ids whose vectors left this space); the
+        space's generation after it is :meth:`written_generation`.
+
+        On a server, a transaction that collided with another writer's (the same new file
+        inserted by a run of another space, a deadlock) is rolled back and run again, up to
+        :data:`WRITE_TRIES` times in all.
         """
         removed = list(removed)
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                return self._write_batch(space_id, results, removed, claimed_by)
+            except DBAPIError as err:
+                if self.location.path is not None or attempt == WRITE_TRIES:
+                    raise
+                if getattr(err.orig, "sqlstate", None) not in _COLLISIONS:
+                    raise
+                log.info("a batch collided with another writer's; writing it again: %s", err.orig)
+        raise AssertionError("unreachable")
+
+    def _write_batch(
+        self,
+        space_id: int,
+        results: Sequence[FileResult],
+        removed: list[int],
+        claimed_by: str | None,
+    ) -> tuple[list[int], list[int]]:
         now = utcnow()
         with self.transaction() as conn:
             existing = {
@@ -471,13 +600,133 @@ class Store(Reader):
                 )
             if removed:
                 conn.execute(delete(images).where(images.c.id.in_(removed)))
+            if claimed_by is not None:
+                _unclaim(conn, space_id, [(r.root_id, r.relpath) for r in results], claimed_by)
             # Every space that lost or gained vectors has a stale index file now.
             conn.execute(
                 update(spaces)
                 .where(spaces.c.id.in_({space_id, *dropped}))
                 .values(generation=spaces.c.generation + 1)
             )
+            # Row-locked by the update until the commit: no other writer's change is in it.
+            generation = conn.execute(
+                select(spaces.c.generation).where(spaces.c.id == space_id)
+            ).scalar_one()
+        self._written[space_id] = int(generation)
         return added, sorted(set(dropped.get(space_id, ())) - set(added))
+
+    def written_generation(self, space_id: int) -> int | None:
+        """The space's generation right after this store's last :meth:`write_batch` into it
+        (None before one): a writer whose index mirrors its own batches knows from it
+        whether another writer's batch came in between."""
+        return self._written.get(space_id)
+
+    # -- claims of files by concurrent index runs (server libraries) -------------------------
+
+    def database_now(self) -> datetime:
+        """The database server's clock (claims' leases are in its time)."""
+        with self.transaction() as conn:
+            now: datetime = conn.execute(select(func.now())).scalar_one()
+        return now
+
+    def claim(
+        self,
+        space_id: int,
+        files: Sequence[tuple[int, str]],
+        owner: str,
+        *,
+        lease: float = CLAIM_LEASE_SECONDS,
+    ) -> dict[tuple[int, str], KnownFile | None]:
+        """Claim ``files`` ((root id, relative path)) of a space for ``owner`` (an index run)
+        for ``lease`` seconds, in one transaction: a file is taken when no run holds it,
+        when its holder's lease ran out or its holder's database session ended (a killed
+        process), or when ``owner`` holds it already. Returns the files taken, each with
+        what the store holds for it now (None: no row), read after the claim, so that a
+        file another run wrote meanwhile is seen as written. Server libraries only.
+        """
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        if not files:
+            return {}
+        keys = sorted(set(files), key=lambda key: (key[0], os.fsencode(key[1])))
+        with self.transaction() as conn:
+            until = conn.execute(select(func.now())).scalar_one() + timedelta(seconds=lease)
+            rows = [
+                {
+                    "space_id": space_id,
+                    "root_id": root_id,
+                    "relpath": relpath,
+                    "claimed_by": owner,
+                    "claimed_until": until,
+                    "session": self._lock_pid,
+                }
+                for root_id, relpath in keys
+            ]
+            insert_claims = pg_insert(claims).values(rows)
+            new = insert_claims.excluded
+            taken = conn.execute(
+                insert_claims.on_conflict_do_update(
+                    index_elements=[claims.c.space_id, claims.c.root_id, claims.c.relpath],
+                    set_={
+                        "claimed_by": new.claimed_by,
+                        "claimed_until": new.claimed_until,
+                        "session": new.session,
+                    },
+                    where=or_(
+                        claims.c.claimed_by == new.claimed_by,
+                        claims.c.claimed_until < func.now(),
+                        claims.c.session.is_(None),
+                        claims.c.session.not_in(select(_activity.c.pid)),
+                    ),
+                ).returning(claims.c.root_id, claims.c.relpath)
+            ).all()
+            got: dict[tuple[int, str], KnownFile | None] = {
+                (int(root_id), relpath): None for root_id, relpath in taken
+            }
+            by_root: dict[int, list[str]] = {}
+            for root_id, relpath in got:
+                by_root.setdefault(root_id, []).append(relpath)
+            has = (
+                select(vectors.c.image_id)
+                .where(vectors.c.space_id == space_id, vectors.c.image_id == images.c.id)
+                .exists()
+            )
+            for root_id, rels in by_root.items():
+                for image_id, relpath, size, mtime_ns, status, has_vector, digest in conn.execute(
+                    select(
+                        images.c.id,
+                        images.c.relpath,
+                        images.c.size,
+                        images.c.mtime_ns,
+                        images.c.status,
+                        has,
+                        images.c.content_hash,
+                    ).where(images.c.root_id == root_id, images.c.relpath.in_(rels))
+                ):
+                    got[(root_id, relpath)] = KnownFile(
+                        image_id, size, mtime_ns, status, bool(has_vector), digest
+                    )
+        return got
+
+    def unclaim(self, space_id: int, files: Sequence[tuple[int, str]], owner: str) -> None:
+        """End ``owner``'s claims on ``files`` (ones it took but need not embed)."""
+        if files:
+            with self.transaction() as conn:
+                _unclaim(conn, space_id, files, owner)
+
+    def renew_claims(self, owner: str, lease: float = CLAIM_LEASE_SECONDS) -> None:
+        """Extend every claim of ``owner`` to ``lease`` seconds from now."""
+        with self.transaction() as conn:
+            conn.execute(
+                update(claims)
+                .where(claims.c.claimed_by == owner)
+                .values(claimed_until=func.now() + timedelta(seconds=lease))
+            )
+
+    def release_claims(self, owner: str) -> None:
+        """End every claim of ``owner`` (its run is over)."""
+        with self.transaction() as conn:
+            conn.execute(delete(claims).where(claims.c.claimed_by == owner))
 
     # -- index manifest -----------------------------------------------------------------
 

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 CHUNK_ROWS = 5000
 
 # The tables copied, parents before children. index_manifest is not: it describes index files
-# of the source's machine, and the rebuild writes the destination's own.
+# of the source's machine, and the rebuild writes the destination's own; nor are claims (of
+# files by index runs going on at the source, which the copy does not take along).
 COPIED: tuple[Table, ...] = (roots, images, spaces, vectors, dup_decisions, dup_decision_members)
 
 # Tables whose ids come from a sequence on a server (set past the copied ids afterwards).

@@ -52,24 +52,34 @@ def space_info(space: Space, store: Reader) -> SpaceInfo:
     )
 
 
-def settle(space: Space, store: Store, index: VectorIndex | None = None) -> BuildInfo | None:
+def settle(
+    space: Space,
+    store: Store,
+    index: VectorIndex | None = None,
+    generation: int | None = None,
+) -> BuildInfo | None:
     """Publish the space's index when its file is missing, behind the store or of another
-    kind than the space wants now: ``index`` (kept up to date by a sync) when given and
-    current, else one rebuilt from the store. The one place that decides to publish."""
+    kind than the space wants now: ``index`` (kept up to date by a sync) when it mirrors
+    the store's current generation (``generation``; None: the one read here), else one
+    rebuilt from the store. The one place that decides to publish; on a server library
+    under the space's publish lock, so that of several writers one at a time decides."""
     from .ann.files import kind_spec
     from .ann.publish import publish_index, rebuild_index, wanted_spec
 
-    record = store.space(space.id)
-    manifest = store.manifest(space.id)
-    space.forget()
-    if manifest is not None and manifest.generation == record.generation:
-        if kind_spec(manifest.kind) == wanted_spec(store, record):
-            return None
-        return rebuild_index(store, record)
-    if index is None:
-        return rebuild_index(store, record)
-    publish_index(store, record, index, record.generation)
-    return None
+    with store.publishing(space.id):
+        record = store.space(space.id)
+        manifest = store.manifest(space.id)
+        space.forget()
+        if manifest is not None and manifest.generation == record.generation:
+            if kind_spec(manifest.kind) == wanted_spec(store, record):
+                return None
+            return rebuild_index(store, record)
+        if index is None or (generation is not None and generation != record.generation):
+            return rebuild_index(store, record)
+        if generation is None and store.location.path is None:
+            return rebuild_index(store, record)  # other writers: only a known generation is safe
+        publish_index(store, record, index, record.generation)
+        return None
 
 
 def configure_index(

@@ -39,3 +39,24 @@ class _Gated(nn.Module):
 def untraceable_cnn() -> nn.Module:
     """A tiny CNN with data-dependent control flow: only forward hooks can read its layers."""
     return _Gated()
+
+
+class _Slow(_Gated):
+    """The untraceable CNN (run through forward hooks, so its Python runs per batch) taking
+    ``$FEATX_TEST_SLOW`` seconds (default 0.1) per batch, and waiting while the file
+    ``$FEATX_TEST_GATE`` exists: index runs that overlap in time, and a run to kill."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("FEATX_TEST_SLOW", "0.1")))
+        gate = os.environ.get("FEATX_TEST_GATE")
+        while gate and os.path.exists(gate):  # held while the test keeps the file
+            time.sleep(0.05)
+        return super().forward(x)
+
+
+def slow_cnn() -> nn.Module:
+    """:func:`untraceable_cnn`, slowed down (see :class:`_Slow`)."""
+    return _Slow()

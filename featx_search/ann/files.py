@@ -126,9 +126,11 @@ def verify_index(store: Reader, record: SpaceRecord) -> list[str]:
     manifest = store.manifest(record.id)
     if manifest is None:
         return []
+    if store.location.path is None:  # a server library: this machine's copy, if any
+        from ..local_index import verify_copy
+
+        return verify_copy(store, record, manifest)
     path = store.index_dir / manifest.filename
-    if store.location.path is None and not path.exists():
-        return []  # a server library's index files are per machine: this one has none yet
     where = f"space {record.fingerprint}: index file {manifest.filename}"
     spec = kind_spec(manifest.kind)
     try:

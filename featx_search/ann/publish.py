@@ -13,6 +13,8 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,10 +183,22 @@ def open_index(
             "index of %s is %s, wanted %s; rebuilding", record.fingerprint, manifest.kind, want
         )
         return build_from_store(store, record)
-    if store.location.path is None and not (store.index_dir / manifest.filename).exists():
-        # A server library's index files are per machine: this one has no copy yet.
-        log.info("no copy of the index of %s on this machine; building it", record.fingerprint)
-        return build_from_store(store, record)
+    params = SearchParams.from_dict(json.loads(manifest.params_json or "{}"))
+    if store.location.path is None:
+        # A server library's index files are per machine: this one's copy, made if needed.
+        from ..local_index import open_copy
+
+        index, generation = open_copy(
+            store,
+            record,
+            manifest,
+            dim=index_dim(store, record),
+            spec=want,
+            params=params,
+            mmap=mmap,
+        )
+        index.fetch = _store_fetch(store, record)
+        return index, generation
     try:
         index = open_published(
             store,
@@ -192,7 +206,7 @@ def open_index(
             manifest,
             dim=index_dim(store, record),
             spec=want,
-            params=SearchParams.from_dict(json.loads(manifest.params_json or "{}")),
+            params=params,
             mmap=mmap,
         )
     except LibraryError as err:
@@ -202,23 +216,23 @@ def open_index(
     return index, manifest.generation
 
 
-def writer_index(store: Reader, record: SpaceRecord) -> VectorIndex:
-    """The index a sync's writer mirrors its batches in: a private copy from
-    :func:`open_index`; for an on-disk spec the published index itself, read only (the sync
-    cannot change its lists; publishing rebuilds it from the store), or an empty stand-in
-    when none is current (no build before the sync)."""
+def writer_index(store: Reader, record: SpaceRecord) -> tuple[VectorIndex, int]:
+    """The index a sync's writer mirrors its batches in, and the store's generation it
+    mirrors: a private copy from :func:`open_index`; for an on-disk spec the published index
+    itself, read only (the sync cannot change its lists; publishing rebuilds it from the
+    store), or an empty stand-in when none is current (no build before the sync)."""
     from ..whiten import index_dim
 
     want = wanted_spec(store, record)
     if not is_ondisk(want):
-        return open_index(store, record)[0]
+        return open_index(store, record)
     manifest = store.manifest(record.id)
     if manifest is not None and kind_spec(manifest.kind) == want:
         try:
-            return open_index(store, record)[0]
+            return open_index(store, record)
         except LibraryError:
             pass
-    return VectorIndex(index_dim(store, record), spec=want, read_only=True)
+    return VectorIndex(index_dim(store, record), spec=want, read_only=True), record.generation
 
 
 def _fresh(store: Reader, index: VectorIndex) -> bool:
@@ -259,11 +273,10 @@ def publish_index(
         path = index.ivfdata.with_suffix(".faiss")
     else:
         path = index_path(store, record, generation)
-    try:
-        saved = index.save(path)
-        store.set_manifest(
-            record.id,
-            Manifest(
+    with folder_lock(store) as local:
+        try:
+            saved = index.save(path)
+            manifest = Manifest(
                 generation=generation,
                 count=len(index),
                 checksum=saved.checksum,
@@ -272,14 +285,18 @@ def publish_index(
                 tombstones=index.tombstones,
                 params_json=json.dumps(index.params.to_dict(), sort_keys=True),
                 nbytes=saved.nbytes,
-            ),
-        )
-    except BaseException:
-        if index.ondisk:  # the manifest still names the old pair: drop the new one
-            for new in index_files(path, index.spec):
-                new.unlink(missing_ok=True)
-        raise
-    remove_older(store, record, path)
+            )
+            store.set_manifest(record.id, manifest)
+        except BaseException:
+            if index.ondisk:  # the manifest still names the old pair: drop the new one
+                for new in index_files(path, index.spec):
+                    new.unlink(missing_ok=True)
+            raise
+        if local:  # a server library: this machine's copy is the published file
+            from ..local_index import remember, saved_copy
+
+            remember(store, record, saved_copy(manifest, index, path, saved))
+        remove_older(store, record, path)
     return index
 
 
@@ -299,6 +316,20 @@ def _build_to_publish(
         if ivfdata is not None:
             ivfdata.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def folder_lock(store: Reader) -> Iterator[bool]:
+    """For a server library, this machine's index folder locked (see
+    :func:`featx_search.local_index.folder_lock`), yielding True; a SQLite library's index
+    files are written under its writer lock already: yields False."""
+    if store.location.path is not None:
+        yield False
+        return
+    from ..local_index import folder_lock as lock
+
+    with lock(store.index_dir):
+        yield True
 
 
 def rebuild_index(store: Store, record: SpaceRecord) -> BuildInfo:
