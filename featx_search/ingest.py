@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from .ann.publish import open_index
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .images import decode_file, preprocess
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job, make_plan, start_report
@@ -120,13 +120,34 @@ def _batches(items: Iterator[_Decoded], size: int) -> Iterator[list[_Decoded]]:
         yield batch
 
 
-def _loading(space: Space, options: SyncOptions, images: int) -> Future[Extractor]:
-    """The space's extractor for a run of ``images`` images, built and prepared (see
-    :meth:`Extractor.prepare_run`) on a thread of its own."""
+def calibration_images(jobs: Sequence[Job], spec: SpaceSpec, workers: int | None) -> np.ndarray:
+    """An int8 space's calibration sample from a run's ``jobs``: up to
+    :data:`~featx_search.extract.int8.CALIBRATION_IMAGES` files drawn by a hash of their paths,
+    decoded and preprocessed as indexing does (files that fail are left out): float32
+    (N, 3, H, W)."""
+    from .extract.int8 import sample
+
+    chosen = sample(jobs, key=lambda job: str(job.info.path))
+    with ThreadPoolExecutor(workers or default_workers()) as pool:
+        decoded = list(pool.map(lambda job: _decode(job, spec).array, chosen))
+    arrays = [array for array in decoded if array is not None]
+    size = spec.preprocess.crop
+    return np.stack(arrays) if arrays else np.empty((0, 3, size, size), np.float32)
+
+
+def _loading(space: Space, options: SyncOptions, jobs: Sequence[Job]) -> Future[Extractor]:
+    """The space's extractor for a run that embeds ``jobs``, built and prepared (see
+    :meth:`Extractor.prepare_run`) on a thread of its own; an int8 space's model is
+    calibrated on these files when it has none yet."""
+    spec = space.record.spec
 
     def load() -> Extractor:
-        extractor = space.extractor(options.compute, writing=True)
-        extractor.prepare_run(images, options.batch_size)
+        extractor = space.extractor(
+            options.compute,
+            writing=True,
+            calibration=lambda: calibration_images(jobs, spec, options.workers),
+        )
+        extractor.prepare_run(len(jobs), options.batch_size)
         return extractor
 
     loader = ThreadPoolExecutor(1, thread_name_prefix="featx-load")
@@ -219,6 +240,13 @@ def run_sync(
     """
     started = time.perf_counter()
     record = space.record
+    if engine is not None and record.spec.precision == "int8":
+        raise ConfigError(
+            "precision int8 runs with the local engine only (its model is calibrated and "
+            "saved by the run that makes the space)",
+            hint="use engine local, or another precision",
+            param="engine",
+        )
     plan = make_plan(
         store,
         record.id,
@@ -237,7 +265,7 @@ def run_sync(
         # Loaded only when some file needs embedding: a no-change run never imports torch.
         # It loads on its own thread while the first batches decode; the model thread waits
         # for it, and an error loading it ends the run at the first batch.
-        extractor = _loading(space, options, len(plan.jobs)) if plan.jobs else None
+        extractor = _loading(space, options, plan.jobs) if plan.jobs else None
         batches = embed_locally(extractor, plan.jobs, record.spec, options, stop)
     writer.commit_all(batches)
     if plan.removed and not report.interrupted:
