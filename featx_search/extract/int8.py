@@ -87,17 +87,31 @@ def _import_nncf() -> Any:
     blocked = "openvino_telemetry" not in sys.modules
     if blocked:
         sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # ImportError
-    # Importing NNCF loads torch's C++ extension helper, which warns that a CPU machine has
-    # no CUDA: noise for a user who asked for int8 on the CPU.
-    extension = logging.getLogger("torch.utils.cpp_extension")
-    level = extension.level
-    extension.setLevel(logging.ERROR)
     try:
-        return importlib.import_module("nncf")
+        with _muted(_EXTENSION):
+            return importlib.import_module("nncf")
     finally:
-        extension.setLevel(level)
         if blocked:
             del sys.modules["openvino_telemetry"]
+
+
+# NNCF loads torch's C++ extension helper, which warns that a CPU machine has no CUDA: noise
+# for a user who asked for int8 on the CPU.
+_EXTENSION = "torch.utils.cpp_extension"
+
+
+@contextlib.contextmanager
+def _muted(*names: str) -> Iterator[None]:
+    """Only errors from the loggers ``names`` meanwhile."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -106,14 +120,8 @@ def _quiet() -> Iterator[None]:
 
     Its bars are rich consoles on ``sys.stdout``, which a ``featx-search index --json`` run
     owns; they go to a buffer meanwhile (the run's own output waits for the model)."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
+    with _muted("nncf", _EXTENSION), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def quantise(extractor: Extractor, calibration: np.ndarray) -> Any:
