@@ -74,6 +74,9 @@ class Compute:
       needs the ``openvino`` package). ``auto`` uses OpenVINO when it is installed and a CPU
       fp32 run embeds at least :data:`OPENVINO_MIN_IMAGES` images, if its vectors agree with
       torch's on a sample batch and it runs that batch faster. Queries always run in torch.
+      An int8 space runs its saved OpenVINO model (:mod:`featx_search.extract.int8`) on the
+      CPU whatever these say: ``device`` auto means the CPU there, and another device or
+      ``runtime`` torch raises :class:`ConfigError`.
 
     Raises :class:`ConfigError` naming the parameter for a value out of range.
     """
