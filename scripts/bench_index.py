@@ -15,7 +15,8 @@ For each model (``name`` or ``name:weights``) it measures:
 (a) every forward the project can run on this CPU, on already-decoded input: each precision
     (fp32, bf16, fp16; those the CPU only emulates on a few images) in the plain torch graph
     and frozen (TorchScript), fp32 in OpenVINO when installed, int8 (OpenVINO, calibrated on
-    the sample itself; when nncf is installed), and fp32 in the NCHW layout
+    the sample itself; when nncf is installed; timed, but not a candidate for L, since it
+    loses retrieval quality), and fp32 in the NCHW layout
     for comparison (channels_last is the default); each timed, with the
     smallest cosine between its vectors and the plain fp32 graph's and how many of the
     top-5 neighbours (among the sample, in fp32) its queries keep. The fastest is the one L
@@ -309,12 +310,12 @@ def _forward_int8(spec: Any, inputs: np.ndarray, exact: np.ndarray, batch: int) 
     """The int8 forward of (a): the model quantised by NNCF on ``inputs`` (kept in memory, as
     ``eval`` does), run by OpenVINO. ``native``: the CPU has VNNI or AMX-INT8."""
     from featx_search import Compute
-    from featx_search.compute import _cpu_flags
+    from featx_search.compute import _cpu_flags, openvino_installed
     from featx_search.extract import int8, load_extractor
 
     native = bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    if not int8.nncf_installed():
-        return Forward("int8", "openvino", native=native, error="nncf not installed")
+    if not (openvino_installed() and int8.nncf_installed()):
+        return Forward("int8", "openvino", native=native, error="openvino or nncf not installed")
     extractor = load_extractor(spec, Compute(device="cpu"))
     t0 = time.perf_counter()
     int8.attach(extractor, None, lambda: inputs)
@@ -333,8 +334,9 @@ def _forward_int8(spec: Any, inputs: np.ndarray, exact: np.ndarray, batch: int) 
 
 
 def fastest(rows: list[Forward]) -> Forward:
-    """The fastest forward that ran."""
-    return max((r for r in rows if not r.error), key=lambda r: r.rate)
+    """The fastest forward that ran, int8 aside: it loses retrieval quality, so no default
+    runs it (docs/benchmarks.md), and L is what the defaults could reach."""
+    return max((r for r in rows if not r.error and r.precision != "int8"), key=lambda r: r.rate)
 
 
 def limit(decode_ms: float, cores: int, rate: float) -> float:
