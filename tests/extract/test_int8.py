@@ -187,3 +187,22 @@ def test_eval_calibrates_in_memory(tmp_path: Path) -> None:
     assert quantised.precision == "int8"
     assert abs(quantised.map - fp32.map) < 0.2
     assert not list(tmp_path.glob("**/*.int8"))
+
+
+def test_the_calibration_sample_does_not_depend_on_scan_order() -> None:
+    paths = [f"/photos/{folder}/{i}.jpg" for folder in "abc" for i in range(200)]
+    chosen = int8.sample(paths, key=str)
+    assert len(chosen) == int8.CALIBRATION_IMAGES
+    assert sorted(int8.sample(list(reversed(paths)), key=str)) == sorted(chosen)
+    assert {path.split("/")[2] for path in chosen} == {"a", "b", "c"}  # spread over folders
+    assert sorted(int8.sample(paths[:5], key=str, n=10)) == sorted(paths[:5])  # all of few
+
+
+def test_other_engines_are_refused(photos: Path, db: Path) -> None:
+    def engine(*args: Any) -> Any:
+        raise AssertionError("not called")
+
+    with Library.open(db) as lib:
+        space = lib.create_space(INT8)
+        with pytest.raises(ConfigError, match="local engine only"):
+            space.sync([photos], engine=engine)
