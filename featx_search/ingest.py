@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from .ann.publish import writer_index
-from .errors import ImageError, LibraryError
+from .errors import ConfigError, ImageError, LibraryError
 from .images import decode_file, preprocess
 from .options import Progress, ProgressCallback, SyncOptions
 from .plan import Job, make_plan, start_report
@@ -153,20 +153,41 @@ def saved_model(space: Space, options: SyncOptions, images: int) -> Model | None
     return space.saved_model()
 
 
-def _loading(space: Space, options: SyncOptions, images: int) -> Future[Model]:
-    """The model for a run of ``images`` images: the space's saved one when it may be used
+def calibration_images(jobs: Sequence[Job], spec: SpaceSpec, workers: int | None) -> np.ndarray:
+    """An int8 space's calibration sample from a run's ``jobs``: up to
+    :data:`~featx_search.extract.int8.CALIBRATION_IMAGES` files drawn by a hash of their paths,
+    decoded and preprocessed as indexing does (files that fail are left out): float32
+    (N, 3, H, W)."""
+    from .extract.int8 import sample
+
+    chosen = sample(jobs, key=lambda job: str(job.info.path))
+    with ThreadPoolExecutor(workers or default_workers()) as pool:
+        decoded = list(pool.map(lambda job: _decode(job, spec).array, chosen))
+    arrays = [array for array in decoded if array is not None]
+    size = spec.preprocess.crop
+    return np.stack(arrays) if arrays else np.empty((0, 3, size, size), np.float32)
+
+
+def _loading(space: Space, options: SyncOptions, jobs: Sequence[Job]) -> Future[Model]:
+    """The model for a run that embeds ``jobs``: the space's saved one when it may be used
     (:func:`saved_model`, ready now), else its extractor, built and prepared (see
-    :meth:`Extractor.prepare_run`) on a thread of its own."""
-    saved = saved_model(space, options, images)
+    :meth:`Extractor.prepare_run`) on a thread of its own; an int8 space's model is
+    calibrated on these files when it has none yet."""
+    saved = saved_model(space, options, len(jobs))
     if saved is not None:
         log.info("embedding with the space's saved OpenVINO model (torch not loaded)")
         ready: Future[Model] = Future()
         ready.set_result(saved)
         return ready
+    spec = space.record.spec
 
     def load() -> Model:
-        extractor = space.extractor(options.compute, writing=True)
-        extractor.prepare_run(images, options.batch_size)
+        extractor = space.extractor(
+            options.compute,
+            writing=True,
+            calibration=lambda: calibration_images(jobs, spec, options.workers),
+        )
+        extractor.prepare_run(len(jobs), options.batch_size)
         return extractor
 
     loader = ThreadPoolExecutor(1, thread_name_prefix="featx-load")
@@ -260,6 +281,13 @@ def run_sync(
     """
     started = time.perf_counter()
     record = space.record
+    if engine is not None and record.spec.precision == "int8":
+        raise ConfigError(
+            "precision int8 runs with the local engine only (its model is calibrated and "
+            "saved by the run that makes the space)",
+            hint="use engine local, or another precision",
+            param="engine",
+        )
     plan = make_plan(
         store,
         record.id,
@@ -281,7 +309,7 @@ def run_sync(
     # Loaded only when some file needs embedding: a no-change run never imports torch.
     # It loads on its own thread while the first batches decode; the model thread waits
     # for it, and an error loading it ends the run at the first batch.
-    extractor = _loading(space, options, len(plan.jobs)) if plan.jobs and engine is None else None
+    extractor = _loading(space, options, plan.jobs) if plan.jobs and engine is None else None
     if store.location.path is None and plan.jobs:
         # A server library may have other writers: embed only files this run has claimed.
         with Claims(store, record.id, writer, options, stop) as claims:

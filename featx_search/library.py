@@ -210,6 +210,10 @@ class Library:
         spec = self._pinned(spec or ExtractorSpec(), compute or Compute(), store.spaces())
         extractor = load_extractor(spec, compute)
         known = {r.fingerprint for r in store.spaces()}
+        if extractor.space.precision == "int8" and extractor.space.fingerprint not in known:
+            from .extract.int8 import require_nncf
+
+            require_nncf()  # before the space is made: its first run quantises
         space = self._handle(store.ensure_space(extractor.space))
         space.adopt(extractor, compute)
         fresh = space.fingerprint not in known

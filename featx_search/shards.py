@@ -215,6 +215,13 @@ def write_shards(
     started = time.perf_counter()
     options = options or SyncOptions()
     spec = extractor.space
+    if spec.precision == "int8":
+        raise ConfigError(
+            "precision int8 needs a library: its model is calibrated on the library's images "
+            "and saved with the space",
+            hint="use index instead of embed, or another precision",
+            param="precision",
+        )
     shards = _create(Path(out).expanduser(), spec)
     done = {
         (path, size, mtime)

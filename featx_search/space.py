@@ -183,11 +183,24 @@ class Space:
         """Drop the cached index and whitening (they load again on next use)."""
         self._cached = None
 
-    def extractor(self, compute: Compute | None = None, *, writing: bool = False) -> Extractor:
+    def extractor(
+        self,
+        compute: Compute | None = None,
+        *,
+        writing: bool = False,
+        calibration: Callable[[], np.ndarray] | None = None,
+    ) -> Extractor:
         """The model that makes this space's vectors, built once per ``compute`` (under a
         lock, so threads share one). For ``writing`` the vectors must match the stored ones
-        exactly; queries tolerate another torch/torchvision release, with a warning."""
-        from .extract import extractor_for, reproduces
+        exactly; queries tolerate another torch/torchvision release, with a warning.
+
+        An int8 space's model is the one saved beside its index files; when there is none
+        yet and the space holds no vectors, ``calibration()`` gives the images (float32
+        (N, 3, H, W), preprocessed) to quantise it on, and it is saved (see
+        :mod:`featx_search.extract.int8`). Raises :class:`SpaceError` when it is missing and
+        cannot be made: nothing to calibrate on, or vectors that another model would not
+        match."""
+        from .extract import extractor_for, int8, reproduces
 
         key = compute or Compute()
         with self._model_lock:
@@ -195,6 +208,11 @@ class Space:
             if extractor is None:
                 extractor = self._extractors[key] = extractor_for(self._first.spec, key)
         reproduces(extractor, self._first.spec, writing=writing)
+        if self._first.spec.precision == "int8" and extractor.int8 is None:
+            with self._model_lock:
+                if self._store.read_only or self.count > 0:
+                    calibration = None  # nowhere to save it, or vectors made by a lost model
+                int8.attach(extractor, self._store.index_dir, calibration)
         return extractor
 
     def adopt(self, extractor: Extractor, compute: Compute | None = None) -> None:
@@ -222,11 +240,15 @@ class Space:
     def query_model(self) -> QueryModel | None:
         """The space's saved query model, compiled for this CPU (once per handle), or
         ``None`` when it has none (or it is unusable here)."""
-        from .extract import query_model
+        from .extract import int8, query_model
 
         with self._model_lock:
             if not self._query_model_looked:
-                self._query_model = query_model.load(self._store.index_dir, self._first.spec)
+                spec = self._first.spec
+                if spec.precision == "int8":  # its saved model is its query model
+                    self._query_model = int8.load(self._store.index_dir, spec)
+                else:
+                    self._query_model = query_model.load(self._store.index_dir, spec)
                 self._query_model_looked = True
             return self._query_model
 

@@ -14,7 +14,9 @@ For each model (``name`` or ``name:weights``) it measures:
 
 (a) every forward the project can run on this CPU, on already-decoded input: each precision
     (fp32, bf16, fp16; those the CPU only emulates on a few images) in the plain torch graph
-    and frozen (TorchScript), fp32 in OpenVINO when installed, and fp32 in the NCHW layout
+    and frozen (TorchScript), fp32 in OpenVINO when installed, int8 (OpenVINO, calibrated on
+    the sample itself; when nncf is installed; timed, but not a candidate for L, since it
+    loses retrieval quality), and fp32 in the NCHW layout
     for comparison (channels_last is the default); each timed, with the
     smallest cosine between its vectors and the plain fp32 graph's and how many of the
     top-5 neighbours (among the sample, in fp32) its queries keep. The fastest is the one L
@@ -43,6 +45,8 @@ forwards (3.9 against 3.3 img/s for resnet50 here).
 Usage:
     nice -n 10 .venv/bin/python scripts/bench_index.py            # 500 photos, both models
     .venv/bin/python scripts/bench_index.py --n 40 --models efficientnet_lite0   # quick
+    .venv/bin/python scripts/bench_index.py --forwards-only --photos DIR   # (a) only: every
+        # precision (fp32, bf16, int8, ...) side by side, no index runs
 """
 
 from __future__ import annotations
@@ -257,6 +261,9 @@ def forwards(
     native = native_precisions("cpu")
     rows = []
     for precision in PRECISIONS:
+        if precision == "int8":
+            rows.append(_forward_int8(replace(spec, precision="int8"), inputs, exact, batch))
+            continue
         fast = precision in native
         some = inputs if fast else inputs[: max(1, emulated_images)]
         for graph in GRAPHS:
@@ -299,9 +306,37 @@ def _forward(
     )
 
 
+def _forward_int8(spec: Any, inputs: np.ndarray, exact: np.ndarray, batch: int) -> Forward:
+    """The int8 forward of (a): the model quantised by NNCF on ``inputs`` (kept in memory, as
+    ``eval`` does), run by OpenVINO. ``native``: the CPU has VNNI or AMX-INT8."""
+    from featx_search import Compute
+    from featx_search.compute import _cpu_flags, openvino_installed
+    from featx_search.extract import int8, load_extractor
+
+    native = bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    if not (openvino_installed() and int8.nncf_installed()):
+        return Forward("int8", "openvino", native=native, error="openvino or nncf not installed")
+    extractor = load_extractor(spec, Compute(device="cpu"))
+    t0 = time.perf_counter()
+    int8.attach(extractor, None, lambda: inputs)
+    log(f"   int8 calibrated on {len(inputs)} images in {time.perf_counter() - t0:.1f} s")
+    rate = model_rate(extractor, inputs, batch)
+    got = extractor.embed(inputs)
+    return Forward(
+        "int8",
+        "openvino",
+        rate,
+        native=native,
+        images=len(inputs),
+        min_cosine=float(np.min(np.sum(got * exact, axis=1))),
+        top5=same_top5(exact, exact, got),
+    )
+
+
 def fastest(rows: list[Forward]) -> Forward:
-    """The fastest forward that ran."""
-    return max((r for r in rows if not r.error), key=lambda r: r.rate)
+    """The fastest forward that ran, int8 aside: it loses retrieval quality, so no default
+    runs it (docs/benchmarks.md), and L is what the defaults could reach."""
+    return max((r for r in rows if not r.error and r.precision != "int8"), key=lambda r: r.rate)
 
 
 def limit(decode_ms: float, cores: int, rate: float) -> float:
@@ -463,6 +498,11 @@ def main() -> None:
     parser.add_argument(
         "--extra", default="", help="more `index` options for (b), e.g. '--workers 1'"
     )
+    parser.add_argument(
+        "--forwards-only",
+        action="store_true",
+        help="measure (a) only: every precision and graph side by side (minutes, not hours)",
+    )
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -507,6 +547,9 @@ def main() -> None:
             picked_n = defaults_pick(spec, args.n, args.batch_size)
             picked_large = defaults_pick(spec, LARGE_RUN, args.batch_size)
             a_default = next((r.rate for r in ran if r.label == picked_n), float("nan"))
+        if args.forwards_only:
+            print(forward_table(model, ran, picked_n))
+            continue
         with section(f"{model}: article recipe (c), first of two"):
             c_runs = [recipe_in_child(model, sample[:32])]
         with section(f"{model}: featx-search index with its defaults, {small} and {args.n} (b)"):
@@ -542,7 +585,8 @@ def main() -> None:
                 b_run=b_run,
             )
         )
-    print(report(rows, cores=cores, d_fast=d_fast, d_plain=d_plain, n=args.n))
+    if rows:
+        print(report(rows, cores=cores, d_fast=d_fast, d_plain=d_plain, n=args.n))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -594,17 +638,37 @@ def report(rows: list[Row], *, cores: int, d_fast: float, d_plain: float, n: int
         f"\n{'model':<20}{'forward':>16}{'native':>8}{'images':>8}{'img/s':>8}{'x fp32':>8}"
         f"{'min cos':>10}{'top-5 same':>11}"
     )
-    for r in rows:
-        base = next((f.rate for f in r.forwards if f.label == "fp32 plain"), float("nan"))
-        for f in r.forwards:
-            if f.error:
-                out.append(f"{r.model:<20}{f.label:>16}{'yes' if f.native else 'no':>8}  {f.error}")
-                continue
-            out.append(
-                f"{r.model:<20}{f.label:>16}{'yes' if f.native else 'no':>8}{f.images:8d}"
-                f"{f.rate:8.1f}{f.rate / base:8.2f}{f.min_cosine:10.5f}{100 * f.top5:10.0f}%"
-            )
+    out.extend(_forward_rows(r.model, r.forwards) for r in rows)
     return "\n".join(out)
+
+
+def _forward_rows(model: str, forwards: list[Forward]) -> str:
+    base = next((f.rate for f in forwards if f.label == "fp32 plain"), float("nan"))
+    out = []
+    for f in forwards:
+        if f.error:
+            out.append(f"{model:<20}{f.label:>16}{'yes' if f.native else 'no':>8}  {f.error}")
+            continue
+        out.append(
+            f"{model:<20}{f.label:>16}{'yes' if f.native else 'no':>8}{f.images:8d}"
+            f"{f.rate:8.1f}{f.rate / base:8.2f}{f.min_cosine:10.5f}{100 * f.top5:10.0f}%"
+        )
+    return "\n".join(out)
+
+
+def forward_table(model: str, forwards: list[Forward], picked: str) -> str:
+    """(a) alone, for --forwards-only."""
+    from featx_search.compute import native_precisions
+
+    return "\n".join(
+        [
+            f"\nload average now {os.getloadavg()[0]:.1f}; native precisions of this CPU: "
+            f"{', '.join(native_precisions('cpu'))}; the defaults pick {picked}",
+            f"{'model':<20}{'forward':>16}{'native':>8}{'images':>8}{'img/s':>8}{'x fp32':>8}"
+            f"{'min cos':>10}{'top-5 same':>11}",
+            _forward_rows(model, forwards),
+        ]
+    )
 
 
 if __name__ == "__main__":

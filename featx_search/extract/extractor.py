@@ -21,7 +21,7 @@ from ..compute import (
     resolve_precision,
     to_input,
 )
-from ..config import ExtractorSpec, SpaceSpec
+from ..config import DEFAULT_PRECISION, ExtractorSpec, SpaceSpec
 from ..errors import ModelError, SpaceError
 from . import runtimes
 from .cut import building, check_layers, cut, default_layer, node_names, running
@@ -32,6 +32,8 @@ from .weights import state_sha256
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from .int8 import Int8Model
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ class Extractor:
         self.placement = placement
         self.frozen = False  # running a frozen TorchScript graph
         self.runtime: Literal["torch", "openvino"] = "torch"  # what runs the graph
+        self.int8: Int8Model | None = None  # an int8 space's saved model (see use_int8)
+
+    def use_int8(self, model: Int8Model) -> None:
+        """Embed with ``model``, the int8 space's quantised graph and pooling, from now on
+        (see :func:`featx_search.extract.int8.attach`)."""
+        self.int8 = model
+        self.runtime = "openvino"
 
     def _inputs(self, batch: np.ndarray) -> torch.Tensor:
         import torch
@@ -61,7 +70,17 @@ class Extractor:
         return inputs if self.placement is None else to_input(inputs, self.placement)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """L2-normalised float32 vectors (B, dim) of a float32 batch (B, 3, H, W)."""
+        """L2-normalised float32 vectors (B, dim) of a float32 batch (B, 3, H, W).
+
+        An int8 space's extractor embeds only once its quantised model is attached
+        (:meth:`use_int8`); before, it raises :class:`SpaceError`."""
+        if self.space.precision == "int8":
+            if self.int8 is None:
+                raise SpaceError(
+                    f"space {self.space.label}: the int8 model is not loaded",
+                    hint="get the extractor from its Space, which loads or calibrates it",
+                )
+            return self.int8.embed(batch)
         step = self.placement.micro_batch if self.placement is not None else None
         # No trace meanwhile (see cut.py); torch threads and TF32 as placed, then restored.
         with running(), applied(self.placement):
@@ -100,6 +119,8 @@ class Extractor:
         placement = self.placement
         if placement is None or self.frozen or self.runtime != "torch":
             return
+        if self.space.precision == "int8":
+            return  # runs its saved OpenVINO model
         if isinstance(self._graph, HookGraph):
             if placement.runtime == "openvino" or placement.freeze == "on":
                 log.warning("layers read with forward hooks run in plain torch")
@@ -200,7 +221,9 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
     import torchvision
 
     compute = compute or Compute()
-    precision = resolve_precision(spec.precision, resolve_device(compute.device))
+    precision = spec.precision
+    if precision == "auto":
+        precision = resolve_precision(precision, resolve_device(compute.device))
     spec = replace(spec, precision=precision)  # the space's request says what auto chose
     with building():
         built = build(spec)
@@ -227,7 +250,9 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
             _, placement = place(graph.model, precision, compute)
         else:
             graph, placement = place(graph, precision, compute)
-        dim = Extractor(graph, partial, placement).embed(probe).shape[1]
+        # int8 has the vector size of its fp32 graph, which is what runs before quantising.
+        fp32 = replace(partial, precision=DEFAULT_PRECISION)
+        dim = Extractor(graph, fp32, placement).embed(probe).shape[1]
     space = SpaceSpec(**{**partial.__dict__, "dim": int(dim)})
     log.info(
         "extractor %s ready: %d-d, space %s, %s on %s (channels_last=%s)",

@@ -183,18 +183,19 @@ class QueryModel:
     H, W), preprocessed as the space says, to its L2-normalised vectors (B, dim), as the
     space's :class:`Extractor` does. Calls are serialised (one infer request)."""
 
-    def __init__(self, folder: Path, space: SpaceSpec, *, cache: bool = True) -> None:
+    def __init__(
+        self, folder: Path, space: SpaceSpec, *, cache: bool = True, threads: int | None = None
+    ) -> None:
         from .runtimes import _import_openvino
 
         openvino = _import_openvino()
         core = openvino.Core()
         if cache:  # the compiled blob for this CPU, reused by later processes
             core.set_property({"CACHE_DIR": str(folder / "compiled")})
-        compiled = core.compile_model(
-            str(folder / _XML),
-            "CPU",
-            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
-        )
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = core.compile_model(str(folder / _XML), "CPU", config)
         self.space = space
         self.folder = folder
         self._request: Any = compiled.create_infer_request()

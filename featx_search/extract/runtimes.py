@@ -126,7 +126,15 @@ def exported_for_openvino(
                 Outputs().eval(), (example,), dynamic_shapes=({0: batch},)
             )
             # Own copies of the weights: the torch graph is freed once this one is adopted.
-            return openvino.convert_model(exported, share_weights=False)
+            # Where NNCF is installed, converting imports nncf.torch, which loads torch's C++
+            # extension helper, which warns that a CPU machine has no CUDA: noise here.
+            extension = logging.getLogger("torch.utils.cpp_extension")
+            extension_level = extension.level
+            extension.setLevel(logging.ERROR)
+            try:
+                return openvino.convert_model(exported, share_weights=False)
+            finally:
+                extension.setLevel(extension_level)
     finally:
         # convert_model sets the root logger to ERROR while it runs and does not always
         # restore it when it fails, which would hide every later warning.

@@ -162,7 +162,7 @@ def test_devices_resolve_here() -> None:
         (lambda: Compute(micro_batch=0), "micro_batch must be at least 1, got 0"),
         (
             lambda: ExtractorSpec(precision="fp8"),
-            "precision must be one of auto, fp32, bf16, fp16, got 'fp8'",
+            "precision must be one of auto, fp32, bf16, fp16, int8, got 'fp8'",
         ),
     ],
 )
