@@ -137,9 +137,8 @@ def saved_model(space: Space, options: SyncOptions, images: int) -> Model | None
     """The space's saved OpenVINO model when a run of ``images`` images may embed with it
     instead of building the torch one: a run too short to win back torch's start-up
     (under ``OPENVINO_MIN_IMAGES``) on the CPU, with no runtime or freezing asked for, into
-    an fp32 space whose saved model reproduces it (see :func:`query_model.for_writing`)."""
+    an fp32 space whose saved model reproduces it (see :meth:`Space.saved_model`)."""
     from .compute import OPENVINO_MIN_IMAGES
-    from .extract import query_model
 
     compute = options.compute
     if (
@@ -147,7 +146,6 @@ def saved_model(space: Space, options: SyncOptions, images: int) -> Model | None
         or compute.device not in ("auto", "cpu")
         or compute.runtime == "torch"
         or compute.freeze == "on"
-        or not query_model.enabled()
     ):
         return None
     return space.saved_model()

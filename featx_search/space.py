@@ -257,9 +257,8 @@ class Space:
         space, and a model made from torch's graph of exactly this space), else ``None``."""
         from .extract import query_model
 
-        if not query_model.enabled():
-            return None
-        return query_model.for_writing(self._store.index_dir, self._first.spec)
+        model = self.query_model()  # the one this handle loaded, compiled once
+        return model if model is not None and query_model.writes(model) else None
 
     def save_query_model(self) -> Path | None:
         """Save the space's query model beside its index files unless it has one: its

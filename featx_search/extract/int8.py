@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..errors import ConfigError, SpaceError
-from .query_model import QueryModel
+from .query_model import _META, _XML, QueryModel, saved_meta
 
 if TYPE_CHECKING:
     from ..config import SpaceSpec
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 
 # Calibration images drawn from a run (NNCF's own default subset size).
 CALIBRATION_IMAGES = 300
-_META = "meta.json"
-_XML = "model.xml"
 T = TypeVar("T")
 
 
@@ -213,16 +211,7 @@ def save(model: Any, target: Path, space: SpaceSpec, calibrated: int) -> None:
 
 def saved(folder: Path, space: SpaceSpec) -> bool:
     """Whether ``folder`` holds the int8 model of ``space``."""
-    try:
-        meta = json.loads((folder / _META).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(meta, dict)
-        and meta.get("fingerprint") == space.fingerprint
-        and meta.get("dim") == space.dim
-        and (folder / _XML).is_file()
-    )
+    return saved_meta(folder, space) is not None
 
 
 def load(index_dir: Path, space: SpaceSpec, *, threads: int | None = None) -> Int8Model | None:

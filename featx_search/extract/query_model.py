@@ -149,7 +149,7 @@ def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
             "dim": space.dim,
             "precision": "fp32",
             # Made from torch's graph of exactly this space (not another torch release's):
-            # then it may write the space's vectors too (see for_writing).
+            # then it may write the space's vectors too (see writes).
             "exact": extractor.space.fingerprint == fp32_twin(space).fingerprint,
             "openvino": _openvino_version(),
             "max_difference": difference,
@@ -163,19 +163,27 @@ def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def usable(folder: Path, space: SpaceSpec) -> bool:
-    """Whether ``folder`` holds a query model of ``space`` for this OpenVINO release."""
+def saved_meta(folder: Path, space: SpaceSpec) -> dict[str, Any] | None:
+    """The record of the model saved in ``folder`` when it is one of ``space`` (fingerprint,
+    dimension, model file), else ``None``."""
     try:
         meta = json.loads((folder / _META).read_text())
     except (OSError, ValueError):
-        return False
-    return (
+        return None
+    if not (
         isinstance(meta, dict)
         and meta.get("fingerprint") == space.fingerprint
         and meta.get("dim") == space.dim
         and (folder / _XML).is_file()
-        and meta.get("openvino") == _openvino_version()
-    )
+    ):
+        return None
+    return meta
+
+
+def usable(folder: Path, space: SpaceSpec) -> bool:
+    """Whether ``folder`` holds a query model of ``space`` for this OpenVINO release."""
+    meta = saved_meta(folder, space)
+    return meta is not None and meta.get("openvino") == _openvino_version()
 
 
 class QueryModel:
@@ -211,20 +219,14 @@ class QueryModel:
         return vectors
 
 
-def for_writing(index_dir: Path, space: SpaceSpec) -> QueryModel | None:
-    """The saved model of ``space`` when it may write the space's vectors: an fp32 space
+def writes(model: QueryModel) -> bool:
+    """Whether the loaded query ``model`` may also write its space's vectors: an fp32 space
     (the model computes in fp32), and a model made from torch's graph of exactly this space
     (checked to 1e-4 then). Runs that embed few images use it instead of importing torch."""
-    if space.precision != "fp32":
-        return None
-    model = load(index_dir, space)
-    if model is None:
-        return None
-    try:
-        exact = json.loads((model.folder / _META).read_text()).get("exact") is True
-    except (OSError, ValueError):
-        exact = False
-    return model if exact else None
+    if model.space.precision != "fp32":
+        return False
+    meta = saved_meta(model.folder, model.space)
+    return meta is not None and meta.get("exact") is True
 
 
 def load(index_dir: Path, space: SpaceSpec) -> QueryModel | None:
