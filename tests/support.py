@@ -14,7 +14,7 @@ import numpy as np
 from click.testing import CliRunner, Result
 from PIL import Image, ImageDraw
 
-from featx_search import ExtractorSpec
+from featx_search import ExtractorSpec, Preprocess, SpaceSpec
 
 # A tiny random-init CNN: fast enough for many end-to-end tests. fp32 named, not auto: the
 # same vectors on every machine, also in module-scoped fixtures and child processes, which
@@ -109,3 +109,19 @@ def load_script(name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
+
+
+def synthetic_spec(dim: int) -> SpaceSpec:
+    """The spec of a space whose vectors are written straight into a store (no model)."""
+    return SpaceSpec(
+        model="synthetic",
+        weights="none",
+        weights_sha256="0" * 64,
+        layers=("x",),
+        pool="avg",
+        preprocess=Preprocess(),
+        dim=dim,
+        torch_version="0",
+        torchvision_version="0",
+        request=ExtractorSpec(model="synthetic", weights="none"),
+    )

@@ -13,13 +13,10 @@ from click.testing import CliRunner
 
 from featx_search import (
     ConfigError,
-    ExtractorSpec,
     Library,
     LibraryError,
-    Preprocess,
     Query,
     SearchParams,
-    SpaceSpec,
 )
 from featx_search.ann.index import VectorIndex, _array_fetch
 from featx_search.ann.publish import open_index, publish_index
@@ -28,7 +25,7 @@ from featx_search.ann.tuning import exact_neighbours, recall_at_k
 from featx_search.cli import cli
 from featx_search.records import FileResult, Manifest
 from featx_search.store import Store
-from tests.support import TINY, make_photo
+from tests.support import TINY, make_photo, synthetic_spec
 
 # Small codebooks (4-bit PQ) keep training fast; the behaviour under test is the same.
 SPECS = [
@@ -241,18 +238,7 @@ def test_parse_memory_refuses(text: str) -> None:
 
 def _vector_library(db: Path, tmp_path: Path, n: int = 1200) -> tuple[int, np.ndarray]:
     """A library whose one space holds ``n`` clustered vectors (no images are embedded)."""
-    spec = SpaceSpec(
-        model="synthetic",
-        weights="none",
-        weights_sha256="0" * 64,
-        layers=("x",),
-        pool="avg",
-        preprocess=Preprocess(),
-        dim=DIM,
-        torch_version="0",
-        torchvision_version="0",
-        request=ExtractorSpec(model="synthetic", weights="none"),
-    )
+    spec = synthetic_spec(DIM)
     store = Store.open(db)
     try:
         record = store.ensure_space(spec)

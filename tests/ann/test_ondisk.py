@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from featx_search import ConfigError, ExtractorSpec, Library, Preprocess, Query, SpaceSpec
+from featx_search import ConfigError, Library, Query
 from featx_search.ann.index import VectorIndex
 from featx_search.ann.publish import (
     build_from_store,
@@ -26,7 +26,7 @@ from featx_search.ann.tuning import recall_at_k
 from featx_search.cli import cli
 from featx_search.records import FileResult, IndexSettings
 from featx_search.store import Store
-from tests.support import TINY, make_photo
+from tests.support import TINY, make_photo, synthetic_spec
 
 DIM = 24
 N = 2400  # IVF16 trains on all of them (TRAIN_PER_LIST * 16 < 20,000)
@@ -51,28 +51,13 @@ def _clustered(n: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _space_spec() -> SpaceSpec:
-    return SpaceSpec(
-        model="synthetic",
-        weights="none",
-        weights_sha256="0" * 64,
-        layers=("x",),
-        pool="avg",
-        preprocess=Preprocess(),
-        dim=DIM,
-        torch_version="0",
-        torchvision_version="0",
-        request=ExtractorSpec(model="synthetic", weights="none"),
-    )
-
-
 @pytest.fixture
 def vector_store(library_db: str, tmp_path: Path) -> Iterator[tuple[Store, int, np.ndarray]]:
     """A library (SQLite, then PostgreSQL) whose one space holds N clustered vectors with
     gaps in their ids (every third image has none)."""
     store = Store.open(library_db)
     try:
-        record = store.ensure_space(_space_spec())
+        record = store.ensure_space(synthetic_spec(DIM))
         root_id, _ = store.root_for(tmp_path.resolve())
         vectors = _clustered(N + N // 2, seed=3)
         results = [
@@ -129,7 +114,7 @@ def test_build_without_a_file_for_the_lists_maps_a_private_copy(
 def _library_with_vectors(db: Path, tmp_path: Path, n: int = N) -> tuple[int, np.ndarray]:
     store = Store.open(db)
     try:
-        record = store.ensure_space(_space_spec())
+        record = store.ensure_space(synthetic_spec(DIM))
         root_id, _ = store.root_for(tmp_path.resolve())
         vectors = _clustered(n, seed=5)
         store.write_batch(
