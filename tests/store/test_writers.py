@@ -19,10 +19,9 @@ import pytest
 
 from featx_search import Library, LibraryError, Query
 from featx_search.ann.index import VectorIndex
-from featx_search.config import ExtractorSpec, Preprocess, SpaceSpec
 from featx_search.local_index import read_copy
 from featx_search.store import Store
-from tests.support import libpq_url, make_photo
+from tests.support import libpq_url, make_photo, synthetic_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW_ARGS = ["--model", "tests.models:slow_cnn", "--weights", "none", "--precision", "fp32"]
@@ -199,7 +198,7 @@ def test_a_claim_of_a_live_run_is_left_to_it(pg_db: str, tmp_path: Path) -> None
     try:
         with a.writer_lock(shared=True), b.writer_lock(shared=True):
             root_id, _ = a.root_for(tmp_path)
-            space = a.ensure_space(_spec()).id
+            space = a.ensure_space(synthetic_spec(4)).id
             files = [(root_id, "x.jpg"), (root_id, "y.jpg")]
             assert set(a.claim(space, files[:1], "run-a")) == {files[0]}
             assert set(b.claim(space, files, "run-b")) == {files[1]}  # x is a's
@@ -230,7 +229,7 @@ def test_a_batch_that_collides_with_another_writers_is_written_again(
     a, b = Store.open(pg_db), Store.open(pg_db)
     try:
         root_id, _ = a.root_for(tmp_path)
-        space = b.ensure_space(_spec()).id
+        space = b.ensure_space(synthetic_spec(4)).id
         result = FileResult(root_id, "x.jpg", 10, 20, vector=np.ones(4, np.float32) / 2)
         written: list[tuple[list[int], list[int]]] = []
         with a.engine.connect() as conn, conn.begin():
@@ -267,21 +266,6 @@ def test_sqlite_keeps_one_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     finally:
         store.close()
         other.close()
-
-
-def _spec() -> SpaceSpec:
-    return SpaceSpec(
-        model="m",
-        weights="none",
-        weights_sha256=None,
-        layers=("x",),
-        pool="avg",
-        preprocess=Preprocess(),
-        dim=4,
-        torch_version="t",
-        torchvision_version="tv",
-        request=ExtractorSpec(model="m", weights="none"),
-    )
 
 
 @pytest.mark.slow
