@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,18 @@ def photos_folder(given: Path | None) -> Path:
         subprocess.run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"], check=True)
         shutil.copytree(f"{tmp}/x/usr/share/backgrounds/mate", DATA / "photos")
     return DATA / "photos"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``lscpu``, which every benchmark prints beside its numbers."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def real_vectors(photos: Path) -> tuple[np.ndarray, dict[str, object], Path]:
