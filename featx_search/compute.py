@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-from .config import DEFAULT_PRECISION, Precision, PrecisionChoice, check_choice
+from .config import DEFAULT_PRECISION, Engine, Precision, PrecisionChoice, check_choice
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -73,10 +73,12 @@ class Compute:
       compiles the same FX graph for this CPU with Intel's OpenVINO (fp32 only, the CPU only;
       needs the ``openvino`` package). ``auto`` uses OpenVINO when it is installed and a CPU
       fp32 run embeds at least :data:`OPENVINO_MIN_IMAGES` images, if its vectors agree with
-      torch's on a sample batch and it runs that batch faster. Queries always run in torch.
-      An int8 space runs its saved OpenVINO model (:mod:`featx_search.extract.int8`) on the
-      CPU whatever these say: ``device`` auto means the CPU there, and another device or
-      ``runtime`` torch raises :class:`ConfigError`.
+      torch's on a sample batch and it runs that batch faster. For a new bf16 space on the
+      CPU, ``auto`` and ``openvino`` make a space that OpenVINO computes (see
+      :func:`engine_for`), ``torch`` one that torch computes. An int8 space, and a space
+      OpenVINO computes, runs its OpenVINO model on the CPU whatever these say: ``device``
+      auto means the CPU there, and another device or ``runtime`` torch raises
+      :class:`ConfigError`.
 
     Raises :class:`ConfigError` naming the parameter for a value out of range.
     """
@@ -322,8 +324,12 @@ def resolve_precision(precision: PrecisionChoice, device: str) -> Precision:
     return native_precisions(device)[0] if precision == "auto" else precision
 
 
-def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.Module, Placement]:
+def place(
+    model: nn.Module, precision: Precision, compute: Compute, engine: Engine = "torch"
+) -> tuple[nn.Module, Placement]:
     """Move ``model`` (in place) to the device, dtype and layout ``compute`` resolves to.
+    A space that OpenVINO computes (``engine``, and int8) keeps its torch graph in fp32 on
+    the CPU, to be exported.
 
     Changes no process-wide setting: ``compute.threads``, and TF32 off for fp32 on CUDA (so
     that an fp32 space means the same vectors on every device), go into the placement, which
@@ -334,12 +340,21 @@ def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.
 
     if precision == INT8:
         return _place_int8(model, compute)
+    if engine == "openvino":
+        if precision not in native_precisions("cpu"):
+            log.warning(
+                "this CPU has no native %s: OpenVINO computes the space's vectors in fp32 "
+                "here, close to but not the same as %s ones",
+                precision,
+                precision,
+            )
+        return _place_int8(model, compute, f"a {precision} space computed by OpenVINO")
     device = resolve_device(compute.device)
     if compute.runtime == "openvino" and (device != "cpu" or precision != DEFAULT_PRECISION):
         raise ConfigError(
-            f"runtime 'openvino' runs {DEFAULT_PRECISION} models on the CPU only, "
+            f"runtime 'openvino' runs fp32 and bf16 models on the CPU only, "
             f"not {precision} on {device}",
-            hint=f"use device cpu and precision {DEFAULT_PRECISION}, or runtime auto",
+            hint="use device cpu and precision fp32 or bf16, or runtime auto",
             param="runtime",
         )
     if precision not in native_precisions(device):
@@ -376,20 +391,37 @@ def place(model: nn.Module, precision: Precision, compute: Compute) -> tuple[nn.
     )
 
 
-def _place_int8(model: nn.Module, compute: Compute) -> tuple[nn.Module, Placement]:
-    """int8 runs in OpenVINO on the CPU: the torch graph stays fp32 on the CPU (it is what
-    gets quantised), and ``auto`` means the CPU even where a GPU is present."""
+def engine_for(precision: Precision, device: str, compute: Compute) -> Engine:
+    """What computes a new space of ``precision`` on the resolved ``device``: OpenVINO for
+    bf16 on the CPU where it is installed and ``compute.runtime`` is not torch (it runs bf16
+    faster than torch and starts without it, docs/benchmarks.md); torch otherwise."""
+    if (
+        precision == "bf16"
+        and device == "cpu"
+        and compute.runtime != "torch"
+        and openvino_installed()
+    ):
+        return "openvino"
+    return "torch"
+
+
+def _place_int8(
+    model: nn.Module, compute: Compute, what: str = "precision int8"
+) -> tuple[nn.Module, Placement]:
+    """``what`` (int8, or a space OpenVINO computes) runs in OpenVINO on the CPU: the torch
+    graph stays fp32 on the CPU (it is what gets exported, and quantised for int8), and
+    ``auto`` means the CPU even where a GPU is present."""
     import torch
 
     if compute.device not in ("auto", "cpu"):
         raise ConfigError(
-            f"precision int8 runs on the CPU only, not on {compute.device}",
+            f"{what} runs on the CPU only, not on {compute.device}",
             hint="use device auto or cpu, or another precision",
             param="device",
         )
     if compute.runtime == "torch":
         raise ConfigError(
-            "precision int8 runs in OpenVINO, not in torch",
+            f"{what} runs in OpenVINO, not in torch",
             hint="use runtime auto or openvino, or another precision",
             param="runtime",
         )

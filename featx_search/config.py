@@ -23,6 +23,10 @@ Precision = Literal["fp32", "bf16", "fp16", "int8"]
 # What a user may ask for: a precision, or auto (the fastest float format the device runs
 # natively; never int8, see docs/benchmarks.md).
 PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+# What computes a space's vectors: torch, or OpenVINO (bf16 spaces on the CPU: the space's
+# cut graph exported once and compiled with OpenVINO's bf16 inference precision). Part of
+# the space, since the two round differently; torch spaces keep their fingerprints.
+Engine = Literal["torch", "openvino"]
 # How images are resized (PIL's filters of the same names).
 Interpolation = Literal["bilinear", "bicubic"]
 
@@ -32,6 +36,7 @@ FITS: tuple[Fit, ...] = get_args(Fit)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 PRECISION_CHOICES: tuple[PrecisionChoice, ...] = get_args(PrecisionChoice)
 INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
+ENGINES: tuple[Engine, ...] = get_args(Engine)
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_WEIGHTS = "DEFAULT"
 NO_WEIGHTS = "none"
@@ -188,18 +193,30 @@ class SpaceSpec:
     torchvision_version: str
     request: ExtractorSpec = field(compare=False)
     precision: Precision = DEFAULT_PRECISION
+    engine: Engine = "torch"
 
     def __post_init__(self) -> None:
         check_choice(self.pool, POOLS, "pool")
         check_choice(self.precision, PRECISIONS, "precision")
+        check_choice(self.engine, ENGINES, "engine")
+        if self.engine == "openvino" and self.precision != "bf16":
+            raise ConfigError(
+                f"engine openvino makes bf16 spaces only, not {self.precision}",
+                hint="use precision bf16, or engine torch",
+                param="engine",
+            )
 
     def identity(self) -> dict[str, Any]:
         """The fields that make up the fingerprint (everything but ``request``).
 
-        ``precision`` appears only when it is not fp32, so fp32 spaces keep the fingerprints
-        they had before precision was an option.
+        ``precision`` appears only when it is not fp32, and ``engine`` only when it is not
+        torch, so spaces keep the fingerprints they had before either was an option.
         """
-        extra = {} if self.precision == DEFAULT_PRECISION else {"precision": self.precision}
+        extra: dict[str, Any] = {}
+        if self.precision != DEFAULT_PRECISION:
+            extra["precision"] = self.precision
+        if self.engine != "torch":
+            extra["engine"] = self.engine
         return {
             **extra,
             "model": self.model,
@@ -221,9 +238,12 @@ class SpaceSpec:
 
     @property
     def label(self) -> str:
-        """A short human name, e.g. ``resnet50/avgpool/avg`` (``.../avg/bf16`` when not fp32)."""
+        """A short human name, e.g. ``resnet50/avgpool/avg`` (``.../avg/bf16`` when not fp32,
+        ``.../avg/bf16/openvino`` when OpenVINO computes it)."""
         label = f"{self.model}/{'+'.join(self.layers)}/{self.pool}"
-        return label if self.precision == DEFAULT_PRECISION else f"{label}/{self.precision}"
+        if self.precision != DEFAULT_PRECISION:
+            label = f"{label}/{self.precision}"
+        return label if self.engine == "torch" else f"{label}/{self.engine}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.identity(), "request": self.request.to_dict()}
@@ -242,4 +262,5 @@ class SpaceSpec:
             torchvision_version=data["torchvision"],
             request=ExtractorSpec.from_dict(data["request"]),
             precision=data.get("precision", DEFAULT_PRECISION),
+            engine=data.get("engine", "torch"),
         )

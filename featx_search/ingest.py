@@ -135,12 +135,17 @@ class Model(Protocol):
 
 def saved_model(space: Space, options: SyncOptions, images: int) -> Model | None:
     """The space's saved OpenVINO model when a run of ``images`` images may embed with it
-    instead of building the torch one: a run too short to win back torch's start-up
-    (under ``OPENVINO_MIN_IMAGES``) on the CPU, with no runtime or freezing asked for, into
-    an fp32 space whose saved model reproduces it (see :meth:`Space.saved_model`)."""
+    instead of building the torch one (see :meth:`Space.saved_model`): every run into a
+    space that OpenVINO computes (the model is its engine); else a run too short to win back
+    torch's start-up (under ``OPENVINO_MIN_IMAGES``) on the CPU, with no runtime or freezing
+    asked for, into an fp32 space whose saved model reproduces it."""
     from .compute import OPENVINO_MIN_IMAGES
 
     compute = options.compute
+    if space.record.spec.engine == "openvino":
+        # Another device or runtime torch: the extractor says why that cannot be.
+        openvino = compute.device in ("auto", "cpu") and compute.runtime != "torch"
+        return space.saved_model() if openvino else None
     if (
         images >= OPENVINO_MIN_IMAGES
         or compute.device not in ("auto", "cpu")

@@ -9,12 +9,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, cast, overload
 
 import numpy as np
 
 from .compute import Compute
-from .config import ExtractorSpec
+from .config import Engine, ExtractorSpec, Precision
 from .connect import Location
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, DupMethod
 from .errors import ConfigError, ImageError, SpaceError
@@ -203,12 +203,14 @@ class Library:
 
         A precision of ``auto`` means the precision of a space made from the same spec
         (precision aside), so that another machine goes on in it; of several, the one this
-        device runs natively; with none, the fastest precision this device runs natively."""
+        device runs natively; with none, the fastest precision this device runs natively.
+        The space answering it keeps its engine (torch or OpenVINO, see
+        :data:`~featx_search.config.Engine`); a new one gets this device's."""
         from .extract import load_extractor
 
         store = self._stores.writer()  # a read-only library refuses before a model loads
-        spec = self._pinned(spec or ExtractorSpec(), compute or Compute(), store.spaces())
-        extractor = load_extractor(spec, compute)
+        spec, engine = self._pinned(spec or ExtractorSpec(), compute or Compute(), store.spaces())
+        extractor = load_extractor(spec, compute, engine)
         known = {r.fingerprint for r in store.spaces()}
         if extractor.space.precision == "int8" and extractor.space.fingerprint not in known:
             from .extract.int8 import require_nncf
@@ -224,21 +226,29 @@ class Library:
     @staticmethod
     def _pinned(
         spec: ExtractorSpec, compute: Compute, records: Sequence[SpaceRecord]
-    ) -> ExtractorSpec:
+    ) -> tuple[ExtractorSpec, Engine | None]:
         """``spec`` with ``auto`` precision fixed to a stored space's (see
-        :meth:`create_space`); left to ``auto`` when no stored space answers it."""
-        if spec.precision != "auto":
-            return spec
-        stored = [r.spec.precision for r in records if spec.answers(r.spec.request)]
-        if not stored:
-            return spec
-        if len(set(stored)) > 1:
-            from .compute import resolve_device, resolve_precision
+        :meth:`create_space`), and the engine of the stored space it then answers; ``auto``
+        and ``None`` when no stored space answers it. Of several, the precision and engine
+        this device would choose."""
+        from .compute import engine_for, resolve_device, resolve_precision
 
-            here = resolve_precision("auto", resolve_device(compute.device))
-            if here in stored:
-                return replace(spec, precision=here)
-        return replace(spec, precision=stored[-1])
+        answering = [r.spec for r in records if spec.answers(r.spec.request)]
+        if not answering:
+            return spec, None
+        if spec.precision == "auto":
+            precisions = [s.precision for s in answering]
+            chosen = precisions[-1]
+            if len(set(precisions)) > 1:
+                here = resolve_precision("auto", resolve_device(compute.device))
+                chosen = here if here in precisions else chosen
+            spec = replace(spec, precision=chosen)
+        engines = [s.engine for s in answering if s.precision == spec.precision]
+        if len(set(engines)) > 1:
+            device = resolve_device(compute.device)
+            here_engine = engine_for(cast(Precision, spec.precision), device, compute)
+            return spec, here_engine if here_engine in engines else engines[-1]
+        return spec, engines[-1] if engines else None
 
     def space_for(
         self,

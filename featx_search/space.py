@@ -199,7 +199,9 @@ class Space:
         (N, 3, H, W), preprocessed) to quantise it on, and it is saved (see
         :mod:`featx_search.extract.int8`). Raises :class:`SpaceError` when it is missing and
         cannot be made: nothing to calibrate on, or vectors that another model would not
-        match."""
+        match. A space that OpenVINO computes runs its saved query model, which is its
+        engine; when there is none it is exported from the torch graph and saved first
+        (kept in memory where it cannot be saved)."""
         from .extract import extractor_for, int8, reproduces
 
         key = compute or Compute()
@@ -213,7 +215,25 @@ class Space:
                 if self._store.read_only or self.count > 0:
                     calibration = None  # nowhere to save it, or vectors made by a lost model
                 int8.attach(extractor, self._store.index_dir, calibration)
+        if self._first.spec.engine == "openvino" and extractor.saved is None:
+            with self._model_lock:
+                if extractor.saved is None:
+                    self._attach_openvino(extractor)
         return extractor
+
+    def _attach_openvino(self, extractor: Extractor) -> None:
+        """Make ``extractor`` (of a space OpenVINO computes) run the space's saved model,
+        saving it first unless the library is read-only; without one, it exports its own
+        on its first batch. Callers hold the model lock."""
+        from .extract import query_model
+
+        spec, index_dir = self._first.spec, self._store.index_dir
+        if not self._store.read_only:
+            query_model.make(spec, lambda: extractor, index_dir)
+        folder = query_model.folder_for(index_dir, spec)
+        if query_model.enabled() and query_model.usable(folder, spec):
+            threads = extractor.placement.threads if extractor.placement is not None else None
+            extractor.use_saved(query_model.QueryModel(folder, spec, threads=threads))
 
     def adopt(self, extractor: Extractor, compute: Compute | None = None) -> None:
         """Use ``extractor`` (built for this space) instead of building it again."""
@@ -253,8 +273,9 @@ class Space:
             return self._query_model
 
     def saved_model(self) -> QueryModel | None:
-        """The space's query model when it may also write the space's vectors (an fp32
-        space, and a model made from torch's graph of exactly this space), else ``None``."""
+        """The space's query model when it may also write the space's vectors (a model made
+        from torch's graph of exactly this space, of an fp32 space or of one OpenVINO
+        computes), else ``None``."""
         from .extract import query_model
 
         model = self.query_model()  # the one this handle loaded, compiled once

@@ -16,12 +16,13 @@ from ..compute import (
     Compute,
     Placement,
     applied,
+    engine_for,
     place,
     resolve_device,
     resolve_precision,
     to_input,
 )
-from ..config import DEFAULT_PRECISION, ExtractorSpec, SpaceSpec
+from ..config import DEFAULT_PRECISION, Engine, ExtractorSpec, SpaceSpec
 from ..errors import ModelError, SpaceError
 from . import runtimes
 from .cut import building, check_layers, cut, default_layer, node_names, running
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .int8 import Int8Model
+    from .query_model import QueryModel
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,20 @@ class Extractor:
         self.placement = placement
         self.frozen = False  # running a frozen TorchScript graph
         self.runtime: Literal["torch", "openvino"] = "torch"  # what runs the graph
-        self.int8: Int8Model | None = None  # an int8 space's saved model (see use_int8)
+        # The OpenVINO model of a space that OpenVINO computes (int8, or engine openvino):
+        # its graph and pooling, quantised for int8 (see use_saved).
+        self.saved: Int8Model | QueryModel | None = None
 
-    def use_int8(self, model: Int8Model) -> None:
-        """Embed with ``model``, the int8 space's quantised graph and pooling, from now on
-        (see :func:`featx_search.extract.int8.attach`)."""
-        self.int8 = model
+    @property
+    def int8(self) -> Int8Model | QueryModel | None:
+        """An int8 space's quantised model once attached (see :meth:`use_saved`)."""
+        return self.saved if self.space.precision == "int8" else None
+
+    def use_saved(self, model: Int8Model | QueryModel) -> None:
+        """Embed with ``model`` from now on: the space's graph and pooling in OpenVINO,
+        quantised for an int8 space (see :func:`featx_search.extract.int8.attach`), compiled
+        in bf16 for an engine-openvino space (see :meth:`Space.extractor`)."""
+        self.saved = model
         self.runtime = "openvino"
 
     def _inputs(self, batch: np.ndarray) -> torch.Tensor:
@@ -73,14 +83,34 @@ class Extractor:
         """L2-normalised float32 vectors (B, dim) of a float32 batch (B, 3, H, W).
 
         An int8 space's extractor embeds only once its quantised model is attached
-        (:meth:`use_int8`); before, it raises :class:`SpaceError`."""
+        (:meth:`use_saved`); before, it raises :class:`SpaceError`. A space OpenVINO
+        computes embeds with its attached model, else with one exported from the torch graph
+        now (once)."""
+        if self.saved is not None:
+            return self.saved.embed(batch)
         if self.space.precision == "int8":
-            if self.int8 is None:
-                raise SpaceError(
-                    f"space {self.space.label}: the int8 model is not loaded",
-                    hint="get the extractor from its Space, which loads or calibrates it",
-                )
-            return self.int8.embed(batch)
+            raise SpaceError(
+                f"space {self.space.label}: the int8 model is not loaded",
+                hint="get the extractor from its Space, which loads or calibrates it",
+            )
+        if self.space.engine == "openvino":
+            return self._exported().embed(batch)
+        return self.torch_embed(batch)
+
+    def _exported(self) -> Int8Model | QueryModel:
+        """The model of an engine-openvino space, exported from the torch graph and compiled
+        here when none was attached (a read-only library, or query models turned off)."""
+        from .query_model import compiled_in_memory
+
+        with building():
+            if self.saved is None:
+                self.use_saved(compiled_in_memory(self))
+        assert self.saved is not None
+        return self.saved
+
+    def torch_embed(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`embed` in torch, whatever computes the space (an engine-openvino space's
+        torch graph is its fp32 twin's)."""
         step = self.placement.micro_batch if self.placement is not None else None
         # No trace meanwhile (see cut.py); torch threads and TF32 as placed, then restored.
         with running(), applied(self.placement):
@@ -105,7 +135,7 @@ class Extractor:
     def fx_graph(self) -> nn.Module | None:
         """The cut FX graph this extractor runs, or ``None`` when it reads layers with hooks
         or runs a converted graph (TorchScript, OpenVINO)."""
-        if isinstance(self._graph, HookGraph) or self.frozen or self.runtime != "torch":
+        if isinstance(self._graph, (HookGraph, runtimes.OpenVinoGraph)) or self.frozen:
             return None
         graph: nn.Module = self._graph
         return graph
@@ -119,8 +149,8 @@ class Extractor:
         placement = self.placement
         if placement is None or self.frozen or self.runtime != "torch":
             return
-        if self.space.precision == "int8":
-            return  # runs its saved OpenVINO model
+        if self.space.precision == "int8" or self.space.engine == "openvino":
+            return  # runs its OpenVINO model
         if isinstance(self._graph, HookGraph):
             if placement.runtime == "openvino" or placement.freeze == "on":
                 log.warning("layers read with forward hooks run in plain torch")
@@ -202,7 +232,9 @@ class Extractor:
         return True
 
 
-def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extractor:
+def load_extractor(
+    spec: ExtractorSpec, compute: Compute | None = None, engine: Engine | None = None
+) -> Extractor:
     """Build the model, cut it at ``spec.layers`` (or the default layer) and resolve the space.
 
     ``spec.method`` says how: ``fx`` rewrites the graph to end at the layers, ``hook`` reads
@@ -211,8 +243,10 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
 
     The graph runs in ``spec.precision`` on the device, threads and layout of ``compute``
     (default: :class:`Compute`, i.e. the best device here); ``auto`` becomes the fastest
-    precision that device runs natively, and the space's ``request`` says which. Building and
-    tracing hold a process-wide lock, so threads may call this at once.
+    precision that device runs natively, and the space's ``request`` says which. ``engine``
+    says what computes the space; ``None`` chooses (:func:`~featx_search.compute.engine_for`:
+    OpenVINO for bf16 on the CPU, where the model traces with FX). Building and tracing hold
+    a process-wide lock, so threads may call this at once.
 
     Raises :class:`ModelError`, :class:`WeightsError`, :class:`LayerError` or
     :class:`ConfigError` with a hint when something named in ``spec`` is not usable.
@@ -228,6 +262,19 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
     with building():
         built = build(spec)
         graph, layers = _cut(built, spec)
+        chosen = engine is None
+        if chosen:  # only bf16 may have another engine: other precisions resolve no device
+            device = resolve_device(compute.device) if precision == "bf16" else "cpu"
+            engine = engine_for(precision, device, compute)
+        if engine == "openvino" and isinstance(graph, HookGraph):
+            if not chosen:
+                raise ModelError(
+                    f"model {spec.model}: a space computed by OpenVINO needs a model FX "
+                    "can trace, and this one reads layers with forward hooks",
+                    hint="use method fx, or make a space with runtime torch",
+                )
+            engine = "torch"
+        assert engine is not None
         size = built.preprocess.crop
         probe = np.zeros((1, 3, size, size), dtype=np.float32)
         partial = SpaceSpec(
@@ -244,14 +291,15 @@ def load_extractor(spec: ExtractorSpec, compute: Compute | None = None) -> Extra
             torchvision_version=torchvision.__version__.split("+")[0],
             request=spec,
             precision=precision,
+            engine=engine,
         )
         # After the checksum: the weights are hashed as built, in fp32 on the CPU.
         if isinstance(graph, HookGraph):  # place the hooked model itself (moved in place)
             _, placement = place(graph.model, precision, compute)
         else:
-            graph, placement = place(graph, precision, compute)
-        # int8 has the vector size of its fp32 graph, which is what runs before quantising.
-        fp32 = replace(partial, precision=DEFAULT_PRECISION)
+            graph, placement = place(graph, precision, compute, engine)
+        # int8 and OpenVINO's spaces have the vector size of their fp32 graph.
+        fp32 = replace(partial, precision=DEFAULT_PRECISION, engine="torch")
         dim = Extractor(graph, fp32, placement).embed(probe).shape[1]
     space = SpaceSpec(**{**partial.__dict__, "dim": int(dim)})
     log.info(
@@ -303,10 +351,10 @@ def extractor_for(stored: SpaceSpec, compute: Compute | None = None) -> Extracto
     """The extractor of a stored space: built from the spec it was made from, with its
     resolved layers and pooling when the model's defaults have changed since, and with the
     input handling stored with the space (which wins over the model's current default)."""
-    extractor = load_extractor(stored.request, compute)
+    extractor = load_extractor(stored.request, compute, stored.engine)
     resolved = replace(stored.request, layers=stored.layers, pool=stored.pool)
     if extractor.space.fingerprint != stored.fingerprint and resolved != stored.request:
-        extractor = load_extractor(resolved, compute)
+        extractor = load_extractor(resolved, compute, stored.engine)
     extractor.space = replace(extractor.space, preprocess=stored.preprocess)
     return extractor
 

@@ -239,7 +239,7 @@ def attach(
     threads = extractor.placement.threads if extractor.placement is not None else None
     found = None if index_dir is None else load(index_dir, space, threads=threads)
     if found is not None:
-        extractor.use_int8(found)
+        extractor.use_saved(found)
         return
     if calibration is None:
         where = "" if index_dir is None else f" in {folder_for(index_dir, space)}"
@@ -254,11 +254,11 @@ def attach(
         scratch = Path(tempfile.mkdtemp(prefix="featx-int8-"))
         try:
             save(quantised, scratch / "model", space, len(images))
-            extractor.use_int8(Int8Model(scratch / "model", space, cache=False, threads=threads))
+            extractor.use_saved(Int8Model(scratch / "model", space, cache=False, threads=threads))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return
     target = folder_for(index_dir, space)
     save(quantised, target, space, len(images))
     # Run what was saved, as every later run will: the same vectors from the first image on.
-    extractor.use_int8(Int8Model(target, space, threads=threads))
+    extractor.use_saved(Int8Model(target, space, threads=threads))

@@ -8,11 +8,14 @@ extractor when it is made (vectors of probe inputs must agree), and is refused w
 made for another space or OpenVINO release. OpenVINO's compiled blob for this CPU is cached
 beside it, so a later process compiles nothing either.
 
-Every space read with FX gets one. It always computes in fp32: for an fp32 space it is the
-space's own function (checked to 1e-4); for a bf16 or fp16 space it is that function without
-the rounding, checked against torch's fp32 twin of the space. A query vector in fp32 against
-stored bf16 vectors is what ``scripts/compare_precision.py`` calls "mixed": retrieval quality
-does not move (docs/benchmarks.md). Spaces read with hooks keep embedding with torch.
+Every space read with FX gets one. For an fp32 space it is the space's own function
+(checked to 1e-4); for a bf16 or fp16 space that torch computes it is that function in fp32,
+without the rounding, checked against torch's fp32 twin of the space: a query vector in fp32
+against stored bf16 vectors is what ``scripts/compare_precision.py`` calls "mixed", and
+retrieval quality does not move (docs/benchmarks.md). For a bf16 space that OpenVINO computes
+(engine ``openvino``) it is the space's own engine: the same file, compiled with OpenVINO's
+bf16 inference precision, writes the space's vectors too. Spaces read with hooks keep
+embedding with torch.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..compute import openvino_installed
+from ..errors import SpaceError
 
 if TYPE_CHECKING:
     from ..config import SpaceSpec
@@ -65,10 +69,16 @@ def eligible(space: SpaceSpec) -> bool:
 
 
 def fp32_twin(space: SpaceSpec) -> SpaceSpec:
-    """``space`` computed in fp32: the same model, weights, layers, pooling and input."""
+    """``space`` computed in fp32 by torch: the same model, weights, layers, pooling and
+    input."""
     if space.precision == "fp32":
         return space
-    return replace(space, precision="fp32", request=replace(space.request, precision="fp32"))
+    return replace(
+        space,
+        precision="fp32",
+        engine="torch",
+        request=replace(space.request, precision="fp32"),
+    )
 
 
 @dataclass(frozen=True)
@@ -101,8 +111,10 @@ def make(space: SpaceSpec, extractor: Callable[[], Extractor], index_dir: Path) 
     target = folder_for(index_dir, space)
     if not eligible(space) or not enabled() or usable(target, space):
         return None
-    # A model that cannot be built is the caller's error, not a warning.
-    model = extractor() if space.precision == "fp32" else _twin_extractor(space)
+    # A model that cannot be built is the caller's error, not a warning. A space OpenVINO
+    # computes has its fp32 twin's torch graph already.
+    own = space.precision == "fp32" or space.engine == "openvino"
+    model = extractor() if own else _twin_extractor(space)
     try:
         return _make(model, space, target)
     except Exception as err:
@@ -134,8 +146,9 @@ def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
     staging = Path(tempfile.mkdtemp(prefix=".query-", dir=target.parent))
     try:
         openvino.save_model(converted, staging / _XML, compress_to_fp16=False)
-        expected = extractor.embed(probes)
-        got = QueryModel(staging, space, cache=False).embed(probes)
+        # Checked in fp32 against torch in fp32, whatever precision the space computes in.
+        expected = extractor.torch_embed(probes)
+        got = QueryModel(staging, space, cache=False, hint="f32").embed(probes)
         difference = float(np.abs(got - expected).max())
         if not difference <= TOLERANCE:
             log.warning(
@@ -150,7 +163,7 @@ def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
             "precision": "fp32",
             # Made from torch's graph of exactly this space (not another torch release's):
             # then it may write the space's vectors too (see writes).
-            "exact": extractor.space.fingerprint == fp32_twin(space).fingerprint,
+            "exact": fp32_twin(extractor.space).fingerprint == fp32_twin(space).fingerprint,
             "openvino": _openvino_version(),
             "max_difference": difference,
         }
@@ -186,24 +199,42 @@ def usable(folder: Path, space: SpaceSpec) -> bool:
     return meta is not None and meta.get("openvino") == _openvino_version()
 
 
+def _hint(space: SpaceSpec) -> str:
+    """OpenVINO's inference precision for ``space``'s query model: bf16 for a space that
+    OpenVINO computes in bf16, else fp32 (see the module's docstring)."""
+    return "bf16" if space.engine == "openvino" else "f32"
+
+
 class QueryModel:
     """A saved query model, compiled for this CPU: :meth:`embed` maps a float32 batch (B, 3,
     H, W), preprocessed as the space says, to its L2-normalised vectors (B, dim), as the
-    space's :class:`Extractor` does. Calls are serialised (one infer request)."""
+    space's :class:`Extractor` does. Calls are serialised (one infer request). ``hint``:
+    OpenVINO's inference precision (``f32``, ``bf16``); by default the space's."""
 
     def __init__(
-        self, folder: Path, space: SpaceSpec, *, cache: bool = True, threads: int | None = None
+        self,
+        folder: Path | None,
+        space: SpaceSpec,
+        *,
+        cache: bool = True,
+        threads: int | None = None,
+        hint: str | None = None,
+        model: Any = None,
     ) -> None:
         from .runtimes import _import_openvino
 
         openvino = _import_openvino()
         core = openvino.Core()
-        if cache:  # the compiled blob for this CPU, reused by later processes
+        if cache and folder is not None:  # the compiled blob for this CPU, for later processes
             core.set_property({"CACHE_DIR": str(folder / "compiled")})
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": hint or _hint(space),
+        }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
-        compiled = core.compile_model(str(folder / _XML), "CPU", config)
+        source = model if model is not None else str(cast(Path, folder) / _XML)
+        compiled = core.compile_model(source, "CPU", config)
         self.space = space
         self.folder = folder
         self._request: Any = compiled.create_infer_request()
@@ -219,12 +250,33 @@ class QueryModel:
         return vectors
 
 
+def compiled_in_memory(extractor: Extractor) -> QueryModel:
+    """The model of ``extractor``'s space exported from its torch graph and compiled here, not
+    saved: for a space that OpenVINO computes where no query model is saved (a read-only
+    library, or query models turned off). Callers hold the model lock."""
+    from .runtimes import exported_for_openvino
+
+    space = extractor.space
+    graph = extractor.fx_graph()
+    if graph is None:
+        raise SpaceError(
+            f"space {space.label}: OpenVINO computes it, but its model is not an FX graph",
+            hint="make a space with runtime torch",
+        )
+    converted = exported_for_openvino(graph, _probes(space), space.layers, pool=space.pool)
+    threads = extractor.placement.threads if extractor.placement is not None else None
+    return QueryModel(None, space, threads=threads, model=converted)
+
+
 def writes(model: QueryModel) -> bool:
-    """Whether the loaded query ``model`` may also write its space's vectors: an fp32 space
-    (the model computes in fp32), and a model made from torch's graph of exactly this space
-    (checked to 1e-4 then). Runs that embed few images use it instead of importing torch."""
-    if model.space.precision != "fp32":
+    """Whether the loaded query ``model`` may also write its space's vectors: a model made
+    from torch's graph of exactly this space (checked to 1e-4 then), of an fp32 space (the
+    model computes in fp32) or of a space OpenVINO computes (the model is its engine). Runs
+    that embed few images (all runs, for the latter) use it instead of importing torch."""
+    if model.space.precision != "fp32" and model.space.engine != "openvino":
         return False
+    if model.folder is None:
+        return True  # compiled from this process's own torch graph
     meta = saved_meta(model.folder, model.space)
     return meta is not None and meta.get("exact") is True
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from featx_search import ExtractorSpec, Library, Query
+from featx_search import ExtractorSpec, Library, Query, SyncOptions
 from featx_search import compute as compute_module
 from featx_search.compute import (
+    Compute,
     DeviceCaps,
     device_caps,
     native_precisions,
@@ -206,10 +207,12 @@ def test_auto_is_fixed_when_a_space_is_made_and_kept_on_another_machine(
         space = lib.space()
         assert report.precision == "bf16" and space.record.spec.precision == "bf16"
         assert space.record.spec.request.precision == "bf16"  # the request says what auto chose
-        assert space.label.endswith("/bf16")
+        # OpenVINO computes a new bf16 space on the CPU (where it is installed).
+        assert space.record.spec.engine == "openvino"
+        assert space.label.endswith("/bf16/openvino")
         made = space.fingerprint
-    # Another machine without native bf16: the same spec goes on in the space's bf16 (slow,
-    # with a warning), instead of making an fp32 space beside it.
+    # Another machine without native bf16: the same spec goes on in the space's bf16 (with
+    # a warning), instead of making an fp32 space beside it.
     _machine(monkeypatch)
     make_photo(photos / "c" / "new.jpg", seed=99)
     with Library.open(db) as lib, caplog.at_level(logging.WARNING):
@@ -219,7 +222,7 @@ def test_auto_is_fixed_when_a_space_is_made_and_kept_on_another_machine(
         assert (report.space, report.added, report.precision) == (made, 1, "bf16")
         assert [s.fingerprint for s in lib.spaces()] == [made]
         assert lib.info().spaces[0].precision == "bf16"
-    assert "precision bf16 is not native on this cpu" in caplog.text
+    assert "this CPU has no native bf16" in caplog.text
     # An explicit precision still makes its own space.
     with Library.open(db) as lib:
         report = lib.index([photos], replace(TINY, precision="fp32"))
@@ -249,12 +252,15 @@ def test_an_old_fp32_space_stays_the_space_of_auto(
 def test_a_stored_bf16_space_opens_and_embeds_in_bf16(
     monkeypatch: pytest.MonkeyPatch, db: Path, photos: Path
 ) -> None:
-    """A space stored with an explicit bf16 request (before auto existed) keeps its
-    fingerprint and queries in bf16."""
+    """A bf16 space that torch computes (made before OpenVINO computed bf16 spaces, or with
+    runtime torch) keeps its fingerprint and queries in torch's bf16, whatever the runtime
+    asked for later."""
     bf16 = replace(TINY, precision="bf16")
     with Library.open(db) as lib:
-        lib.index([photos], bf16)
+        lib.index([photos], bf16, options=SyncOptions(compute=Compute(runtime="torch")))
         made = lib.space().fingerprint
+        assert lib.space().record.spec.engine == "torch"
+        assert "engine" not in lib.space().record.spec.identity()  # fingerprints as before
     with Library.open(db) as lib:
         space = lib.space()
         assert space.fingerprint == made

@@ -100,7 +100,7 @@ def test_a_bf16_space_gets_an_fp32_query_model_checked_against_its_fp32_twin(
 ) -> None:
     monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
     args = [a if a != "fp32" else "bf16" for a in TINY_ARGS]
-    result = run_cli("--db", db, "index", photos, *args)
+    result = run_cli("--db", db, "index", photos, *args, "--runtime", "torch")
     assert "query model" in result.output
     photo = photos / "a" / "img01.jpg"
     fast = _fresh_search(db, photo, enabled=True)
