@@ -14,7 +14,8 @@ For each model (``name`` or ``name:weights``) it measures:
 
 (a) every forward the project can run on this CPU, on already-decoded input: each precision
     (fp32, bf16, fp16; those the CPU only emulates on a few images) in the plain torch graph
-    and frozen (TorchScript), fp32 in OpenVINO when installed, int8 (OpenVINO, calibrated on
+    and frozen (TorchScript), fp32 and bf16 in OpenVINO when installed (bf16 there is a
+    space OpenVINO computes, the default on CPUs with native bf16), int8 (OpenVINO, calibrated on
     the sample itself; when nncf is installed; timed, but not a candidate for L, since it
     loses retrieval quality), and fp32 in the NCHW layout
     for comparison (channels_last is the default); each timed, with the
@@ -241,10 +242,11 @@ class Forward:
 
 
 def graph_of(extractor: Any) -> str:
-    """What runs an extractor's graph: ``openvino``, ``frozen`` or ``plain``."""
-    return (
-        "openvino" if extractor.runtime == "openvino" else "frozen" if extractor.frozen else "plain"
-    )
+    """What runs an extractor's graph: ``openvino`` (also a space OpenVINO computes),
+    ``frozen`` or ``plain``."""
+    if extractor.runtime == "openvino" or extractor.space.engine == "openvino":
+        return "openvino"
+    return "frozen" if extractor.frozen else "plain"
 
 
 def forwards(
@@ -267,7 +269,10 @@ def forwards(
         fast = precision in native
         some = inputs if fast else inputs[: max(1, emulated_images)]
         for graph in GRAPHS:
-            if graph == "openvino" and (precision != "fp32" or not openvino_installed()):
+            # OpenVINO runs fp32 graphs, and computes bf16 spaces (their own engine).
+            if graph == "openvino" and (
+                precision not in ("fp32", "bf16") or not openvino_installed()
+            ):
                 continue
             rows.append(_forward(replace(spec, precision=precision), graph, some, exact, batch))
             rows[-1] = replace(rows[-1], native=fast)

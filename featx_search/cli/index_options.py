@@ -159,9 +159,10 @@ _GRAPH_OPTIONS = [
         type=click.Choice(RUNTIMES),
         default="auto",
         show_default=True,
-        help="What runs the model graph: torch, or OpenVINO (CPU, fp32; the openvino package). "
+        help="What runs the model graph: torch, or OpenVINO (CPU; the openvino package). fp32: "
         f"auto uses OpenVINO for CPU runs of {OPENVINO_MIN_IMAGES}+ images when installed, "
-        "if it gives torch's vectors and measures faster.",
+        "if it gives torch's vectors and measures faster. A new bf16 space on the CPU is "
+        "computed by OpenVINO unless torch is asked for (part of the space).",
     ),
 ]
 
