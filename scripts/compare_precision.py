@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Do fp32 and bf16 (or fp16) vectors agree closely enough to share a space?
 
-For each model, every image is embedded twice on the CPU, once per precision, with the same
-graph, layout and micro-batch. Per model it prints:
+For each model, every image is embedded twice on the CPU, once per precision: fp32 in torch,
+the low precision by ``--engine`` (``openvino``, the default: what a new bf16 space on the CPU
+is computed by; ``torch``: torch's bf16, the same graph, layout and micro-batch as fp32).
+Per model it prints:
 
 - cosine between an image's two vectors: mean and minimum;
 - top-10 overlap: each image as a query among all the others, the share of its ten nearest
@@ -21,6 +23,7 @@ case). Without a folder, ``--synthetic N`` smooth random images are used (no lab
 
 Usage:
     .venv/bin/python scripts/compare_precision.py eval-data/tiles
+    .venv/bin/python scripts/compare_precision.py eval-data/tiles --engine torch
     .venv/bin/python scripts/compare_precision.py --synthetic 48 --models efficientnet_lite0
 """
 
@@ -72,6 +75,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=48, help="images when no folder")
     parser.add_argument("--models", default=DEFAULT_MODELS, help="name[:weights],...")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16"))
+    parser.add_argument("--engine", default="openvino", choices=("openvino", "torch"))
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
@@ -112,9 +116,14 @@ def main() -> None:
         vectors = {}
         for precision in ("fp32", low_name):
             spec = ExtractorSpec(model=name, weights=weights or "DEFAULT", precision=precision)
-            extractor = load_extractor(spec, compute)  # type: ignore[arg-type]
+            low = precision != "fp32" and args.engine == "openvino"
+            extractor = load_extractor(
+                spec,
+                Compute(device="cpu", runtime="openvino") if low else compute,
+                "openvino" if low else "torch",
+            )
             pre = extractor.space.preprocess
-            inputs = np.stack([preprocess(img, pre) for img in images])  # type: ignore[arg-type]
+            inputs = np.stack([preprocess(img, pre) for img in images])
             vectors[precision] = np.concatenate(
                 [
                     extractor.embed(inputs[i : i + args.batch_size])
@@ -140,7 +149,7 @@ def main() -> None:
             line += f"{map_e:9.3f}{map_l:8.3f}{map_m:8.3f}{p1_e:9.3f}{p1_l:8.3f}{p1_m:8.3f}"
         lines.append(line)
         print(f"  {item}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    print(f"\nfp32 against {low_name} on the CPU\n" + "\n".join(lines))
+    print(f"\nfp32 (torch) against {low_name} ({args.engine}) on the CPU\n" + "\n".join(lines))
 
 
 def _mixed_scores(
