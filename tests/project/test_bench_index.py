@@ -51,6 +51,7 @@ def test_every_precision_and_graph_is_timed(bench: ModuleType) -> None:
     want += ["fp16 plain", "fp16 frozen", "int8 openvino"]
     if openvino_installed():
         want.insert(3, "fp32 openvino")
+        want.insert(6, "bf16 openvino")  # a bf16 space OpenVINO computes
     assert labels == want
     plain = rows[0]
     assert plain.native and plain.images == 6 and plain.min_cosine > 1 - 1e-5
