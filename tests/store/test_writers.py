@@ -167,6 +167,56 @@ def test_a_run_waits_for_the_files_a_live_run_holds(
     _agrees_with_the_store(pg_db)
 
 
+def test_a_run_on_a_parent_folder_takes_in_a_running_subfolders_root(
+    pg_db: str, folders: list[Path], tmp_path: Path
+) -> None:
+    """A run on a folder's first run and a run on its parent at once: the parent's run makes
+    the parent a root, taking in the subfolder's root while the subfolder's run is held in
+    its model; both end well, each file embedded once, stored once under the one root."""
+    Store.open(pg_db).close()
+    parent = folders[0].parent
+    sub = folders[1]
+    gate = tmp_path / "gate"
+    first = _indexer(pg_db, sub, *SLOW_ARGS, "--batch-size", "1", "--json", gate=gate)
+    while _rows(pg_db, "SELECT count(*) FROM images") < 2:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    gate.touch()  # the first run's next batch waits in the model, its files claimed
+    second = _indexer(pg_db, parent, *SLOW_ARGS, "--batch-size", "2", "--json", slow=0)
+    try:
+        # The second run has made the parent the one root, taking in the first run's.
+        while _rows(pg_db, "SELECT count(*) FROM roots WHERE path = '" + str(parent) + "'") < 1:
+            assert second.poll() is None, second.communicate()
+            time.sleep(0.02)
+        assert _rows(pg_db, "SELECT count(*) FROM roots") == 1
+        while _rows(pg_db, "SELECT count(*) FROM vectors") < 22:  # s0, s2 and two of s1
+            assert second.poll() is None, second.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert second.poll() is None  # waiting for the files the first run holds
+    finally:
+        gate.unlink()
+    reports = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    sub_report, parent_report = reports
+    # Each file embedded once: by one run, and counted unchanged by the other.
+    assert sum(r["added"] + r["updated"] for r in reports) == 30
+    assert sub_report["added"] + sub_report["unchanged"] == 10 and sub_report["added"] >= 2
+    assert parent_report["added"] + parent_report["unchanged"] == 30
+    assert parent_report["added"] >= 20 and not any(r["failed"] for r in reports)
+    assert _rows(pg_db, "SELECT count(*) FROM images") == 30
+    assert _rows(pg_db, "SELECT count(*) FROM vectors") == 30
+    assert _rows(pg_db, "SELECT count(*) FROM roots") == 1
+    assert _rows(pg_db, "SELECT count(*) FROM claims") == 0
+    _agrees_with_the_store(pg_db)
+    with Library.open(pg_db, create=False) as lib:
+        for query in (sub / "img001.jpg", sub / "img028.jpg", folders[0] / "img000.jpg"):
+            assert lib.similar(query, Query(k=1))[0].path == str(query)
+
+
 def test_a_killed_writer_loses_at_most_its_batch_in_flight(pg_db: str, folders: list[Path]) -> None:
     Store.open(pg_db).close()
     s0, s1, s2 = folders
