@@ -265,6 +265,49 @@ def test_a_claim_of_a_live_run_is_left_to_it(pg_db: str, tmp_path: Path) -> None
         b.close()
 
 
+def test_a_root_taken_in_meanwhile_is_written_under_the_outer_root(
+    pg_db: str, tmp_path: Path
+) -> None:
+    """What the run on a subfolder sees when a run on its parent takes its root in: its
+    claims moved (the other run cannot take its files), and its later claims, batches,
+    moves and unclaims by its old keys land under the outer root."""
+    from featx_search.records import FileResult, Move
+
+    a, b = Store.open(pg_db), Store.open(pg_db)
+    try:
+        with a.writer_lock(shared=True), b.writer_lock(shared=True):
+            parent = tmp_path / "photos"
+            sub_id, _ = a.root_for(parent / "sub")
+            space = a.ensure_space(synthetic_spec(4)).id
+            vector = np.ones(4, np.float32) / 2
+            a.write_batch(space, [FileResult(sub_id, "w.jpg", 1, 2, vector=vector)])
+            mine = [(sub_id, "x.jpg"), (sub_id, "y.jpg")]
+            assert set(a.claim(space, mine[:1], "run-a")) == {mine[0]}
+            outer_id, _ = b.root_for(parent)
+            assert outer_id != sub_id
+            assert b.known_files(outer_id, "", space)["sub/w.jpg"].has_vector
+            theirs = [(outer_id, "sub/x.jpg"), (outer_id, "sub/y.jpg")]
+            # x is a's (its claim moved with its root); y is free, a then finds it b's.
+            assert set(b.claim(space, theirs, "run-b")) == {theirs[1]}
+            assert set(a.claim(space, mine, "run-a")) == {mine[0]}
+            b.unclaim(space, theirs[1:], "run-b")
+            got = a.claim(space, mine, "run-a")
+            assert set(got) == set(mine) and got[mine[0]] is None  # asked keys, no row yet
+            added, _ = a.write_batch(
+                space, [FileResult(sub_id, "x.jpg", 3, 4, vector=vector)], claimed_by="run-a"
+            )
+            a.move([Move(added[0], sub_id, "moved.jpg", 3, 4)])
+            a.unclaim(space, mine[1:], "run-a")
+            known = b.known_files(outer_id, "", space)
+            assert sorted(known) == ["sub/moved.jpg", "sub/w.jpg"]
+            assert known["sub/moved.jpg"].id == added[0]
+            assert _rows(pg_db, "SELECT count(*) FROM claims") == 0
+            assert _rows(pg_db, "SELECT count(*) FROM roots") == 1
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_batch_that_collides_with_another_writers_is_written_again(
     pg_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
