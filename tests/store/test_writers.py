@@ -362,11 +362,12 @@ def test_sqlite_keeps_one_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", [[], ["--overlap"]], ids=["same-folder", "overlap"])
 def test_killed_writers_among_several_converge_to_a_clean_run(
-    pg_db: str, folders: list[Path]
+    pg_db: str, folders: list[Path], mode: list[str]
 ) -> None:
-    """scripts/crash_test.py with three indexers at once per round, one killed at random
-    (minutes: run with -m slow)."""
+    """scripts/crash_test.py with three indexers at once per round, one killed at random,
+    on one folder or (``--overlap``) on a folder and its parent (minutes: run with -m slow)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -376,6 +377,7 @@ def test_killed_writers_among_several_converge_to_a_clean_run(
             "3",
             "--writers",
             "3",
+            *mode,
             "--db",
             pg_db,
             "--",
