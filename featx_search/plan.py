@@ -70,6 +70,16 @@ def _known(
     return known
 
 
+def _folder(path: Path) -> Path | None:
+    """The folder a sync of ``path`` (absolute) scans: ``path`` itself, or a file's folder
+    (resolved); None when ``path`` does not exist."""
+    if path.is_dir():
+        return path.resolve()
+    if path.exists() or path.is_symlink():
+        return path.parent.resolve()
+    return None
+
+
 def make_plan(
     store: Reader,
     space_id: int,
@@ -81,14 +91,19 @@ def make_plan(
 ) -> Plan:
     plan = Plan()
     seen: set[tuple[int, str]] = set()
-    for raw in paths:
-        path = Path(raw).expanduser().absolute()
+    given = [Path(raw).expanduser().absolute() for raw in paths]
+    folders = {path: _folder(path) for path in given}
+    if not dry_run:
+        # Outer folders first: a folder given after one inside it would take the inner
+        # one's root in under the plan's feet (its files planned twice, under two roots).
+        for outer in sorted(
+            {f for f in folders.values() if f is not None}, key=lambda f: len(f.parts)
+        ):
+            cast("Store", store).root_for(outer)
+    for path in given:
         whole = path.is_dir()
-        if whole:
-            folder = path.resolve()
-        elif path.exists() or path.is_symlink():
-            folder = path.parent.resolve()
-        else:
+        folder = folders[path]
+        if folder is None:
             plan.missing.append(str(path))
             log.warning("%s does not exist; nothing under it is changed", path)
             continue

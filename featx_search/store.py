@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,9 @@ WRITER_LOCK_KEY = 0x66656174782D77
 PUBLISH_LOCK_KEY = 0x66787062
 
 # The key of a transaction's advisory lock around changes to roots and spaces on a server
-# ("fxrt"): concurrent index runs make a folder's root or a new space once.
+# ("fxrt"): concurrent index runs make a folder's root or a new space once. Writes of files
+# by (root id, relative path) take it shared (see Store._taken_in): a root is never taken
+# in by a run on a folder above it while another run writes under it.
 ROOTS_LOCK_KEY = 0x66787274
 
 # How often a batch is written when its transaction collides with another writer's, and the
@@ -163,6 +165,8 @@ class Store(Reader):
         self._lock_pid: int | None = None
         # Each space's generation after this store's last write_batch (see written_generation).
         self._written: dict[int, int] = {}
+        # The folder of each root this store resolved (see root_for, _taken_in).
+        self._root_paths: dict[int, str] = {}
 
     @classmethod
     def open(  # type: ignore[override]
@@ -443,7 +447,10 @@ class Store(Reader):
     def root_for(self, folder: Path) -> tuple[int, Path]:
         """The id and path of the root that holds ``folder`` (absolute, resolved).
 
-        A folder inside a known root uses that root; a folder above known roots absorbs them.
+        A folder inside a known root uses that root; a folder above known roots absorbs them:
+        their files, and the claims of runs writing under them, move to it. On a server such
+        a run may be writing still: its next write finds its root taken in and writes under
+        the outer one (see :meth:`_taken_in`).
         """
         folder_str = str(folder)
         with self.transaction() as conn:
@@ -451,6 +458,7 @@ class Store(Reader):
             known = self._roots(CoreReads(conn))
             for root_id, root in known:
                 if folder_str == root or _inside(folder_str, root):
+                    self._root_paths[root_id] = root
                     return root_id, Path(root)
             new_id = _inserted_id(conn.execute(insert(roots).values(path=folder_str)))
             for root_id, root in known:
@@ -465,24 +473,91 @@ class Store(Reader):
                 ]
                 if moved:
                     conn.execute(update(images).where(images.c.id == bindparam("_id")), moved)
+                held = [
+                    {
+                        **row._asdict(),
+                        "root_id": new_id,
+                        "relpath": os.path.join(prefix, row.relpath),
+                    }
+                    for row in conn.execute(select(claims).where(claims.c.root_id == root_id))
+                ]
+                if held:  # the old ones go with their root (ON DELETE CASCADE)
+                    conn.execute(insert(claims), held)
                 conn.execute(delete(roots).where(roots.c.id == root_id))
+            self._root_paths[new_id] = folder_str
             return new_id, folder
+
+    def _taken_in(self, conn: Connection, root_ids: Iterable[int]) -> dict[int, tuple[int, str]]:
+        """The roots among ``root_ids`` (each resolved by this store's :meth:`root_for`)
+        that a run on a folder above them has taken in since, each with the root that holds
+        it now and its folder relative to that root. On a server, also takes the roots lock
+        shared until ``conn``'s transaction ends, so that no root is taken in before this
+        transaction's writes by (root id, relative path) commit. On SQLite (one writer) no
+        other run takes a root in: empty, nothing read."""
+        if self.location.path is not None:
+            return {}
+        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ROOTS_LOCK_KEY})
+        wanted = set(root_ids)
+        if not wanted:
+            return {}
+        present = set(conn.execute(select(roots.c.id).where(roots.c.id.in_(wanted))).scalars())
+        if wanted <= present:
+            return {}
+        current = self._roots(CoreReads(conn))
+        outer: dict[int, tuple[int, str]] = {}
+        for root_id in wanted - present:
+            folder = self._root_paths.get(root_id)
+            found = next(
+                (
+                    (other_id, os.path.relpath(folder, other))
+                    for other_id, other in current
+                    if folder is not None and (folder == other or _inside(folder, other))
+                ),
+                None,
+            )
+            if found is None:
+                raise LibraryError(
+                    f"the root {folder or root_id} of this index run left library "
+                    f"{self.location} while it ran",
+                    hint="run it again: it resumes under the library's roots as they are now",
+                )
+            outer[root_id] = found
+        return outer
+
+    def _current(
+        self, conn: Connection, files: Iterable[tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[int, str]]:
+        """``files`` ((root id, relative path)) by their key in the store now: a file under
+        a root taken in (see :meth:`_taken_in`) under the root that holds it now. Takes the
+        roots lock shared on a server."""
+        files = list(files)
+        outer = self._taken_in(conn, {root_id for root_id, _ in files})
+        current: dict[tuple[int, str], tuple[int, str]] = {}
+        for root_id, relpath in files:
+            if root_id in outer:
+                other_id, prefix = outer[root_id]
+                moved = relpath if prefix == os.curdir else os.path.join(prefix, relpath)
+                current[(root_id, relpath)] = (other_id, moved)
+            else:
+                current[(root_id, relpath)] = (root_id, relpath)
+        return current
 
     def move(self, moves: Sequence[Move]) -> None:
         """Give images new paths in one transaction; their vectors (and index ids) stay."""
         if not moves:
             return
-        rows = [
-            {
-                "_id": m.image_id,
-                "root_id": m.root_id,
-                "relpath": m.relpath,
-                "size": m.size,
-                "mtime_ns": m.mtime_ns,
-            }
-            for m in moves
-        ]
         with self.transaction() as conn:
+            current = self._current(conn, [(m.root_id, m.relpath) for m in moves])
+            rows = [
+                {
+                    "_id": m.image_id,
+                    "root_id": current[(m.root_id, m.relpath)][0],
+                    "relpath": current[(m.root_id, m.relpath)][1],
+                    "size": m.size,
+                    "mtime_ns": m.mtime_ns,
+                }
+                for m in moves
+            ]
             conn.execute(update(images).where(images.c.id == bindparam("_id")), rows)
 
     def write_batch(
@@ -526,6 +601,13 @@ class Store(Reader):
     ) -> tuple[list[int], list[int]]:
         now = utcnow()
         with self.transaction() as conn:
+            current = self._current(conn, [(r.root_id, r.relpath) for r in results])
+            results = [
+                replace(r, root_id=current[key][0], relpath=current[key][1])
+                if current[key := (r.root_id, r.relpath)] != key
+                else r
+                for r in results
+            ]
             existing = {
                 (root_id, rel): (image_id, size, mtime_ns)
                 for image_id, root_id, rel, size, mtime_ns in conn.execute(
@@ -642,14 +724,18 @@ class Store(Reader):
         when its holder's lease ran out or its holder's database session ended (a killed
         process), or when ``owner`` holds it already. Returns the files taken, each with
         what the store holds for it now (None: no row), read after the claim, so that a
-        file another run wrote meanwhile is seen as written. Server libraries only.
+        file another run wrote meanwhile is seen as written. A file under a root another run
+        took in meanwhile is claimed under the root that holds it now (see :meth:`_taken_in`),
+        and returned under the key it was asked by. Server libraries only.
         """
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         if not files:
             return {}
-        keys = sorted(set(files), key=lambda key: (key[0], os.fsencode(key[1])))
         with self.transaction() as conn:
+            current = self._current(conn, files)
+            asked = {key: file for file, key in current.items()}
+            keys = sorted(asked, key=lambda key: (key[0], os.fsencode(key[1])))
             until = conn.execute(select(func.now())).scalar_one() + timedelta(seconds=lease)
             rows = [
                 {
@@ -706,13 +792,13 @@ class Store(Reader):
                     got[(root_id, relpath)] = KnownFile(
                         image_id, size, mtime_ns, status, bool(has_vector), digest
                     )
-        return got
+        return {asked[key]: known for key, known in got.items()}
 
     def unclaim(self, space_id: int, files: Sequence[tuple[int, str]], owner: str) -> None:
         """End ``owner``'s claims on ``files`` (ones it took but need not embed)."""
         if files:
             with self.transaction() as conn:
-                _unclaim(conn, space_id, files, owner)
+                _unclaim(conn, space_id, list(self._current(conn, files).values()), owner)
 
     def renew_claims(self, owner: str, lease: float = CLAIM_LEASE_SECONDS) -> None:
         """Extend every claim of ``owner`` to ``lease`` seconds from now."""

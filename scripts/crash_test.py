@@ -9,12 +9,16 @@ path stored twice. A last run without a kill must then give the same library as 
 over the final folder: the same files in the same states with the same vectors.
 
 Usage: .venv/bin/python scripts/crash_test.py PHOTOS [--rounds 20] [--seed 0] [--db URL]
-           [--writers N] [-- extra index options, e.g. -m tests.models:tiny_cnn -w none]
+           [--writers N [--overlap]] [-- extra index options, e.g. -m tests.models:tiny_cnn -w none]
 With ``--db`` the library crashed is that one (e.g. an empty PostgreSQL database); the clean
 reference run is always a SQLite file. With ``--writers N`` (a server library only) every round
 starts N indexers on the same folder at once and kills one of them; the others must finish
-cleanly. For a server library the script last copies it to SQLite (``db copy``) and back to a
-fresh database, and checks that ``similar`` answers the same in all three.
+cleanly. With ``--overlap`` as well, the photos lie in a chain of nested folders (one more than
+rounds) and round R's indexers alternate between two of them: the first on the folder that the
+last round made a root, a moment later the next on the folder above it, which takes that root
+in while the first run writes under it. For a server library the script last copies it to
+SQLite (``db copy``) and back to a fresh database, and checks that ``similar`` answers the
+same in all three.
 Exits 1 on the first broken invariant. Run it from the checkout root.
 """
 
@@ -52,6 +56,21 @@ def _shown(db: str) -> str:
 
 def _exists(db: str) -> bool:
     return _server(db) or Path(db).exists()
+
+
+def _nest(photos: Path, levels: int, rng: random.Random) -> list[Path]:
+    """Spread the files of ``photos`` over a chain of ``levels`` nested folders (``photos``,
+    ``photos/nest``, ``photos/nest/nest``, ...), each keeping its path below its level;
+    returns the chain, outermost first."""
+    chain = [photos]
+    for _ in range(levels - 1):
+        chain.append(chain[-1] / "nest")
+    for path in sorted(p for p in photos.rglob("*") if p.is_file() or p.is_symlink()):
+        target = rng.choice(chain) / path.relative_to(photos)
+        if target != path:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+    return chain
 
 
 def _indexer(db: str, photos: Path, extra: list[str]) -> subprocess.Popen[bytes]:
@@ -181,6 +200,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the scratch files here (a new folder)")
     parser.add_argument("--db", help="the library to crash (default: a file in the workdir)")
     parser.add_argument("--writers", type=int, default=1, help="indexers at once (server only)")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="with --writers: indexers on a folder and on its parent (the parent's root "
+        "takes the folder's in while its run writes)",
+    )
     parser.add_argument("--copy-to", help="an empty server database for the copy back")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -188,11 +213,14 @@ def main() -> None:
     args.extra = extra
     if args.writers > 1 and not (args.db and _server(args.db)):
         parser.error("--writers above 1 needs a server library (--db URL): SQLite has one writer")
+    if args.overlap and args.writers < 2:
+        parser.error("--overlap needs --writers 2 or more")
     rng = random.Random(args.seed)
     with contextlib.ExitStack() as stack:
         tmp = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
         photos, db = Path(tmp) / "photos", args.db or str(Path(tmp) / "crashed.db")
         shutil.copytree(args.photos, photos, symlinks=True)
+        chain = _nest(photos, args.rounds + 1, rng) if args.overlap else [photos]
         full = 5.0  # seconds a run may last; updated from each round
         kills = 0
         for round_ in range(args.rounds):
@@ -200,13 +228,30 @@ def main() -> None:
             changed = _mutate(photos, rng, round_)
             total = sum(1 for p in photos.rglob("*") if p.is_file())
             started = time.perf_counter()
-            procs = [_indexer(db, photos, args.extra) for _ in range(args.writers)]
+            start = _generation(db)
+            if args.overlap:
+                # The inner folder's run first, then (once it has written or after a
+                # moment) the outer folder's: its root takes the inner root in mid-run.
+                inner, outer = chain[-1 - round_], chain[-2 - round_]
+                procs = [_indexer(db, inner, args.extra)]
+                waited = time.perf_counter() + rng.uniform(0.2, 2.0)
+                while (
+                    procs[0].poll() is None
+                    and _generation(db) == start
+                    and time.perf_counter() < waited
+                ):
+                    time.sleep(0.01)
+                procs += [
+                    _indexer(db, outer if i % 2 else inner, args.extra)
+                    for i in range(1, args.writers)
+                ]
+            else:
+                procs = [_indexer(db, photos, args.extra) for _ in range(args.writers)]
             proc = rng.choice(procs)  # the one killed; the others must finish on their own
             # Two kills in three land once a random number of batches is committed (mid-indexing,
             # between or inside batches); the others at a random time (start-up, migration,
             # scan, publish).
             batches = total // 2  # an upper bound on this round's batches
-            start = _generation(db)
             target = start + rng.randint(1, batches) if rng.random() < 2 / 3 else None
             deadline = time.perf_counter() + rng.uniform(0.0, full)
             while proc.poll() is None:
@@ -238,6 +283,8 @@ def main() -> None:
             done = _generation(db) - start
             killed = proc.returncode == -9
             how = "time" if target is None else f"batch target {target - start}"
+            if args.overlap:
+                how += f", killed the {'outer' if procs.index(proc) % 2 else 'inner'} folder's run"
             print(f"round {round_} ({how}): killed={killed} after {done} batches, stored={held} ok")
         final = _indexer(db, photos, args.extra)
         if final.wait() != 0:

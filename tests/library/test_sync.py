@@ -125,6 +125,21 @@ def test_move_from_a_root_not_scanned_keeps_the_vector(
     assert str(new / "p1.jpg") in _vectors(library) and str(old / "p1.jpg") not in _vectors(library)
 
 
+def test_a_folder_given_before_its_parent_is_indexed_once_under_the_parent(
+    library: Library, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One run given a folder and then its parent: the parent is the one root, and each
+    file is planned and embedded once (not under both)."""
+    opened = _Opened(monkeypatch)
+    report = library.index([photos / "a", photos], TINY)
+    assert (report.added, report.unchanged, report.failed) == (12, 0, 0)
+    assert sorted(opened.paths) == sorted(str(p) for p in photos.rglob("img*"))
+    assert len(_rows(library)) == 12
+    assert [root for _, root in library._store.roots_below(photos.parent)] == [photos]
+    space = library.space()
+    assert sorted(space.index().ids().tolist()) == space.vectors()[1].tolist()
+
+
 def test_a_copy_is_embedded_not_moved(library: Library, photos: Path) -> None:
     library.index([photos], TINY)
     shutil.copy2(photos / "a" / "img01.jpg", photos / "copy.jpg")

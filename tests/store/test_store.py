@@ -11,6 +11,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL
 
 from featx_search import Library, LibraryError, LibraryVersionError, Query, schema_status
 from featx_search.migrate import alembic_config, alembic_head
@@ -45,19 +47,35 @@ def test_migrations_agree_with_models(library_db: str) -> None:
         store.close()
 
 
-def test_downgrade_to_base_and_back(db: Path) -> None:
-    Store.open(db).close()
-    cfg = alembic_config(f"sqlite:///{db}")
-    command.downgrade(cfg, "base")
-    names = {
-        r[0]
-        for r in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")
-    }
-    assert "images" not in names
-    status = schema_status(db)
+def _tables(url: URL) -> set[str]:
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_step_by_step_to_base_and_back(library_db: str) -> None:
+    """Every migration's downgrade runs on both back ends, one revision at a time: the
+    newest (claims) drops its table, and at base no table of the schema is left."""
+    store = Store.open(library_db)
+    url = store.engine.url
+    store.close()
+    cfg = alembic_config(url)
+    assert set(metadata.tables) <= _tables(url)
+    for revision in ScriptDirectory.from_config(cfg).walk_revisions():  # newest first
+        assert schema_status(library_db).current == revision.revision
+        command.downgrade(cfg, "-1")
+        if revision.revision == HEAD_REVISION:
+            assert "claims" not in _tables(url) and "images" in _tables(url)
+    assert _tables(url) & set(metadata.tables) == set()
+    status = schema_status(library_db)
     assert status.current is None and not status.up_to_date
-    Store.open(db).close()
-    assert schema_status(db).up_to_date
+    Store.open(library_db).close()
+    assert schema_status(library_db).up_to_date
+    assert set(metadata.tables) <= _tables(url)
 
 
 def test_unknown_revision_is_refused(db: Path) -> None:

@@ -167,6 +167,56 @@ def test_a_run_waits_for_the_files_a_live_run_holds(
     _agrees_with_the_store(pg_db)
 
 
+def test_a_run_on_a_parent_folder_takes_in_a_running_subfolders_root(
+    pg_db: str, folders: list[Path], tmp_path: Path
+) -> None:
+    """A run on a folder's first run and a run on its parent at once: the parent's run makes
+    the parent a root, taking in the subfolder's root while the subfolder's run is held in
+    its model; both end well, each file embedded once, stored once under the one root."""
+    Store.open(pg_db).close()
+    parent = folders[0].parent
+    sub = folders[1]
+    gate = tmp_path / "gate"
+    first = _indexer(pg_db, sub, *SLOW_ARGS, "--batch-size", "1", "--json", gate=gate)
+    while _rows(pg_db, "SELECT count(*) FROM images") < 2:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    gate.touch()  # the first run's next batch waits in the model, its files claimed
+    second = _indexer(pg_db, parent, *SLOW_ARGS, "--batch-size", "2", "--json", slow=0)
+    try:
+        # The second run has made the parent the one root, taking in the first run's.
+        while _rows(pg_db, "SELECT count(*) FROM roots WHERE path = '" + str(parent) + "'") < 1:
+            assert second.poll() is None, second.communicate()
+            time.sleep(0.02)
+        assert _rows(pg_db, "SELECT count(*) FROM roots") == 1
+        while _rows(pg_db, "SELECT count(*) FROM vectors") < 22:  # s0, s2 and two of s1
+            assert second.poll() is None, second.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert second.poll() is None  # waiting for the files the first run holds
+    finally:
+        gate.unlink()
+    reports = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    sub_report, parent_report = reports
+    # Each file embedded once: by one run, and counted unchanged by the other.
+    assert sum(r["added"] + r["updated"] for r in reports) == 30
+    assert sub_report["added"] + sub_report["unchanged"] == 10 and sub_report["added"] >= 2
+    assert parent_report["added"] + parent_report["unchanged"] == 30
+    assert parent_report["added"] >= 20 and not any(r["failed"] for r in reports)
+    assert _rows(pg_db, "SELECT count(*) FROM images") == 30
+    assert _rows(pg_db, "SELECT count(*) FROM vectors") == 30
+    assert _rows(pg_db, "SELECT count(*) FROM roots") == 1
+    assert _rows(pg_db, "SELECT count(*) FROM claims") == 0
+    _agrees_with_the_store(pg_db)
+    with Library.open(pg_db, create=False) as lib:
+        for query in (sub / "img001.jpg", sub / "img028.jpg", folders[0] / "img000.jpg"):
+            assert lib.similar(query, Query(k=1))[0].path == str(query)
+
+
 def test_a_killed_writer_loses_at_most_its_batch_in_flight(pg_db: str, folders: list[Path]) -> None:
     Store.open(pg_db).close()
     s0, s1, s2 = folders
@@ -210,6 +260,49 @@ def test_a_claim_of_a_live_run_is_left_to_it(pg_db: str, tmp_path: Path) -> None
             time.sleep(0.05)
             # A lease that ran out: taken, though its holder's session lives.
             assert set(b.claim(space, files, "run-b")) == set(files)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_root_taken_in_meanwhile_is_written_under_the_outer_root(
+    pg_db: str, tmp_path: Path
+) -> None:
+    """What the run on a subfolder sees when a run on its parent takes its root in: its
+    claims moved (the other run cannot take its files), and its later claims, batches,
+    moves and unclaims by its old keys land under the outer root."""
+    from featx_search.records import FileResult, Move
+
+    a, b = Store.open(pg_db), Store.open(pg_db)
+    try:
+        with a.writer_lock(shared=True), b.writer_lock(shared=True):
+            parent = tmp_path / "photos"
+            sub_id, _ = a.root_for(parent / "sub")
+            space = a.ensure_space(synthetic_spec(4)).id
+            vector = np.ones(4, np.float32) / 2
+            a.write_batch(space, [FileResult(sub_id, "w.jpg", 1, 2, vector=vector)])
+            mine = [(sub_id, "x.jpg"), (sub_id, "y.jpg")]
+            assert set(a.claim(space, mine[:1], "run-a")) == {mine[0]}
+            outer_id, _ = b.root_for(parent)
+            assert outer_id != sub_id
+            assert b.known_files(outer_id, "", space)["sub/w.jpg"].has_vector
+            theirs = [(outer_id, "sub/x.jpg"), (outer_id, "sub/y.jpg")]
+            # x is a's (its claim moved with its root); y is free, a then finds it b's.
+            assert set(b.claim(space, theirs, "run-b")) == {theirs[1]}
+            assert set(a.claim(space, mine, "run-a")) == {mine[0]}
+            b.unclaim(space, theirs[1:], "run-b")
+            got = a.claim(space, mine, "run-a")
+            assert set(got) == set(mine) and got[mine[0]] is None  # asked keys, no row yet
+            added, _ = a.write_batch(
+                space, [FileResult(sub_id, "x.jpg", 3, 4, vector=vector)], claimed_by="run-a"
+            )
+            a.move([Move(added[0], sub_id, "moved.jpg", 3, 4)])
+            a.unclaim(space, mine[1:], "run-a")
+            known = b.known_files(outer_id, "", space)
+            assert sorted(known) == ["sub/moved.jpg", "sub/w.jpg"]
+            assert known["sub/moved.jpg"].id == added[0]
+            assert _rows(pg_db, "SELECT count(*) FROM claims") == 0
+            assert _rows(pg_db, "SELECT count(*) FROM roots") == 1
     finally:
         a.close()
         b.close()
@@ -269,11 +362,12 @@ def test_sqlite_keeps_one_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", [[], ["--overlap"]], ids=["same-folder", "overlap"])
 def test_killed_writers_among_several_converge_to_a_clean_run(
-    pg_db: str, folders: list[Path]
+    pg_db: str, folders: list[Path], mode: list[str]
 ) -> None:
-    """scripts/crash_test.py with three indexers at once per round, one killed at random
-    (minutes: run with -m slow)."""
+    """scripts/crash_test.py with three indexers at once per round, one killed at random,
+    on one folder or (``--overlap``) on a folder and its parent (minutes: run with -m slow)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -283,6 +377,7 @@ def test_killed_writers_among_several_converge_to_a_clean_run(
             "3",
             "--writers",
             "3",
+            *mode,
             "--db",
             pg_db,
             "--",
