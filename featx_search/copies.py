@@ -1,0 +1,293 @@
+"""Copy mode: a space that also keeps views of each image (crops, a small copy, a strongly
+compressed copy, turned copies), so that an edited copy of an image finds the original.
+
+A copy-mode space (``index --copies``, :meth:`Space.keep_copies`) stores, beside each image's
+vector, the vectors of :data:`VIEWS` of it in the ``copy_views`` table (the truth; they go
+with the image's vector). A copy search (``similar --copies``, ``dups --copies``,
+``Query(copies=True)``) scores an image as the best of its vector and its views against the
+query. The views are searched in one flat index (``FINGERPRINT.copies.faiss`` in the index
+folder, a cache rebuilt from the store when the space's generation or its number of views
+moved), each view under the id ``image_id * VIEW_SLOTS + view`` (view 0: the image's own
+vector); :class:`CopyIndex` maps hits back to images, best view first, one per image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ImageError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+    from .ann.index import VectorIndex
+    from .ann.spec import SearchParams
+    from .config import Preprocess
+    from .reader import Reader
+    from .space import Space
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+# Images are decoded at this shorter side before their views are cut (as eval decodes them).
+SIDE = 448
+# The views kept of each image, besides the image itself, in order: name and parameter.
+#   crop: a window of half the area on a 3 x 3 grid (x, y position in 0, 0.5, 1);
+#   down8: 1/8 of the size; jpeg10: JPEG quality 10; turn: turned by a few degrees, the
+#   canvas grown to hold the whole photo.
+VIEWS: tuple[tuple[str, Any], ...] = (
+    *(("crop", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
+    ("down8", None),
+    ("jpeg10", None),
+    ("turn", -12.0),
+    ("turn", 12.0),
+)
+# Ids per image in a copy index: view v of image i is i * VIEW_SLOTS + v (v = 0: the image).
+VIEW_SLOTS = 32
+# The crops' share of the image's area.
+CROP_AREA = 0.5
+# A copy index searches this many candidates per wanted image before keeping one per image.
+_INDEX_SPEC = "Flat"
+
+
+def views_of(img: PILImage) -> list[PILImage]:
+    """The :data:`VIEWS` of a decoded RGB image, in order."""
+    from PIL import Image
+
+    w, h = img.size
+    side = CROP_AREA**0.5
+    cw, ch = max(1, round(w * side)), max(1, round(h * side))
+    out = []
+    for kind, arg in VIEWS:
+        if kind == "crop":
+            left, top = round((w - cw) * arg[0]), round((h - ch) * arg[1])
+            out.append(img.crop((left, top, left + cw, top + ch)))
+        elif kind == "down8":
+            out.append(img.resize((max(1, w // 8), max(1, h // 8)), Image.Resampling.BILINEAR))
+        elif kind == "jpeg10":
+            buffer = io.BytesIO()
+            img.save(buffer, "JPEG", quality=10)
+            out.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+        elif kind == "turn":
+            out.append(img.rotate(arg, resample=Image.Resampling.BILINEAR, expand=True))
+        else:  # pragma: no cover - VIEWS is fixed above
+            raise AssertionError(kind)
+    return out
+
+
+def decoded(path: str | os.PathLike[str]) -> PILImage:
+    """The image at ``path`` decoded for its views: upright RGB, shorter side :data:`SIDE`
+    (or less when the file is smaller). Raises :class:`ImageError`."""
+    from PIL import Image
+
+    from .images import load_rgb
+
+    img = load_rgb(path, min_side=SIDE)
+    scale = SIDE / min(img.size)
+    if scale < 1:
+        img = img.resize(
+            (round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS
+        )
+    return img
+
+
+def embed_views(
+    embed: Callable[[np.ndarray], np.ndarray],
+    images: Sequence[PILImage],
+    spec: Preprocess,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """The views' vectors of ``images``: float32 (N, len(VIEWS), dim), each view preprocessed
+    as ``spec`` says and embedded by ``embed`` (a space's model) in batches."""
+    from .images import preprocess
+
+    inputs = [view for img in images for view in views_of(img)]
+    parts = [
+        embed(np.stack([preprocess(v, spec) for v in inputs[s : s + batch_size]]))
+        for s in range(0, len(inputs), batch_size)
+    ]
+    vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+    return vectors.reshape(len(images), len(VIEWS), -1).astype(np.float32, copy=False)
+
+
+def best_of_views(queries: np.ndarray, base: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Copy-mode scores of float32 ``queries`` (Q, dim) against images with vectors ``base``
+    (N, dim) and views (N, V, dim): (Q, N), each the best of the image and its views."""
+    scores = queries @ base.T
+    if views.size:
+        scores = np.maximum(scores, np.einsum("qd,nvd->qnv", queries, views).max(axis=2))
+    return np.asarray(scores)
+
+
+@dataclass(frozen=True)
+class ViewsReport:
+    """What :func:`update_views` did: images given views, images that could not be read,
+    and the images of the space holding views afterwards."""
+
+    added: int
+    failed: int
+    total: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"added": self.added, "failed": self.failed, "total": self.total}
+
+
+def update_views(
+    space: Space,
+    store: Store,
+    *,
+    batch: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> ViewsReport:
+    """Embed and store the views of every image of ``space`` that has a vector but no views
+    (one transaction per ``batch`` images, so an interrupted run loses that batch at most),
+    then build and save the space's copy index. A file that cannot be read any more is
+    skipped (it keeps no views; the next run tries again). ``progress(done, todo)`` after
+    each batch."""
+    missing = store.copy_views_missing(space.id)
+    added = failed = 0
+    if len(missing):
+        extractor = space.extractor(writing=True)
+        spec = space.record.spec.preprocess
+        for start in range(0, len(missing), batch):
+            if stop is not None and stop.is_set():
+                break
+            ids = [int(i) for i in missing[start : start + batch]]
+            paths = store.paths(ids)
+            images, kept = [], []
+            for image_id in ids:
+                if image_id not in paths:
+                    continue  # removed meanwhile
+                try:
+                    images.append(decoded(paths[image_id]))
+                    kept.append(image_id)
+                except ImageError as err:
+                    failed += 1
+                    log.warning("no copy views for %s: %s", paths[image_id], err)
+            if images:
+                vectors = embed_views(extractor.embed, images, spec)
+                added += store.write_views(space.id, list(zip(kept, vectors, strict=True)))
+            if progress is not None:
+                progress(min(start + batch, len(missing)), len(missing))
+    CopyIndex.open(space, store)  # built and saved now, not by the first search
+    return ViewsReport(added, failed, store.copy_view_count(space.id))
+
+
+class CopyIndex:
+    """A copy-mode space's views in one flat index, searched as images: :meth:`search` has
+    :meth:`VectorIndex.search`'s shape, with image ids, each image scored by its best view.
+    Open with :meth:`open`."""
+
+    def __init__(self, index: VectorIndex) -> None:
+        self.index = index
+        self.dim = index.dim
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def open(cls, space: Space, store: Reader | None = None) -> CopyIndex:
+        """The space's copy index: its cached file when it was built at the space's current
+        generation and number of views, else built from the store (and saved, unless the
+        library is read only)."""
+        from .ann.index import VectorIndex
+
+        store = store or space._store
+        key = {"generation": space.generation, "views": store.copy_view_count(space.id)}
+        path = copy_index_path(store, space.fingerprint)
+        meta = path.with_suffix(".json")
+        try:
+            saved = json.loads(meta.read_text())
+            if saved.get("key") == key and path.stat().st_size == saved.get("nbytes"):
+                return cls(VectorIndex.load(path, dim=space.dim, nbytes=saved["nbytes"]))
+        except (OSError, ValueError, KeyError):
+            pass  # missing or damaged: built again below
+        except Exception as err:  # a damaged file faiss refuses
+            log.warning("copy index %s unreadable (%s); building it again", path, err)
+        index = build_copy_index(store, space.id, space.dim)
+        if not store.read_only:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                saved_file = index.save(path)
+                _write_json(meta, {"key": key, "nbytes": saved_file.nbytes})
+            except OSError as err:
+                log.warning("cannot save the copy index %s: %s", path, err)
+        return cls(index)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        selector: Any = None,
+        params: SearchParams | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` images per query row: (scores float32 (Q, k'), image ids int64 (Q, k')),
+        each image once with its best view's score; ``selector`` an int64 array of allowed
+        image ids (or None). -1 pads rows with fewer images."""
+        allowed = None
+        if selector is not None:
+            ids = np.asarray(selector, np.int64)
+            allowed = (ids[:, None] * VIEW_SLOTS + np.arange(len(VIEWS) + 1)).ravel()
+        wanted = k * (len(VIEWS) + 1)  # at least k images among them
+        scores, ids = self.index.search(queries, wanted, selector=allowed, params=params)
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        out_ids = np.full((len(queries), k), -1, np.int64)
+        for row in range(len(queries)):
+            images = np.where(ids[row] >= 0, ids[row] // VIEW_SLOTS, -1)
+            seen: set[int] = set()
+            n = 0
+            for score, image in zip(scores[row], images, strict=True):
+                if image < 0 or int(image) in seen:
+                    continue
+                seen.add(int(image))
+                out_scores[row, n], out_ids[row, n] = score, image
+                n += 1
+                if n == k:
+                    break
+        return out_scores, out_ids
+
+
+def copy_index_path(store: Reader, fingerprint: str) -> Path:
+    return store.index_dir / f"{fingerprint}.copies.faiss"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _view_rows(store: Reader, space_id: int, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(view ids, vectors) of a space: its vectors as view 0, then its stored views."""
+    with store.vector_snapshot(space_id) as stored:
+        for ids, vectors in stored.chunks(8192):
+            yield ids * VIEW_SLOTS, vectors
+    for ids, views in store.copy_view_pages(space_id, dim):
+        count = views.shape[1]
+        view_ids = ids[:, None] * VIEW_SLOTS + np.arange(1, count + 1)
+        yield view_ids.ravel(), views.reshape(-1, dim)
+
+
+def build_copy_index(store: Reader, space_id: int, dim: int) -> VectorIndex:
+    """A flat index of a space's vectors and views under view ids (see :data:`VIEW_SLOTS`)."""
+    from .ann.index import VectorIndex
+
+    index = VectorIndex(dim, spec=_INDEX_SPEC)
+    for ids, vectors in _view_rows(store, space_id, dim):
+        index.add(ids, vectors)
+    return index
