@@ -56,8 +56,13 @@ VIEWS: tuple[tuple[str, Any], ...] = (
 VIEW_SLOTS = 32
 # The crops' share of the image's area.
 CROP_AREA = 0.5
-# A copy index searches this many candidates per wanted image before keeping one per image.
-_INDEX_SPEC = "Flat"
+# A large copy index holds the views projected on their main axes and quantised to a byte
+# per dimension; its best CANDIDATES images per query are then scored exactly.
+COMPACT_DIMS = 256
+COMPACT_SPEC = f"PCA{COMPACT_DIMS},SQ8"
+COMPACT_FROM = 20_000
+CANDIDATES = 50
+TRAIN_SAMPLE = 20_000
 
 
 def views_of(img: PILImage) -> list[PILImage]:
@@ -185,13 +190,19 @@ def update_views(
 
 
 class CopyIndex:
-    """A copy-mode space's views in one flat index, searched as images: :meth:`search` has
+    """A copy-mode space's views in one index, searched as images: :meth:`search` has
     :meth:`VectorIndex.search`'s shape, with image ids, each image scored by its best view.
-    Open with :meth:`open`."""
 
-    def __init__(self, index: VectorIndex) -> None:
+    Small spaces search every view exactly (``Flat``). From :data:`COMPACT_FROM` views on,
+    the index holds them projected on their main axes and quantised
+    (:data:`COMPACT_SPEC`, a sixth of the bytes: a fresh ``similar`` process loads it in
+    well under a second); its best :data:`CANDIDATES` images (at least 4 k) are then scored
+    exactly, from their stored vector and views. Open with :meth:`open`."""
+
+    def __init__(self, index: VectorIndex, exact: ExactViews | None = None) -> None:
         self.index = index
         self.dim = index.dim
+        self.exact = exact
 
     def __len__(self) -> int:
         return len(self.index)
@@ -203,27 +214,43 @@ class CopyIndex:
         library is read only)."""
         from .ann.index import VectorIndex
 
-        store = store or space._store
-        key = {"generation": space.generation, "views": store.copy_view_count(space.id)}
-        path = copy_index_path(store, space.fingerprint)
+        reader = store or space._store
+        space_id, dim = space.id, space.dim
+
+        def exact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            _, found, vectors = reader.vectors(space_id, ids.tolist())
+            views = reader.copy_views(space_id, found.tolist(), dim)
+            stacked = np.zeros((len(found), len(VIEWS), dim), np.float32)
+            for row, image_id in enumerate(found.tolist()):
+                if image_id in views:
+                    stacked[row, : len(views[image_id])] = views[image_id]
+                else:  # no views yet: its own vector stands in for them
+                    stacked[row, :] = vectors[row]
+            return found, vectors, stacked
+
+        key = {"generation": space.generation, "views": reader.copy_view_count(space_id)}
+        path = copy_index_path(reader, space.fingerprint)
         meta = path.with_suffix(".json")
         try:
             saved = json.loads(meta.read_text())
             if saved.get("key") == key and path.stat().st_size == saved.get("nbytes"):
-                return cls(VectorIndex.load(path, dim=space.dim, nbytes=saved["nbytes"]))
+                index = VectorIndex.load(
+                    path, dim=dim, nbytes=saved["nbytes"], spec=saved["spec"], mmap=True
+                )
+                return cls(index, None if saved["spec"] == "Flat" else exact)
         except (OSError, ValueError, KeyError):
             pass  # missing or damaged: built again below
         except Exception as err:  # a damaged file faiss refuses
             log.warning("copy index %s unreadable (%s); building it again", path, err)
-        index = build_copy_index(store, space.id, space.dim)
-        if not store.read_only:
+        index = build_copy_index(reader, space_id, dim)
+        if not reader.read_only:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 saved_file = index.save(path)
-                _write_json(meta, {"key": key, "nbytes": saved_file.nbytes})
+                _write_json(meta, {"key": key, "nbytes": saved_file.nbytes, "spec": index.spec})
             except OSError as err:
                 log.warning("cannot save the copy index %s: %s", path, err)
-        return cls(index)
+        return cls(index, None if index.spec == "Flat" else exact)
 
     def search(
         self,
@@ -236,27 +263,48 @@ class CopyIndex:
         """Top ``k`` images per query row: (scores float32 (Q, k'), image ids int64 (Q, k')),
         each image once with its best view's score; ``selector`` an int64 array of allowed
         image ids (or None). -1 pads rows with fewer images."""
+        queries = np.ascontiguousarray(queries, np.float32)
         allowed = None
         if selector is not None:
             ids = np.asarray(selector, np.int64)
             allowed = (ids[:, None] * VIEW_SLOTS + np.arange(len(VIEWS) + 1)).ravel()
-        wanted = k * (len(VIEWS) + 1)  # at least k images among them
-        scores, ids = self.index.search(queries, wanted, selector=allowed, params=params)
+        wanted = k if self.exact is None else max(CANDIDATES, 4 * k)
+        # k images lie among k * (views + 1) hits
+        scores, ids = self.index.search(
+            queries, wanted * (len(VIEWS) + 1), selector=allowed, params=params
+        )
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_ids = np.full((len(queries), k), -1, np.int64)
         for row in range(len(queries)):
-            images = np.where(ids[row] >= 0, ids[row] // VIEW_SLOTS, -1)
-            seen: set[int] = set()
-            n = 0
-            for score, image in zip(scores[row], images, strict=True):
-                if image < 0 or int(image) in seen:
-                    continue
-                seen.add(int(image))
-                out_scores[row, n], out_ids[row, n] = score, image
-                n += 1
-                if n == k:
-                    break
+            found_scores, found = _first_per_image(scores[row], ids[row], wanted)
+            if self.exact is not None and len(found):
+                found, vectors, views = self.exact(np.sort(found))
+                exact = best_of_views(queries[row : row + 1], vectors, views)[0]
+                order = np.argsort(-exact, kind="stable")
+                found_scores, found = exact[order], found[order]
+            n = min(k, len(found))
+            out_scores[row, :n], out_ids[row, :n] = found_scores[:n], found[:n]
         return out_scores, out_ids
+
+
+ExactViews = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""Stored vectors and views of image ids: (ids found, (M, dim), (M, views, dim))."""
+
+
+def _first_per_image(
+    scores: np.ndarray, view_ids: np.ndarray, limit: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first hit of each image among sorted view hits, at most ``limit`` images."""
+    images = np.where(view_ids >= 0, view_ids // VIEW_SLOTS, -1)
+    seen: set[int] = set()
+    kept = []
+    for position, image in enumerate(images.tolist()):
+        if image >= 0 and image not in seen:
+            seen.add(image)
+            kept.append(position)
+            if len(kept) == limit:
+                break
+    return scores[kept].astype(np.float32), images[kept].astype(np.int64)
 
 
 def copy_index_path(store: Reader, fingerprint: str) -> Path:
@@ -284,10 +332,18 @@ def _view_rows(store: Reader, space_id: int, dim: int) -> Iterator[tuple[np.ndar
 
 
 def build_copy_index(store: Reader, space_id: int, dim: int) -> VectorIndex:
-    """A flat index of a space's vectors and views under view ids (see :data:`VIEW_SLOTS`)."""
+    """An index of a space's vectors and views under view ids (see :data:`VIEW_SLOTS`):
+    ``Flat`` below :data:`COMPACT_FROM` of them, else :data:`COMPACT_SPEC` trained on a
+    sample of them (two passes over the store)."""
     from .ann.index import VectorIndex
 
-    index = VectorIndex(dim, spec=_INDEX_SPEC)
+    total = store.space(space_id).count + store.copy_view_count(space_id) * len(VIEWS)
+    spec = "Flat" if total < COMPACT_FROM or dim <= COMPACT_DIMS else COMPACT_SPEC
+    index = VectorIndex(dim, spec=spec)
+    if spec != "Flat":
+        step = max(1, total // TRAIN_SAMPLE)
+        sample = [vectors[::step] for _, vectors in _view_rows(store, space_id, dim)]
+        index.train_on(np.concatenate(sample))
     for ids, vectors in _view_rows(store, space_id, dim):
         index.add(ids, vectors)
     return index

@@ -224,6 +224,9 @@ STATEMENTS: dict[str, Select[Any]] = {
     )
     .order_by(copy_views.c.image_id)
     .limit(bindparam("limit")),
+    "copy_views_listed": select(copy_views.c.image_id, copy_views.c.data)
+    .where(copy_views.c.space_id == bindparam("space_id"), _listed(copy_views.c.image_id, "ids"))
+    .order_by(copy_views.c.image_id),
     # The images with a vector in the space but no copy views yet (what copies.update_views embeds).
     "copy_views_missing": select(vectors.c.image_id)
     .where(

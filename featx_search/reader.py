@@ -584,6 +584,19 @@ class Reader:
             rows = reads.rows("copy_views_missing", space_id=space_id)
             return np.fromiter((image_id for (image_id,) in rows), dtype=np.int64)
 
+    @_retried
+    def copy_views(self, space_id: int, ids: Iterable[int], dim: int) -> dict[int, np.ndarray]:
+        """The copy views of those images of ``ids`` that have some: image id -> float32
+        (views, dim)."""
+        with self._read() as reads:
+            rows = reads.rows(
+                "copy_views_listed", space_id=space_id, ids=listed(sorted({int(i) for i in ids}))
+            )
+            return {
+                int(image_id): np.frombuffer(data, dtype=VECTOR_DTYPE).reshape(-1, dim)
+                for image_id, data in rows
+            }
+
     def copy_view_pages(
         self, space_id: int, dim: int, size: int = 2048
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

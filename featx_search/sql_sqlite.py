@@ -238,6 +238,14 @@ STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, .
         {"param_1": 0},
         ("", ""),
     ),
+    "copy_views_listed": (
+        "SELECT copy_views.image_id, copy_views.data FROM copy_views WHERE "
+        "copy_views.space_id = :space_id AND copy_views.image_id IN (SELECT anon_1.value "
+        "FROM json_each(:ids) AS anon_1) ORDER BY copy_views.image_id",
+        {"space_id": "", "ids": ""},
+        {},
+        ("", ""),
+    ),
     "copy_views_missing": (
         "SELECT vectors.image_id FROM vectors WHERE vectors.space_id = :space_id AND NOT "
         "(EXISTS (SELECT copy_views.image_id FROM copy_views WHERE copy_views.space_id = "

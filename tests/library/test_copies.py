@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx_search import Library, Query
+from featx_search import Library, Query, copies
 from featx_search.copies import (
     VIEWS,
     CopyIndex,
@@ -45,7 +45,14 @@ def _reference(lib: Library, paths: list[Path]) -> tuple[np.ndarray, np.ndarray,
     return ids, vectors, ordered_views
 
 
-def test_copy_search_scores_the_best_view_as_brute_force(tmp_path: Path, library_db: str) -> None:
+@pytest.mark.parametrize("compact", [False, True])
+def test_copy_search_scores_the_best_view_as_brute_force(
+    tmp_path: Path, library_db: str, compact: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if compact:  # projected, quantised candidates, then scored exactly
+        monkeypatch.setattr(copies, "COMPACT_FROM", 0)
+        monkeypatch.setattr(copies, "COMPACT_DIMS", 8)
+        monkeypatch.setattr(copies, "COMPACT_SPEC", "PCA8,SQ8")
     paths = _photos(tmp_path / "photos")
     with Library.open(library_db) as lib:
         space = lib.create_space(TINY)
@@ -56,6 +63,7 @@ def test_copy_search_scores_the_best_view_as_brute_force(tmp_path: Path, library
         report = space.keep_copies()
         assert report is not None and (report.added, report.failed, report.total) == (6, 0, 6)
         assert space.copies
+        assert space.copy_index().index.spec == ("PCA8,SQ8" if compact else "Flat")
         ids, vectors, views = _reference(lib, paths)
         # a query that is none of the images: a half-size crop of one
         crop = decoded(paths[2]).crop((0, 0, 250, 200))
