@@ -16,6 +16,7 @@ from featx_search.evaluation import (
     EDITS,
     edit,
     evaluate,
+    identical,
     labelled_images,
     model_input,
     retrieval_scores,
@@ -220,3 +221,12 @@ def test_eval_cli_json_and_table(classes: Path) -> None:
     assert table[0].split()[6:9] == ["qe", "dba", "mAP"] and table[1].split()[6:8] == ["1", "0"]
     bad = run("eval", classes / "cats", *TINY_ARGS, ok=False)
     assert bad.exit_code == 1 and "needs at least two subfolders" in bad.output
+
+
+def test_identical_images_count_as_the_original(tmp_path: Path) -> None:
+    a = Image.open(make_photo(tmp_path / "a.png", seed=1)).convert("RGB")
+    b = Image.open(make_photo(tmp_path / "b.png", seed=2)).convert("RGB")
+    twin = a.copy()
+    same = identical([a, b, twin, a.resize((80, 60))])
+    assert same[0, 2] and same[2, 0] and same.diagonal().all()
+    assert not same[0, 1] and not same[1, 2] and not same[1, 3]
