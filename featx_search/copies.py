@@ -44,13 +44,17 @@ SIDE = 448
 # The views kept of each image, besides the image itself, in order: name and parameter.
 #   crop: a window of half the area on a 3 x 3 grid (x, y position in 0, 0.5, 1);
 #   down8: 1/8 of the size; jpeg10: JPEG quality 10; turn: turned by a few degrees, the
-#   canvas grown to hold the whole photo.
+#   canvas grown to hold the whole photo; tilt: turned in the same frame (corners black);
+#   crop-jpeg10: the crops again, at JPEG quality 10 (a small crop of a compressed copy).
 VIEWS: tuple[tuple[str, Any], ...] = (
     *(("crop", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
     ("down8", None),
     ("jpeg10", None),
     ("turn", -12.0),
     ("turn", 12.0),
+    ("tilt", -12.0),
+    ("tilt", 12.0),
+    *(("crop-jpeg10", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
 )
 # Ids per image in a copy index: view v of image i is i * VIEW_SLOTS + v (v = 0: the image).
 VIEW_SLOTS = 32
@@ -62,6 +66,8 @@ COMPACT_DIMS = 256
 COMPACT_SPEC = f"PCA{COMPACT_DIMS},SQ8"
 COMPACT_FROM = 20_000
 CANDIDATES = 50
+# How much lower than a threshold a compact index's score may be for the pair to be checked.
+MARGIN = 0.1
 TRAIN_SAMPLE = 20_000
 
 
@@ -74,20 +80,28 @@ def views_of(img: PILImage) -> list[PILImage]:
     cw, ch = max(1, round(w * side)), max(1, round(h * side))
     out = []
     for kind, arg in VIEWS:
-        if kind == "crop":
+        if kind in ("crop", "crop-jpeg10"):
             left, top = round((w - cw) * arg[0]), round((h - ch) * arg[1])
-            out.append(img.crop((left, top, left + cw, top + ch)))
+            crop = img.crop((left, top, left + cw, top + ch))
+            out.append(crop if kind == "crop" else _jpeg(crop, 10))
         elif kind == "down8":
             out.append(img.resize((max(1, w // 8), max(1, h // 8)), Image.Resampling.BILINEAR))
         elif kind == "jpeg10":
-            buffer = io.BytesIO()
-            img.save(buffer, "JPEG", quality=10)
-            out.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-        elif kind == "turn":
-            out.append(img.rotate(arg, resample=Image.Resampling.BILINEAR, expand=True))
+            out.append(_jpeg(img, 10))
+        elif kind in ("turn", "tilt"):
+            expand = kind == "turn"
+            out.append(img.rotate(arg, resample=Image.Resampling.BILINEAR, expand=expand))
         else:  # pragma: no cover - VIEWS is fixed above
             raise AssertionError(kind)
     return out
+
+
+def _jpeg(img: PILImage, quality: int) -> PILImage:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
 def decoded(path: str | os.PathLike[str]) -> PILImage:
@@ -285,6 +299,40 @@ class CopyIndex:
             n = min(k, len(found))
             out_scores[row, :n], out_ids[row, :n] = found_scores[:n], found[:n]
         return out_scores, out_ids
+
+    def linked(self, queries: np.ndarray, k: int, threshold: float) -> list[tuple[int, int, float]]:
+        """(query row, image id, score) for each of the ``k`` best images of each row of
+        ``queries`` whose best view scores at least ``threshold``. A compact index proposes
+        the images scoring :data:`MARGIN` less and they are scored exactly once for the whole
+        batch (``dups --copies``; a search per row would read the views of 50 images each)."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        scores, ids = self.index.search(queries, k * (len(VIEWS) + 1))
+        floor = threshold if self.exact is None else threshold - MARGIN
+        proposed: list[tuple[int, int, float]] = []
+        for row in range(len(queries)):
+            found_scores, found = _first_per_image(scores[row], ids[row], k)
+            proposed.extend(
+                (row, int(i), float(x))
+                for x, i in zip(found_scores, found, strict=True)
+                if x >= floor
+            )
+        if self.exact is None or not proposed:
+            return [p for p in proposed if p[2] >= threshold]
+        wanted = np.unique(np.array([image for _, image, _ in proposed], np.int64))
+        found, vectors, views = self.exact(wanted)
+        where = {int(image): n for n, image in enumerate(found)}
+        out = []
+        for row, image, _ in proposed:
+            if image in where:
+                n = where[image]
+                exact = float(
+                    best_of_views(queries[row : row + 1], vectors[n : n + 1], views[n : n + 1])[
+                        0, 0
+                    ]
+                )
+                if exact >= threshold:
+                    out.append((row, image, exact))
+        return out
 
 
 ExactViews = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]

@@ -268,15 +268,13 @@ def _link_copies(
     position = {int(image_id): n for n, image_id in enumerate(ids)}
     linked = 0
     for lo in range(0, len(ids), BATCH):
-        scores, found = index.search(vectors[lo : lo + BATCH], COPY_NEIGHBOURS + 1)
-        for row, (row_scores, row_ids) in enumerate(zip(scores, found, strict=True)):
-            for score, image_id in zip(row_scores, row_ids, strict=True):
-                if image_id < 0 or score < threshold:
-                    break  # sorted by score
-                other = position.get(int(image_id))
-                if other is not None and other != lo + row:
-                    components.union(lo + row, other)
-                    linked += 1
+        for row, image_id, _ in index.linked(
+            vectors[lo : lo + BATCH], COPY_NEIGHBOURS + 1, threshold
+        ):
+            other = position.get(image_id)
+            if other is not None and other != lo + row:
+                components.union(lo + row, other)
+                linked += 1
     return linked
 
 

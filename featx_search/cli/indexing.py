@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Make the space a copy-mode space: it also keeps views of each image (crops, a "
     "small copy, a compressed copy, turned copies) for `similar --copies` and `dups "
-    "--copies`; every later index run keeps them up to date. Costs about 16 model runs per "
+    "--copies`; every later index run keeps them up to date. Costs 25 model runs per "
     "image (docs/how-it-works.md#copy-mode).",
 )
 @flags.retry_failed_option

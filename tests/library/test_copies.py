@@ -53,6 +53,7 @@ def test_copy_search_scores_the_best_view_as_brute_force(
         monkeypatch.setattr(copies, "COMPACT_FROM", 0)
         monkeypatch.setattr(copies, "COMPACT_DIMS", 8)
         monkeypatch.setattr(copies, "COMPACT_SPEC", "PCA8,SQ8")
+        monkeypatch.setattr(copies, "MARGIN", 2.0)  # 8 axes keep little: check all
     paths = _photos(tmp_path / "photos")
     with Library.open(library_db) as lib:
         space = lib.create_space(TINY)
@@ -77,6 +78,18 @@ def test_copy_search_scores_the_best_view_as_brute_force(
         np.testing.assert_allclose(
             [m.score for m in plain], np.sort(query @ vectors.T)[0][::-1], atol=1e-4
         )
+        # pairs for dups --copies: every image against all, above a threshold
+        every = best_of_views(vectors, vectors, views)
+        ranked = np.sort(every.ravel())  # halfway between two scores: no rounding tie
+        at = int(np.argmax(np.diff(ranked[len(ranked) // 2 :]))) + len(ranked) // 2
+        threshold = float(ranked[at] + ranked[at + 1]) / 2
+        want_pairs = {
+            (row, int(ids[col])) for row, col in zip(*np.nonzero(every >= threshold), strict=True)
+        }
+        linked = space.copy_index().linked(vectors, 6, threshold)
+        assert {(row, image) for row, image, _ in linked} == want_pairs
+        for row, image, score in linked:
+            assert score == pytest.approx(every[row, list(ids).index(image)], abs=1e-4)
         # similar: stored vectors as queries, filtered, the image itself excluded
         rows = space.similar([int(ids[0]), int(ids[1])], Query(copies=True, k=3, exclude_self=True))
         for image_id, row in zip(ids[:2], rows, strict=True):
