@@ -60,15 +60,16 @@ VIEWS: tuple[tuple[str, Any], ...] = (
 VIEW_SLOTS = 32
 # The crops' share of the image's area.
 CROP_AREA = 0.5
-# A large copy index holds the views projected on their main axes and quantised to a byte
-# per dimension; its best CANDIDATES images per query are then scored exactly.
+# A large copy index holds the views projected on their COMPACT_DIMS main axes (uncentred,
+# so that inner products keep their meaning) and quantised to a byte per dimension; its
+# best CANDIDATES images per query are then scored exactly.
 COMPACT_DIMS = 256
-COMPACT_SPEC = f"PCA{COMPACT_DIMS},SQ8"
+COMPACT_SPEC = "SQ8"
 COMPACT_FROM = 20_000
 CANDIDATES = 50
-# How much lower than a threshold a compact index's score may be for the pair to be checked.
-MARGIN = 0.1
-TRAIN_SAMPLE = 20_000
+TRAIN_SAMPLE = 8_000
+# Slack for the byte quantisation when a compact score bounds an exact one.
+MARGIN = 0.02
 
 
 def views_of(img: PILImage) -> list[PILImage]:
@@ -208,15 +209,27 @@ class CopyIndex:
     :meth:`VectorIndex.search`'s shape, with image ids, each image scored by its best view.
 
     Small spaces search every view exactly (``Flat``). From :data:`COMPACT_FROM` views on,
-    the index holds them projected on their main axes and quantised
-    (:data:`COMPACT_SPEC`, a sixth of the bytes: a fresh ``similar`` process loads it in
-    well under a second); its best :data:`CANDIDATES` images (at least 4 k) are then scored
-    exactly, from their stored vector and views. Open with :meth:`open`."""
+    the index holds them projected on their :data:`COMPACT_DIMS` main axes and quantised
+    (:data:`COMPACT_SPEC`: a 23rd of the bytes at 1,472 dimensions, so that a fresh
+    ``similar`` process loads it fast); its best :data:`CANDIDATES` images (at least 4 k)
+    are then scored exactly, from their stored vector and views. Open with :meth:`open`."""
 
-    def __init__(self, index: VectorIndex, exact: ExactViews | None = None) -> None:
+    def __init__(
+        self,
+        index: VectorIndex,
+        dim: int,
+        exact: ExactViews | None = None,
+        projection: Projection | None = None,
+    ) -> None:
         self.index = index
-        self.dim = index.dim
+        self.dim = dim
         self.exact = exact
+        self.projection = projection
+
+    def _projected(self, queries: np.ndarray) -> np.ndarray:
+        if self.projection is None:
+            return queries
+        return np.ascontiguousarray(queries @ self.projection.matrix.T, np.float32)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -248,23 +261,37 @@ class CopyIndex:
         try:
             saved = json.loads(meta.read_text())
             if saved.get("key") == key and path.stat().st_size == saved.get("nbytes"):
+                projection = None
+                if saved["spec"] != "Flat":
+                    matrix = np.load(path.with_suffix(".axes.npy"))
+                    if matrix.shape != (saved["dims"], dim):
+                        raise ValueError("axes of another shape")
+                    projection = Projection(matrix.astype(np.float32), float(saved["residual"]))
                 index = VectorIndex.load(
-                    path, dim=dim, nbytes=saved["nbytes"], spec=saved["spec"], mmap=True
+                    path,
+                    dim=dim if projection is None else len(projection.matrix),
+                    nbytes=saved["nbytes"],
+                    spec=saved["spec"],
+                    mmap=True,
                 )
-                return cls(index, None if saved["spec"] == "Flat" else exact)
+                return cls(index, dim, None if projection is None else exact, projection)
         except (OSError, ValueError, KeyError):
             pass  # missing or damaged: built again below
         except Exception as err:  # a damaged file faiss refuses
             log.warning("copy index %s unreadable (%s); building it again", path, err)
-        index = build_copy_index(reader, space_id, dim)
+        index, projection = build_copy_index(reader, space_id, dim)
         if not reader.read_only:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                saved_file = index.save(path)
-                _write_json(meta, {"key": key, "nbytes": saved_file.nbytes, "spec": index.spec})
+                record: dict[str, Any] = {"key": key, "spec": index.spec}
+                if projection is not None:
+                    _save_array(path.with_suffix(".axes.npy"), projection.matrix)
+                    record.update(dims=len(projection.matrix), residual=projection.residual)
+                record["nbytes"] = index.save(path).nbytes
+                _write_json(meta, record)
             except OSError as err:
                 log.warning("cannot save the copy index %s: %s", path, err)
-        return cls(index, None if index.spec == "Flat" else exact)
+        return cls(index, dim, None if projection is None else exact, projection)
 
     def search(
         self,
@@ -285,7 +312,7 @@ class CopyIndex:
         wanted = k if self.exact is None else max(CANDIDATES, 4 * k)
         # k images lie among k * (views + 1) hits
         scores, ids = self.index.search(
-            queries, wanted * (len(VIEWS) + 1), selector=allowed, params=params
+            self._projected(queries), wanted * (len(VIEWS) + 1), selector=allowed, params=params
         )
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_ids = np.full((len(queries), k), -1, np.int64)
@@ -303,18 +330,26 @@ class CopyIndex:
     def linked(self, queries: np.ndarray, k: int, threshold: float) -> list[tuple[int, int, float]]:
         """(query row, image id, score) for each of the ``k`` best images of each row of
         ``queries`` whose best view scores at least ``threshold``. A compact index proposes
-        the images scoring :data:`MARGIN` less and they are scored exactly once for the whole
-        batch (``dups --copies``; a search per row would read the views of 50 images each)."""
+        the images whose score bounds an exact one above ``threshold`` and they are scored
+        exactly once for the whole batch (``dups --copies``; a search per row would read the
+        views of 50 images each)."""
         queries = np.ascontiguousarray(queries, np.float32)
-        scores, ids = self.index.search(queries, k * (len(VIEWS) + 1))
-        floor = threshold if self.exact is None else threshold - MARGIN
+        projected = self._projected(queries)
+        scores, ids = self.index.search(projected, k * (len(VIEWS) + 1))
+        floors = np.full(len(queries), threshold, np.float32)
+        if self.projection is not None:
+            # exact - compact = (query off the axes) . (view off the axes) <= |one| |other|
+            off = np.sqrt(
+                np.clip(np.sum(queries**2, axis=1) - np.sum(projected**2, axis=1), 0, None)
+            )
+            floors = threshold - off * self.projection.residual - MARGIN
         proposed: list[tuple[int, int, float]] = []
         for row in range(len(queries)):
             found_scores, found = _first_per_image(scores[row], ids[row], k)
             proposed.extend(
                 (row, int(i), float(x))
                 for x, i in zip(found_scores, found, strict=True)
-                if x >= floor
+                if x >= floors[row]
             )
         if self.exact is None or not proposed:
             return [p for p in proposed if p[2] >= threshold]
@@ -379,19 +414,49 @@ def _view_rows(store: Reader, space_id: int, dim: int) -> Iterator[tuple[np.ndar
         yield view_ids.ravel(), views.reshape(-1, dim)
 
 
-def build_copy_index(store: Reader, space_id: int, dim: int) -> VectorIndex:
+@dataclass(frozen=True)
+class Projection:
+    """A compact copy index's axes: ``matrix`` float32 (dims, dim) with orthonormal rows
+    (the main axes of the views, not centred), and ``residual``, the largest norm of an
+    indexed view off those axes."""
+
+    matrix: np.ndarray
+    residual: float
+
+
+def build_copy_index(
+    store: Reader, space_id: int, dim: int
+) -> tuple[VectorIndex, Projection | None]:
     """An index of a space's vectors and views under view ids (see :data:`VIEW_SLOTS`):
-    ``Flat`` below :data:`COMPACT_FROM` of them, else :data:`COMPACT_SPEC` trained on a
-    sample of them (two passes over the store)."""
+    ``Flat`` below :data:`COMPACT_FROM` of them, else :data:`COMPACT_SPEC` over their
+    projection on the main axes of a sample (two passes over the store)."""
     from .ann.index import VectorIndex
 
     total = store.space(space_id).count + store.copy_view_count(space_id) * len(VIEWS)
-    spec = "Flat" if total < COMPACT_FROM or dim <= COMPACT_DIMS else COMPACT_SPEC
-    index = VectorIndex(dim, spec=spec)
-    if spec != "Flat":
-        step = max(1, total // TRAIN_SAMPLE)
-        sample = [vectors[::step] for _, vectors in _view_rows(store, space_id, dim)]
-        index.train_on(np.concatenate(sample))
+    if total < COMPACT_FROM or dim <= COMPACT_DIMS:
+        index = VectorIndex(dim, spec="Flat")
+        for ids, vectors in _view_rows(store, space_id, dim):
+            index.add(ids, vectors)
+        return index, None
+    step = max(1, total // TRAIN_SAMPLE)
+    sample = np.concatenate([vectors[::step] for _, vectors in _view_rows(store, space_id, dim)])
+    # main axes of the raw (uncentred) rows: inner products are kept, not covariances
+    _, axes = np.linalg.eigh(sample.T.astype(np.float64) @ sample)
+    matrix = np.ascontiguousarray(axes[:, ::-1][:, :COMPACT_DIMS].T, np.float32)
+    index = VectorIndex(COMPACT_DIMS, spec=COMPACT_SPEC)
+    index.train_on(sample @ matrix.T)
+    residual = 0.0
     for ids, vectors in _view_rows(store, space_id, dim):
-        index.add(ids, vectors)
-    return index
+        projected = vectors @ matrix.T
+        off = np.sum(vectors**2, axis=1) - np.sum(projected**2, axis=1)
+        residual = max(residual, float(np.sqrt(max(0.0, float(off.max())))))
+        index.add(ids, projected)
+    return index, Projection(matrix, residual)
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
