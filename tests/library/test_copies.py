@@ -169,3 +169,20 @@ def test_cli_index_similar_and_dups_with_copies(tmp_path: Path) -> None:
     run_cli("--db", db2, "index", root, *TINY_ARGS, "-q")
     result = run_cli("--db", db2, "similar", root / "crop.jpg", "--copies", ok=False)
     assert result.exit_code != 0 and "keeps no copy views" in result.output
+
+
+def test_db_copy_carries_the_views(tmp_path: Path) -> None:
+    from featx_search.transfer import copy_library
+
+    _photos(tmp_path / "photos", 3)
+    source, copy = tmp_path / "a.db", tmp_path / "b.db"
+    with Library.open(source) as lib:
+        space = lib.create_space(TINY)
+        space.sync([tmp_path / "photos"])
+        space.keep_copies()
+        want = space.similar(1, Query(copies=True))
+    report = copy_library(source, copy, chunk=2)
+    assert report.ok
+    with Library.open(copy, create=False) as lib:
+        assert lib.space().copies and lib._store.copy_view_count(lib.space().id) == 3
+        assert lib.space().similar(1, Query(copies=True)) == want
