@@ -804,9 +804,22 @@ class Store(Reader):
     def write_views(self, space_id: int, views: Sequence[tuple[int, np.ndarray]]) -> int:
         """Store copy views (image id, float32 (views, dim)) of a space in one transaction;
         those of images whose vector is gone meanwhile are left out. Returns how many were
-        written."""
+        written. On a server, a transaction that collided with another run's (the same
+        images' views written at once) is run again, up to :data:`WRITE_TRIES` times."""
         if not views:
             return 0
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                return self._write_views(space_id, views)
+            except DBAPIError as err:
+                if self.location.path is not None or attempt == WRITE_TRIES:
+                    raise
+                if getattr(err.orig, "sqlstate", None) not in _COLLISIONS:
+                    raise
+                log.info("copy views collided with another writer's; writing them again")
+        raise AssertionError("unreachable")
+
+    def _write_views(self, space_id: int, views: Sequence[tuple[int, np.ndarray]]) -> int:
         with self.transaction() as conn:
             wanted = [image_id for image_id, _ in views]
             present = {
