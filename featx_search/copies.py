@@ -45,7 +45,8 @@ SIDE = 448
 #   crop: a window of half the area on a 3 x 3 grid (x, y position in 0, 0.5, 1);
 #   down8: 1/8 of the size; jpeg10: JPEG quality 10; turn: turned by a few degrees, the
 #   canvas grown to hold the whole photo; tilt: turned in the same frame (corners black);
-#   crop-jpeg10: the crops again, at JPEG quality 10 (a small crop of a compressed copy).
+#   crop-jpeg10: the crops again, at JPEG quality 10 (a small crop of a compressed copy);
+#   grey: in shades of grey; mirror: flipped left to right.
 VIEWS: tuple[tuple[str, Any], ...] = (
     *(("crop", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
     ("down8", None),
@@ -55,6 +56,8 @@ VIEWS: tuple[tuple[str, Any], ...] = (
     ("tilt", -12.0),
     ("tilt", 12.0),
     *(("crop-jpeg10", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
+    ("grey", None),
+    ("mirror", None),
 )
 # Ids per image in a copy index: view v of image i is i * VIEW_SLOTS + v (v = 0: the image).
 VIEW_SLOTS = 32
@@ -89,6 +92,10 @@ def views_of(img: PILImage) -> list[PILImage]:
             out.append(img.resize((max(1, w // 8), max(1, h // 8)), Image.Resampling.BILINEAR))
         elif kind == "jpeg10":
             out.append(_jpeg(img, 10))
+        elif kind == "grey":
+            out.append(img.convert("L").convert("RGB"))
+        elif kind == "mirror":
+            out.append(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
         elif kind in ("turn", "tilt"):
             expand = kind == "turn"
             out.append(img.rotate(arg, resample=Image.Resampling.BILINEAR, expand=expand))
