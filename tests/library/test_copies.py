@@ -186,3 +186,24 @@ def test_db_copy_carries_the_views(tmp_path: Path) -> None:
     with Library.open(copy, create=False) as lib:
         assert lib.space().copies and lib._store.copy_view_count(lib.space().id) == 3
         assert lib.space().similar(1, Query(copies=True)) == want
+
+
+def test_a_stopped_sync_leaves_views_to_the_next(tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "photos"
+    _photos(root, 3)
+    with Library.open(tmp_path / "lib.db") as lib:
+        space = lib.create_space(TINY)
+        space.sync([root])
+        space.keep_copies()
+        make_photo(root / "new.png", seed=70)
+        stop = threading.Event()
+        stop.set()  # stopped: at most the batch in flight is written, no views embedded
+        space.sync([root], stop=stop)
+        missing = lib._store.copy_views_missing(space.id)
+        assert lib._store.copy_view_count(space.id) == 3
+        space.sync([root])  # resumes: the new file and its views
+        assert len(lib._store.copy_views_missing(space.id)) == 0
+        assert lib._store.copy_view_count(space.id) == space.count
+        assert len(missing) == space.count - 3
