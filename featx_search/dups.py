@@ -36,6 +36,8 @@ ANN_NPROBE = 16
 ANN_MAX_LISTS = 4096
 ANN_CHUNK = 20_000
 DupMethod = Literal["auto", "all", "ann"]
+# How many best copy-view matches of each image ``dups --copies`` links at most.
+COPY_NEIGHBOURS = 20
 DUP_METHODS: tuple[str, ...] = ("auto", "all", "ann")
 
 
@@ -253,6 +255,29 @@ def _ann_pairs(
         yield a[keep], found[keep].astype(np.int64), stop
 
 
+def _link_copies(
+    space: Space,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    threshold: float,
+    components: _Components,
+) -> int:
+    """Link each image to the images whose best copy view scores ``threshold`` against it;
+    returns the links made."""
+    index = space.copy_index()
+    position = {int(image_id): n for n, image_id in enumerate(ids)}
+    linked = 0
+    for lo in range(0, len(ids), BATCH):
+        for row, image_id, _ in index.linked(
+            vectors[lo : lo + BATCH], COPY_NEIGHBOURS + 1, threshold
+        ):
+            other = position.get(image_id)
+            if other is not None and other != lo + row:
+                components.union(lo + row, other)
+                linked += 1
+    return linked
+
+
 def near_duplicates(
     space: Space,
     threshold: float,
@@ -261,9 +286,15 @@ def near_duplicates(
     batch: int = BATCH,
     project_dim: int = PROJECT_DIM,
     method: DupMethod = "auto",
+    copies: bool = False,
 ) -> list[DupGroup]:
     """Groups of images in a space linked by a cosine score of at least ``threshold`` (or by
     identical bytes), as connected components, largest first.
+
+    With ``copies`` (a copy-mode space only) an image is also linked to the images one of
+    whose copy views scores at least ``threshold`` against it, among its
+    :data:`COPY_NEIGHBOURS` best (crops, smaller or turned copies of another image; see
+    :mod:`featx_search.copies`): a flat search of every vector over all the views.
 
     Pairs are proposed on the vectors projected on their ``project_dim`` main axes (a
     lossless pre-filter, see :func:`_project`) and each is confirmed on the full vectors.
@@ -310,6 +341,8 @@ def near_duplicates(
                 confirmed += 1
         if progress is not None:
             progress(Progress(done, total, elapsed=time.perf_counter() - started))
+    if copies and total > 1:
+        confirmed += _link_copies(space, ids, vectors, threshold, components)
     log.info(
         "near-duplicates (%s): %d vectors (generation %d), %d pairs proposed, %d confirmed",
         "ann" if use_ann else "all pairs",

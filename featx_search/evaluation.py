@@ -4,8 +4,11 @@ A folder with one subfolder per class is embedded with every combination of sett
 for. Each image queries all the others: an image of the same class is a hit (mAP, P@1, P@10).
 With ``copies``, edited copies of each image (:data:`EDITS`: crops, rotations, scaling,
 compression, colour, screenshots and pairs of them) query the originals, their frame bars
-trimmed as searches trim them, and recall@1 (the original ranks first) is reported per edit
-type. Nothing is stored; no library is opened.
+trimmed as searches trim them, and recall@1 (the original, or an image of the set with the
+same pixels as the original, ranks first: see :func:`identical`) is reported per edit
+type, for the plain search and for copy mode (each original scored by the best of its vector
+and its copy views, as a copy-mode space scores it: :mod:`featx_search.copies`). Nothing is
+stored; no library is opened.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from .config import FITS, ExtractorSpec, Fit, Preprocess
+from .copies import SIDE, best_of_views, decoded, embed_views
 from .errors import ConfigError
-from .images import is_image_name, load_rgb, preprocess, trim_bars
+from .images import is_image_name, preprocess, trim_bars
 from .query import mix
 from .scan import scan
 
@@ -54,14 +58,15 @@ EDITS: tuple[str, ...] = (
     "frame+down8",
     "flip+colour",
 )
-# Images are decoded once, at this shorter side, for every combination and edit.
-_SIDE = 448
+# Images are decoded once, at this shorter side, for every combination and edit (the side a
+# copy-mode space decodes its images at to cut their views).
+_SIDE = SIDE
 
 
 @dataclass(frozen=True)
 class EvalResult:
     """The scores of one combination of settings. ``copies`` maps each edit type to its
-    recall@1 (empty unless copies were asked for)."""
+    recall@1 (empty unless copies were asked for); ``copy_mode`` the same in copy mode."""
 
     model: str
     weights: str
@@ -79,11 +84,17 @@ class EvalResult:
     qe: int = 0
     dba: int = 0
     precision: str = "fp32"  # what the model ran in (``auto`` resolved)
+    copy_mode: dict[str, float] = field(default_factory=dict)
 
     @property
     def copy_recall(self) -> float | None:
         """Mean recall@1 over the edit types, or None without copies."""
         return float(np.mean(list(self.copies.values()))) if self.copies else None
+
+    @property
+    def copy_mode_recall(self) -> float | None:
+        """Mean recall@1 over the edit types in copy mode, or None without copies."""
+        return float(np.mean(list(self.copy_mode.values()))) if self.copy_mode else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +112,10 @@ class EvalResult:
             "p10": round(self.p10, 4),
             "copies": {k: round(v, 4) for k, v in self.copies.items()},
             "copy_recall": None if self.copy_recall is None else round(self.copy_recall, 4),
+            "copy_mode": {k: round(v, 4) for k, v in self.copy_mode.items()},
+            "copy_mode_recall": None
+            if self.copy_mode_recall is None
+            else round(self.copy_mode_recall, 4),
             "seconds": round(self.seconds, 2),
             "qe": self.qe,
             "dba": self.dba,
@@ -287,6 +302,7 @@ def evaluate(
         if copies
         else {}
     )
+    same = identical(originals) if copies else np.zeros((0, 0), dtype=bool)
     results = []
     for spec in specs:
         extractor = load_extractor(spec)
@@ -298,11 +314,26 @@ def evaluate(
             started = time.perf_counter()
 
             base = _embed(extractor, originals, how, batch_size)
-            recall = {}
+            views = (
+                embed_views(
+                    extractor.embed,
+                    originals,
+                    replace(space.preprocess, fit=cast(Fit, how)),
+                    batch_size,
+                )
+                if copies
+                else None
+            )
+            recall, copy_mode = {}, {}
             for kind, images in edited.items():
                 trimmed = [trim_bars(image) for image in images]  # as searches do (Query.trim)
-                top = np.argmax(_embed(extractor, trimmed, how, batch_size) @ base.T, axis=1)
-                recall[kind] = float(np.mean(top == np.arange(len(images))))
+                edited_vectors = _embed(extractor, trimmed, how, batch_size)
+                positions = np.arange(len(images))
+                top = np.argmax(edited_vectors @ base.T, axis=1)
+                recall[kind] = float(np.mean(same[positions, top]))
+                if views is not None:
+                    top = np.argmax(best_of_views(edited_vectors, base, views), axis=1)
+                    copy_mode[kind] = float(np.mean(same[positions, top]))
             for qe, dba in expansions:
                 mean_ap, p1, p10, queries = retrieval_scores(base, labels, qe=qe, dba=dba)
                 result = EvalResult(
@@ -318,6 +349,7 @@ def evaluate(
                     p1=p1,
                     p10=p10,
                     copies=recall if (qe, dba) == (0, 0) else {},
+                    copy_mode=copy_mode if (qe, dba) == (0, 0) else {},
                     seconds=time.perf_counter() - started,
                     qe=qe,
                     dba=dba,
@@ -328,6 +360,22 @@ def evaluate(
                     progress(result)
                 results.append(result)
     return results
+
+
+def identical(images: Sequence[PILImage], tolerance: float = 1.0) -> np.ndarray:
+    """Which images have the same pixels: bool (N, N), true where the 64 x 64 thumbnails
+    differ by less than ``tolerance`` (of 255) on average. An edited copy that finds such a
+    twin of its original has found the original: a set cut into tiles holds identical
+    tiles of a plain or repeating wallpaper, between which no search can choose."""
+    from PIL import Image
+
+    thumbs = np.stack(
+        [np.asarray(i.resize((64, 64), Image.Resampling.BILINEAR), np.float32) for i in images]
+    ).reshape(len(images), -1)
+    same = np.zeros((len(images), len(images)), dtype=bool)
+    for row in range(len(images)):
+        same[row] = np.abs(thumbs - thumbs[row]).mean(axis=1) < tolerance
+    return same
 
 
 def _calibrate(extractor: Extractor, images: list[PILImage]) -> None:
@@ -352,12 +400,4 @@ def _embed(extractor: Extractor, images: list[PILImage], how: str, batch_size: i
 
 
 def _decoded(path: Path) -> PILImage:
-    from PIL import Image
-
-    img = load_rgb(path, min_side=_SIDE)  # ImageError names the file
-    scale = _SIDE / min(img.size)
-    if scale < 1:
-        img = img.resize(
-            (round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS
-        )
-    return img
+    return decoded(path)  # as a copy-mode space decodes its images; ImageError names the file

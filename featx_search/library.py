@@ -433,16 +433,19 @@ class Library:
         space: SpaceSelector | None = None,
         candidates: DupMethod = "auto",
         progress: ProgressCallback | None = None,
+        copies: bool = False,
     ) -> list[DupGroup]:
         """Groups of duplicate images, largest first (see :meth:`Space.duplicates`, which
-        ``candidates`` is passed to). With ``exact`` only byte-identical files (same
-        SHA-256) are grouped and no space is used."""
+        ``candidates`` and ``copies`` are passed to). With ``exact`` only byte-identical
+        files (same SHA-256) are grouped and no space is used."""
         from .dups import exact_duplicates
 
         check_threshold(threshold)
         if exact:
             return exact_duplicates(self._store)
-        return self.space(space).duplicates(threshold, candidates=candidates, progress=progress)
+        return self.space(space).duplicates(
+            threshold, candidates=candidates, progress=progress, copies=copies
+        )
 
     def decide(
         self, image_ids: Iterable[int], decision: DecisionKind, *, keep: int | None = None

@@ -32,6 +32,10 @@ class Query:
       ``expand`` results (weighted by their score cubed), and search again. It helps
       "more of this kind" searches on some collections and hurts on others (measured in
       docs/benchmarks.md), so it is off (0) by default.
+    - ``copies``: look for copies of the query (crops, smaller or compressed copies, turned
+      ones): each image scores the best of its vector and its copy views (see
+      :mod:`featx_search.copies`). Only a copy-mode space answers it (``index --copies``);
+      whitening is not applied.
     """
 
     k: int = 10
@@ -42,6 +46,7 @@ class Query:
     params: SearchParams = field(default_factory=SearchParams)
     expand: int = 0
     trim: bool = True
+    copies: bool = False
 
     def __post_init__(self) -> None:
         check_k(self.k)

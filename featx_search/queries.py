@@ -35,6 +35,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from .records import FAILED, INDEXED, Manifest
 from .schema import (
+    copy_views,
     dup_decision_members,
     dup_decisions,
     images,
@@ -212,6 +213,32 @@ STATEMENTS: dict[str, Select[Any]] = {
     .where(vectors.c.space_id == bindparam("space_id"), vectors.c.image_id > bindparam("after"))
     .order_by(vectors.c.image_id)
     .limit(bindparam("limit")),
+    # -- copy views (copy-mode spaces, see copies.py)
+    "copy_view_count": select(func.count())
+    .select_from(copy_views)
+    .where(copy_views.c.space_id == bindparam("space_id")),
+    # Pages of a space's copy views by image id above ``after`` (CopyViews.build).
+    "copy_views_page": select(copy_views.c.image_id, copy_views.c.data)
+    .where(
+        copy_views.c.space_id == bindparam("space_id"), copy_views.c.image_id > bindparam("after")
+    )
+    .order_by(copy_views.c.image_id)
+    .limit(bindparam("limit")),
+    "copy_views_listed": select(copy_views.c.image_id, copy_views.c.data)
+    .where(copy_views.c.space_id == bindparam("space_id"), _listed(copy_views.c.image_id, "ids"))
+    .order_by(copy_views.c.image_id),
+    # The images with a vector in the space but no copy views yet (what copies.update_views embeds).
+    "copy_views_missing": select(vectors.c.image_id)
+    .where(
+        vectors.c.space_id == bindparam("space_id"),
+        ~exists(
+            select(copy_views.c.image_id).where(
+                copy_views.c.space_id == vectors.c.space_id,
+                copy_views.c.image_id == vectors.c.image_id,
+            )
+        ),
+    )
+    .order_by(vectors.c.image_id),
     # -- decisions on duplicate groups
     "decisions": select(
         dup_decisions.c.id,

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .records import ImageFacts
 
 if TYPE_CHECKING:
+    from .copies import CopyIndex
     from .reader import Reader
 
 
@@ -165,7 +166,7 @@ def image_date(fact: ImageFacts) -> datetime:
 
 def search_vectors(
     store: Reader,
-    index: VectorIndex,
+    index: VectorIndex | CopyIndex,
     queries: np.ndarray,
     k: int,
     *,

@@ -366,11 +366,13 @@ class Reader:
         if row is None:
             raise SpaceError(f"no space with id {space_id}")
         index_spec, settings_json = row
-        own = json.loads(settings_json or "{}").get("index", {})
+        data = json.loads(settings_json or "{}")
+        own = data.get("index", {})
         return IndexSettings(
             spec=index_spec,
             max_memory=own.get("max_memory"),
             params={k: int(v) for k, v in own.get("params", {}).items()},
+            copies=bool(data.get("copies", False)),
         )
 
     @_retried
@@ -568,6 +570,57 @@ class Reader:
             dim, generation = space
             count = int(reads.scalar("vector_count", space_id=space_id))
             yield StoredVectors(reads, space_id, int(dim), int(generation), count)
+
+    @_retried
+    def copy_view_count(self, space_id: int) -> int:
+        """How many images have copy views in a space (see :mod:`featx_search.copies`)."""
+        with self._read() as reads:
+            return int(reads.scalar("copy_view_count", space_id=space_id))
+
+    @_retried
+    def copy_views_missing(self, space_id: int) -> np.ndarray:
+        """The image ids with a vector in a space but no copy views: int64 (N,), ascending."""
+        with self._read() as reads:
+            rows = reads.rows("copy_views_missing", space_id=space_id)
+            return np.fromiter((image_id for (image_id,) in rows), dtype=np.int64)
+
+    @_retried
+    def copy_views(self, space_id: int, ids: Iterable[int], dim: int) -> dict[int, np.ndarray]:
+        """The copy views of those images of ``ids`` that have some: image id -> float32
+        (views, dim)."""
+        with self._read() as reads:
+            rows = reads.rows(
+                "copy_views_listed", space_id=space_id, ids=listed(sorted({int(i) for i in ids}))
+            )
+            return {
+                int(image_id): np.frombuffer(data, dtype=VECTOR_DTYPE).reshape(-1, dim)
+                for image_id, data in rows
+            }
+
+    def copy_view_pages(
+        self, space_id: int, dim: int, size: int = 2048
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """A space's copy views in pages by image id: (image ids int64 (M,), float32
+        (M, views, dim)). Each page is its own read (the views of one image are one row, so
+        an image is never split; a page written meanwhile may or may not be seen)."""
+        after = -1
+        while True:
+            with self._read() as reads:
+                rows = list(
+                    reads.rows("copy_views_page", space_id=space_id, after=after, limit=size)
+                )
+            if not rows:
+                return
+            ids = np.array([image_id for image_id, _ in rows], np.int64)
+            yield (
+                ids,
+                np.stack(
+                    [np.frombuffer(data, dtype=VECTOR_DTYPE).reshape(-1, dim) for _, data in rows]
+                ),
+            )
+            after = int(ids[-1])
+            if len(rows) < size:
+                return
 
     @_retried
     def vector_ids(self, space_id: int) -> np.ndarray:

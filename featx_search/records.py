@@ -116,8 +116,11 @@ class Manifest:
 @dataclass(frozen=True)
 class IndexSettings:
     """How a space's index is chosen: its spec (None: ``auto``), the memory budget of
-    ``auto`` in bytes (None: none), and search params the user fixed for the space."""
+    ``auto`` in bytes (None: none), and search params the user fixed for the space.
+    ``copies``: the space keeps copy views of its images (see :mod:`featx_search.copies`;
+    set with :meth:`Store.set_copies`, kept by :meth:`Store.set_index_settings`)."""
 
     spec: str | None = None
     max_memory: int | None = None
     params: dict[str, int] = field(default_factory=dict)
+    copies: bool = False

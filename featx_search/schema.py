@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -27,7 +28,7 @@ from sqlalchemy import (
 # The revision of the newest migration in migrations/versions: a database at it is read and
 # written without Alembic. tests/store/test_store.py checks it against Alembic's head, and
 # Store.upgrade refuses to run when the two disagree.
-HEAD_REVISION = "c6a1bdbb1052"
+HEAD_REVISION = "8110f08c8ae4"
 
 
 def utcnow() -> datetime:
@@ -110,6 +111,22 @@ vectors = Table(
     Column("image_id", ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
     Column("data", LargeBinary, nullable=False),
     Index("ix_vectors_image", "image_id"),
+)
+
+copy_views = Table(
+    "copy_views",
+    metadata,
+    # A copy-mode space's extra views of one image (crops, a small copy, turned copies; see
+    # copies.py): little-endian float32 bytes, (views, dim) row by row. They belong to the
+    # image's vector in the space and go with it (replaced, dropped, the image removed).
+    Column("space_id", Integer, primary_key=True),
+    Column("image_id", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    ForeignKeyConstraint(
+        ["space_id", "image_id"],
+        ["vectors.space_id", "vectors.image_id"],
+        ondelete="CASCADE",
+    ),
 )
 
 index_manifest = Table(

@@ -25,6 +25,7 @@ from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 if TYPE_CHECKING:
     from .ann.index import VectorIndex
     from .ann.publish import BuildInfo
+    from .copies import CopyIndex, ViewsReport
     from .extract import Extractor
     from .extract.query_model import QueryModel
     from .handle import StoreHandle
@@ -68,6 +69,7 @@ class Space:
         self._model_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._cached: tuple[_State, Whitening | None, VectorIndex] | None = None
+        self._copies: tuple[tuple[int, int], CopyIndex] | None = None
 
     # -- what it is ---------------------------------------------------------------------
 
@@ -182,6 +184,7 @@ class Space:
     def forget(self) -> None:
         """Drop the cached index and whitening (they load again on next use)."""
         self._cached = None
+        self._copies = None
 
     def extractor(
         self,
@@ -383,8 +386,13 @@ class Space:
         allowed = None
         if query.filters.active:
             allowed = query.filters.select(self._store.image_facts(self.id))
-        whitening, index = self._loaded()
-        searched = vectors if whitening is None else whitening.apply(vectors)
+        index: VectorIndex | CopyIndex
+        if query.copies:  # raw vectors against the views (not whitened)
+            whitening, index = None, self.copy_index()
+            searched = vectors
+        else:
+            whitening, index = self._loaded()
+            searched = vectors if whitening is None else whitening.apply(vectors)
 
         def find(queries: np.ndarray, k: int, threshold: float | None) -> list[list[Match]]:
             return search_vectors(
@@ -435,6 +443,51 @@ class Space:
             mixed.append(mix(vector[None], neighbours, scores)[0])
         return np.asarray(mixed, dtype=np.float32)
 
+    @property
+    def copies(self) -> bool:
+        """Whether the space keeps copy views of its images (see :meth:`keep_copies`)."""
+        return self._store.index_settings(self.id).copies
+
+    def copy_index(self) -> CopyIndex:
+        """The space's copy index (see :mod:`featx_search.copies`), cached while the space's
+        generation and number of views stay. Raises :class:`SpaceError` unless the space
+        keeps copy views."""
+        from .copies import CopyIndex
+        from .errors import SpaceError
+
+        if not self.copies:
+            raise SpaceError(
+                f"space {self.fingerprint} ({self.label}) keeps no copy views",
+                hint="index it with --copies (Space.keep_copies) first",
+            )
+        key = (self.generation, self._store.copy_view_count(self.id))
+        with self._index_lock:
+            cached = self._copies
+            if cached is None or cached[0] != key:
+                cached = self._copies = (key, CopyIndex.open(self))
+        return cached[1]
+
+    def keep_copies(
+        self,
+        on: bool = True,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> ViewsReport | None:
+        """Make the space a copy-mode space (``on``) and embed the copy views of the images
+        it holds that have none yet (see :func:`featx_search.copies.update_views`); every
+        later :meth:`sync` keeps them up to date. ``on=False`` drops the views. Returns what
+        was embedded, or None when turned off."""
+        from .copies import update_views
+
+        store = self._stores.writer()
+        with store.writer_lock():
+            if self.copies != on:
+                store.set_copies(self.id, on)
+            if not on:
+                return None
+            return update_views(self, store, progress=progress, stop=stop)
+
     def search_params(self, override: SearchParams | None = None) -> SearchParams:
         """The space's fixed search params (see :meth:`configure_index`) with ``override``'s
         values on top."""
@@ -454,14 +507,17 @@ class Space:
         *,
         candidates: DupMethod = "auto",
         progress: ProgressCallback | None = None,
+        copies: bool = False,
     ) -> list[DupGroup]:
         """Groups of images whose vectors score at least ``threshold`` (or whose bytes are
         identical), largest first, each with a suggested keeper, from the stored vectors
         (neither a model nor the space's index is loaded). ``candidates``: how pairs are
         found (``all`` pairs, exact; ``ann``, an inverted-file range search; ``auto``, ann
-        from 200,000 images on; see :func:`featx_search.dups.near_duplicates`)."""
+        from 200,000 images on; see :func:`featx_search.dups.near_duplicates`). With
+        ``copies`` (a copy-mode space) images are also linked through their copy views
+        (crops, smaller or turned copies of one another)."""
         check_threshold(threshold)
-        return near_duplicates(self, threshold, progress=progress, method=candidates)
+        return near_duplicates(self, threshold, progress=progress, method=candidates, copies=copies)
 
     # -- changes ------------------------------------------------------------------------
 
@@ -495,7 +551,7 @@ class Space:
                 engine=engine,
             )
 
-        return self._write(run, progress, shared=True)
+        return self._write(run, progress, shared=True, copies=True, stop=stop)
 
     def ingest(
         self,
@@ -532,9 +588,13 @@ class Space:
         progress: ProgressCallback | None,
         *,
         shared: bool = False,
+        copies: bool = False,
+        stop: threading.Event | None = None,
     ) -> IndexReport:
         """``run`` under the writer lock with the activity file, then the index published.
-        ``shared``: other runs that claim their files may write a server library at once."""
+        ``shared``: other runs that claim their files may write a server library at once.
+        ``copies``: a copy-mode space then embeds its missing copy views (see
+        :func:`featx_search.copies.update_views`) unless ``stop`` was set."""
         from .activity import ActivityFile
 
         store = self._stores.writer()
@@ -542,6 +602,11 @@ class Space:
             report, index, generation = run(store, activity.wrap(progress))
             activity.phase("publishing")
             self._settle(store, index, generation)
+            if copies and not (stop is not None and stop.is_set()) and self.copies:
+                from .copies import update_views
+
+                activity.phase("copy views")
+                update_views(self, store, stop=stop)
         return report
 
     def plan(

@@ -11,7 +11,7 @@ column's SQLAlchemy type does to a value: ``"fspath"`` (path bytes, see ``schema
 
 from __future__ import annotations
 
-HEAD_REVISION = "c6a1bdbb1052"
+HEAD_REVISION = "8110f08c8ae4"
 
 STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, ...]]] = {
     "revision": (
@@ -222,6 +222,37 @@ STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, .
         "vectors.image_id > :after ORDER BY vectors.image_id LIMIT :limit OFFSET :param_1",
         {"space_id": "", "after": "", "limit": "", "param_1": ""},
         {"param_1": 0},
+        ("",),
+    ),
+    "copy_view_count": (
+        "SELECT count(*) AS count_1 FROM copy_views WHERE copy_views.space_id = :space_id",
+        {"space_id": ""},
+        {},
+        ("",),
+    ),
+    "copy_views_page": (
+        "SELECT copy_views.image_id, copy_views.data FROM copy_views WHERE "
+        "copy_views.space_id = :space_id AND copy_views.image_id > :after ORDER BY "
+        "copy_views.image_id LIMIT :limit OFFSET :param_1",
+        {"space_id": "", "after": "", "limit": "", "param_1": ""},
+        {"param_1": 0},
+        ("", ""),
+    ),
+    "copy_views_listed": (
+        "SELECT copy_views.image_id, copy_views.data FROM copy_views WHERE "
+        "copy_views.space_id = :space_id AND copy_views.image_id IN (SELECT anon_1.value "
+        "FROM json_each(:ids) AS anon_1) ORDER BY copy_views.image_id",
+        {"space_id": "", "ids": ""},
+        {},
+        ("", ""),
+    ),
+    "copy_views_missing": (
+        "SELECT vectors.image_id FROM vectors WHERE vectors.space_id = :space_id AND NOT "
+        "(EXISTS (SELECT copy_views.image_id FROM copy_views WHERE copy_views.space_id = "
+        "vectors.space_id AND copy_views.image_id = vectors.image_id)) ORDER BY "
+        "vectors.image_id",
+        {"space_id": ""},
+        {},
         ("",),
     ),
     "decisions": (

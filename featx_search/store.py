@@ -65,6 +65,7 @@ from .records import (
 from .schema import (
     HEAD_REVISION,
     claims,
+    copy_views,
     dup_decision_members,
     dup_decisions,
     images,
@@ -857,11 +858,81 @@ class Store(Reader):
             data = json.loads(row.settings_json or "{}")
             own = {"max_memory": settings.max_memory, "params": dict(settings.params)}
             data["index"] = {k: v for k, v in own.items() if v}
+            if settings.copies:
+                data["copies"] = True
             conn.execute(
                 update(spaces)
                 .where(spaces.c.id == space_id)
                 .values(index_spec=settings.spec, settings_json=json.dumps(data, sort_keys=True))
             )
+
+    def set_copies(self, space_id: int, on: bool) -> None:
+        """Whether a space keeps copy views of its images (``copies`` of its
+        :class:`IndexSettings`). Turning it off drops the stored views."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                select(spaces.c.settings_json).where(spaces.c.id == space_id)
+            ).first()
+            if row is None:
+                raise SpaceError(f"no space with id {space_id}")
+            data = json.loads(row.settings_json or "{}")
+            data.pop("copies", None)
+            if on:
+                data["copies"] = True
+            else:
+                conn.execute(delete(copy_views).where(copy_views.c.space_id == space_id))
+            conn.execute(
+                update(spaces)
+                .where(spaces.c.id == space_id)
+                .values(settings_json=json.dumps(data, sort_keys=True))
+            )
+
+    def write_views(self, space_id: int, views: Sequence[tuple[int, np.ndarray]]) -> int:
+        """Store copy views (image id, float32 (views, dim)) of a space in one transaction;
+        those of images whose vector is gone meanwhile are left out. Returns how many were
+        written. On a server, a transaction that collided with another run's (the same
+        images' views written at once) is run again, up to :data:`WRITE_TRIES` times."""
+        if not views:
+            return 0
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                return self._write_views(space_id, views)
+            except DBAPIError as err:
+                if self.location.path is not None or attempt == WRITE_TRIES:
+                    raise
+                if getattr(err.orig, "sqlstate", None) not in _COLLISIONS:
+                    raise
+                log.info("copy views collided with another writer's; writing them again")
+        raise AssertionError("unreachable")
+
+    def _write_views(self, space_id: int, views: Sequence[tuple[int, np.ndarray]]) -> int:
+        with self.transaction() as conn:
+            wanted = [image_id for image_id, _ in views]
+            present = {
+                int(image_id)
+                for (image_id,) in conn.execute(
+                    select(vectors.c.image_id).where(
+                        vectors.c.space_id == space_id, vectors.c.image_id.in_(wanted)
+                    )
+                )
+            }
+            rows = [
+                {
+                    "space_id": space_id,
+                    "image_id": image_id,
+                    "data": np.ascontiguousarray(array, VECTOR_DTYPE).tobytes(),
+                }
+                for image_id, array in views
+                if image_id in present
+            ]
+            conn.execute(
+                delete(copy_views).where(
+                    copy_views.c.space_id == space_id, copy_views.c.image_id.in_(present)
+                )
+            )
+            if rows:
+                conn.execute(insert(copy_views), rows)
+        return len(rows)
 
     # -- decisions on duplicate groups --------------------------------------------------------
 

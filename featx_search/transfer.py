@@ -24,6 +24,7 @@ from .migrate import check_known_revision
 from .options import Progress, ProgressCallback
 from .schema import (
     HEAD_REVISION,
+    copy_views,
     dup_decision_members,
     dup_decisions,
     images,
@@ -43,7 +44,15 @@ CHUNK_ROWS = 5000
 # The tables copied, parents before children. index_manifest is not: it describes index files
 # of the source's machine, and the rebuild writes the destination's own; nor are claims (of
 # files by index runs going on at the source, which the copy does not take along).
-COPIED: tuple[Table, ...] = (roots, images, spaces, vectors, dup_decisions, dup_decision_members)
+COPIED: tuple[Table, ...] = (
+    roots,
+    images,
+    spaces,
+    vectors,
+    copy_views,
+    dup_decisions,
+    dup_decision_members,
+)
 
 # Tables whose ids come from a sequence on a server (set past the copied ids afterwards).
 _SEQUENCED: tuple[Table, ...] = (roots, images, spaces, dup_decisions)

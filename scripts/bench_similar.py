@@ -1,5 +1,6 @@
 """Time the whole `featx-search similar` command (a fresh process each time) on a library of
-10,000 images, next to baselines measured in the same run; then a cold `similar` on a library
+10,000 images, next to baselines measured in the same run (also `similar --copies` on the same
+library made a copy-mode space, with synthetic copy views); then a cold `similar` on a library
 of 1,000,000 images.
 
     nice -n 10 .venv/bin/python scripts/bench_similar.py            # --n 10000 --repeat 5
@@ -31,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from synthetic_library import DATA, build, photos_folder
+from synthetic_library import DATA, build, build_copies, photos_folder
 
 CLI = [sys.executable, "-m", "featx_search"]
 # Runs the CLI in this process, then reports the process's peak RSS on stderr (also when the
@@ -176,6 +177,25 @@ def warm(n: int, repeat: int, photos: Path) -> None:
             "--exclude-self",
         ],
     }
+    # The same library as a copy-mode space (synthetic views: see build_copies).
+    copies = [*CLI, "--db", str(build_copies(n, photos=photos))]
+    commands["similar ID -k 10 --copies (copy mode)"] = [
+        *copies,
+        "similar",
+        some[0],
+        "-k",
+        "10",
+        "--copies",
+    ]
+    commands["similar ID --copies --under DIR --json"] = [
+        *copies,
+        "similar",
+        some[1],
+        "--copies",
+        "--under",
+        str(root / "003"),
+        "--json",
+    ]
     query = next(p for p in sorted(photos.rglob("*.jpg")))
     # With the space's query model (the warm-up run below saves it when missing).
     commands["search PHOTO -k 10 (query model, no torch)"] = [

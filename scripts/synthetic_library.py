@@ -23,6 +23,7 @@ import hashlib
 import json
 import platform
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -217,6 +218,46 @@ def build(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
     rebuild_index(store, store.space(record.id))
     store.close()
     planted_file.write_text(json.dumps(planted))
+    return db
+
+
+def build_copies(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
+    """A copy of the library of ``n`` images made a copy-mode space, each image given
+    synthetic copy views (its vector plus noise, cosine about 0.8-0.95 to it, one row per
+    view as ``index --copies`` stores them), and its copy index built (built once, then
+    reused); returns its path."""
+    from featx_search.copies import VIEWS, CopyIndex
+    from featx_search.library import Library
+    from featx_search.store import Store
+
+    db = DATA / f"synthetic-{n}-s{seed}-copies.db"
+    done = db.with_suffix(".done")
+    if db.exists() and done.exists():
+        return db
+    source = build(n, seed=seed, photos=photos)
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(db.with_name(db.name + ".indexes"), ignore_errors=True)
+    with sqlite3.connect(source) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # a consistent copy, WAL included
+    shutil.copytree(source.with_name(source.name + ".indexes"), db.with_name(db.name + ".indexes"))
+    rng = np.random.default_rng(seed + 1)
+    store = Store.open(db)
+    record = store.spaces()[0]
+    store.set_copies(record.id, True)
+    print(f"writing {n} x {len(VIEWS)} synthetic copy views into {db}", file=sys.stderr)
+    with store.vector_snapshot(record.id) as stored:
+        pages = list(stored.chunks(500))
+    for ids, vectors in pages:
+        noise = rng.standard_normal((len(ids), len(VIEWS), vectors.shape[1])).astype(np.float32)
+        scale = rng.uniform(0.01, 0.02, (len(ids), len(VIEWS), 1)).astype(np.float32)
+        views = vectors[:, None, :] + noise * scale
+        views /= np.linalg.norm(views, axis=2, keepdims=True)
+        store.write_views(record.id, list(zip(ids.tolist(), views, strict=True)))
+    store.close()
+    with Library.open(db) as lib:
+        CopyIndex.open(lib.space())  # built and saved once
+    done.write_text("ok")
     return db
 
 

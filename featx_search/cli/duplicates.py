@@ -40,6 +40,12 @@ from .progress import progress_bar
     "ann (a range search over an inverted-file index; fast) or auto (ann from 200,000 "
     "images).",
 )
+@click.option(
+    "--copies",
+    is_flag=True,
+    help="Also link images through their copy views (crops, smaller, compressed or turned "
+    "copies of one another); the space must be indexed with --copies.",
+)
 @space_option("Space to compare in (fingerprint prefix, id or label).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @output_options
@@ -51,6 +57,7 @@ def dups(
     exact: bool,
     decisions: bool,
     candidates: DupMethod,
+    copies: bool,
     space: SpaceSelector | None,
     quiet: bool,
     out: ListingOutput,
@@ -70,6 +77,11 @@ def dups(
         if not exact:
             refuse_ambiguous(lib, space)
         groups = lib.duplicates(
-            threshold, exact=exact, space=space, candidates=candidates, progress=bar
+            threshold,
+            exact=exact,
+            space=space,
+            candidates=candidates,
+            progress=bar,
+            copies=copies,
         )
     output.duplicates("featx-search dups", groups, out)

@@ -52,6 +52,14 @@ if TYPE_CHECKING:
 @click.option(
     "--dry-run", "-n", is_flag=True, help="List what would be added, updated, moved and removed."
 )
+@click.option(
+    "--copies",
+    is_flag=True,
+    help="Make the space a copy-mode space: it also keeps views of each image (crops, a "
+    "small copy, a compressed copy, turned, grey and mirrored copies) for `similar "
+    "--copies` and `dups --copies`; every later index run keeps them up to date. Costs 27 "
+    "model runs per image (docs/how-it-works.md#copy-mode).",
+)
 @flags.retry_failed_option
 @flags.prune_empty_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
@@ -68,6 +76,7 @@ def index(
     options: SyncOptions,
     engine: Engine | None,
     whiten_dims: int | None,
+    copies: bool,
     dry_run: bool,
     quiet: bool,
     index_spec: str | None,
@@ -104,6 +113,8 @@ def index(
                 stop_on_interrupt() as stop,
             ):
                 report = target.sync(paths, options, progress=bar, stop=stop, engine=engine)
+                if copies and not report.interrupted and not target.copies:
+                    target.keep_copies(True, stop=stop)
             if whiten_dims is not None and not report.interrupted:
                 try:
                     whitened = target.whiten(whiten_dims)

@@ -246,6 +246,12 @@ _QUERY_OPTIONS = [
         "letterboxes) before embedding it.",
     ),
     click.option(
+        "--copies",
+        is_flag=True,
+        help="Look for copies (crops, smaller, compressed or turned copies): each image "
+        "scores the best of its copy views; the space must be indexed with --copies.",
+    ),
+    click.option(
         "--qe",
         "expand",
         default=0,
@@ -268,6 +274,7 @@ def _query(
     before: str | None,
     expand: int,
     trim: bool,
+    copies: bool,
     params: SearchParams,
 ) -> Query:
     filters = Filters.from_text(under=under, glob=glob, after=after, before=before)
@@ -280,6 +287,7 @@ def _query(
         params=params,
         expand=expand,
         trim=trim,
+        copies=copies,
     )
 
 
@@ -298,6 +306,7 @@ def query_options(space_help: str) -> Decorator:
         "before",
         "expand",
         "trim",
+        "copies",
     ]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -361,8 +361,13 @@ def eval_row(r: EvalResult, *, as_json: bool, expansions: bool = False) -> None:
         line += f"  {r.qe:>2} {r.dba:>3}"
     line += f"  {r.map:.3f} {r.p1:.3f} {r.p10:.3f}"
     if r.copies:
+        width = len(line)
         line += "  " + " ".join(f"{r.copies[k]:.2f}".rjust(max(4, len(k))) for k in EDITS)
         line += f"  {r.copy_recall:.3f}"
+        if r.copy_mode:
+            line += "\n" + "copy mode".rjust(width) + "  "
+            line += " ".join(f"{r.copy_mode[k]:.2f}".rjust(max(4, len(k))) for k in EDITS)
+            line += f"  {r.copy_mode_recall:.3f}"
     _echo(line)
 
 

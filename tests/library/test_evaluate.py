@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from featx_search import ExtractorSpec
+from featx_search import ExtractorSpec, copies
 from featx_search.errors import ConfigError
 from featx_search.evaluation import (
     EDITS,
     edit,
     evaluate,
+    identical,
     labelled_images,
     model_input,
     retrieval_scores,
 )
 from featx_search.extract import load_extractor
-from featx_search.images import load_rgb
+from featx_search.images import load_rgb, preprocess, trim_bars
 from tests.support import TINY, TINY_ARGS, make_photo
 from tests.support import run_cli as run
 
@@ -167,6 +169,24 @@ def test_evaluate_scores_every_combination_against_a_reference(classes: Path) ->
         assert result.copy_recall == pytest.approx(np.mean(list(result.copies.values())))
     # Mirrored and greyed copies of random-init features still find their originals.
     assert results[0].copies["flip"] >= 0.5
+    # Copy mode: each original scored by the best of its vector and its copy views.
+    extractor = load_extractor(TINY)
+    spec = replace(extractor.space.preprocess, fit="crop")
+    originals = [copies.decoded(p) for p, _ in rows]
+    base = extractor.embed(np.stack([preprocess(i, spec) for i in originals]))
+    views = copies.embed_views(extractor.embed, originals, spec)
+    for kind in ("crop40", "rotate+grey"):
+        queries = extractor.embed(
+            np.stack(
+                [preprocess(trim_bars(edit(i, kind, n)), spec) for n, i in enumerate(originals)]
+            )
+        )
+        top = np.argmax(copies.best_of_views(queries, base, views), axis=1)
+        assert results[0].copy_mode[kind] == pytest.approx(np.mean(top == np.arange(12)))
+    assert list(results[3].copy_mode) == list(EDITS)
+    assert results[3].copy_mode_recall == pytest.approx(
+        np.mean(list(results[3].copy_mode.values()))
+    )
 
 
 def test_evaluate_refuses_a_folder_without_classes(tmp_path: Path) -> None:
@@ -186,7 +206,8 @@ def test_eval_cli_json_and_table(classes: Path) -> None:
     assert rows[0]["copies"] == {} and 0 <= rows[0]["map"] <= 1
     table = run("eval", classes, *TINY_ARGS, "-l", "1+3", "--copies").stdout.splitlines()
     assert table[0].split()[:7] == ["model", "layers", "pool", "input", "prec", "dim", "mAP"]
-    assert "flip" in table[0] and "1+3" in table[1] and len(table) == 2
+    assert "flip" in table[0] and "1+3" in table[1] and len(table) == 3
+    assert table[2].split()[:2] == ["copy", "mode"] and len(table[2].split()) == len(EDITS) + 3
     assert table[1].split()[4] == "fp32"
     # Precisions to compare: one row each, in the order asked.
     args = ["--model", TINY.model, "--weights", "none", "--precision", "fp32"]
@@ -200,3 +221,12 @@ def test_eval_cli_json_and_table(classes: Path) -> None:
     assert table[0].split()[6:9] == ["qe", "dba", "mAP"] and table[1].split()[6:8] == ["1", "0"]
     bad = run("eval", classes / "cats", *TINY_ARGS, ok=False)
     assert bad.exit_code == 1 and "needs at least two subfolders" in bad.output
+
+
+def test_identical_images_count_as_the_original(tmp_path: Path) -> None:
+    a = Image.open(make_photo(tmp_path / "a.png", seed=1)).convert("RGB")
+    b = Image.open(make_photo(tmp_path / "b.png", seed=2)).convert("RGB")
+    twin = a.copy()
+    same = identical([a, b, twin, a.resize((80, 60))])
+    assert same[0, 2] and same[2, 0] and same.diagonal().all()
+    assert not same[0, 1] and not same[1, 2] and not same[1, 3]
