@@ -32,9 +32,17 @@ BATCH = 512
 PROJECT_DIM = 128
 # From this many images on, pairs come from an inverted-file range search (see _ann_pairs).
 ANN_MIN_IMAGES = 200_000
-ANN_NPROBE = 16
-ANN_MAX_LISTS = 4096
+# Lists each image's search visits, and about how many images one list holds.
+ANN_NPROBE = 12
+ANN_LIST_SIZE = 128
+ANN_MAX_LISTS = 16_384
+# Axes the lists are clustered on (k-means and list assignment only; scores use every axis).
+ANN_CLUSTER_DIM = 32
 ANN_CHUNK = 20_000
+# The inverted lists hold float16 copies of the vectors: an inner product on them is off by at
+# most 2^-11 |x| |y| (plus float32 rounding), so pairs within this margin of the threshold
+# (times the largest squared norm) are confirmed on the float32 vectors.
+ANN_SLACK = 1e-3
 DupMethod = Literal["auto", "all", "ann"]
 # How many best copy-view matches of each image ``dups --copies`` links at most.
 COPY_NEIGHBOURS = 20
@@ -84,36 +92,58 @@ class DupGroup:
 
 
 class _Components:
-    """Union-find over positions 0..n-1 (path halving, union by size)."""
+    """Union-find over positions 0..n-1: single unions (path halving) and vectorised unions
+    of many pairs at once (hooking root to smaller root, then pointer jumping)."""
 
     def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-        self.size = [1] * n
+        self.parent = np.arange(n, dtype=np.int64)
 
     def find(self, a: int) -> int:
         parent = self.parent
         while parent[a] != a:
             parent[a] = parent[parent[a]]
-            a = parent[a]
+            a = int(parent[a])
         return a
 
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def _flatten(self) -> np.ndarray:
+        """Point every position straight at its root; returns the parents (= roots)."""
+        parent = self.parent
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent[:] = grand
+
+    def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Union of every pair (a[i], b[i])."""
+        parent = self._flatten()
+        while len(a):
+            ra, rb = parent[a], parent[b]
+            apart = ra != rb
+            if not apart.any():
+                return
+            a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
+            # Hook the larger root under the smaller one: roots only ever point down, so no
+            # cycle forms; where one root gets several hooks, one wins and the rest retry.
+            parent[np.maximum(ra, rb)] = np.minimum(ra, rb)
+            parent = self._flatten()
 
     def groups(self) -> list[list[int]]:
         """Components of two or more positions."""
-        out: dict[int, list[int]] = {}
-        for i in range(len(self.parent)):
-            root = self.find(i)
-            if self.size[root] > 1:
-                out.setdefault(root, []).append(i)
-        return list(out.values())
+        roots = self._flatten()
+        counts = np.bincount(roots, minlength=len(roots))
+        members = np.flatnonzero(counts[roots] > 1)
+        if not len(members):
+            return []
+        order = np.argsort(roots[members], kind="stable")
+        members, keys = members[order], roots[members][order]
+        cuts = np.flatnonzero(np.diff(keys)) + 1
+        return [part.tolist() for part in np.split(members, cuts)]
 
 
 def _keeper_key(fact: ImageFacts) -> tuple[int, float, int]:
@@ -187,7 +217,9 @@ def _project(vectors: np.ndarray, dim: int, sample: int = 8_000) -> np.ndarray:
     axes = _orthonormal(cov @ rng.standard_normal((cov.shape[0], dim)))
     for _ in range(3):
         axes = _orthonormal(cov @ axes)
-    projected: np.ndarray = (vectors - mean) @ axes.astype(np.float32)
+    axes32 = axes.astype(np.float32)
+    projected: np.ndarray = vectors @ axes32  # no centred copy of all the vectors
+    projected -= mean.astype(np.float32) @ axes32
     return projected
 
 
@@ -228,31 +260,85 @@ def _exact_pairs(
 
 
 def _ann_pairs(
-    reduced: np.ndarray, radius_sq: float, nprobe: int = ANN_NPROBE
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Pairs (a < b) of rows of ``reduced`` within squared distance ``radius_sq``, drawn
-    from an inverted-file index over them (range search, ``nprobe`` lists per row), in
-    chunks of :data:`ANN_CHUNK` rows: (a, b, rows done so far). Near-duplicates lie far
-    inside the radius, so they share a list or sit in a neighbouring one; the cost grows
-    with N x N x nprobe / nlist instead of N x N."""
+    vectors: np.ndarray, threshold: float, nprobe: int = ANN_NPROBE
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, int]]:
+    """Pairs (a < b) of rows of ``vectors`` whose inner product may reach ``threshold``,
+    drawn from an inverted-file index over them, in chunks of :data:`ANN_CHUNK` rows:
+    (a, b, sure, rows done so far), ``sure`` marking the pairs whose score is above the
+    threshold by more than the float16 error (the others need a check on the vectors).
+
+    The lists are k-means clusters of the vectors projected on their
+    :data:`ANN_CLUSTER_DIM` main axes (cheap to train and assign; about
+    :data:`ANN_LIST_SIZE` images each); each image goes into its nearest list and is
+    compared with the images of its ``nprobe`` nearest lists, on float16 copies of the full
+    vectors: a pre-filter on a few axes proposes far too many pairs where vectors crowd
+    along their main axes. Near-duplicates lie far inside the threshold, so they share a
+    list or sit in neighbouring ones; a pair whose images fall in lists neither one visits
+    is missed. Queries run in list order, so that the lists they visit stay in cache. The
+    cost grows with N x nprobe x :data:`ANN_LIST_SIZE` instead of N x N. Memory: float16
+    vectors (half the float32 ones) and the list numbers."""
     from .ann.raw import faiss_module
 
     faiss = faiss_module()
-    total, dim = reduced.shape
-    data = np.ascontiguousarray(reduced, dtype=np.float32)
-    nlist = max(1, min(ANN_MAX_LISTS, int(4 * np.sqrt(total))))
-    quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
-    sample = np.random.default_rng(0).choice(total, min(total, 64 * nlist), replace=False)
-    index.train(data[np.sort(sample)])
-    index.add(data)
-    index.nprobe = min(nprobe, nlist)
+    begun = time.perf_counter()
+    total, dim = vectors.shape
+    nlist = max(1, min(ANN_MAX_LISTS, total // ANN_LIST_SIZE))
+    nprobe = min(nprobe, nlist)
+    reduced = _project(vectors, min(ANN_CLUSTER_DIM, dim)) if dim > ANN_CLUSTER_DIM else vectors
+    reduced = np.ascontiguousarray(reduced, dtype=np.float32)
+    kmeans = faiss.Kmeans(
+        reduced.shape[1],
+        nlist,
+        niter=10,
+        seed=0,
+        max_points_per_centroid=32,
+        min_points_per_centroid=1,
+    )
+    sample = np.random.default_rng(0).choice(total, min(total, 32 * nlist), replace=False)
+    kmeans.train(reduced[np.sort(sample)])
+    coarse_dis, lists = kmeans.index.search(reduced, nprobe)  # nearest lists first
+    log.info(
+        "ann lists: %d lists, clustered and assigned in %.1f s", nlist, time.perf_counter() - begun
+    )
+    del reduced
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(dim),
+        dim,
+        nlist,
+        faiss.ScalarQuantizer.QT_fp16,
+        faiss.METRIC_INNER_PRODUCT,
+    )
+    index.by_residual = False  # codes of the vectors themselves: no quantizer needed
+    index.is_trained = True  # float16 needs no training
     for start in range(0, total, ANN_CHUNK):
-        stop = min(start + ANN_CHUNK, total)
-        lims, _, found = index.range_search(data[start:stop], float(radius_sq))
-        a = np.repeat(np.arange(start, stop), np.diff(lims.astype(np.int64)))
-        keep = found > a
-        yield a[keep], found[keep].astype(np.int64), stop
+        rows = np.ascontiguousarray(vectors[start : start + ANN_CHUNK], dtype=np.float32)
+        first = np.ascontiguousarray(lists[start : start + ANN_CHUNK, 0], dtype=np.int64)
+        ids = np.arange(start, start + len(rows), dtype=np.int64)
+        index.add_core(len(rows), faiss.swig_ptr(rows), faiss.swig_ptr(ids), faiss.swig_ptr(first))
+    index.nprobe = nprobe
+    largest = max(
+        float(
+            np.einsum("ij,ij->i", vectors[lo : lo + ANN_CHUNK], vectors[lo : lo + ANN_CHUNK]).max()
+        )
+        for lo in range(0, total, ANN_CHUNK)
+    )
+    slack = ANN_SLACK * max(1.0, largest)
+    log.info("ann index: float16 vectors added in %.1f s", time.perf_counter() - begun)
+    order = np.argsort(lists[:, 0], kind="stable")
+    for start in range(0, total, ANN_CHUNK):
+        chunk = order[start : start + ANN_CHUNK]
+        lims, scores, found = index.range_search_preassigned(
+            vectors[chunk], threshold - slack, lists[chunk], coarse_dis[chunk]
+        )
+        a = np.repeat(chunk, np.diff(lims.astype(np.int64)))
+        keep = found > a  # each pair once (it is found from both ends), never an image itself
+        yield (
+            a[keep],
+            found[keep].astype(np.int64),
+            scores[keep] >= threshold + slack,
+            min(start + ANN_CHUNK, total),
+        )
+    log.info("ann range search (nprobe %d): done at %.1f s", nprobe, time.perf_counter() - begun)
 
 
 def _link_copies(
@@ -296,14 +382,15 @@ def near_duplicates(
     :data:`COPY_NEIGHBOURS` best (crops, smaller or turned copies of another image; see
     :mod:`featx_search.copies`): a flat search of every vector over all the views.
 
-    Pairs are proposed on the vectors projected on their ``project_dim`` main axes (a
-    lossless pre-filter, see :func:`_project`) and each is confirmed on the full vectors.
-    ``method`` says how they are proposed: ``all`` compares every pair in blocks of
-    ``batch`` rows (no N x N matrix; the work grows with N squared), ``ann`` range-searches
-    an inverted-file index over the projection (much faster at scale; a pair lying in lists
-    the search does not visit can be missed), ``auto`` is ``ann`` from
-    :data:`ANN_MIN_IMAGES` images on. Memory: the vectors, their projection, and one block
-    of distances or the inverted lists.
+    ``method`` says how candidate pairs are found: ``all`` compares every pair in blocks of
+    ``batch`` rows on the vectors projected on their ``project_dim`` main axes (a lossless
+    pre-filter, see :func:`_project`; no N x N matrix; the work grows with N squared) and
+    confirms each on the full vectors: exact, the reference. ``ann`` range-searches an
+    inverted-file index over float16 copies of the full vectors (see :func:`_ann_pairs`;
+    the work grows with N, a pair lying in lists the search does not visit can be missed)
+    and confirms the pairs within float16 error of the threshold. ``auto`` is ``ann`` from
+    :data:`ANN_MIN_IMAGES` images on. Memory: the vectors, plus their projection and one
+    block of distances (``all``) or their float16 copy (``ann``, half the vectors).
     """
     if method not in DUP_METHODS:
         raise ConfigError(
@@ -317,39 +404,47 @@ def near_duplicates(
     if [f.id for f in facts] != ids.tolist():  # changed between the two reads: read again
         generation, ids, vectors = space.vectors()
         facts = space.image_facts(ids.tolist())
+    read = time.perf_counter() - started
     total, dim = vectors.shape
     components = _Components(total)
     _link_identical(facts, components)
-    reduced = _project(vectors, project_dim) if dim > 2 * project_dim and total > 1 else vectors
-    # Unit vectors scoring >= t lie within squared distance 2 - 2t; the slack covers rounding
-    # and vectors whose norm is not exactly 1.
-    radius_sq = 2.0 - 2.0 * threshold + 1e-3
-    use_ann = method == "ann" or (method == "auto" and total >= ANN_MIN_IMAGES)
-    pairs = (
-        _ann_pairs(reduced, radius_sq)
-        if use_ann and total > 1
-        else _exact_pairs(reduced, radius_sq, batch)
-    )
+    use_ann = (method == "ann" or (method == "auto" and total >= ANN_MIN_IMAGES)) and total > 1
+    pairs: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None, int]]
+    if use_ann:
+        pairs = _ann_pairs(vectors, threshold)
+    else:
+        reduced = _project(vectors, project_dim) if dim > 2 * project_dim and total > 1 else vectors
+        # Unit vectors scoring >= t lie within squared distance 2 - 2t; the slack covers
+        # rounding and vectors whose norm is not exactly 1.
+        radius_sq = 2.0 - 2.0 * threshold + 1e-3
+        pairs = ((a, b, None, done) for a, b, done in _exact_pairs(reduced, radius_sq, batch))
     proposed = confirmed = 0
-    for a, b, done in pairs:
+    for a, b, sure, done in pairs:
         proposed += len(a)
+        if sure is not None:  # linked at once; the rest is checked below
+            components.union_many(a[sure], b[sure])
+            confirmed += int(sure.sum())
+            a, b = a[~sure], b[~sure]
         for lo in range(0, len(a), 50_000):  # confirm on the full vectors, in bounded chunks
             pa, pb = a[lo : lo + 50_000], b[lo : lo + 50_000]
             scores = np.einsum("ij,ij->i", vectors[pa], vectors[pb])
-            for x, y in zip(pa[scores >= threshold], pb[scores >= threshold], strict=True):
-                components.union(int(x), int(y))
-                confirmed += 1
+            ok = scores >= threshold
+            components.union_many(pa[ok], pb[ok])
+            confirmed += int(ok.sum())
         if progress is not None:
             progress(Progress(done, total, elapsed=time.perf_counter() - started))
     if copies and total > 1:
         confirmed += _link_copies(space, ids, vectors, threshold, components)
     log.info(
-        "near-duplicates (%s): %d vectors (generation %d), %d pairs proposed, %d confirmed",
+        "near-duplicates (%s): %d vectors (generation %d), %d pairs proposed, %d confirmed; "
+        "%.1f s (%.1f s reading vectors and facts)",
         "ann" if use_ann else "all pairs",
         total,
         generation,
         proposed,
         confirmed,
+        time.perf_counter() - started,
+        read,
     )
     return _make_groups(
         facts, components.groups(), lambda a, b: float(np.dot(vectors[a], vectors[b]))

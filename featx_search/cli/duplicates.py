@@ -37,8 +37,8 @@ from .progress import progress_bar
     default="auto",
     show_default=True,
     help="How pairs to compare are found: all (every pair; exact, slow past 100,000 images), "
-    "ann (a range search over an inverted-file index; fast) or auto (ann from 200,000 "
-    "images).",
+    "ann (a range search over an inverted-file index of the vectors; grows with N, can miss "
+    "a few pairs) or auto (ann from 200,000 images).",
 )
 @click.option(
     "--copies",

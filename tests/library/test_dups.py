@@ -196,3 +196,74 @@ def test_dups_cli_finds_the_same_groups_with_either_candidate_search(tiny_librar
     assert every == indexed and '"keeper": true' in every
     bad = run_cli(*args, "--candidates", "some", ok=False)
     assert bad.exit_code == 2 and "--candidates" in bad.output
+
+
+def test_vectorised_unions_match_single_unions() -> None:
+    from featx_search.dups import _Components
+
+    rng = np.random.default_rng(5)
+    n = 300
+    edges = rng.integers(0, n, (260, 2))
+    one, many = _Components(n), _Components(n)
+    for a, b in edges:
+        one.union(int(a), int(b))
+    for part in np.array_split(edges, 7):  # several calls, each with repeated roots
+        many.union_many(part[:, 0], part[:, 1])
+    want = sorted(map(sorted, _components(n, [(int(a), int(b)) for a, b in edges])))
+    assert sorted(map(sorted, one.groups())) == want
+    assert sorted(map(sorted, many.groups())) == want
+
+
+@pytest.fixture(scope="module")
+def crowded_library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[int]]]:
+    """4,000 vectors made as scripts/synthetic_library.py makes them: mixes of three of only
+    10 base vectors plus noise, so they crowd along a few main axes (where a projection
+    on them proposes most pairs), with 20 groups of planted near-copies (cosine 0.95-0.995)."""
+    from featx_search.store import Store
+    from tests.support import load_script, synthetic_spec
+
+    synthetic = load_script("synthetic_library")
+    tmp = tmp_path_factory.mktemp("crowded")
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((10, 384)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    db = tmp / "lib.db"
+    store = Store.open(db)
+    try:
+        planted = synthetic.write_rows(
+            store, 4000, base, synthetic_spec(384).to_dict(), folder=tmp, verbose=False
+        )
+    finally:
+        store.close()
+    return db, planted
+
+
+@pytest.mark.parametrize("threshold", [0.85, 0.9])
+def test_ann_candidates_find_what_all_pairs_find_on_crowded_vectors(
+    crowded_library: tuple[Path, list[list[int]]],
+    threshold: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from featx_search import dups
+
+    db, planted = crowded_library
+    monkeypatch.setattr(dups, "ANN_LIST_SIZE", 32)  # 125 lists, of which each image visits 8
+    with Library.open(db, create=False) as lib:
+        space = lib.space()
+        _, ids, vectors = space.vectors()
+        reference = near_duplicates(space, threshold, method="all")
+        indexed = near_duplicates(space, threshold, method="ann")
+    # The reference itself, checked on every pair of the full vectors.
+    sims = vectors @ vectors.T
+    rows, cols = np.nonzero(np.triu(sims >= threshold, 1))
+    assert len(rows) > 100  # pairs beyond the planted ones: a crowded library
+    links = dups._Components(len(ids))
+    links.union_many(rows, cols)
+    want = sorted(frozenset(int(ids[p]) for p in g) for g in links.groups())
+    assert sorted(_as_sets(reference)) == want
+    assert _as_sets(indexed) == _as_sets(reference)
+    assert [[m.score for m in g.members] for g in indexed] == [
+        [m.score for m in g.members] for g in reference
+    ]
+    found = _as_sets(indexed)
+    assert len(planted) >= 20 and all(any(set(p) <= g for g in found) for p in planted)
