@@ -233,10 +233,10 @@ class Space:
         spec, index_dir = self._first.spec, self._store.index_dir
         if not self._store.read_only:
             query_model.make(spec, lambda: extractor, index_dir)
-        folder = query_model.folder_for(index_dir, spec)
-        if query_model.enabled() and query_model.usable(folder, spec):
-            threads = extractor.placement.threads if extractor.placement is not None else None
-            extractor.use_saved(query_model.QueryModel(folder, spec, threads=threads))
+        threads = extractor.placement.threads if extractor.placement is not None else None
+        saved = query_model.load(index_dir, spec, threads=threads)
+        if saved is not None:
+            extractor.use_saved(saved)
 
     def adopt(self, extractor: Extractor, compute: Compute | None = None) -> None:
         """Use ``extractor`` (built for this space) instead of building it again."""

@@ -850,12 +850,7 @@ class Store(Reader):
     def set_index_settings(self, space_id: int, settings: IndexSettings) -> None:
         """Store a space's index settings (other keys of ``settings_json`` are kept)."""
         with self.transaction() as conn:
-            row = conn.execute(
-                select(spaces.c.settings_json).where(spaces.c.id == space_id)
-            ).first()
-            if row is None:
-                raise SpaceError(f"no space with id {space_id}")
-            data = json.loads(row.settings_json or "{}")
+            data = _settings_of(conn, space_id)
             own = {"max_memory": settings.max_memory, "params": dict(settings.params)}
             data["index"] = {k: v for k, v in own.items() if v}
             if settings.copies:
@@ -870,12 +865,7 @@ class Store(Reader):
         """Whether a space keeps copy views of its images (``copies`` of its
         :class:`IndexSettings`). Turning it off drops the stored views."""
         with self.transaction() as conn:
-            row = conn.execute(
-                select(spaces.c.settings_json).where(spaces.c.id == space_id)
-            ).first()
-            if row is None:
-                raise SpaceError(f"no space with id {space_id}")
-            data = json.loads(row.settings_json or "{}")
+            data = _settings_of(conn, space_id)
             data.pop("copies", None)
             if on:
                 data["copies"] = True
@@ -976,3 +966,13 @@ class Store(Reader):
         with self.transaction() as conn:
             gone = conn.execute(delete(dup_decisions).where(dup_decisions.c.id == decision_id))
             return bool(gone.rowcount)
+
+
+def _settings_of(conn: Connection, space_id: int) -> dict[str, Any]:
+    """A space's ``settings_json``, parsed (``{}`` when empty), read in ``conn``'s
+    transaction; :class:`SpaceError` when there is no such space."""
+    row = conn.execute(select(spaces.c.settings_json).where(spaces.c.id == space_id)).first()
+    if row is None:
+        raise SpaceError(f"no space with id {space_id}")
+    data: dict[str, Any] = json.loads(row.settings_json or "{}")
+    return data

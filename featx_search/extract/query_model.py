@@ -281,15 +281,16 @@ def writes(model: QueryModel) -> bool:
     return meta is not None and meta.get("exact") is True
 
 
-def load(index_dir: Path, space: SpaceSpec) -> QueryModel | None:
-    """The query model of ``space`` when one is saved and usable here, else ``None``."""
+def load(index_dir: Path, space: SpaceSpec, *, threads: int | None = None) -> QueryModel | None:
+    """The query model of ``space`` when one is saved and usable here, else ``None``;
+    ``threads``: OpenVINO's inference threads (``None``: its default)."""
     if not eligible(space) or not enabled():
         return None
     folder = folder_for(index_dir, space)
     if not usable(folder, space):
         return None
     try:
-        return QueryModel(folder, space)
+        return QueryModel(folder, space, threads=threads)
     except Exception as err:
         log.warning("could not load the query model in %s (%s); using torch", folder, err)
         return None

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,6 +78,16 @@ def _agrees_with_the_store(db: str) -> None:
         assert lib.check().ok
 
 
+def _reports(*procs: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    """The ``--json`` reports of indexer processes, in order, once each has ended well."""
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    return reports
+
+
 def test_parallel_runs_on_overlapping_folders_embed_each_file_once(
     pg_db: str, folders: list[Path]
 ) -> None:
@@ -84,11 +95,7 @@ def test_parallel_runs_on_overlapping_folders_embed_each_file_once(
     s0, s1, s2 = folders
     common = [*SLOW_ARGS, "--batch-size", "2", "--json"]
     runs = [_indexer(pg_db, s0, s1, *common), _indexer(pg_db, s1, s2, *common)]
-    reports = []
-    for proc in runs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        reports.append(json.loads(out))
+    reports = _reports(*runs)
     # A file one run embedded is one the other counts as unchanged (it saw it written).
     assert sum(r["added"] for r in reports) == 30
     assert all(r["added"] + r["unchanged"] == 20 and not r["failed"] for r in reports)
@@ -155,11 +162,7 @@ def test_a_run_waits_for_the_files_a_live_run_holds(
         assert second.poll() is None  # waiting for the files the first run holds
     finally:
         gate.unlink()
-    reports = []
-    for proc in (first, second):
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        reports.append(json.loads(out))
+    reports = _reports(first, second)
     assert sum(r["added"] for r in reports) == 10
     assert all(r["added"] + r["unchanged"] == 10 for r in reports)
     assert reports[1]["added"] > 0 and reports[0]["added"] > 0
@@ -196,11 +199,7 @@ def test_a_run_on_a_parent_folder_takes_in_a_running_subfolders_root(
         assert second.poll() is None  # waiting for the files the first run holds
     finally:
         gate.unlink()
-    reports = []
-    for proc in (first, second):
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        reports.append(json.loads(out))
+    reports = _reports(first, second)
     sub_report, parent_report = reports
     # Each file embedded once: by one run, and counted unchanged by the other.
     assert sum(r["added"] + r["updated"] for r in reports) == 30
