@@ -339,7 +339,7 @@ def place(
     import torch
 
     if precision == INT8:
-        return _place_int8(model, compute)
+        return _place_for_openvino(model, compute)
     if engine == "openvino":
         if precision not in native_precisions("cpu"):
             log.warning(
@@ -348,7 +348,7 @@ def place(
                 precision,
                 precision,
             )
-        return _place_int8(model, compute, f"a {precision} space computed by OpenVINO")
+        return _place_for_openvino(model, compute, f"a {precision} space computed by OpenVINO")
     device = resolve_device(compute.device)
     if compute.runtime == "openvino" and (device != "cpu" or precision != DEFAULT_PRECISION):
         raise ConfigError(
@@ -405,7 +405,7 @@ def engine_for(precision: Precision, device: str, compute: Compute) -> Engine:
     return "torch"
 
 
-def _place_int8(
+def _place_for_openvino(
     model: nn.Module, compute: Compute, what: str = "precision int8"
 ) -> tuple[nn.Module, Placement]:
     """``what`` (int8, or a space OpenVINO computes) runs in OpenVINO on the CPU: the torch
