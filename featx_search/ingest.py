@@ -172,19 +172,19 @@ def calibration_images(jobs: Sequence[Job], spec: SpaceSpec, workers: int | None
 
 
 def _loading(space: Space, options: SyncOptions, jobs: Sequence[Job]) -> Future[Model]:
-    """The model for a run that embeds ``jobs``: the space's saved one when it may be used
-    (:func:`saved_model`, ready now), else its extractor, built and prepared (see
-    :meth:`Extractor.prepare_run`) on a thread of its own; an int8 space's model is
-    calibrated on these files when it has none yet."""
+    """The model for a run that embeds ``jobs``, prepared (see :meth:`Extractor.prepare_run`)
+    on a thread of its own: the space's saved one when it may be used
+    (:func:`saved_model`), else its extractor, built; an int8 space's model is calibrated
+    on these files when it has none yet."""
     saved = saved_model(space, options, len(jobs))
     if saved is not None:
         log.info("embedding with the space's saved OpenVINO model (torch not loaded)")
-        ready: Future[Model] = Future()
-        ready.set_result(saved)
-        return ready
     spec = space.record.spec
 
     def load() -> Model:
+        if saved is not None:  # compiled for throughput meanwhile (see QueryModel.prepare_run)
+            saved.prepare_run(len(jobs), options.batch_size)
+            return saved
         extractor = space.extractor(
             options.compute,
             writing=True,

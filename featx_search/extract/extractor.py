@@ -60,6 +60,7 @@ class Extractor:
         # The OpenVINO model of a space that OpenVINO computes (int8, or engine openvino):
         # its graph and pooling, quantised for int8 (see use_saved).
         self.saved: Int8Model | QueryModel | None = None
+        self._run: tuple[int, int] | None = None  # the last prepare_run's images, batch size
 
     @property
     def int8(self) -> Int8Model | QueryModel | None:
@@ -104,7 +105,10 @@ class Extractor:
 
         with building():
             if self.saved is None:
-                self.use_saved(compiled_in_memory(self))
+                saved = compiled_in_memory(self)
+                if self._run is not None:
+                    saved.prepare_run(*self._run)
+                self.use_saved(saved)
         assert self.saved is not None
         return self.saved
 
@@ -143,14 +147,19 @@ class Extractor:
     def prepare_run(self, images: int, batch_size: int) -> None:
         """Choose what runs the graph for a run that embeds ``images`` images in batches of
         ``batch_size``: OpenVINO (:attr:`Compute.runtime`), else a frozen TorchScript graph
-        (:attr:`Compute.freeze`), else the plain FX graph. Converting holds the process-wide
-        model lock, so other threads' models wait meanwhile. Never raises: a graph that
-        cannot be converted runs as it is (with a warning)."""
+        (:attr:`Compute.freeze`), else the plain FX graph; an OpenVINO model attached now or
+        later is compiled for throughput too (:meth:`QueryModel.prepare_run`). Converting
+        holds the process-wide model lock, so other threads' models wait meanwhile. Never
+        raises: a graph that cannot be converted runs as it is (with a warning)."""
+        self._run = (images, batch_size)
+        if self.saved is not None:  # the OpenVINO model of an int8 or engine-openvino space
+            self.saved.prepare_run(images, batch_size)
+            return
         placement = self.placement
         if placement is None or self.frozen or self.runtime != "torch":
             return
         if self.space.precision == "int8" or self.space.engine == "openvino":
-            return  # runs its OpenVINO model
+            return  # runs its OpenVINO model once attached
         if isinstance(self._graph, HookGraph):
             if placement.runtime == "openvino" or placement.freeze == "on":
                 log.warning("layers read with forward hooks run in plain torch")

@@ -208,8 +208,15 @@ def _hint(space: SpaceSpec) -> str:
 class QueryModel:
     """A saved query model, compiled for this CPU: :meth:`embed` maps a float32 batch (B, 3,
     H, W), preprocessed as the space says, to its L2-normalised vectors (B, dim), as the
-    space's :class:`Extractor` does. Calls are serialised (one infer request). ``hint``:
-    OpenVINO's inference precision (``f32``, ``bf16``); by default the space's."""
+    space's :class:`Extractor` does. Calls are serialised. ``hint``: OpenVINO's inference
+    precision (``f32``, ``bf16``); by default the space's.
+
+    It is compiled for latency (one infer request using every thread), what a query wants.
+    An index run asks for throughput too (:meth:`prepare_run`): the same model compiled
+    again with OpenVINO's throughput hint, which splits the threads into streams (two of one
+    thread each on two cores) with an infer request each, and a batch is split across them.
+    Streams need no barrier between threads, so a stream that the decoding threads preempt
+    does not hold the others up (docs/benchmarks.md, bench_index)."""
 
     def __init__(
         self,
@@ -237,17 +244,46 @@ class QueryModel:
         compiled = core.compile_model(source, "CPU", config)
         self.space = space
         self.folder = folder
+        self._core, self._source, self._config = core, source, config
         self._request: Any = compiled.create_infer_request()
+        self._streams: list[Any] = []  # the throughput model's infer requests, once compiled
         self._lock = threading.Lock()
 
     def prepare_run(self, images: int, batch_size: int) -> None:
-        """Nothing to choose: the saved model runs as it is (the extractor's interface)."""
+        """For a run that embeds ``images`` images in batches of ``batch_size``: compile the
+        model for throughput as well (see the class), unless batches are single images.
+        OpenVINO caches that compiled blob too, so later runs load it."""
+        if min(images, batch_size) < 2 or self._streams:
+            return
+        throughput = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
+        compiled = self._core.compile_model(self._source, "CPU", throughput)
+        streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        if streams > 1:
+            with self._lock:
+                self._streams = [compiled.create_infer_request() for _ in range(streams)]
+            log.debug("the model runs in %d OpenVINO streams", streams)
+
+    @property
+    def streams(self) -> int:
+        """How many infer requests a batch is split across: 1 until :meth:`prepare_run`
+        compiled the model for throughput on a CPU where OpenVINO runs several streams."""
+        return max(1, len(self._streams))
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, np.float32)
         with self._lock:
-            result = self._request.infer({0: np.ascontiguousarray(batch, np.float32)})
-            vectors = np.array(result[0], dtype=np.float32)  # copied out of the request
-        return vectors
+            if len(batch) > 1 and self._streams:
+                parts = np.array_split(batch, min(len(batch), len(self._streams)))
+                requests = self._streams[: len(parts)]
+                for request, part in zip(requests, parts, strict=True):
+                    request.start_async({0: part})
+                for request in requests:
+                    request.wait()
+                return np.concatenate(
+                    [np.array(r.get_output_tensor(0).data, dtype=np.float32) for r in requests]
+                )
+            result = self._request.infer({0: batch})
+            return np.array(result[0], dtype=np.float32)  # copied out of the request
 
 
 def compiled_in_memory(extractor: Extractor) -> QueryModel:

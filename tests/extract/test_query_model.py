@@ -191,3 +191,28 @@ def test_a_saved_model_made_by_another_torch_release_does_not_write(
         (folder / "meta.json").write_text(json.dumps({**meta, "exact": False}))
         assert space.saved_model() is None  # searches may still use it; writes may not
         assert space.query_model() is not None
+
+
+def test_a_run_splits_batches_across_openvino_streams_with_the_same_vectors(
+    photos: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    run_cli("--db", db, "index", photos, *TINY_ARGS, "-q")
+    with Library.open(db) as lib:
+        space = lib.space()
+        model = query_model.load(space._store.index_dir, space.record.spec)
+        assert model is not None
+        batch = np.stack(
+            [load_input(p, space.record.spec.preprocess) for p in sorted(photos.rglob("*.jpg"))]
+        )
+        assert len(batch) >= 3
+        whole = model.embed(batch)  # one latency request
+        model.prepare_run(images=1000, batch_size=1)  # batches of one image: nothing to split
+        assert model.streams == 1
+        model.prepare_run(images=1000, batch_size=16)
+        if (os.cpu_count() or 1) >= 2:
+            assert model.streams >= 2  # OpenVINO runs a stream per core or so
+        split = model.embed(batch)
+        assert split.shape == whole.shape
+        assert np.abs(split - whole).max() < 1e-5
+        assert np.abs(model.embed(batch[:1]) - whole[:1]).max() < 1e-5  # a query, one image
