@@ -3,7 +3,10 @@
 The database (SQLite in WAL mode, or PostgreSQL) is the source of truth for metadata and
 vectors. :class:`Store` adds
 writes (SQLAlchemy Core on the tables of :mod:`featx_search.schema`) and migrations
-(Alembic) to the reads of :class:`~.reader.Reader`.
+(Alembic) to the reads of :class:`~.reader.Reader`. It holds the connections, locks,
+transactions and retries; the statements of three concerns are beside it, each run in a
+transaction the store opens: roots taken in and remapped (:mod:`.store_roots`), claims of
+files by concurrent runs (:mod:`.store_claims`) and copy views (:mod:`.store_copies`).
 """
 
 from __future__ import annotations
