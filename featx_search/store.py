@@ -3,7 +3,10 @@
 The database (SQLite in WAL mode, or PostgreSQL) is the source of truth for metadata and
 vectors. :class:`Store` adds
 writes (SQLAlchemy Core on the tables of :mod:`featx_search.schema`) and migrations
-(Alembic) to the reads of :class:`~.reader.Reader`.
+(Alembic) to the reads of :class:`~.reader.Reader`. It holds the connections, locks,
+transactions and retries; the statements of three concerns are beside it, each run in a
+transaction the store opens: roots taken in and remapped (:mod:`.store_roots`), claims of
+files by concurrent runs (:mod:`.store_claims`) and copy views (:mod:`.store_copies`).
 """
 
 from __future__ import annotations
@@ -12,31 +15,28 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
     Connection,
-    CursorResult,
     Engine,
     bindparam,
-    column,
     delete,
     func,
     insert,
-    or_,
     select,
-    table,
     text,
     update,
 )
 from sqlalchemy.exc import DBAPIError
 
+from . import store_claims, store_copies
 from .config import SpaceSpec
 from .connect import (
     Location,
@@ -49,8 +49,7 @@ from .connect import (
 )
 from .errors import ImageError, LibraryError, ReadOnlyError, SpaceError
 from .migrate import alembic_config, alembic_head, check_known_revision
-from .reader import Reader, _inside
-from .reads import CoreReads
+from .reader import Reader
 from .records import (
     FAILED,
     INDEXED,
@@ -65,18 +64,20 @@ from .records import (
 from .schema import (
     HEAD_REVISION,
     claims,
-    copy_views,
     dup_decision_members,
     dup_decisions,
     images,
     index_manifest,
-    roots,
     spaces,
     utcnow,
     vectors,
 )
+from .store_claims import CLAIM_LEASE_SECONDS as CLAIM_LEASE_SECONDS  # ingest reads it here
+from .store_roots import ROOTS_LOCK_KEY, RootMap, inserted_id
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # How long a second indexer waits for the first before giving up.
 WRITER_WAIT_SECONDS = 10.0
@@ -89,20 +90,10 @@ WRITER_LOCK_KEY = 0x66656174782D77
 # the space's id second: "fxpb"): one writer at a time publishes a space's index.
 PUBLISH_LOCK_KEY = 0x66787062
 
-# The key of a transaction's advisory lock around changes to roots and spaces on a server
-# ("fxrt"): concurrent index runs make a folder's root or a new space once. Writes of files
-# by (root id, relative path) take it shared (see Store._taken_in): a root is never taken
-# in by a run on a folder above it while another run writes under it.
-ROOTS_LOCK_KEY = 0x66787274
-
 # How often a batch is written when its transaction collides with another writer's, and the
 # SQLSTATEs of such collisions: a unique key taken meanwhile, a deadlock, a serialization.
 WRITE_TRIES = 3
 _COLLISIONS = frozenset({"23505", "40P01", "40001"})
-
-# How long a claim on a file to embed lasts unless renewed (see Store.claim): a writer that
-# died without its session ending (a machine lost) holds its files this long at most.
-CLAIM_LEASE_SECONDS = 60.0
 
 # FULL: a committed batch survives a power cut too (one fsync per batch, small next to the
 # model's time); NORMAL could lose the last commits, never corrupt.
@@ -128,32 +119,6 @@ def _drop_vectors(conn: Connection, image_ids: Sequence[int]) -> dict[int, list[
     return by_space
 
 
-def _unclaim(conn: Connection, space_id: int, files: Sequence[tuple[int, str]], owner: str) -> None:
-    by_root: dict[int, list[str]] = {}
-    for root_id, relpath in files:
-        by_root.setdefault(root_id, []).append(relpath)
-    for root_id, rels in by_root.items():
-        conn.execute(
-            delete(claims).where(
-                claims.c.space_id == space_id,
-                claims.c.root_id == root_id,
-                claims.c.relpath.in_(rels),
-                claims.c.claimed_by == owner,
-            )
-        )
-
-
-# The server's sessions (pg_stat_activity): a claim whose session is not among them is free.
-_activity = table("pg_stat_activity", column("pid"))
-
-
-def _inserted_id(result: CursorResult[Any]) -> int:
-    key = result.inserted_primary_key
-    if key is None:
-        raise LibraryError("the database gave no id for a new row")
-    return int(key[0])
-
-
 class Store(Reader):
     """One library database, for writing (reads are :class:`Reader`'s). Open with
     :meth:`open`; close with :meth:`close`. Its reads run the Core statements of
@@ -166,8 +131,8 @@ class Store(Reader):
         self._lock_pid: int | None = None
         # Each space's generation after this store's last write_batch (see written_generation).
         self._written: dict[int, int] = {}
-        # The folder of each root this store resolved (see root_for, _taken_in).
-        self._root_paths: dict[int, str] = {}
+        # The roots this store resolved, and where their files are now (see root_for).
+        self._root_map = RootMap(self.location)
 
     @classmethod
     def open(  # type: ignore[override]
@@ -431,7 +396,7 @@ class Store(Reader):
                     generation=0,
                 )
             )
-            return SpaceRecord(_inserted_id(result), spec, 0, 0)
+            return SpaceRecord(inserted_id(result), spec, 0, 0)
 
     def set_transform(self, space_id: int, data: bytes | None) -> None:
         """Store (or with None remove) a space's transform. The space's generation grows, so
@@ -451,104 +416,18 @@ class Store(Reader):
         A folder inside a known root uses that root; a folder above known roots absorbs them:
         their files, and the claims of runs writing under them, move to it. On a server such
         a run may be writing still: its next write finds its root taken in and writes under
-        the outer one (see :meth:`_taken_in`).
+        the outer one (see :meth:`.RootMap.taken_in`).
         """
-        folder_str = str(folder)
         with self.transaction() as conn:
             self._serialize(conn)
-            known = self._roots(CoreReads(conn))
-            for root_id, root in known:
-                if folder_str == root or _inside(folder_str, root):
-                    self._root_paths[root_id] = root
-                    return root_id, Path(root)
-            new_id = _inserted_id(conn.execute(insert(roots).values(path=folder_str)))
-            for root_id, root in known:
-                if not _inside(root, folder_str):
-                    continue
-                prefix = os.path.relpath(root, folder_str)
-                moved = [
-                    {"_id": image_id, "root_id": new_id, "relpath": os.path.join(prefix, rel)}
-                    for image_id, rel in conn.execute(
-                        select(images.c.id, images.c.relpath).where(images.c.root_id == root_id)
-                    )
-                ]
-                if moved:
-                    conn.execute(update(images).where(images.c.id == bindparam("_id")), moved)
-                held = [
-                    {
-                        **row._asdict(),
-                        "root_id": new_id,
-                        "relpath": os.path.join(prefix, row.relpath),
-                    }
-                    for row in conn.execute(select(claims).where(claims.c.root_id == root_id))
-                ]
-                if held:  # the old ones go with their root (ON DELETE CASCADE)
-                    conn.execute(insert(claims), held)
-                conn.execute(delete(roots).where(roots.c.id == root_id))
-            self._root_paths[new_id] = folder_str
-            return new_id, folder
-
-    def _taken_in(self, conn: Connection, root_ids: Iterable[int]) -> dict[int, tuple[int, str]]:
-        """The roots among ``root_ids`` (each resolved by this store's :meth:`root_for`)
-        that a run on a folder above them has taken in since, each with the root that holds
-        it now and its folder relative to that root. On a server, also takes the roots lock
-        shared until ``conn``'s transaction ends, so that no root is taken in before this
-        transaction's writes by (root id, relative path) commit. On SQLite (one writer) no
-        other run takes a root in: empty, nothing read."""
-        if self.location.path is not None:
-            return {}
-        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ROOTS_LOCK_KEY})
-        wanted = set(root_ids)
-        if not wanted:
-            return {}
-        present = set(conn.execute(select(roots.c.id).where(roots.c.id.in_(wanted))).scalars())
-        if wanted <= present:
-            return {}
-        current = self._roots(CoreReads(conn))
-        outer: dict[int, tuple[int, str]] = {}
-        for root_id in wanted - present:
-            folder = self._root_paths.get(root_id)
-            found = next(
-                (
-                    (other_id, os.path.relpath(folder, other))
-                    for other_id, other in current
-                    if folder is not None and (folder == other or _inside(folder, other))
-                ),
-                None,
-            )
-            if found is None:
-                raise LibraryError(
-                    f"the root {folder or root_id} of this index run left library "
-                    f"{self.location} while it ran",
-                    hint="run it again: it resumes under the library's roots as they are now",
-                )
-            outer[root_id] = found
-        return outer
-
-    def _current(
-        self, conn: Connection, files: Iterable[tuple[int, str]]
-    ) -> dict[tuple[int, str], tuple[int, str]]:
-        """``files`` ((root id, relative path)) by their key in the store now: a file under
-        a root taken in (see :meth:`_taken_in`) under the root that holds it now. Takes the
-        roots lock shared on a server."""
-        files = list(files)
-        outer = self._taken_in(conn, {root_id for root_id, _ in files})
-        current: dict[tuple[int, str], tuple[int, str]] = {}
-        for root_id, relpath in files:
-            if root_id in outer:
-                other_id, prefix = outer[root_id]
-                moved = relpath if prefix == os.curdir else os.path.join(prefix, relpath)
-                current[(root_id, relpath)] = (other_id, moved)
-            else:
-                current[(root_id, relpath)] = (root_id, relpath)
-        return current
+            return self._root_map.resolve(conn, folder)
 
     def move(self, moves: Sequence[Move]) -> None:
         """Give images new paths in one transaction; their vectors (and index ids) stay."""
         if not moves:
             return
         with self.transaction() as conn:
-            current = self._current(conn, [(m.root_id, m.relpath) for m in moves])
+            current = self._root_map.current(conn, [(m.root_id, m.relpath) for m in moves])
             rows = [
                 {
                     "_id": m.image_id,
@@ -582,15 +461,22 @@ class Store(Reader):
         :data:`WRITE_TRIES` times in all.
         """
         removed = list(removed)
+        return self._retrying(
+            "a batch", lambda: self._write_batch(space_id, results, removed, claimed_by)
+        )
+
+    def _retrying(self, what: str, write: Callable[[], _T]) -> _T:
+        """``write`` (one transaction) run again when, on a server, it collided with another
+        writer's (see :data:`_COLLISIONS`), up to :data:`WRITE_TRIES` times in all."""
         for attempt in range(1, WRITE_TRIES + 1):
             try:
-                return self._write_batch(space_id, results, removed, claimed_by)
+                return write()
             except DBAPIError as err:
                 if self.location.path is not None or attempt == WRITE_TRIES:
                     raise
                 if getattr(err.orig, "sqlstate", None) not in _COLLISIONS:
                     raise
-                log.info("a batch collided with another writer's; writing it again: %s", err.orig)
+                log.info("%s collided with another writer's; writing it again: %s", what, err.orig)
         raise AssertionError("unreachable")
 
     def _write_batch(
@@ -602,7 +488,7 @@ class Store(Reader):
     ) -> tuple[list[int], list[int]]:
         now = utcnow()
         with self.transaction() as conn:
-            current = self._current(conn, [(r.root_id, r.relpath) for r in results])
+            current = self._root_map.current(conn, [(r.root_id, r.relpath) for r in results])
             results = [
                 replace(r, root_id=current[key][0], relpath=current[key][1])
                 if current[key := (r.root_id, r.relpath)] != key
@@ -684,7 +570,9 @@ class Store(Reader):
             if removed:
                 conn.execute(delete(images).where(images.c.id.in_(removed)))
             if claimed_by is not None:
-                _unclaim(conn, space_id, [(r.root_id, r.relpath) for r in results], claimed_by)
+                store_claims.unclaim(
+                    conn, space_id, [(r.root_id, r.relpath) for r in results], claimed_by
+                )
             # Every space that lost or gained vectors has a stale index file now.
             conn.execute(
                 update(spaces)
@@ -726,80 +614,25 @@ class Store(Reader):
         process), or when ``owner`` holds it already. Returns the files taken, each with
         what the store holds for it now (None: no row), read after the claim, so that a
         file another run wrote meanwhile is seen as written. A file under a root another run
-        took in meanwhile is claimed under the root that holds it now (see :meth:`_taken_in`),
+        took in meanwhile is claimed under the root that holds it now (see :class:`.RootMap`),
         and returned under the key it was asked by. Server libraries only.
         """
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
         if not files:
             return {}
         with self.transaction() as conn:
-            current = self._current(conn, files)
+            current = self._root_map.current(conn, files)
             asked = {key: file for file, key in current.items()}
-            keys = sorted(asked, key=lambda key: (key[0], os.fsencode(key[1])))
-            until = conn.execute(select(func.now())).scalar_one() + timedelta(seconds=lease)
-            rows = [
-                {
-                    "space_id": space_id,
-                    "root_id": root_id,
-                    "relpath": relpath,
-                    "claimed_by": owner,
-                    "claimed_until": until,
-                    "session": self._lock_pid,
-                }
-                for root_id, relpath in keys
-            ]
-            insert_claims = pg_insert(claims).values(rows)
-            new = insert_claims.excluded
-            taken = conn.execute(
-                insert_claims.on_conflict_do_update(
-                    index_elements=[claims.c.space_id, claims.c.root_id, claims.c.relpath],
-                    set_={
-                        "claimed_by": new.claimed_by,
-                        "claimed_until": new.claimed_until,
-                        "session": new.session,
-                    },
-                    where=or_(
-                        claims.c.claimed_by == new.claimed_by,
-                        claims.c.claimed_until < func.now(),
-                        claims.c.session.is_(None),
-                        claims.c.session.not_in(select(_activity.c.pid)),
-                    ),
-                ).returning(claims.c.root_id, claims.c.relpath)
-            ).all()
-            got: dict[tuple[int, str], KnownFile | None] = {
-                (int(root_id), relpath): None for root_id, relpath in taken
-            }
-            by_root: dict[int, list[str]] = {}
-            for root_id, relpath in got:
-                by_root.setdefault(root_id, []).append(relpath)
-            has = (
-                select(vectors.c.image_id)
-                .where(vectors.c.space_id == space_id, vectors.c.image_id == images.c.id)
-                .exists()
+            got = store_claims.claim(
+                conn, space_id, asked, owner, lease=lease, session=self._lock_pid
             )
-            for root_id, rels in by_root.items():
-                for image_id, relpath, size, mtime_ns, status, has_vector, digest in conn.execute(
-                    select(
-                        images.c.id,
-                        images.c.relpath,
-                        images.c.size,
-                        images.c.mtime_ns,
-                        images.c.status,
-                        has,
-                        images.c.content_hash,
-                    ).where(images.c.root_id == root_id, images.c.relpath.in_(rels))
-                ):
-                    got[(root_id, relpath)] = KnownFile(
-                        image_id, size, mtime_ns, status, bool(has_vector), digest
-                    )
         return {asked[key]: known for key, known in got.items()}
 
     def unclaim(self, space_id: int, files: Sequence[tuple[int, str]], owner: str) -> None:
         """End ``owner``'s claims on ``files`` (ones it took but need not embed)."""
         if files:
             with self.transaction() as conn:
-                _unclaim(conn, space_id, list(self._current(conn, files).values()), owner)
+                current = self._root_map.current(conn, files)
+                store_claims.unclaim(conn, space_id, list(current.values()), owner)
 
     def renew_claims(self, owner: str, lease: float = CLAIM_LEASE_SECONDS) -> None:
         """Extend every claim of ``owner`` to ``lease`` seconds from now."""
@@ -870,7 +703,7 @@ class Store(Reader):
             if on:
                 data["copies"] = True
             else:
-                conn.execute(delete(copy_views).where(copy_views.c.space_id == space_id))
+                store_copies.drop_views(conn, space_id)
             conn.execute(
                 update(spaces)
                 .where(spaces.c.id == space_id)
@@ -884,45 +717,12 @@ class Store(Reader):
         images' views written at once) is run again, up to :data:`WRITE_TRIES` times."""
         if not views:
             return 0
-        for attempt in range(1, WRITE_TRIES + 1):
-            try:
-                return self._write_views(space_id, views)
-            except DBAPIError as err:
-                if self.location.path is not None or attempt == WRITE_TRIES:
-                    raise
-                if getattr(err.orig, "sqlstate", None) not in _COLLISIONS:
-                    raise
-                log.info("copy views collided with another writer's; writing them again")
-        raise AssertionError("unreachable")
 
-    def _write_views(self, space_id: int, views: Sequence[tuple[int, np.ndarray]]) -> int:
-        with self.transaction() as conn:
-            wanted = [image_id for image_id, _ in views]
-            present = {
-                int(image_id)
-                for (image_id,) in conn.execute(
-                    select(vectors.c.image_id).where(
-                        vectors.c.space_id == space_id, vectors.c.image_id.in_(wanted)
-                    )
-                )
-            }
-            rows = [
-                {
-                    "space_id": space_id,
-                    "image_id": image_id,
-                    "data": np.ascontiguousarray(array, VECTOR_DTYPE).tobytes(),
-                }
-                for image_id, array in views
-                if image_id in present
-            ]
-            conn.execute(
-                delete(copy_views).where(
-                    copy_views.c.space_id == space_id, copy_views.c.image_id.in_(present)
-                )
-            )
-            if rows:
-                conn.execute(insert(copy_views), rows)
-        return len(rows)
+        def write() -> int:
+            with self.transaction() as conn:
+                return store_copies.write_views(conn, space_id, views)
+
+        return self._retrying("copy views", write)
 
     # -- decisions on duplicate groups --------------------------------------------------------
 
@@ -946,7 +746,7 @@ class Store(Reader):
                 .all()
             )
             conn.execute(delete(dup_decision_members).where(members.image_id.in_(ids)))
-            decision_id = _inserted_id(
+            decision_id = inserted_id(
                 conn.execute(insert(dup_decisions).values(decision=decision, decided_at=utcnow()))
             )
             conn.execute(

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from synthetic_library import DATA, build, photos_folder
+from synthetic_library import DATA, build, cpu_model, photos_folder
 
 if TYPE_CHECKING:
     from featx_search.space import Space
@@ -471,17 +471,6 @@ def bench_size(
     return SizeReport(size, info_s, upload_s, bare, rss)
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    return next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line),
-        "unknown CPU",
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the server's CLI sets it
@@ -491,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     photo_path = args.photo or pick_photo(photos_folder(args.photos))
     photo = photo_path.read_bytes()
     print(
-        f"{cpu_name()}, {os.cpu_count()} CPUs; load average "
+        f"{cpu_model()}, {os.cpu_count()} CPUs; load average "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; upload {photo_path} "
         f"({len(photo) / 2**20:.2f} MiB); k={K}",
         flush=True,

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -28,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from synthetic_library import photos_folder, real_vectors, write_rows
+from synthetic_library import cpu_model, photos_folder, real_vectors, write_rows
 
 SIMILAR_QUERIES = 20
 DUP_THRESHOLD = 0.9
@@ -51,18 +49,6 @@ class Side:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.write_s if self.write_s else 0.0
-
-
-def cpu_model() -> str:
-    """lscpu's model name (the platform's processor name where lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def random_base(dim: int, seed: int = 0) -> tuple[np.ndarray, dict[str, object]]:

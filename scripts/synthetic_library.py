@@ -59,13 +59,14 @@ def photos_folder(given: Path | None) -> Path:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from ``lscpu``, which every benchmark prints beside its numbers."""
+    """The CPU's model name from ``lscpu``, which every benchmark prints beside its numbers
+    (newer ``lscpu`` indents it under the vendor; its ``BIOS Model name`` is passed over)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return platform.processor() or "unknown CPU"
     for line in out.splitlines():
-        if line.startswith("Model name:"):
+        if line.strip().startswith("Model name:"):
             return line.split(":", 1)[1].strip()
     return "unknown CPU"
 

@@ -33,15 +33,7 @@ N = 2400  # IVF16 trains on all of them (TRAIN_PER_LIST * 16 < 20,000)
 SPEC = "IVF16,Flat"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """FAISS on one thread: results do not depend on how work is split between threads."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("faiss_one_thread")
 
 
 def _clustered(n: int, seed: int = 0) -> np.ndarray:
