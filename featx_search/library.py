@@ -198,8 +198,10 @@ class Library:
     ) -> Space:
         """The space of ``spec`` (default: :class:`ExtractorSpec`'s defaults), made when the
         library does not hold it yet. This builds the model, whose weights are part of the
-        space's fingerprint. ``index`` (a FAISS factory string or ``auto``) and
-        ``max_memory`` set the space's index (for an existing space, when given).
+        space's fingerprint, unless a stored space was made from the same request by the
+        same torch releases (see :meth:`_made_here`). ``index`` (a FAISS factory string or
+        ``auto``) and ``max_memory`` set the space's index (for an existing space, when
+        given).
 
         A precision of ``auto`` means the precision of a space made from the same spec
         (precision aside), so that another machine goes on in it; of several, the one this
@@ -210,6 +212,12 @@ class Library:
 
         store = self._stores.writer()  # a read-only library refuses before a model loads
         spec, engine = self._pinned(spec or ExtractorSpec(), compute or Compute(), store.spaces())
+        stored = self._made_here(spec, engine, store.spaces())
+        if stored is not None:  # no model to build: this request made it with these releases
+            space = self._handle(stored)
+            if index != "auto" or max_memory is not None:
+                space.configure_index(index, max_memory=max_memory)
+            return space
         extractor = load_extractor(spec, compute, engine)
         known = {r.fingerprint for r in store.spaces()}
         if extractor.space.precision == "int8" and extractor.space.fingerprint not in known:
@@ -222,6 +230,36 @@ class Library:
         if fresh or index != "auto" or max_memory is not None:
             space.configure_index(index, max_memory=max_memory)
         return space
+
+    @staticmethod
+    def _made_here(
+        spec: ExtractorSpec, engine: Engine | None, records: Sequence[SpaceRecord]
+    ) -> SpaceRecord | None:
+        """The stored space that ``spec`` (its precision pinned, see :meth:`_pinned`) would
+        make again, found without building the model: the one space made from this very
+        request (and ``engine``) by the torch and torchvision releases installed here, with
+        weights that cannot have changed since (a named set or none, not a file) of a model
+        whose code cannot have either (torchvision's or a built-in one, not a factory).
+        ``None`` when any of that is not so: then the model is built and its weights hashed."""
+        from importlib import metadata
+
+        from .extract.weights import is_path
+
+        if spec.precision == "auto" or ":" in spec.model or is_path(spec.weights):
+            return None
+        found = [
+            r
+            for r in records
+            if r.spec.request == spec and (engine is None or r.spec.engine == engine)
+        ]
+        if len(found) != 1:
+            return None
+        try:
+            here = (metadata.version("torch"), metadata.version("torchvision"))
+        except metadata.PackageNotFoundError:
+            return None
+        made = (found[0].spec.torch_version, found[0].spec.torchvision_version)
+        return found[0] if made == here else None
 
     @staticmethod
     def _pinned(

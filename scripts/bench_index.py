@@ -15,7 +15,9 @@ For each model (``name`` or ``name:weights``) it measures:
 (a) every forward the project can run on this CPU, on already-decoded input: each precision
     (fp32, bf16, fp16; those the CPU only emulates on a few images) in the plain torch graph
     and frozen (TorchScript), fp32 and bf16 in OpenVINO when installed (bf16 there is a
-    space OpenVINO computes, the default on CPUs with native bf16), int8 (OpenVINO, calibrated on
+    space OpenVINO computes, the default on CPUs with native bf16, timed as an index run
+    prepares it, in throughput streams, and as queries run it, one request:
+    ``openvino-1``), int8 (OpenVINO, calibrated on
     the sample itself; when nncf is installed; timed, but not a candidate for L, since it
     loses retrieval quality), and fp32 in the NCHW layout
     for comparison (channels_last is the default); each timed, with the
@@ -276,6 +278,9 @@ def forwards(
                 continue
             rows.append(_forward(replace(spec, precision=precision), graph, some, exact, batch))
             rows[-1] = replace(rows[-1], native=fast)
+            if graph == "openvino" and precision == "bf16":  # as queries run it, for comparison
+                one = _forward(replace(spec, precision=precision), "openvino-1", some, exact, batch)
+                rows.append(replace(one, native=fast))
     # The other layout, for comparison (channels_last is the default on the CPU).
     nchw = _forward(replace(spec, precision="fp32"), "plain", inputs, exact, batch, nchw=True)
     rows.insert(1, replace(nchw, graph="plain NCHW"))
@@ -285,7 +290,9 @@ def forwards(
 def _forward(
     spec: Any, graph: str, inputs: np.ndarray, exact: np.ndarray, batch: int, *, nchw: bool = False
 ) -> Forward:
-    """One forward of (a): ``spec`` run by ``graph``, timed on ``inputs``."""
+    """One forward of (a): ``spec`` run by ``graph``, timed on ``inputs``. ``openvino-1``: a
+    space OpenVINO computes with the model as queries run it (one infer request, no
+    streams: the run is not prepared)."""
     from featx_search import Compute
     from featx_search.extract import load_extractor
 
@@ -293,11 +300,12 @@ def _forward(
         device="cpu",
         channels_last=False if nchw else None,
         freeze="on" if graph == "frozen" else "off",
-        runtime="openvino" if graph == "openvino" else "torch",
+        runtime="openvino" if graph.startswith("openvino") else "torch",
     )
     extractor = load_extractor(spec, compute)
-    extractor.prepare_run(LARGE_RUN, batch)
-    if graph_of(extractor) != graph:  # conversion failed or vectors differed
+    if graph != "openvino-1":
+        extractor.prepare_run(LARGE_RUN, batch)
+    if graph_of(extractor) != graph.removesuffix("-1"):  # conversion failed or vectors differed
         return Forward(spec.precision, graph, error="not made (see log)")
     rate = model_rate(extractor, inputs, batch, rounds=2 if len(inputs) == len(exact) else 1)
     got = extractor.embed(inputs)

@@ -317,3 +317,27 @@ def test_first_searches_from_many_threads_all_succeed(db: Path, photos: Path) ->
         with ThreadPoolExecutor(8) as pool:
             found = list(pool.map(lambda c: lib.search(c[0], Query(k=1), space=c[1]), calls))
     assert [matches[0].path for matches in found] == [str(path) for path, _ in calls]
+
+
+def test_a_stored_space_is_found_again_without_building_its_model(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+    from dataclasses import replace
+
+    import featx_search.extract as extract_module
+
+    with Library.open(db) as lib:
+        made = lib.create_space(RESNET18).fingerprint
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(extract_module, "load_extractor", no_model)
+    with Library.open(db) as lib:
+        assert lib.create_space(RESNET18).fingerprint == made
+        assert lib.create_space(replace(RESNET18, precision="auto")).fingerprint == made
+        # Made by another torch release than the one here: built again, its weights hashed.
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.1")
+        with pytest.raises(AssertionError, match="built"):
+            lib.create_space(RESNET18)
