@@ -213,8 +213,9 @@ class QueryModel:
 
     It is compiled for latency (one infer request using every thread), what a query wants.
     An index run asks for throughput too (:meth:`prepare_run`): the same model compiled
-    again with OpenVINO's throughput hint, which splits the threads into streams (two of one
-    thread each on two cores) with an infer request each, and a batch is split across them.
+    again, meanwhile, with OpenVINO's throughput hint, which splits the threads into
+    streams (two of one thread each on two cores) with an infer request each, and a batch
+    is split across them.
     Streams need no barrier between threads, so a stream that the decoding threads preempt
     does not hold the others up (docs/benchmarks.md, bench_index)."""
 
@@ -247,21 +248,39 @@ class QueryModel:
         self._core, self._source, self._config = core, source, config
         self._request: Any = compiled.create_infer_request()
         self._streams: list[Any] = []  # the throughput model's infer requests, once compiled
+        self._preparing: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def prepare_run(self, images: int, batch_size: int) -> None:
+    def prepare_run(self, images: int, batch_size: int, *, wait: bool = False) -> None:
         """For a run that embeds ``images`` images in batches of ``batch_size``: compile the
-        model for throughput as well (see the class), unless batches are single images.
-        OpenVINO caches that compiled blob too, so later runs load it."""
-        if min(images, batch_size) < 2 or self._streams:
+        model for throughput as well (see the class), unless batches are single images. It
+        compiles on a thread of its own (``wait``: until done) while the first batches run
+        on the latency model; OpenVINO caches that compiled blob too, so later runs load it.
+        Never raises: a model that cannot be compiled so runs as it is (with a warning)."""
+        if min(images, batch_size) < 2:
             return
-        throughput = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
-        compiled = self._core.compile_model(self._source, "CPU", throughput)
-        streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        if streams > 1:
-            with self._lock:
-                self._streams = [compiled.create_infer_request() for _ in range(streams)]
-            log.debug("the model runs in %d OpenVINO streams", streams)
+        with self._lock:
+            if self._preparing is None:
+                self._preparing = threading.Thread(
+                    target=self._compile_streams, name="featx-streams", daemon=True
+                )
+                self._preparing.start()
+            preparing = self._preparing
+        if wait:
+            preparing.join()
+
+    def _compile_streams(self) -> None:
+        try:
+            throughput = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
+            compiled = self._core.compile_model(self._source, "CPU", throughput)
+            streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            if streams > 1:
+                requests = [compiled.create_infer_request() for _ in range(streams)]
+                with self._lock:
+                    self._streams = requests
+                log.debug("the model runs in %d OpenVINO streams", streams)
+        except Exception as err:  # the latency model goes on
+            log.warning("could not compile the model for throughput (%s)", err)
 
     @property
     def streams(self) -> int:

@@ -209,7 +209,7 @@ def test_a_run_splits_batches_across_openvino_streams_with_the_same_vectors(
         whole = model.embed(batch)  # one latency request
         model.prepare_run(images=1000, batch_size=1)  # batches of one image: nothing to split
         assert model.streams == 1
-        model.prepare_run(images=1000, batch_size=16)
+        model.prepare_run(images=1000, batch_size=16, wait=True)
         if (os.cpu_count() or 1) >= 2:
             assert model.streams >= 2  # OpenVINO runs a stream per core or so
         split = model.embed(batch)
