@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 ENV = "FEATX_QUERY_MODEL"  # "0" or "off": never make or use one
 TOLERANCE = 1e-4  # largest difference allowed between the IR's and torch's vector entries
 PROBES = 3
+# Runs of fewer batches keep the latency model (a small run would hardly use the streams).
+STREAMS_MIN_BATCHES = 4
 _META = "meta.json"
 _XML = "model.xml"
 
@@ -253,16 +255,18 @@ class QueryModel:
 
     def prepare_run(self, images: int, batch_size: int, *, wait: bool = False) -> None:
         """For a run that embeds ``images`` images in batches of ``batch_size``: compile the
-        model for throughput as well (see the class), unless batches are single images. It
-        compiles on a thread of its own (``wait``: until done) while the first batches run
-        on the latency model; OpenVINO caches that compiled blob too, so later runs load it.
-        Never raises: a model that cannot be compiled so runs as it is (with a warning)."""
-        if min(images, batch_size) < 2:
+        model for throughput as well (see the class), unless batches are single images or
+        the run is a few batches (under :data:`STREAMS_MIN_BATCHES`). It compiles on a thread
+        of its own (``wait``: until done; the process waits for it at exit) while the first
+        batches run on the latency model; OpenVINO caches that compiled blob too, so later
+        runs load it. Never raises: a model that cannot be compiled so runs as it is (with a
+        warning)."""
+        if batch_size < 2 or images < STREAMS_MIN_BATCHES * batch_size:
             return
         with self._lock:
             if self._preparing is None:
                 self._preparing = threading.Thread(
-                    target=self._compile_streams, name="featx-streams", daemon=True
+                    target=self._compile_streams, name="featx-streams"
                 )
                 self._preparing.start()
             preparing = self._preparing
