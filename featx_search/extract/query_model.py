@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 ENV = "FEATX_QUERY_MODEL"  # "0" or "off": never make or use one
 TOLERANCE = 1e-4  # largest difference allowed between the IR's and torch's vector entries
 PROBES = 3
-# Runs of fewer batches keep the latency model (a small run would hardly use the streams).
-STREAMS_MIN_BATCHES = 4
+# Runs of fewer batches keep the latency model (a one-batch run would not use the streams).
+STREAMS_MIN_BATCHES = 2
 _META = "meta.json"
 _XML = "model.xml"
 
