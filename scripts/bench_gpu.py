@@ -2,11 +2,12 @@
 """Indexing speed on a GPU (or, for its test, the CPU): the bare model per precision and batch
 size, ``featx-search index`` end to end over a grid of precision, batch size and decode
 workers, and decoding alone, so that the tables show whether a run is bound by decoding or by
-the model. Made for one prepared run on a lent CUDA machine (docs/benchmarks.md, "GPU").
+the model. Made for one prepared run on a lent CUDA machine (docs/benchmarks.md, "Indexing
+on a GPU").
 
 On the photos of ``--photos`` (``--make N`` synthesises N there first when it holds fewer:
-seeded smooth colour fields with grain, ``--size`` px, baseline JPEG quality 90, about 600 KiB
-each at 2000x1333, so the script needs no photo set on a bare machine), for each model
+seeded smooth colour fields with grain, ``--size`` px, baseline JPEG quality 90, so the
+script needs no photo set on a bare machine), for each model
 (``name@weights``, weights ``none`` by default: random init, as fast as trained weights):
 
 (a) the bare forward through the project's extractor (``load_extractor`` with
@@ -28,7 +29,7 @@ of its kind so far would not fit in what is left. Markdown tables go to stdout a
 after every step, so a run cut short still leaves what it measured.
 
 Usage:
-    .venv/bin/python scripts/bench_gpu.py --make 2000 --budget-s 420 --out /tmp/gpu
+    python3 scripts/bench_gpu.py --make 2000 --budget-s 400 --out $OUT   # on the GPU machine
     .venv/bin/python scripts/bench_gpu.py --device cpu --photos bench-data/photos-r2 \\
         --models resnet50 --index-precisions fp32 --workers 2 --batch-sizes 16
 """
@@ -70,8 +71,8 @@ def log(message: str) -> None:
 
 def synth_photo(path: Path, seed: int, size: tuple[int, int]) -> None:
     """A photo-sized JPEG (quality 90): a smooth colour field, mid-sized blotches and fine
-    grain, blended; differs per seed. Its file size and decode time are close to a real
-    photo's of the same size (``bench_index``'s photos: 11-12 ms draft decode at 2 MP)."""
+    grain, blended; differs per seed. Its file size and draft decode time are close to those
+    of ``bench_index``'s photos (docs/benchmarks.md, "Indexing on a GPU")."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -563,10 +564,9 @@ def tables(data: dict[str, Any]) -> str:
             continue
         c = decode.get((r["model"], r["workers"]))
         a = forward.get((r["model"], r["precision"], r["batch"]))
-        bound, share = "-", None
-        known = [(v, k) for v, k in ((c, "decode"), (a, "model")) if v]
-        if known:
-            limit, bound = min(known)
+        bound, share = "-", None  # both limits measured: the lower one bounds the run
+        if c and a:
+            limit, bound = min((c, "decode"), (a, "model"))
             share = r["images_per_s"] / limit
         out.append(
             f"{head} {_num(r['images_per_s'])} | {_num(r['wall_seconds'])} "
