@@ -208,17 +208,18 @@ def first_line(err: BaseException) -> str:
 
 
 def decode_rates(
-    paths: Sequence[Path], preprocess: Any, workers: Sequence[int]
+    sample: Sequence[Path], paths: Sequence[Path], preprocess: Any, workers: Sequence[int]
 ) -> list[dict[str, Any]]:
-    """(c) per model: CPU ms/image on one thread, and images/s of ``ingest.decode`` (read,
-    hash, draft decode, preprocess: what an index run's decoders do) on each thread count."""
+    """(c) per model: CPU ms/image on one thread over ``sample``, and images/s of
+    ``ingest.decode`` (read, hash, draft decode, preprocess: what an index run's decoders do)
+    over ``paths`` on each thread count."""
     from featx_search.ingest import decode
 
     rows: list[dict[str, Any]] = []
     t0 = time.thread_time()
-    for p in paths:
+    for p in sample:
         decode(p, preprocess)
-    rows.append({"threads": 1, "cpu_ms": 1000 * (time.thread_time() - t0) / len(paths)})
+    rows.append({"threads": 1, "cpu_ms": 1000 * (time.thread_time() - t0) / len(sample)})
     for w in workers:
         with ThreadPoolExecutor(w) as pool:
             list(pool.map(lambda p: decode(p, preprocess), paths[:w]))  # threads started
@@ -431,7 +432,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             run.save()
             continue
         log(f"-- {model}: decode (c)")
-        for row in decode_rates(sample, preprocess, workers):
+        # Threads timed on 16 photos each (at least the sample): a short pass is noisy.
+        many = paths[: max(len(sample), 16 * max(workers, default=1))]
+        for row in decode_rates(sample, many, preprocess, workers):
             run.data["decode"].append({"model": model, **row})
         inputs = decoded_inputs(sample, preprocess)
         unique = len(inputs)
