@@ -289,7 +289,12 @@ def index_run(
         env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
         t0 = time.perf_counter()
         child = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         try:
             stdout, stderr = child.communicate(timeout=timeout)
@@ -370,7 +375,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", default="16,8,4", help="(b) and (c) decode threads")
     parser.add_argument("--budget-s", type=float, default=0.0, help="trim to fit (0: no limit)")
     parser.add_argument(
-        "--step-timeout", type=float, default=300.0, help="seconds one index run may take"
+        "--step-timeout", type=float, default=120.0, help="seconds one index run may take"
     )
     parser.add_argument("--out", type=Path, help="write bench_gpu.json and bench_gpu.md here")
     args = parser.parse_args(argv)
@@ -406,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sample = sorted(random.Random(0).sample(paths, min(args.sample, len(paths))))
     from PIL import Image
 
-    sides = [max(Image.open(p).size) for p in paths]
+    sides = []
+    for p in paths:
+        with Image.open(p) as img:
+            sides.append(max(img.size))
     run.data["photos"] = {
         "folder": str(args.photos),
         "n": len(paths),
