@@ -46,7 +46,7 @@ SIDE = 448
 #   down8: 1/8 of the size; jpeg10: JPEG quality 10; turn: turned by a few degrees, the
 #   canvas grown to hold the whole photo; tilt: turned in the same frame (corners black);
 #   crop-jpeg10: the crops again, at JPEG quality 10 (a small crop of a compressed copy);
-#   grey: in shades of grey; mirror: flipped left to right.
+#   grey: in shades of grey; mirror: flipped left to right; tilt-grey: the tilts in grey.
 VIEWS: tuple[tuple[str, Any], ...] = (
     *(("crop", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
     ("down8", None),
@@ -58,6 +58,8 @@ VIEWS: tuple[tuple[str, Any], ...] = (
     *(("crop-jpeg10", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
     ("grey", None),
     ("mirror", None),
+    ("tilt-grey", -12.0),
+    ("tilt-grey", 12.0),
 )
 # Ids per image in a copy index: view v of image i is i * VIEW_SLOTS + v (v = 0: the image).
 VIEW_SLOTS = 32
@@ -73,6 +75,12 @@ CANDIDATES = 50
 TRAIN_SAMPLE = 8_000
 # Slack for the byte quantisation when a compact score bounds an exact one.
 MARGIN = 0.02
+
+
+def views_nbytes(dim: int) -> int:
+    """The bytes of one image's stored views at ``dim`` dimensions (float32 (VIEWS, dim)):
+    views stored at another size are from an older :data:`VIEWS` and embedded again."""
+    return len(VIEWS) * dim * 4
 
 
 def views_of(img: PILImage) -> list[PILImage]:
@@ -99,6 +107,9 @@ def views_of(img: PILImage) -> list[PILImage]:
         elif kind in ("turn", "tilt"):
             expand = kind == "turn"
             out.append(img.rotate(arg, resample=Image.Resampling.BILINEAR, expand=expand))
+        elif kind == "tilt-grey":
+            turned = img.rotate(arg, resample=Image.Resampling.BILINEAR)
+            out.append(turned.convert("L").convert("RGB"))
         else:  # pragma: no cover - VIEWS is fixed above
             raise AssertionError(kind)
     return out
@@ -182,7 +193,7 @@ def update_views(
     then build and save the space's copy index. A file that cannot be read any more is
     skipped (it keeps no views; the next run tries again). ``progress(done, todo)`` after
     each batch."""
-    missing = store.copy_views_missing(space.id)
+    missing = store.copy_views_missing(space.id, views_nbytes(space.dim))
     added = failed = 0
     if len(missing):
         extractor = space.extractor(writing=True)
@@ -256,13 +267,18 @@ class CopyIndex:
             views = reader.copy_views(space_id, found.tolist(), dim)
             stacked = np.zeros((len(found), len(VIEWS), dim), np.float32)
             for row, image_id in enumerate(found.tolist()):
-                if image_id in views:
-                    stacked[row, : len(views[image_id])] = views[image_id]
+                if image_id in views:  # an older, shorter set: zeros after (never best)
+                    kept = views[image_id][: len(VIEWS)]
+                    stacked[row, : len(kept)] = kept
                 else:  # no views yet: its own vector stands in for them
                     stacked[row, :] = vectors[row]
             return found, vectors, stacked
 
-        key = {"generation": space.generation, "views": reader.copy_view_count(space_id)}
+        key = {
+            "generation": space.generation,
+            "views": reader.copy_view_count(space_id),
+            "per_image": len(VIEWS),
+        }
         path = copy_index_path(reader, space.fingerprint)
         meta = path.with_suffix(".json")
         try:

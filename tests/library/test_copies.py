@@ -113,7 +113,7 @@ def test_views_go_with_their_vectors_and_the_index_follows(tmp_path: Path, libra
         make_photo(root / "new.png", seed=50)  # new: views embedded by the sync
         space.sync([root])
         assert lib._store.copy_view_count(space.id) == 6
-        assert len(lib._store.copy_views_missing(space.id)) == 0
+        assert len(lib._store.copy_views_missing(space.id, copies.views_nbytes(space.dim))) == 0
         index = space.copy_index()
         assert len(index) == 6 * (len(VIEWS) + 1)
         ids, vectors, views = _reference(lib, [*paths[1:], root / "new.png"])
@@ -144,6 +144,29 @@ def test_copy_index_file_is_a_cache(tmp_path: Path) -> None:
         meta = json.loads(path.with_suffix(".json").read_text())
         assert meta["key"]["views"] == 3
         assert len(CopyIndex.open(space)) == 3 * (len(VIEWS) + 1)
+
+
+def test_views_of_an_older_view_set_are_embedded_again(tmp_path: Path) -> None:
+    _photos(tmp_path / "photos", 3)
+    with Library.open(tmp_path / "lib.db") as lib:
+        space = lib.create_space(TINY)
+        space.sync([tmp_path / "photos"])
+        space.keep_copies()
+        store = lib._store
+        _, ids, _ = space.vectors()
+        full = store.copy_views(space.id, [int(ids[0])], space.dim)[int(ids[0])]
+        # image 1 as a library indexed before the last views were added left it
+        store.write_views(space.id, [(int(ids[0]), full[:-2])])
+        nbytes = copies.views_nbytes(space.dim)
+        assert store.copy_views_missing(space.id, nbytes).tolist() == [int(ids[0])]
+        space.forget()
+        assert len(CopyIndex.open(space)) == 3 * (len(VIEWS) + 1)  # read, padded
+        assert space.similar(int(ids[0]), Query(copies=True, k=1))[0].image_id == ids[0]
+        report = space.keep_copies()
+        assert report is not None and report.added == 1
+        assert len(store.copy_views_missing(space.id, nbytes)) == 0
+        again = store.copy_views(space.id, [int(ids[0])], space.dim)[int(ids[0])]
+        np.testing.assert_allclose(again, full, atol=1e-5)
 
 
 def test_cli_index_similar_and_dups_with_copies(tmp_path: Path) -> None:
@@ -201,9 +224,9 @@ def test_a_stopped_sync_leaves_views_to_the_next(tmp_path: Path) -> None:
         stop = threading.Event()
         stop.set()  # stopped: at most the batch in flight is written, no views embedded
         space.sync([root], stop=stop)
-        missing = lib._store.copy_views_missing(space.id)
+        missing = lib._store.copy_views_missing(space.id, copies.views_nbytes(space.dim))
         assert lib._store.copy_view_count(space.id) == 3
         space.sync([root])  # resumes: the new file and its views
-        assert len(lib._store.copy_views_missing(space.id)) == 0
+        assert len(lib._store.copy_views_missing(space.id, copies.views_nbytes(space.dim))) == 0
         assert lib._store.copy_view_count(space.id) == space.count
         assert len(missing) == space.count - 3
