@@ -68,7 +68,9 @@ def test_copy_search_scores_the_best_view_as_brute_force(
         # a query that is none of the images: a half-size crop of one
         crop = decoded(paths[2]).crop((0, 0, 250, 200))
         query = space.embed([crop])
-        expected = best_of_views(query, vectors, views)[0]
+        norm = space.embed([copies.normalised(crop)])  # compared with the normalised views
+        expected = best_of_views(query, vectors, views, norm)[0]
+        assert not np.allclose(expected, best_of_views(query, vectors, views)[0])
         found = space.search(crop, Query(copies=True, k=6))
         assert [m.image_id for m in found] == ids[np.argsort(-expected, kind="stable")].tolist()
         np.testing.assert_allclose([m.score for m in found], np.sort(expected)[::-1], atol=1e-4)
@@ -92,7 +94,8 @@ def test_copy_search_scores_the_best_view_as_brute_force(
         # similar: stored vectors as queries, filtered, the image itself excluded
         rows = space.similar([int(ids[0]), int(ids[1])], Query(copies=True, k=3, exclude_self=True))
         for image_id, row in zip(ids[:2], rows, strict=True):
-            scores = best_of_views(vectors[ids == image_id], vectors, views)[0]
+            own = views[ids == image_id][:, copies.NORM]  # its stored normalised view
+            scores = best_of_views(vectors[ids == image_id], vectors, views, own)[0]
             scores[ids == image_id] = -np.inf
             want = ids[np.argsort(-scores, kind="stable")][:3]
             assert [m.image_id for m in row] == want.tolist()
@@ -117,7 +120,7 @@ def test_views_go_with_their_vectors_and_the_index_follows(tmp_path: Path, libra
         index = space.copy_index()
         assert len(index) == 6 * (len(VIEWS) + 1)
         ids, vectors, views = _reference(lib, [*paths[1:], root / "new.png"])
-        scores = best_of_views(vectors[:1], vectors, views)[0]
+        scores = best_of_views(vectors[:1], vectors, views, views[:1, copies.NORM])[0]
         found = space.similar(int(ids[0]), Query(copies=True, k=6))
         np.testing.assert_allclose([m.score for m in found], np.sort(scores)[::-1], atol=1e-4)
         # turned off: views dropped, searches refused
