@@ -51,6 +51,7 @@ SIDE = 448
 #   canvas grown to hold the whole photo; tilt: turned in the same frame (corners black);
 #   crop-jpeg10: the crops again, at JPEG quality 10 (a small crop of a compressed copy);
 #   grey: in shades of grey; mirror: flipped left to right; tilt-grey: the tilts in grey;
+#   blur: a Gaussian blur of radius 4 (at SIDE; radius 2 at the model's 224);
 #   norm: each channel standardised (:func:`normalised`), compared only with the query's
 #   own normalised view (the last view, whatever the others).
 VIEWS: tuple[tuple[str, Any], ...] = (
@@ -66,6 +67,7 @@ VIEWS: tuple[tuple[str, Any], ...] = (
     ("mirror", None),
     ("tilt-grey", -12.0),
     ("tilt-grey", 12.0),
+    ("blur", 4.0),
     ("norm", None),
 )
 # The normalised view's index among VIEWS and its slot in a copy index.
@@ -101,7 +103,7 @@ def views_nbytes(dim: int) -> int:
 
 def views_of(img: PILImage) -> list[PILImage]:
     """The :data:`VIEWS` of a decoded RGB image, in order."""
-    from PIL import Image
+    from PIL import Image, ImageFilter
 
     w, h = img.size
     side = CROP_AREA**0.5
@@ -126,6 +128,8 @@ def views_of(img: PILImage) -> list[PILImage]:
         elif kind == "tilt-grey":
             turned = img.rotate(arg, resample=Image.Resampling.BILINEAR)
             out.append(turned.convert("L").convert("RGB"))
+        elif kind == "blur":
+            out.append(img.filter(ImageFilter.GaussianBlur(arg)))
         elif kind == "norm":
             out.append(normalised(img))
         else:  # pragma: no cover - VIEWS is fixed above

@@ -149,6 +149,33 @@ def test_copy_index_file_is_a_cache(tmp_path: Path) -> None:
         assert len(CopyIndex.open(space)) == 3 * (len(VIEWS) + 1)
 
 
+def test_a_copy_with_other_colours_finds_its_original_through_the_normalised_views(
+    tmp_path: Path,
+) -> None:
+    from PIL import ImageEnhance
+
+    paths = _photos(tmp_path / "photos", 5)
+    original = decoded(paths[2])
+    changed = ImageEnhance.Contrast(ImageEnhance.Brightness(original).enhance(0.6)).enhance(1.4)
+    # brightness and contrast leave nothing the normalised view sees
+    gap = np.abs(
+        np.asarray(copies.normalised(changed), np.int16)
+        - np.asarray(copies.normalised(original), np.int16)
+    )
+    assert gap.mean() < 3
+    with Library.open(tmp_path / "lib.db") as lib:
+        space = lib.create_space(TINY)
+        space.sync([tmp_path / "photos"])
+        space.keep_copies()
+        plain = space.search(changed, Query(k=5))
+        found = space.search(changed, Query(copies=True, k=1))[0]
+        assert found.path == str(paths[2]) and found.score > 0.98
+        # the plain vector, and the best of the plain views, score the original lower
+        assert [m.score for m in plain if m.path == str(paths[2])][0] < found.score - 0.01
+        scores, ids = space.copy_index().search(space.embed([changed], trim=True), 5)
+        assert scores[0][ids[0] == found.image_id][0] < found.score - 0.005
+
+
 def test_views_of_an_older_view_set_are_embedded_again(tmp_path: Path) -> None:
     _photos(tmp_path / "photos", 3)
     with Library.open(tmp_path / "lib.db") as lib:
