@@ -171,7 +171,7 @@ def test_a_copy_with_other_colours_finds_its_original_through_the_normalised_vie
         found = space.search(changed, Query(copies=True, k=1))[0]
         assert found.path == str(paths[2]) and found.score > 0.98
         # the plain vector, and the best of the plain views, score the original lower
-        assert [m.score for m in plain if m.path == str(paths[2])][0] < found.score - 0.01
+        assert next(m.score for m in plain if m.path == str(paths[2])) < found.score - 0.01
         scores, ids = space.copy_index().search(space.embed([changed], trim=True), 5)
         assert scores[0][ids[0] == found.image_id][0] < found.score - 0.005
 
