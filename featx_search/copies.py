@@ -5,7 +5,10 @@ A copy-mode space (``index --copies``, :meth:`Space.keep_copies`) stores, beside
 vector, the vectors of :data:`VIEWS` of it in the ``copy_views`` table (the truth; they go
 with the image's vector). A copy search (``similar --copies``, ``dups --copies``,
 ``Query(copies=True)``) scores an image as the best of its vector and its views against the
-query. The views are searched in one flat index (``FINGERPRINT.copies.faiss`` in the index
+query; the last view, the image with its colours normalised (:func:`normalised`), is
+only compared with the query's own normalised view (``norms``), less :data:`NORM_PENALTY`,
+so that a copy whose colours, brightness or contrast were changed finds it. The views are
+searched in one flat index (``FINGERPRINT.copies.faiss`` in the index
 folder, a cache rebuilt from the store when the space's generation or its number of views
 moved), each view under the id ``image_id * VIEW_SLOTS + view`` (view 0: the image's own
 vector); :class:`CopyIndex` maps hits back to images, best view first, one per image.
@@ -13,6 +16,7 @@ vector); :class:`CopyIndex` maps hits back to images, best view first, one per i
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -46,7 +50,10 @@ SIDE = 448
 #   down8: 1/8 of the size; jpeg10: JPEG quality 10; turn: turned by a few degrees, the
 #   canvas grown to hold the whole photo; tilt: turned in the same frame (corners black);
 #   crop-jpeg10: the crops again, at JPEG quality 10 (a small crop of a compressed copy);
-#   grey: in shades of grey; mirror: flipped left to right.
+#   grey: in shades of grey; mirror: flipped left to right; tilt-grey: the tilts in grey;
+#   blur: a Gaussian blur of radius 4 (at SIDE; radius 2 at the model's 224);
+#   norm: each channel standardised (:func:`normalised`), compared only with the query's
+#   own normalised view (the last view, whatever the others).
 VIEWS: tuple[tuple[str, Any], ...] = (
     *(("crop", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
     ("down8", None),
@@ -58,7 +65,20 @@ VIEWS: tuple[tuple[str, Any], ...] = (
     *(("crop-jpeg10", (x, y)) for y in (0.0, 0.5, 1.0) for x in (0.0, 0.5, 1.0)),
     ("grey", None),
     ("mirror", None),
+    ("tilt-grey", -12.0),
+    ("tilt-grey", 12.0),
+    ("blur", 4.0),
+    ("norm", None),
 )
+# The normalised view's index among VIEWS and its slot in a copy index.
+NORM = len(VIEWS) - 1
+NORM_SLOT = NORM + 1
+# A normalised pair scores this much less than its cosine: it wins only where no plain pair
+# comes close (a changed colour), not over a crop that matches in its own colours.
+NORM_PENALTY = 0.01
+# The normalised view's spread: each channel to mean 128, standard deviation NORM_SPREAD
+# (a channel of one level, spread under 1, stays at 128).
+NORM_SPREAD = 50.0
 # Ids per image in a copy index: view v of image i is i * VIEW_SLOTS + v (v = 0: the image).
 VIEW_SLOTS = 32
 # The crops' share of the image's area.
@@ -75,9 +95,15 @@ TRAIN_SAMPLE = 8_000
 MARGIN = 0.02
 
 
+def views_nbytes(dim: int) -> int:
+    """The bytes of one image's stored views at ``dim`` dimensions (float32 (VIEWS, dim)):
+    views stored at another size are from an older :data:`VIEWS` and embedded again."""
+    return len(VIEWS) * dim * 4
+
+
 def views_of(img: PILImage) -> list[PILImage]:
     """The :data:`VIEWS` of a decoded RGB image, in order."""
-    from PIL import Image
+    from PIL import Image, ImageFilter
 
     w, h = img.size
     side = CROP_AREA**0.5
@@ -99,9 +125,29 @@ def views_of(img: PILImage) -> list[PILImage]:
         elif kind in ("turn", "tilt"):
             expand = kind == "turn"
             out.append(img.rotate(arg, resample=Image.Resampling.BILINEAR, expand=expand))
+        elif kind == "tilt-grey":
+            turned = img.rotate(arg, resample=Image.Resampling.BILINEAR)
+            out.append(turned.convert("L").convert("RGB"))
+        elif kind == "blur":
+            out.append(img.filter(ImageFilter.GaussianBlur(arg)))
+        elif kind == "norm":
+            out.append(normalised(img))
         else:  # pragma: no cover - VIEWS is fixed above
             raise AssertionError(kind)
     return out
+
+
+def normalised(img: PILImage) -> PILImage:
+    """``img`` (RGB) with each channel standardised to mean 128 and spread
+    :data:`NORM_SPREAD`: the same picture whatever its brightness and contrast, and nearly
+    whatever its saturation (the copy-mode view compared with a query's own)."""
+    from PIL import Image
+
+    pixels = np.asarray(img.convert("RGB"), np.float32)
+    mean, spread = pixels.mean(axis=(0, 1)), pixels.std(axis=(0, 1))
+    out = (pixels - mean) / np.maximum(spread, 1e-3) * NORM_SPREAD + 128
+    out[..., spread < 1] = 128
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
 def _jpeg(img: PILImage, quality: int) -> PILImage:
@@ -147,12 +193,19 @@ def embed_views(
     return vectors.reshape(len(images), len(VIEWS), -1).astype(np.float32, copy=False)
 
 
-def best_of_views(queries: np.ndarray, base: np.ndarray, views: np.ndarray) -> np.ndarray:
+def best_of_views(
+    queries: np.ndarray, base: np.ndarray, views: np.ndarray, norms: np.ndarray | None = None
+) -> np.ndarray:
     """Copy-mode scores of float32 ``queries`` (Q, dim) against images with vectors ``base``
-    (N, dim) and views (N, V, dim): (Q, N), each the best of the image and its views."""
+    (N, dim) and views (N, len(VIEWS), dim): (Q, N), each the best of the image and its
+    views; the normalised view (the last) counts only against ``norms`` (Q, dim), the
+    queries' own normalised views (see :func:`normalised`), less :data:`NORM_PENALTY`."""
     scores = queries @ base.T
     if views.size:
-        scores = np.maximum(scores, np.einsum("qd,nvd->qnv", queries, views).max(axis=2))
+        plain = views[:, :NORM]
+        scores = np.maximum(scores, np.einsum("qd,nvd->qnv", queries, plain).max(axis=2))
+        if norms is not None and views.shape[1] > NORM:
+            scores = np.maximum(scores, norms @ views[:, NORM].T - NORM_PENALTY)
     return np.asarray(scores)
 
 
@@ -182,7 +235,7 @@ def update_views(
     then build and save the space's copy index. A file that cannot be read any more is
     skipped (it keeps no views; the next run tries again). ``progress(done, todo)`` after
     each batch."""
-    missing = store.copy_views_missing(space.id)
+    missing = store.copy_views_missing(space.id, views_nbytes(space.dim))
     added = failed = 0
     if len(missing):
         extractor = space.extractor(writing=True)
@@ -219,7 +272,10 @@ class CopyIndex:
     the index holds them projected on their :data:`COMPACT_DIMS` main axes and quantised
     (:data:`COMPACT_SPEC`: a 23rd of the bytes at 1,472 dimensions, so that a fresh
     ``similar`` process loads it fast); its best :data:`CANDIDATES` images (at least 4 k)
-    are then scored exactly, from their stored vector and views. Open with :meth:`open`."""
+    are then scored exactly, from their stored vector and views. Open with :meth:`open`.
+
+    A handle from :meth:`with_norms` also searches the queries' normalised views against the
+    images' (see :func:`best_of_views`)."""
 
     def __init__(
         self,
@@ -227,11 +283,21 @@ class CopyIndex:
         dim: int,
         exact: ExactViews | None = None,
         projection: Projection | None = None,
+        image_ids: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.index = index
         self.dim = dim
         self.exact = exact
         self.projection = projection
+        self.image_ids = image_ids
+        self.norms: np.ndarray | None = None
+
+    def with_norms(self, norms: np.ndarray | None) -> CopyIndex:
+        """This index for queries whose normalised views are ``norms`` (float32 (Q, dim), a
+        row per query of the next :meth:`search`; None: none)."""
+        bound = copy.copy(self)
+        bound.norms = None if norms is None else np.ascontiguousarray(norms, np.float32)
+        return bound
 
     def _projected(self, queries: np.ndarray) -> np.ndarray:
         if self.projection is None:
@@ -256,13 +322,21 @@ class CopyIndex:
             views = reader.copy_views(space_id, found.tolist(), dim)
             stacked = np.zeros((len(found), len(VIEWS), dim), np.float32)
             for row, image_id in enumerate(found.tolist()):
-                if image_id in views:
-                    stacked[row, : len(views[image_id])] = views[image_id]
+                if image_id in views:  # an older, shorter set: zeros after (never best)
+                    kept = views[image_id][: len(VIEWS)]
+                    stacked[row, : len(kept)] = kept
                 else:  # no views yet: its own vector stands in for them
                     stacked[row, :] = vectors[row]
             return found, vectors, stacked
 
-        key = {"generation": space.generation, "views": reader.copy_view_count(space_id)}
+        def image_ids() -> np.ndarray:
+            return reader.vector_ids(space_id)
+
+        key = {
+            "generation": space.generation,
+            "views": reader.copy_view_count(space_id),
+            "per_image": len(VIEWS),
+        }
         path = copy_index_path(reader, space.fingerprint)
         meta = path.with_suffix(".json")
         try:
@@ -281,7 +355,7 @@ class CopyIndex:
                     spec=saved["spec"],
                     mmap=True,
                 )
-                return cls(index, dim, None if projection is None else exact, projection)
+                return cls(index, dim, None if projection is None else exact, projection, image_ids)
         except (OSError, ValueError, KeyError):
             pass  # missing or damaged: built again below
         except Exception as err:  # a damaged file faiss refuses
@@ -298,7 +372,7 @@ class CopyIndex:
                 _write_json(meta, record)
             except OSError as err:
                 log.warning("cannot save the copy index %s: %s", path, err)
-        return cls(index, dim, None if projection is None else exact, projection)
+        return cls(index, dim, None if projection is None else exact, projection, image_ids)
 
     def search(
         self,
@@ -309,30 +383,57 @@ class CopyIndex:
         params: SearchParams | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` images per query row: (scores float32 (Q, k'), image ids int64 (Q, k')),
-        each image once with its best view's score; ``selector`` an int64 array of allowed
-        image ids (or None). -1 pads rows with fewer images."""
+        each image once with its best view's score (see :func:`best_of_views`, with this
+        handle's ``norms``); ``selector`` an int64 array of allowed image ids (or None). -1
+        pads rows with fewer images."""
         queries = np.ascontiguousarray(queries, np.float32)
+        norms = self.norms
+        if norms is not None and norms.shape != queries.shape:
+            raise ValueError(f"norms of shape {norms.shape} for queries {queries.shape}")
         allowed = None
         if selector is not None:
             ids = np.asarray(selector, np.int64)
-            allowed = (ids[:, None] * VIEW_SLOTS + np.arange(len(VIEWS) + 1)).ravel()
+            allowed = (ids[:, None] * VIEW_SLOTS + np.arange(NORM_SLOT)).ravel()
         wanted = k if self.exact is None else max(CANDIDATES, 4 * k)
         # k images lie among k * (views + 1) hits
         scores, ids = self.index.search(
             self._projected(queries), wanted * (len(VIEWS) + 1), selector=allowed, params=params
         )
+        norm_scores = norm_ids = None
+        if norms is not None:  # the normalised views only, against the queries' own
+            images = np.asarray(selector if selector is not None else self._all_images(), np.int64)
+            norm_scores, norm_ids = self.index.search(
+                self._projected(norms),
+                wanted,
+                selector=images * VIEW_SLOTS + NORM_SLOT,
+                params=params,
+            )
+            norm_scores = norm_scores - NORM_PENALTY
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_ids = np.full((len(queries), k), -1, np.int64)
         for row in range(len(queries)):
             found_scores, found = _first_per_image(scores[row], ids[row], wanted)
+            if norm_scores is not None and norm_ids is not None:
+                more = _first_per_image(norm_scores[row], norm_ids[row], wanted, norms=True)
+                found_scores, found = _merged(found_scores, found, *more)
             if self.exact is not None and len(found):
                 found, vectors, views = self.exact(np.sort(found))
-                exact = best_of_views(queries[row : row + 1], vectors, views)[0]
+                exact = best_of_views(
+                    queries[row : row + 1],
+                    vectors,
+                    views,
+                    None if norms is None else norms[row : row + 1],
+                )[0]
                 order = np.argsort(-exact, kind="stable")
                 found_scores, found = exact[order], found[order]
             n = min(k, len(found))
             out_scores[row, :n], out_ids[row, :n] = found_scores[:n], found[:n]
         return out_scores, out_ids
+
+    def _all_images(self) -> np.ndarray:
+        if self.image_ids is not None:
+            return self.image_ids()
+        raise ValueError("a copy index without its image ids cannot search normalised views")
 
     def linked(self, queries: np.ndarray, k: int, threshold: float) -> list[tuple[int, int, float]]:
         """(query row, image id, score) for each of the ``k`` best images of each row of
@@ -382,10 +483,12 @@ ExactViews = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def _first_per_image(
-    scores: np.ndarray, view_ids: np.ndarray, limit: int
+    scores: np.ndarray, view_ids: np.ndarray, limit: int, *, norms: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first hit of each image among sorted view hits, at most ``limit`` images."""
-    images = np.where(view_ids >= 0, view_ids // VIEW_SLOTS, -1)
+    """The first hit of each image among sorted view hits, at most ``limit`` images; hits
+    of normalised views are left out, unless ``norms`` (a search of them only)."""
+    kept = (view_ids >= 0) & ((view_ids % VIEW_SLOTS == NORM_SLOT) == norms)
+    images = np.where(kept, view_ids // VIEW_SLOTS, -1)
     seen: set[int] = set()
     kept = []
     for position, image in enumerate(images.tolist()):
@@ -395,6 +498,26 @@ def _first_per_image(
             if len(kept) == limit:
                 break
     return scores[kept].astype(np.float32), images[kept].astype(np.int64)
+
+
+def _merged(
+    scores: np.ndarray, images: np.ndarray, more_scores: np.ndarray, more: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two lists of (score, image), each best first, as one: each image with its best score,
+    best first."""
+    best: dict[int, float] = {}
+    for score, image in zip(
+        np.concatenate([scores, more_scores]).tolist(),
+        np.concatenate([images, more]).tolist(),
+        strict=True,
+    ):
+        if score > best.get(image, -np.inf):
+            best[image] = score
+    order = sorted(best, key=lambda image: -best[image])
+    return (
+        np.array([best[i] for i in order], np.float32),
+        np.array(order, np.int64),
+    )
 
 
 def copy_index_path(store: Reader, fingerprint: str) -> Path:

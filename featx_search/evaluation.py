@@ -7,7 +7,8 @@ compression, colour, screenshots and pairs of them) query the originals, their f
 trimmed as searches trim them, and recall@1 (the original, or an image of the set with the
 same pixels as the original, ranks first: see :func:`identical`) is reported per edit
 type, for the plain search and for copy mode (each original scored by the best of its vector
-and its copy views, as a copy-mode space scores it: :mod:`featx_search.copies`). Nothing is
+and its copy views against the copy and its normalised view, as a copy-mode search scores
+it: :mod:`featx_search.copies`). Nothing is
 stored; no library is opened.
 """
 
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from .config import FITS, ExtractorSpec, Fit, Preprocess
-from .copies import SIDE, best_of_views, decoded, embed_views
+from .copies import SIDE, best_of_views, decoded, embed_views, normalised
 from .errors import ConfigError
 from .images import is_image_name, preprocess, trim_bars
 from .query import mix
@@ -331,8 +332,9 @@ def evaluate(
                 positions = np.arange(len(images))
                 top = np.argmax(edited_vectors @ base.T, axis=1)
                 recall[kind] = float(np.mean(same[positions, top]))
-                if views is not None:
-                    top = np.argmax(best_of_views(edited_vectors, base, views), axis=1)
+                if views is not None:  # with their normalised views, as searches do
+                    norms = _embed(extractor, [normalised(i) for i in trimmed], how, batch_size)
+                    top = np.argmax(best_of_views(edited_vectors, base, views, norms), axis=1)
                     copy_mode[kind] = float(np.mean(same[positions, top]))
             for qe, dba in expansions:
                 mean_ap, p1, p10, queries = retrieval_scores(base, labels, qe=qe, dba=dba)

@@ -261,6 +261,12 @@ _BAR_TOLERANCE = 12  # largest difference from the row's first pixel, per channe
 _BAR_DARK, _BAR_BRIGHT = 60, 245  # a bar's mean level is below the first or above the second
 _BAR_MIN = 0.02  # each of the two opposite bars covers at least this share of the side
 _KEEP_MIN = 0.2  # what is left covers at least this share of each side
+# A resized screenshot blends the bar into the photo's first lines: up to _SEAM_MAX lines
+# whose every pixel lies between the bar's and the next line's (within _BAR_TOLERANCE) and
+# that differ from the next line by more than _SEAM_STEP go with the bar. A flat picture
+# (a one-colour wallpaper) is otherwise found by its seam, not by its colour.
+_SEAM_MAX = 2
+_SEAM_STEP = 2
 
 
 def _plain(lines: np.ndarray) -> np.ndarray:
@@ -284,7 +290,24 @@ def _bar_span(size: int, lines: Callable[[int, int], np.ndarray]) -> tuple[int, 
     end = size - (int(np.argmin(bars[::-1])) if not bars.all() else size)
     if start < _BAR_MIN * size or size - end < _BAR_MIN * size or end - start < _KEEP_MIN * size:
         return 0, size  # not a bar on both sides: leave this direction alone
+    for _ in range(_SEAM_MAX):
+        if end - start <= _KEEP_MIN * size + 2:
+            break
+        cut_start = _seam(lines(start - 1, start + 2))
+        cut_end = _seam(lines(end - 2, end + 1)[::-1])
+        start, end = start + int(cut_start), end - int(cut_end)
+        if not (cut_start or cut_end):
+            break
     return start, end
+
+
+def _seam(lines: np.ndarray) -> bool:
+    """Whether the middle of three lines (int16 (3, length, 3): the bar's last, then inward)
+    is a blend of the bar and the line after it."""
+    bar, line, inner = (part.astype(np.int32) for part in lines)
+    low, high = np.minimum(bar, inner), np.maximum(bar, inner)
+    between = bool(((line >= low - _BAR_TOLERANCE) & (line <= high + _BAR_TOLERANCE)).all())
+    return between and int(np.abs(line - inner).max()) > _SEAM_STEP
 
 
 def trim_bars(picture: PILImage) -> PILImage:

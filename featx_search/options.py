@@ -33,9 +33,10 @@ class Query:
       "more of this kind" searches on some collections and hurts on others (measured in
       docs/benchmarks.md), so it is off (0) by default.
     - ``copies``: look for copies of the query (crops, smaller or compressed copies, turned
-      ones): each image scores the best of its vector and its copy views (see
-      :mod:`featx_search.copies`). Only a copy-mode space answers it (``index --copies``);
-      whitening is not applied.
+      or recoloured ones): each image scores the best of its vector and its copy views, its
+      normalised view against the query's own (see :mod:`featx_search.copies`; a search by
+      a picture embeds that view too, a second model run). Only a copy-mode space answers
+      it (``index --copies``); whitening is not applied.
     """
 
     k: int = 10

@@ -227,7 +227,8 @@ STATEMENTS: dict[str, Select[Any]] = {
     "copy_views_listed": select(copy_views.c.image_id, copy_views.c.data)
     .where(copy_views.c.space_id == bindparam("space_id"), _listed(copy_views.c.image_id, "ids"))
     .order_by(copy_views.c.image_id),
-    # The images with a vector in the space but no copy views yet (what copies.update_views embeds).
+    # The images with a vector in the space but no copy views of ``nbytes`` yet (none, or
+    # views of an older set of them: what copies.update_views embeds).
     "copy_views_missing": select(vectors.c.image_id)
     .where(
         vectors.c.space_id == bindparam("space_id"),
@@ -235,6 +236,7 @@ STATEMENTS: dict[str, Select[Any]] = {
             select(copy_views.c.image_id).where(
                 copy_views.c.space_id == vectors.c.space_id,
                 copy_views.c.image_id == vectors.c.image_id,
+                func.length(copy_views.c.data) == bindparam("nbytes"),
             )
         ),
     )

@@ -578,10 +578,11 @@ class Reader:
             return int(reads.scalar("copy_view_count", space_id=space_id))
 
     @_retried
-    def copy_views_missing(self, space_id: int) -> np.ndarray:
-        """The image ids with a vector in a space but no copy views: int64 (N,), ascending."""
+    def copy_views_missing(self, space_id: int, nbytes: int) -> np.ndarray:
+        """The image ids with a vector in a space but no copy views of ``nbytes`` bytes (none,
+        or an older set of views): int64 (N,), ascending."""
         with self._read() as reads:
-            rows = reads.rows("copy_views_missing", space_id=space_id)
+            rows = reads.rows("copy_views_missing", space_id=space_id, nbytes=nbytes)
             return np.fromiter((image_id for (image_id,) in rows), dtype=np.int64)
 
     @_retried
@@ -612,12 +613,12 @@ class Reader:
             if not rows:
                 return
             ids = np.array([image_id for image_id, _ in rows], np.int64)
-            yield (
-                ids,
-                np.stack(
-                    [np.frombuffer(data, dtype=VECTOR_DTYPE).reshape(-1, dim) for _, data in rows]
-                ),
-            )
+            arrays = [np.frombuffer(data, dtype=VECTOR_DTYPE).reshape(-1, dim) for _, data in rows]
+            count = max(len(array) for array in arrays)
+            page = np.zeros((len(arrays), count, dim), VECTOR_DTYPE)
+            for row, array in enumerate(arrays):  # an older, shorter set of views: zeros after
+                page[row, : len(array)] = array
+            yield ids, page
             after = int(ids[-1])
             if len(rows) < size:
                 return

@@ -16,7 +16,7 @@ from .ann.spec import SearchParams
 from .compute import Compute
 from .dups import DEFAULT_DUP_THRESHOLD, DupGroup, DupMethod, near_duplicates
 from .errors import ConfigError, ImageError
-from .images import ImageInput, describe, load_input
+from .images import ImageInput, describe, load_input, load_rgb, preprocess, trim_bars
 from .options import ProgressCallback, Query, SyncOptions
 from .query import Match, check_threshold, combine_vectors, mix, search_vectors
 from .records import ImageFacts, SpaceRecord
@@ -254,11 +254,42 @@ class Space:
         :meth:`save_query_model`), else its extractor, so that every search by a picture
         (the CLI's, the web server's, this API's) embeds it the same way."""
         spec = self._first.spec.preprocess
-        batch = np.stack([load_input(image, spec, trim=trim) for image in images])
+        return self._run_model(np.stack([load_input(image, spec, trim=trim) for image in images]))
+
+    def _run_model(self, batch: np.ndarray) -> np.ndarray:
         query_model = self.query_model()
         if query_model is not None:
             return query_model.embed(batch)
         return self.extractor().embed(batch)
+
+    def _embed_copies(
+        self, images: Sequence[ImageInput], *, trim: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Copy-mode queries: the vectors of ``images`` and of their normalised views (see
+        :func:`featx_search.copies.normalised`), float32 (N, dim) each, in one batch."""
+        from .copies import normalised
+
+        spec = self._first.spec.preprocess
+        inputs = []
+        for image in images:
+            picture = load_rgb(image, min_side=spec.resize)
+            picture = trim_bars(picture) if trim else picture
+            inputs += [preprocess(picture, spec), preprocess(normalised(picture), spec)]
+        vectors = self._run_model(np.stack(inputs))
+        return vectors[0::2], vectors[1::2]
+
+    def _stored_norms(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored normalised views of images ``ids``: float32 (N, dim), zeros for an
+        image without them (a zero row never wins)."""
+        from .copies import NORM, VIEWS
+
+        views = self._store.copy_views(self.id, ids, self.dim)
+        norms = np.zeros((len(ids), self.dim), np.float32)
+        for row, image_id in enumerate(ids):
+            stored = views.get(int(image_id))
+            if stored is not None and len(stored) == len(VIEWS):
+                norms[row] = stored[NORM]
+        return norms
 
     def query_model(self) -> QueryModel | None:
         """The space's saved query model, compiled for this CPU (once per handle), or
@@ -328,7 +359,11 @@ class Space:
                 if isinstance(image, (str, os.PathLike)):
                     found = self._store.image_id(Path(image).expanduser().absolute().resolve())
                     row.extend([] if found is None else [found])
-        found_rows = self._query(self.embed(batch, trim=query.trim), selves, query)
+        if query.copies:  # the pictures and their normalised views (see copies.normalised)
+            vectors, norms = self._embed_copies(batch, trim=query.trim)
+            found_rows = self._query(vectors, selves, query, norms)
+        else:
+            found_rows = self._query(self.embed(batch, trim=query.trim), selves, query)
         return found_rows[0] if one and not query.combine else found_rows
 
     @overload
@@ -359,7 +394,8 @@ class Space:
                     hint="index it first, or search with the image file instead",
                 )
         ids = [int(i) for _, i in named if i is not None]
-        rows = self._query(np.stack([by_id[i] for i in ids]), [[i] for i in ids], query)
+        norms = self._stored_norms(ids) if query.copies else None
+        rows = self._query(np.stack([by_id[i] for i in ids]), [[i] for i in ids], query, norms)
         return rows[0] if one and not query.combine else rows
 
     def search_vectors(self, vectors: np.ndarray, query: Query | None = None) -> list[list[Match]]:
@@ -378,17 +414,24 @@ class Space:
         return self._query(array, [[] for _ in array], query or Query())
 
     def _query(
-        self, vectors: np.ndarray, selves: list[list[int]], query: Query
+        self,
+        vectors: np.ndarray,
+        selves: list[list[int]],
+        query: Query,
+        norms: np.ndarray | None = None,
     ) -> list[list[Match]]:
+        """``norms``: the queries' normalised views, for a copy search (see
+        :meth:`CopyIndex.with_norms`)."""
         if query.combine:
             vectors = combine_vectors(vectors)
+            norms = None if norms is None or not norms.any() else combine_vectors(norms)
             selves = [sorted({i for row in selves for i in row})]
         allowed = None
         if query.filters.active:
             allowed = query.filters.select(self._store.image_facts(self.id))
         index: VectorIndex | CopyIndex
         if query.copies:  # raw vectors against the views (not whitened)
-            whitening, index = None, self.copy_index()
+            whitening, index = None, self.copy_index().with_norms(norms)
             searched = vectors
         else:
             whitening, index = self._loaded()

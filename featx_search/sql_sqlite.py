@@ -249,9 +249,9 @@ STATEMENTS: dict[str, tuple[str, dict[str, str], dict[str, object], tuple[str, .
     "copy_views_missing": (
         "SELECT vectors.image_id FROM vectors WHERE vectors.space_id = :space_id AND NOT "
         "(EXISTS (SELECT copy_views.image_id FROM copy_views WHERE copy_views.space_id = "
-        "vectors.space_id AND copy_views.image_id = vectors.image_id)) ORDER BY "
-        "vectors.image_id",
-        {"space_id": ""},
+        "vectors.space_id AND copy_views.image_id = vectors.image_id AND "
+        "length(copy_views.data) = :nbytes)) ORDER BY vectors.image_id",
+        {"space_id": "", "nbytes": ""},
         {},
         ("",),
     ),

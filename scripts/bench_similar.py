@@ -205,6 +205,15 @@ def warm(n: int, repeat: int, photos: Path) -> None:
         "-k",
         "10",
     ]
+    # A copy search by a picture runs the model twice: the picture and its normalised view.
+    commands["search PHOTO -k 10 --copies (copy mode)"] = [
+        *copies,
+        "search",
+        str(query),
+        "-k",
+        "10",
+        "--copies",
+    ]
     root.mkdir(parents=True, exist_ok=True)  # --under needs the folder to exist
     (root / "003").mkdir(exist_ok=True)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}

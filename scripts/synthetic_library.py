@@ -231,7 +231,7 @@ def build_copies(n: int, *, seed: int = 0, photos: Path | None = None) -> Path:
     from featx_search.library import Library
     from featx_search.store import Store
 
-    db = DATA / f"synthetic-{n}-s{seed}-copies.db"
+    db = DATA / f"synthetic-{n}-s{seed}-copies{len(VIEWS)}.db"  # views of this set
     done = db.with_suffix(".done")
     if db.exists() and done.exists():
         return db

@@ -56,9 +56,9 @@ if TYPE_CHECKING:
     "--copies",
     is_flag=True,
     help="Make the space a copy-mode space: it also keeps views of each image (crops, a "
-    "small copy, a compressed copy, turned, grey and mirrored copies) for `similar "
-    "--copies` and `dups --copies`; every later index run keeps them up to date. Costs 27 "
-    "model runs per image (docs/how-it-works.md#copy-mode).",
+    "small copy, a compressed copy, turned, grey, mirrored and blurred copies, one with "
+    "normalised colours) for `similar --copies` and `dups --copies`; every later index run "
+    "keeps them up to date. Costs 31 model runs per image (docs/how-it-works.md#copy-mode).",
 )
 @flags.retry_failed_option
 @flags.prune_empty_option

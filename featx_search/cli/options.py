@@ -248,8 +248,9 @@ _QUERY_OPTIONS = [
     click.option(
         "--copies",
         is_flag=True,
-        help="Look for copies (crops, smaller, compressed or turned copies): each image "
-        "scores the best of its copy views; the space must be indexed with --copies.",
+        help="Look for copies (crops, smaller, compressed, turned or recoloured copies): each "
+        "image scores the best of its copy views (search: one more model run per picture, "
+        "for its normalised colours); the space must be indexed with --copies.",
     ),
     click.option(
         "--qe",

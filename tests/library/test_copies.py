@@ -68,7 +68,9 @@ def test_copy_search_scores_the_best_view_as_brute_force(
         # a query that is none of the images: a half-size crop of one
         crop = decoded(paths[2]).crop((0, 0, 250, 200))
         query = space.embed([crop])
-        expected = best_of_views(query, vectors, views)[0]
+        norm = space.embed([copies.normalised(crop)])  # compared with the normalised views
+        expected = best_of_views(query, vectors, views, norm)[0]
+        assert not np.allclose(expected, best_of_views(query, vectors, views)[0])
         found = space.search(crop, Query(copies=True, k=6))
         assert [m.image_id for m in found] == ids[np.argsort(-expected, kind="stable")].tolist()
         np.testing.assert_allclose([m.score for m in found], np.sort(expected)[::-1], atol=1e-4)
@@ -92,7 +94,8 @@ def test_copy_search_scores_the_best_view_as_brute_force(
         # similar: stored vectors as queries, filtered, the image itself excluded
         rows = space.similar([int(ids[0]), int(ids[1])], Query(copies=True, k=3, exclude_self=True))
         for image_id, row in zip(ids[:2], rows, strict=True):
-            scores = best_of_views(vectors[ids == image_id], vectors, views)[0]
+            own = views[ids == image_id][:, copies.NORM]  # its stored normalised view
+            scores = best_of_views(vectors[ids == image_id], vectors, views, own)[0]
             scores[ids == image_id] = -np.inf
             want = ids[np.argsort(-scores, kind="stable")][:3]
             assert [m.image_id for m in row] == want.tolist()
@@ -113,11 +116,11 @@ def test_views_go_with_their_vectors_and_the_index_follows(tmp_path: Path, libra
         make_photo(root / "new.png", seed=50)  # new: views embedded by the sync
         space.sync([root])
         assert lib._store.copy_view_count(space.id) == 6
-        assert len(lib._store.copy_views_missing(space.id)) == 0
+        assert len(lib._store.copy_views_missing(space.id, copies.views_nbytes(space.dim))) == 0
         index = space.copy_index()
         assert len(index) == 6 * (len(VIEWS) + 1)
         ids, vectors, views = _reference(lib, [*paths[1:], root / "new.png"])
-        scores = best_of_views(vectors[:1], vectors, views)[0]
+        scores = best_of_views(vectors[:1], vectors, views, views[:1, copies.NORM])[0]
         found = space.similar(int(ids[0]), Query(copies=True, k=6))
         np.testing.assert_allclose([m.score for m in found], np.sort(scores)[::-1], atol=1e-4)
         # turned off: views dropped, searches refused
@@ -144,6 +147,56 @@ def test_copy_index_file_is_a_cache(tmp_path: Path) -> None:
         meta = json.loads(path.with_suffix(".json").read_text())
         assert meta["key"]["views"] == 3
         assert len(CopyIndex.open(space)) == 3 * (len(VIEWS) + 1)
+
+
+def test_a_copy_with_other_colours_finds_its_original_through_the_normalised_views(
+    tmp_path: Path,
+) -> None:
+    from PIL import ImageEnhance
+
+    paths = _photos(tmp_path / "photos", 5)
+    original = decoded(paths[2])
+    changed = ImageEnhance.Contrast(ImageEnhance.Brightness(original).enhance(0.6)).enhance(1.4)
+    # brightness and contrast leave nothing the normalised view sees
+    gap = np.abs(
+        np.asarray(copies.normalised(changed), np.int16)
+        - np.asarray(copies.normalised(original), np.int16)
+    )
+    assert gap.mean() < 3
+    with Library.open(tmp_path / "lib.db") as lib:
+        space = lib.create_space(TINY)
+        space.sync([tmp_path / "photos"])
+        space.keep_copies()
+        plain = space.search(changed, Query(k=5))
+        found = space.search(changed, Query(copies=True, k=1))[0]
+        assert found.path == str(paths[2]) and found.score > 0.98
+        # the plain vector, and the best of the plain views, score the original lower
+        assert next(m.score for m in plain if m.path == str(paths[2])) < found.score - 0.01
+        scores, ids = space.copy_index().search(space.embed([changed], trim=True), 5)
+        assert scores[0][ids[0] == found.image_id][0] < found.score - 0.005
+
+
+def test_views_of_an_older_view_set_are_embedded_again(tmp_path: Path) -> None:
+    _photos(tmp_path / "photos", 3)
+    with Library.open(tmp_path / "lib.db") as lib:
+        space = lib.create_space(TINY)
+        space.sync([tmp_path / "photos"])
+        space.keep_copies()
+        store = lib._store
+        _, ids, _ = space.vectors()
+        full = store.copy_views(space.id, [int(ids[0])], space.dim)[int(ids[0])]
+        # image 1 as a library indexed before the last views were added left it
+        store.write_views(space.id, [(int(ids[0]), full[:-2])])
+        nbytes = copies.views_nbytes(space.dim)
+        assert store.copy_views_missing(space.id, nbytes).tolist() == [int(ids[0])]
+        space.forget()
+        assert len(CopyIndex.open(space)) == 3 * (len(VIEWS) + 1)  # read, padded
+        assert space.similar(int(ids[0]), Query(copies=True, k=1))[0].image_id == ids[0]
+        report = space.keep_copies()
+        assert report is not None and report.added == 1
+        assert len(store.copy_views_missing(space.id, nbytes)) == 0
+        again = store.copy_views(space.id, [int(ids[0])], space.dim)[int(ids[0])]
+        np.testing.assert_allclose(again, full, atol=1e-5)
 
 
 def test_cli_index_similar_and_dups_with_copies(tmp_path: Path) -> None:
@@ -201,9 +254,9 @@ def test_a_stopped_sync_leaves_views_to_the_next(tmp_path: Path) -> None:
         stop = threading.Event()
         stop.set()  # stopped: at most the batch in flight is written, no views embedded
         space.sync([root], stop=stop)
-        missing = lib._store.copy_views_missing(space.id)
+        missing = lib._store.copy_views_missing(space.id, copies.views_nbytes(space.dim))
         assert lib._store.copy_view_count(space.id) == 3
         space.sync([root])  # resumes: the new file and its views
-        assert len(lib._store.copy_views_missing(space.id)) == 0
+        assert len(lib._store.copy_views_missing(space.id, copies.views_nbytes(space.dim))) == 0
         assert lib._store.copy_view_count(space.id) == space.count
         assert len(missing) == space.count - 3
