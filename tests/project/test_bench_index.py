@@ -51,7 +51,8 @@ def test_every_precision_and_graph_is_timed(bench: ModuleType) -> None:
     want += ["fp16 plain", "fp16 frozen", "int8 openvino"]
     if openvino_installed():
         want.insert(3, "fp32 openvino")
-        want.insert(6, "bf16 openvino")  # a bf16 space OpenVINO computes
+        want.insert(6, "bf16 openvino")  # a bf16 space OpenVINO computes, as runs prepare it
+        want.insert(7, "bf16 openvino-1")  # ... and as queries run it
     assert labels == want
     plain = rows[0]
     assert plain.native and plain.images == 6 and plain.min_cosine > 1 - 1e-5
@@ -87,12 +88,13 @@ def test_report_names_the_fastest_and_the_defaults(bench: ModuleType) -> None:
         c=4.0,
         limit=bench.limit(20.0, 2, 25.0),
         rss=(1000.0, 1010.0),
-        b_run=17.0,
+        b_steady=17.0,
     )
     text = bench.report([row], cores=2, d_fast=20.0, d_plain=100.0, n=60)
     line = next(x for x in text.splitlines() if x.startswith("resnet50") and "b/L" not in x)
     assert "bf16 plain" in line and "25.0" in line
     assert f"{16.0 / row.limit:7.2f}" in line and f"{16.0 / 4.0:7.2f}" in line
+    assert f"{17.0 / row.limit:6.2f}" in line  # steady / L
     assert "not made (see log)" in text
     assert "2.50" in text  # bf16 against fp32 plain
     assert math.isclose(row.limit, 1 / (0.01 + 0.04))
