@@ -211,22 +211,21 @@ class Library:
         from .extract import load_extractor
 
         store = self._stores.writer()  # a read-only library refuses before a model loads
-        spec, engine = self._pinned(spec or ExtractorSpec(), compute or Compute(), store.spaces())
-        stored = self._made_here(spec, engine, store.spaces())
+        records = store.spaces()
+        spec, engine = self._pinned(spec or ExtractorSpec(), compute or Compute(), records)
+        stored = self._made_here(spec, engine, records)
         if stored is not None:  # no model to build: this request made it with these releases
-            space = self._handle(stored)
-            if index != "auto" or max_memory is not None:
-                space.configure_index(index, max_memory=max_memory)
-            return space
-        extractor = load_extractor(spec, compute, engine)
-        known = {r.fingerprint for r in store.spaces()}
-        if extractor.space.precision == "int8" and extractor.space.fingerprint not in known:
-            from .extract.int8 import require_nncf
+            space, fresh = self._handle(stored), False
+        else:
+            extractor = load_extractor(spec, compute, engine)
+            known = {r.fingerprint for r in store.spaces()}  # again: building took a while
+            if extractor.space.precision == "int8" and extractor.space.fingerprint not in known:
+                from .extract.int8 import require_nncf
 
-            require_nncf()  # before the space is made: its first run quantises
-        space = self._handle(store.ensure_space(extractor.space))
-        space.adopt(extractor, compute)
-        fresh = space.fingerprint not in known
+                require_nncf()  # before the space is made: its first run quantises
+            space = self._handle(store.ensure_space(extractor.space))
+            space.adopt(extractor, compute)
+            fresh = space.fingerprint not in known
         if fresh or index != "auto" or max_memory is not None:
             space.configure_index(index, max_memory=max_memory)
         return space
