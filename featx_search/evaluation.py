@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from . import verify
 from .config import FITS, ExtractorSpec, Fit, Preprocess
 from .copies import SIDE, best_of_views, decoded, embed_views, normalised
 from .errors import ConfigError
@@ -315,6 +316,8 @@ def evaluate(
             started = time.perf_counter()
 
             base = _embed(extractor, originals, how, batch_size)
+            local = verify.local_model(space.request) if copies else None
+            local_maps: dict[int, Any] = {}  # the originals' local maps, as they are needed
             views = (
                 embed_views(
                     extractor.embed,
@@ -334,7 +337,8 @@ def evaluate(
                 recall[kind] = float(np.mean(same[positions, top]))
                 if views is not None:  # with their normalised views, as searches do
                     norms = _embed(extractor, [normalised(i) for i in trimmed], how, batch_size)
-                    top = np.argmax(best_of_views(edited_vectors, base, views, norms), axis=1)
+                    scores = best_of_views(edited_vectors, base, views, norms)
+                    top = _checked(scores, trimmed, originals, local, local_maps)
                     copy_mode[kind] = float(np.mean(same[positions, top]))
             for qe, dba in expansions:
                 mean_ap, p1, p10, queries = retrieval_scores(base, labels, qe=qe, dba=dba)
@@ -378,6 +382,34 @@ def identical(images: Sequence[PILImage], tolerance: float = 1.0) -> np.ndarray:
     for row in range(len(images)):
         same[row] = np.abs(thumbs - thumbs[row]).mean(axis=1) < tolerance
     return same
+
+
+def _checked(
+    scores: np.ndarray,
+    queries: Sequence[PILImage],
+    originals: Sequence[PILImage],
+    local: verify.LocalModel | None,
+    maps: dict[int, Any],
+) -> np.ndarray:
+    """The image each query (a row of copy-mode ``scores``) finds first once ties are told
+    apart by the local check, as a copy search by a picture does (:mod:`featx_search.verify`;
+    ``maps`` caches the originals' local maps)."""
+    firsts = []
+    for row, picture in zip(scores, queries, strict=True):
+        order = np.argsort(-row, kind="stable")[: verify.SHORT_LIST]
+        if local is None or verify.tied(row[order].tolist()) < 2:
+            firsts.append(int(order[0]))
+            continue
+
+        def candidate(position: int, order: np.ndarray = order) -> Any:
+            image = int(order[position])
+            if image not in maps:
+                maps[image] = local.map(originals[image])
+            return maps[image]
+
+        checked = verify.rerank(row[order].tolist(), local.query_maps(picture, SIDE), candidate)
+        firsts.append(int(order[checked[0]]))
+    return np.asarray(firsts, np.int64)
 
 
 def _calibrate(extractor: Extractor, images: list[PILImage]) -> None:

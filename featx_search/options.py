@@ -37,6 +37,10 @@ class Query:
       normalised view against the query's own (see :mod:`featx_search.copies`; a search by
       a picture embeds that view too, a second model run). Only a copy-mode space answers
       it (``index --copies``); whitening is not applied.
+    - ``verify``: in a copy search by a picture, results that tie with the first (within
+      0.02) are told apart by local evidence: where the query's local features agree in
+      place (see :mod:`featx_search.verify`). It changes their order, not their scores; it
+      builds the space's model in torch the first time it is needed in a process.
     """
 
     k: int = 10
@@ -48,6 +52,7 @@ class Query:
     expand: int = 0
     trim: bool = True
     copies: bool = False
+    verify: bool = True
 
     def __post_init__(self) -> None:
         check_k(self.k)

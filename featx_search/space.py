@@ -3,10 +3,12 @@ extractor, loaded once and kept while the store does not move on."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
@@ -23,6 +25,9 @@ from .records import ImageFacts, SpaceRecord
 from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 
 if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image as PILImage
+
     from .ann.index import VectorIndex
     from .ann.publish import BuildInfo
     from .copies import CopyIndex, ViewsReport
@@ -264,19 +269,52 @@ class Space:
 
     def _embed_copies(
         self, images: Sequence[ImageInput], *, trim: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, list[PILImage]]:
         """Copy-mode queries: the vectors of ``images`` and of their normalised views (see
-        :func:`featx_search.copies.normalised`), float32 (N, dim) each, in one batch."""
+        :func:`featx_search.copies.normalised`), float32 (N, dim) each, in one batch, and
+        the pictures as embedded (trimmed when ``trim``)."""
         from .copies import normalised
 
         spec = self._first.spec.preprocess
-        inputs = []
+        inputs, pictures = [], []
         for image in images:
             picture = load_rgb(image, min_side=spec.resize)
             picture = trim_bars(picture) if trim else picture
+            pictures.append(picture)
             inputs += [preprocess(picture, spec), preprocess(normalised(picture), spec)]
         vectors = self._run_model(np.stack(inputs))
-        return vectors[0::2], vectors[1::2]
+        return vectors[0::2], vectors[1::2], pictures
+
+    def _verified(self, pictures: Sequence[PILImage], rows: list[list[Match]]) -> list[list[Match]]:
+        """``rows`` (one per picture) with the results that tie with the first reordered by
+        local evidence (see :mod:`featx_search.verify`); unchanged where nothing ties or the
+        space's model has no local map."""
+        from . import verify
+        from .copies import SIDE, decoded
+
+        if all(verify.tied([m.score for m in row]) < 2 for row in rows):
+            return rows
+        model = verify.local_model(self._first.spec.request)
+        if model is None:
+            return rows
+
+        def candidate(row: list[Match], position: int) -> torch.Tensor | None:
+            try:
+                return model.map(decoded(row[position].path))
+            except ImageError as err:  # moved or unreadable since: it keeps its score
+                log.info("local check skips %s: %s", row[position].path, err.message)
+                return None
+
+        out = []
+        for picture, row in zip(pictures, rows, strict=True):
+            scores = [m.score for m in row]
+            if verify.tied(scores) < 2:
+                out.append(row)
+                continue
+            maps = model.query_maps(picture, SIDE)
+            order = verify.rerank(scores, maps, functools.partial(candidate, row))
+            out.append([replace(row[p], rank=n + 1) for n, p in enumerate(order)])
+        return out
 
     def _stored_norms(self, ids: Sequence[int]) -> np.ndarray:
         """The stored normalised views of images ``ids``: float32 (N, dim), zeros for an
@@ -360,8 +398,15 @@ class Space:
                     found = self._store.image_id(Path(image).expanduser().absolute().resolve())
                     row.extend([] if found is None else [found])
         if query.copies:  # the pictures and their normalised views (see copies.normalised)
-            vectors, norms = self._embed_copies(batch, trim=query.trim)
-            found_rows = self._query(vectors, selves, query, norms)
+            vectors, norms, pictures = self._embed_copies(batch, trim=query.trim)
+            if not query.verify or query.combine:
+                found_rows = self._query(vectors, selves, query, norms)
+            else:  # enough results for the local check of a tie, then the k asked
+                from . import verify
+
+                wider = replace(query, k=max(query.k, verify.SHORT_LIST))
+                found_rows = self._verified(pictures, self._query(vectors, selves, wider, norms))
+                found_rows = [row[: query.k] for row in found_rows]
         else:
             found_rows = self._query(self.embed(batch, trim=query.trim), selves, query)
         return found_rows[0] if one and not query.combine else found_rows

@@ -60,3 +60,14 @@ class _Slow(_Gated):
 def slow_cnn() -> nn.Module:
     """:func:`untraceable_cnn`, slowed down (see :class:`_Slow`)."""
     return _Slow()
+
+
+def strided_cnn() -> nn.Module:
+    """A CNN that halves its map five times (1/32), with a map at 1/16 of the input after
+    ``7`` (the fourth ReLU): a model the copy searches' local check can cut."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for width in (16, 24, 32, 48, 64):
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU()]
+        channels = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))

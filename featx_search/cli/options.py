@@ -253,6 +253,13 @@ _QUERY_OPTIONS = [
         "for its normalised colours); the space must be indexed with --copies.",
     ),
     click.option(
+        "--verify/--no-verify",
+        default=True,
+        show_default=True,
+        help="search --copies: tell results that tie with the first (within 0.02) apart by "
+        "local features that agree in place (builds the model in torch when it happens).",
+    ),
+    click.option(
         "--qe",
         "expand",
         default=0,
@@ -276,6 +283,7 @@ def _query(
     expand: int,
     trim: bool,
     copies: bool,
+    verify: bool,
     params: SearchParams,
 ) -> Query:
     filters = Filters.from_text(under=under, glob=glob, after=after, before=before)
@@ -289,6 +297,7 @@ def _query(
         expand=expand,
         trim=trim,
         copies=copies,
+        verify=verify,
     )
 
 
@@ -308,6 +317,7 @@ def query_options(space_help: str) -> Decorator:
         "expand",
         "trim",
         "copies",
+        "verify",
     ]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:

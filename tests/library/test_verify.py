@@ -1,0 +1,112 @@
+"""The copy searches' local check (featx_search.verify): agreement of local features in
+place, the reordering of a tie and only of a tie, the node it cuts at, and a copy search by
+a picture that hands its tie to the check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featx_search import Library, Query, verify
+from featx_search.config import ExtractorSpec
+from featx_search.extract.cut import node_names
+from featx_search.query import Match
+from tests.models import strided_cnn
+
+STRIDED = ExtractorSpec(model="tests.models:strided_cnn", weights="none", precision="fp32")
+
+
+def _unit(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(shape, generator=generator), dim=0)
+
+
+def test_agreement_is_the_share_of_cells_that_agree_in_place() -> None:
+    candidate = _unit((32, 12, 16), seed=1)
+    window = candidate[:, 3:9, 5:13]  # a crop: every cell has its twin at one shift
+    assert verify.agreement([window], candidate) == pytest.approx(1.0)
+    # the query the larger map (the candidate a crop of it): the candidate's cells count
+    assert verify.agreement([candidate], window) == pytest.approx(1.0)
+    other = _unit((32, 6, 8), seed=2)  # the same kind of cells, nowhere in place
+    assert verify.agreement([other], candidate) < 0.2
+    # half the cells moved elsewhere: about half agree on the shift
+    half = window.clone()
+    half[:, :3] = _unit((32, 3, 8), seed=3)
+    assert 0.35 < verify.agreement([half], candidate) < 0.65
+    # the best of the query's scales counts
+    assert verify.agreement([other, window], candidate) == pytest.approx(1.0)
+
+
+def test_only_a_tie_with_the_first_is_reordered() -> None:
+    maps = {0: _unit((8, 4, 4), 10), 1: _unit((8, 4, 4), 11), 2: _unit((8, 4, 4), 12)}
+    asked: list[int] = []
+
+    def candidate(position: int) -> torch.Tensor:
+        asked.append(position)
+        return maps[position]
+
+    query = [maps[1][:, 1:3, 1:3]]  # a crop of the second result
+    assert verify.tied([0.95, 0.94, 0.80]) == 2
+    assert verify.rerank([0.95, 0.94, 0.80], query, candidate) == [1, 0, 2]
+    assert sorted(asked) == [0, 1]  # the third is not within the margin: not read
+    asked.clear()
+    assert verify.rerank([0.99, 0.90, 0.80], query, candidate) == [0, 1, 2]
+    assert asked == []  # a clear first: nothing is read
+    # a result whose picture cannot be read keeps its score
+    assert verify.rerank([0.95, 0.94], query, lambda p: None) == [0, 1]
+    scores = [0.9] * 8
+    assert verify.tied(scores) == verify.SHORT_LIST
+    assert verify.tied([]) == 0
+
+
+def test_the_local_node_is_the_last_map_at_a_sixteenth_of_the_input() -> None:
+    model = strided_cnn().eval()
+    nodes = node_names(model, "strided")
+    assert verify.local_node(model, nodes, 64) == "7"  # 64 / 16 = 4 cells after the 4th ReLU
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))
+    assert verify.local_node(model, node_names(model, "shallow"), 64) is None
+
+
+def _noise(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (28, 36, 3), dtype=np.uint8)  # blobs of 16 px at 448
+    Image.fromarray(small).resize((576, 448), Image.Resampling.NEAREST).save(path)
+    return path
+
+
+def test_a_tie_in_a_copy_search_by_a_picture_is_told_apart_by_local_evidence(
+    tmp_path: Path,
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    first, second = _noise(photos / "a.png", 1), _noise(photos / "b.png", 2)
+    crop = tmp_path / "crop.png"
+    with Image.open(second) as img:
+        img.crop((100, 60, 420, 300)).save(crop)
+    with Library.open(tmp_path / "lib.db") as lib:
+        space = lib.create_space(STRIDED)
+        space.sync([photos])
+        ids = {Path(m.path).name: m.id for m in space.image_facts()}
+        tie = [
+            Match(1, 0.95, ids["a.png"], str(first)),  # the wrong one first, by a hair
+            Match(2, 0.94, ids["b.png"], str(second)),
+        ]
+        with Image.open(crop) as picture:
+            checked = space._verified([picture.convert("RGB")], [tie])[0]
+            assert [m.path for m in checked] == [str(second), str(first)]
+            assert [m.rank for m in checked] == [1, 2]
+            assert [m.score for m in checked] == [0.94, 0.95]  # scores stay the cosines
+            # no tie: the order stands
+            clear = [tie[0], Match(2, 0.5, ids["b.png"], str(second))]
+            assert space._verified([picture.convert("RGB")], [clear])[0] == clear
+            # the picture found second has gone since: it keeps its score, the order stands
+            second.rename(tmp_path / "gone.png")
+            assert space._verified([picture.convert("RGB")], [tie])[0] == tie
+        # a copy search asks the check for more results than k, then gives k
+        space.keep_copies()
+        found = space.search(crop, Query(copies=True, k=1))
+        assert len(found) == 1
