@@ -48,6 +48,9 @@ STRIDE = 16
 # The query's shorter side at which it is mapped, as shares of the candidates' shorter side
 # (copies.SIDE): a crop of 16 % of the area to the whole picture.
 SCALES = (0.4, 0.55, 0.75, 1.0)
+# The side of the blank input that finds the local node (a multiple of 32, so that every
+# halving is exact).
+PROBE = 256
 
 
 @dataclass(frozen=True)
@@ -88,19 +91,27 @@ class LocalModel:
 
 
 def local_node(built_model: nn.Module, nodes: Sequence[str], size: int) -> str | None:
-    """The last FX node of ``built_model`` whose output is a feature map at 1/16 of a
-    ``size`` x ``size`` input, or None when it has none (a model without such a map)."""
+    """The node that ends the last block of ``built_model`` whose output is a feature map at
+    1/16 of a ``size`` x ``size`` input (a block: a module of one or two name parts, such as
+    ``_blocks.10`` or ``layer3``; any node in a model without named blocks), or None when
+    it has no such map."""
     import torch
 
-    from .extract.cut import cut
+    from .extract.cut import cut, module_outputs
 
+    blocks = {node for name, node in module_outputs(list(nodes)).items() if name.count(".") <= 1}
     graph = cut(built_model, list(nodes))
     with torch.inference_mode():
         outputs = graph(torch.zeros(1, 3, size, size))
     found = None
     for name in nodes:
         out = outputs.get(name)
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2] == size // STRIDE:
+        if (
+            (name in blocks or not blocks)
+            and isinstance(out, torch.Tensor)
+            and out.ndim == 4
+            and out.shape[2] == size // STRIDE
+        ):
             found = name
     return found
 
@@ -126,9 +137,7 @@ def local_model(request: ExtractorSpec) -> LocalModel | None:
             with building():
                 built = build(request)
                 nodes = traced_nodes(built, request, "copy searches skip their local check")
-                node = (
-                    None if nodes is None else local_node(built.model, nodes, built.preprocess.crop)
-                )
+                node = None if nodes is None else local_node(built.model, nodes, PROBE)
                 if node is not None:
                     model = LocalModel(cut(built.model, (node,)), node, built.preprocess)
         except FeatxError as err:  # the space's own model is built the same way

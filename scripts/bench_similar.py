@@ -1,7 +1,8 @@
 """Time the whole `featx-search similar` command (a fresh process each time) on a library of
 10,000 images, next to baselines measured in the same run (also `similar --copies` on the same
-library made a copy-mode space, with synthetic copy views); then a cold `similar` on a library
-of 1,000,000 images.
+library made a copy-mode space, with synthetic copy views, and `search --copies` where the
+local check of a tie runs, on a small library of one photo saved five times); then a cold
+`similar` on a library of 1,000,000 images.
 
     nice -n 10 .venv/bin/python scripts/bench_similar.py            # --n 10000 --repeat 5
     nice -n 10 .venv/bin/python scripts/bench_similar.py --cold-only --cold-n 100000
@@ -26,6 +27,7 @@ import argparse
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,6 +136,36 @@ def main() -> None:
         cold(args.cold_n, args.repeat, photos)
 
 
+def tied_library(photos: Path) -> tuple[Path, Path]:
+    """A copy-mode library of one photo saved five times (JPEG quality 95 down to 75), and a
+    crop of it: a search of the crop ties the five within 0.02, so the local check of
+    `search --copies` (featx_search/verify.py) decodes and maps all five, its worst case.
+    Built once; returns (database, query picture)."""
+    from PIL import Image
+
+    folder = DATA / "tied-photos"
+    db = DATA / "tied.db"
+    query = DATA / "tied-query.png"
+    if db.exists() and query.exists():
+        return db, query
+    source = next(p for p in sorted(photos.rglob("*.jpg")))
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as img:
+        img = img.convert("RGB")
+        for quality in (95, 90, 85, 80, 75):
+            img.save(folder / f"q{quality}.jpg", quality=quality)
+        w, h = img.size
+        img.crop((w // 5, h // 5, w // 5 + w * 2 // 3, h // 5 + h * 2 // 3)).save(query)
+    shutil.rmtree(db.with_name(db.name + ".indexes"), ignore_errors=True)
+    db.unlink(missing_ok=True)
+    subprocess.run(
+        [*CLI, "--db", str(db), "index", str(folder), "--copies", "-q"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return db, query
+
+
 def warm(n: int, repeat: int, photos: Path) -> None:
     """The table of `similar` commands on the library of ``n`` images next to baselines."""
     db = str(build(n, photos=photos))
@@ -213,6 +245,23 @@ def warm(n: int, repeat: int, photos: Path) -> None:
         "-k",
         "10",
         "--copies",
+    ]
+    # The worst case of its local check: five results tied with the first, each decoded and
+    # mapped (torch imported and the model built in the fresh process; see tied_library).
+    tied, crop = tied_library(photos)
+    commands["search CROP -k 10 --copies, 5 tied: checked"] = [
+        *CLI,
+        "--db",
+        str(tied),
+        "search",
+        str(crop),
+        "-k",
+        "10",
+        "--copies",
+    ]
+    commands["search CROP -k 10 --copies --no-verify"] = [
+        *commands["search CROP -k 10 --copies, 5 tied: checked"],
+        "--no-verify",
     ]
     root.mkdir(parents=True, exist_ok=True)  # --under needs the folder to exist
     (root / "003").mkdir(exist_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from featx_search import Library, Query, verify
@@ -69,6 +70,11 @@ def test_the_local_node_is_the_last_map_at_a_sixteenth_of_the_input() -> None:
     assert verify.local_node(model, nodes, 64) == "7"  # 64 / 16 = 4 cells after the 4th ReLU
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))
     assert verify.local_node(model, node_names(model, "shallow"), 64) is None
+    # a model with named blocks: the end of the last block at 1/16, not a node inside the
+    # next block that still runs at 1/16 before it halves the map
+    resnet = torchvision.models.resnet50().eval()  # layer4.0 halves in its second conv
+    nodes = node_names(resnet, "resnet50")
+    assert verify.local_node(resnet, nodes, 64) == "layer3.5.relu_2"
 
 
 def _noise(path: Path, seed: int) -> Path:
