@@ -3,10 +3,11 @@ images are told apart by local evidence, as copy-detection systems re-rank their
 
 A 40 % crop of a page of text, saved at JPEG quality 10, finds every other page of the same
 text at about the same score as its own: the vectors say "text", not "this text". Local
-features can tell them apart. The space's model is cut by FX at its last node at 1/16 of the
-input (``_blocks.10.add`` for efficientnet_lite0, ``layer3`` for a ResNet): each cell of that
-map describes a patch of about 16 x 16 pixels. The query is mapped at a few scales, each
-candidate at the copy views' size (:data:`featx_search.copies.SIDE`), and the cells that are
+features can tell them apart. The space's model is cut by FX at the end of its last block at
+1/16 of the input (``_blocks.10.add`` for efficientnet_lite0, ``layer3`` for a ResNet): each
+cell of that map describes a patch of about 16 x 16 pixels. The query is mapped at a few
+scales, as it is and mirrored, each candidate at the copy views' size
+(:data:`featx_search.copies.SIDE`), and the cells that are
 each other's nearest neighbours (mutual) vote for the shift that takes the query into the
 candidate. A copy puts most votes on one shift (a geometric check: its cells agree in place,
 not only in kind); another page of the same text scatters them. :func:`agreement` is the
@@ -48,6 +49,8 @@ STRIDE = 16
 # The query's shorter side at which it is mapped, as shares of the candidates' shorter side
 # (copies.SIDE): a crop of 16 % of the area to the whole picture.
 SCALES = (0.4, 0.55, 0.75, 1.0)
+# A query picture whose grey levels spread less than this (of 255) is flat: not checked.
+FLAT_SPREAD = 4.0
 # The side of the blank input that finds the local node (a multiple of 32, so that every
 # halving is exact).
 PROBE = 256
@@ -76,9 +79,13 @@ class LocalModel:
         return torch.nn.functional.normalize(out, dim=0)
 
     def query_maps(self, img: PILImage, side: int) -> list[torch.Tensor]:
-        """The maps of ``img`` with its shorter side at each of :data:`SCALES` of ``side``."""
-        from PIL import Image
+        """The maps of ``img`` and of its mirror image (a mirrored copy is a copy too) with
+        the shorter side at each of :data:`SCALES` of ``side``; none for a flat picture (see
+        :func:`flat`), which has no local evidence to give."""
+        from PIL import Image, ImageOps
 
+        if flat(img):
+            return []
         maps = []
         for scale in SCALES:
             factor = side * scale / min(img.size)
@@ -86,8 +93,19 @@ class LocalModel:
                 max(STRIDE * 2, round(img.width * factor)),
                 max(STRIDE * 2, round(img.height * factor)),
             )
-            maps.append(self.map(img.resize(size, Image.Resampling.BILINEAR)))
+            resized = img.resize(size, Image.Resampling.BILINEAR)
+            maps += [self.map(resized), self.map(ImageOps.mirror(resized))]
         return maps
+
+
+def flat(img: PILImage) -> bool:
+    """Whether ``img`` is (nearly) one colour: the grey levels of a 64 x 64 thumbnail spread
+    less than :data:`FLAT_SPREAD` (standard deviation, of 255). Its cells all look alike, so
+    they would vote for shifts at random."""
+    from PIL import Image
+
+    thumb = np.asarray(img.convert("L").resize((64, 64), Image.Resampling.BILINEAR), np.float32)
+    return float(thumb.std()) < FLAT_SPREAD
 
 
 def local_node(built_model: nn.Module, nodes: Sequence[str], size: int) -> str | None:
@@ -147,9 +165,9 @@ def local_model(request: ExtractorSpec) -> LocalModel | None:
 
 
 def agreement(query_maps: Sequence[torch.Tensor], candidate: torch.Tensor) -> float:
-    """The best share, over the query's scales, of its cells (or of the candidate's, when
-    the query is the larger map) whose mutual nearest neighbour lies at one shift, within a
-    cell: 0 (nothing agrees) to 1 (every cell in place)."""
+    """The best share, over the query's maps (scales, mirrored), of its cells (or of the
+    candidate's, when the query is the larger map) whose mutual nearest neighbour lies at one
+    shift, within a cell: 0 (nothing agrees) to 1 (every cell in place)."""
     return max((_votes(q, candidate) for q in query_maps), default=0.0)
 
 
@@ -190,10 +208,11 @@ def rerank(
     check: the results within :data:`MARGIN` of the first, at most :data:`SHORT_LIST`, are
     ordered by their score plus :data:`WEIGHT` times their :func:`agreement` with the query;
     ``candidate_map(position)`` gives a result's map, or None when it cannot be read (it then
-    keeps its score). The rest keep their places."""
+    keeps its score). The rest keep their places, and all do without ``query_maps`` (a
+    flat query)."""
     order = list(range(len(scores)))
     count = tied(scores)
-    if count < 2:
+    if count < 2 or not query_maps:
         return order
     checked = {}
     for position in order[:count]:

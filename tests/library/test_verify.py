@@ -59,6 +59,9 @@ def test_only_a_tie_with_the_first_is_reordered() -> None:
     assert asked == []  # a clear first: nothing is read
     # a result whose picture cannot be read keeps its score
     assert verify.rerank([0.95, 0.94], query, lambda p: None) == [0, 1]
+    # a flat query has no maps: nothing is read, the order stands
+    assert verify.rerank([0.95, 0.94], [], candidate) == [0, 1]
+    assert asked == []
     scores = [0.9] * 8
     assert verify.tied(scores) == verify.SHORT_LIST
     assert verify.tied([]) == 0
@@ -75,6 +78,21 @@ def test_the_local_node_is_the_last_map_at_a_sixteenth_of_the_input() -> None:
     resnet = torchvision.models.resnet50().eval()  # layer4.0 halves in its second conv
     nodes = node_names(resnet, "resnet50")
     assert verify.local_node(resnet, nodes, 64) == "layer3.5.relu_2"
+
+
+def test_a_flat_picture_has_no_local_evidence() -> None:
+    grey = Image.new("RGB", (120, 90), (128, 128, 128))
+    assert verify.flat(grey)
+    model = verify.local_model(STRIDED)
+    assert model is not None and model.node == "7"
+    assert model.query_maps(grey, 448) == []
+    rng = np.random.default_rng(0)
+    textured = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    assert not verify.flat(textured)
+    maps = model.query_maps(textured, 448)
+    assert len(maps) == 2 * len(verify.SCALES)  # each scale as it is and mirrored
+    shorter = [m.shape[1] for m in maps[::2]]
+    assert shorter == sorted(shorter) and shorter[-1] == 448 // verify.STRIDE
 
 
 def _noise(path: Path, seed: int) -> Path:
@@ -104,6 +122,8 @@ def test_a_tie_in_a_copy_search_by_a_picture_is_told_apart_by_local_evidence(
         with Image.open(crop) as picture:
             checked = space._verified([picture.convert("RGB")], [tie])[0]
             assert [m.path for m in checked] == [str(second), str(first)]
+            mirrored = picture.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            assert space._verified([mirrored], [tie])[0][0].path == str(second)
             assert [m.rank for m in checked] == [1, 2]
             assert [m.score for m in checked] == [0.94, 0.95]  # scores stay the cosines
             # no tie: the order stands
