@@ -316,7 +316,7 @@ def evaluate(
             started = time.perf_counter()
 
             base = _embed(extractor, originals, how, batch_size)
-            local = verify.local_model(space.request) if copies else None
+            local = verify.local_model(space) if copies else None
             local_maps: dict[int, Any] = {}  # the originals' local maps, as they are needed
             views = (
                 embed_views(

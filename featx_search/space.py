@@ -25,7 +25,6 @@ from .records import ImageFacts, SpaceRecord
 from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 
 if TYPE_CHECKING:
-    import torch
     from PIL.Image import Image as PILImage
 
     from .ann.index import VectorIndex
@@ -294,11 +293,11 @@ class Space:
 
         if all(verify.tied([m.score for m in row]) < 2 for row in rows):
             return rows
-        model = verify.local_model(self._first.spec.request)
+        model = verify.local_model(self._first.spec, self._store.index_dir)
         if model is None:
             return rows
 
-        def candidate(row: list[Match], position: int) -> torch.Tensor | None:
+        def candidate(row: list[Match], position: int) -> np.ndarray | None:
             try:
                 return model.map(decoded(row[position].path))
             except ImageError as err:  # moved or unreadable since: it keeps its score
@@ -366,6 +365,18 @@ class Space:
             return None
         made = query_model.make(self._first.spec, self.extractor, self._store.index_dir)
         return None if made is None else made.folder
+
+    def save_local_model(self) -> Path | None:
+        """Save the local model of the copy searches' check (see :mod:`featx_search.verify`)
+        beside the index files when this process built it in torch and none is saved: a
+        check in a later process then neither imports torch nor builds the model. Returns the
+        folder when one was written."""
+        from . import verify
+
+        model = verify.built_in_torch(self._first.spec)
+        if model is None or self._store.read_only:
+            return None
+        return verify.save_local(model, self._first.spec, self._store.index_dir)
 
     @overload
     def search(self, images: ImageInput, query: Query | None = None) -> list[Match]: ...

@@ -17,24 +17,32 @@ best share of the query's cells that agree on one shift (within a cell), over th
 :data:`MARGIN` of the best one of the short list, and orders them by the sum; the scores
 reported stay the cosine scores. Clear wins (the original far ahead) are left alone, so the
 check costs nothing there; where it runs, it decodes at most :data:`SHORT_LIST` images.
+
+The cut model runs in torch the first time; :func:`save_local` then exports it (any input
+size) to an OpenVINO file beside the space's index files (``FINGERPRINT.local``), checked
+against torch, so that a check in a later process neither imports torch nor builds the model.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import ExtractorSpec, Preprocess
+from .config import Preprocess
 
 if TYPE_CHECKING:
-    import torch
     from PIL.Image import Image as PILImage
     from torch import nn
+
+    from .config import SpaceSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +62,50 @@ FLAT_SPREAD = 4.0
 # The side of the blank input that finds the local node (a multiple of 32, so that every
 # halving is exact).
 PROBE = 256
+# The saved OpenVINO model's maps may differ from torch's by this much (unit-length cells).
+TOLERANCE = 1e-3
+_META = "meta.json"
+_XML = "model.xml"
 
 
-@dataclass(frozen=True)
 class LocalModel:
-    """A model cut at its last node at 1/16 of the input (:func:`local_node`), in fp32 on the
-    CPU, and the input handling of its space. :meth:`map` is thread-safe (no grad state)."""
+    """A space's model cut at the end of its last block at 1/16 of the input
+    (:func:`local_node`), run by ``run`` (a float32 batch (1, 3, H, W) in, the node's output
+    (1, C, H/16, W/16) out: torch in fp32, or the saved OpenVINO model), with the space's
+    input handling. ``graph`` is the torch module when it runs in torch (what
+    :func:`save_local` exports). Calls are serialised."""
 
-    graph: nn.Module
-    node: str
-    preprocess: Preprocess
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        node: str,
+        preprocess: Preprocess,
+        graph: nn.Module | None = None,
+    ) -> None:
+        self.run, self.node, self.preprocess, self.graph = run, node, preprocess, graph
+        self._lock = threading.Lock()
 
-    def map(self, img: PILImage) -> torch.Tensor:
+    @property
+    def runtime(self) -> str:
+        return "torch" if self.graph is not None else "openvino"
+
+    def map(self, img: PILImage) -> np.ndarray:
         """The local features of ``img`` (RGB, as it is: no resize or crop) as float32
         (C, H, W), each cell's vector of unit length."""
-        import torch
-
         spec = self.preprocess
         mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
         pixels = (np.asarray(img.convert("RGB"), np.float32) / 255.0 - mean) / std
-        batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]))
-        with torch.inference_mode():
-            out = self.graph(batch)[self.node][0].float()
-        return torch.nn.functional.normalize(out, dim=0)
+        return self.map_batch(np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]))
 
-    def query_maps(self, img: PILImage, side: int) -> list[torch.Tensor]:
+    def map_batch(self, batch: np.ndarray) -> np.ndarray:
+        """The map of a preprocessed float32 batch of one, (1, 3, H, W): (C, H/16, W/16),
+        each cell of unit length."""
+        with self._lock:
+            out = self.run(batch)[0]
+        norms = np.linalg.norm(out, axis=0, keepdims=True)
+        return np.asarray(out / np.maximum(norms, 1e-12), np.float32)
+
+    def query_maps(self, img: PILImage, side: int) -> list[np.ndarray]:
         """The maps of ``img`` and of its mirror image (a mirrored copy is a copy too) with
         the shorter side at each of :data:`SCALES` of ``side``; none for a flat picture (see
         :func:`flat`), which has no local evidence to give."""
@@ -134,62 +161,218 @@ def local_node(built_model: nn.Module, nodes: Sequence[str], size: int) -> str |
     return found
 
 
-_models: dict[tuple[str, str, str], LocalModel | None] = {}
+_models: dict[tuple[Any, ...], LocalModel | None] = {}
 _models_lock = threading.Lock()
 
 
-def local_model(request: ExtractorSpec) -> LocalModel | None:
-    """The local model of the space made from ``request`` (built once per process), or None
-    when its model cannot be traced by FX or has no map at 1/16 of the input."""
+def local_model(space: SpaceSpec, index_dir: Path | None = None) -> LocalModel | None:
+    """The local model of ``space`` (once per process): the one saved among the index files
+    in ``index_dir`` when it is usable here (no torch), else the space's model built in torch
+    and cut; None when FX cannot trace the model or it has no map at 1/16 of the input."""
+    with _models_lock:
+        if index_dir is not None:
+            saved_key = ("saved", space.fingerprint, str(index_dir))
+            if saved_key not in _models:
+                _models[saved_key] = _load(folder_for(index_dir, space), space)
+            if _models[saved_key] is not None:
+                return _models[saved_key]
+        request = space.request
+        key = (request.model, request.weights, request.method)  # what the model is built from
+        if key not in _models:
+            _models[key] = _built(space)
+        return _models[key]
+
+
+def built_in_torch(space: SpaceSpec) -> LocalModel | None:
+    """The local model of ``space`` this process built in torch (see :func:`local_model`),
+    or None when it built none: what :func:`save_local` can export."""
+    request = space.request
+    with _models_lock:
+        model = _models.get((request.model, request.weights, request.method))
+    return model if model is not None and model.graph is not None else None
+
+
+def _built(space: SpaceSpec) -> LocalModel | None:
+    import torch
+
     from .errors import FeatxError
     from .extract.cut import building, cut
     from .extract.extractor import traced_nodes
     from .extract.registry import build
 
-    key = (request.model, request.weights, request.method)  # what the model is built from
-    with _models_lock:
-        if key in _models:
-            return _models[key]
-        model = None
-        try:
-            with building():
-                built = build(request)
-                nodes = traced_nodes(built, request, "copy searches skip their local check")
-                node = None if nodes is None else local_node(built.model, nodes, PROBE)
-                if node is not None:
-                    model = LocalModel(cut(built.model, (node,)), node, built.preprocess)
-        except FeatxError as err:  # the space's own model is built the same way
-            log.warning("no local check for copy searches: %s", err.message.splitlines()[0])
-        _models[key] = model
-        return model
+    request = space.request
+    try:
+        with building():
+            built = build(request)
+            nodes = traced_nodes(built, request, "copy searches skip their local check")
+            node = None if nodes is None else local_node(built.model, nodes, PROBE)
+            if node is None:
+                return None
+            graph = cut(built.model, (node,))
+    except FeatxError as err:  # the space's own model is built the same way
+        log.warning("no local check for copy searches: %s", err.message.splitlines()[0])
+        return None
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out: torch.Tensor = graph(torch.from_numpy(batch))[node]
+            return np.asarray(out.float().numpy(), np.float32)
+
+    return LocalModel(run, node, space.preprocess, graph)
 
 
-def agreement(query_maps: Sequence[torch.Tensor], candidate: torch.Tensor) -> float:
+def folder_for(index_dir: Path, space: SpaceSpec) -> Path:
+    """Where the saved local model of ``space`` lives among a library's index files."""
+    return index_dir / f"{space.fingerprint}.local"
+
+
+def save_local(model: LocalModel, space: SpaceSpec, index_dir: Path) -> Path | None:
+    """Export ``model`` (running in torch) to OpenVINO, any input size, into ``space``'s
+    local model folder, unless one is there: checked against torch on a probe picture first
+    (a model that disagrees is not saved). Returns the folder when one was written; failures
+    are logged, not raised: checks still run in torch."""
+    from .extract import query_model
+
+    target = folder_for(index_dir, space)
+    if model.graph is None or not query_model.enabled() or _usable(target, space):
+        return None
+    try:
+        return _save(model, space, target)
+    except Exception as err:
+        log.warning("could not save the local model of space %s: %s", space.fingerprint, err)
+        return None
+
+
+def _save(model: LocalModel, space: SpaceSpec, target: Path) -> Path | None:
+    import torch
+    from torch import nn
+
+    from .extract.runtimes import _import_openvino, _no_openvino_telemetry
+
+    assert model.graph is not None
+    graph: nn.Module = model.graph
+    node = model.node
+
+    class Output(nn.Module):  # a tensor out, not the FX graph's dict
+        def __init__(self) -> None:
+            super().__init__()
+            self.cut = graph
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.cut(batch)[node]
+            return out.float()
+
+    openvino = _import_openvino()
+    probe = np.random.default_rng(0).standard_normal((1, 3, 192, 272)).astype(np.float32)
+    with torch.no_grad(), _no_openvino_telemetry():
+        height, width = torch.export.Dim("height", min=32), torch.export.Dim("width", min=32)
+        exported = torch.export.export(
+            Output().eval(), (torch.from_numpy(probe),), dynamic_shapes=({2: height, 3: width},)
+        )
+        converted = openvino.convert_model(exported)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".local-", dir=target.parent))
+    try:
+        openvino.save_model(converted, staging / _XML, compress_to_fp16=False)
+        saved = _compiled(staging, cache=False)
+        expected = model.map_batch(probe)
+        got = LocalModel(saved, node, space.preprocess).map_batch(probe)
+        difference = float(np.abs(got - expected).max())
+        if not difference <= TOLERANCE:
+            log.warning(
+                "the local model of space %s differs from torch by %.2g; not saved",
+                space.fingerprint,
+                difference,
+            )
+            return None
+        meta = {
+            "fingerprint": space.fingerprint,
+            "node": node,
+            "openvino": str(openvino.get_version()),
+            "max_difference": difference,
+        }
+        (staging / _META).write_text(json.dumps(meta, indent=1) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # whole or not at all: meta.json is written last
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _meta(folder: Path, space: SpaceSpec) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / _META).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(meta, dict) and meta.get("fingerprint") == space.fingerprint
+    return meta if ok and (folder / _XML).is_file() else None
+
+
+def _usable(folder: Path, space: SpaceSpec) -> bool:
+    from .extract.runtimes import _import_openvino
+
+    meta = _meta(folder, space)
+    return meta is not None and meta.get("openvino") == str(_import_openvino().get_version())
+
+
+def _compiled(folder: Path, *, cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """The model in ``folder`` compiled for this CPU in fp32 (the compiled blob cached there
+    for later processes): a function of a float32 batch."""
+    from .extract.runtimes import _import_openvino
+
+    core = _import_openvino().Core()
+    if cache:
+        core.set_property({"CACHE_DIR": str(folder / "compiled")})
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    request = core.compile_model(str(folder / _XML), "CPU", config).create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: batch})[0], dtype=np.float32)
+
+    return run
+
+
+def _load(folder: Path, space: SpaceSpec) -> LocalModel | None:
+    from .extract import query_model
+
+    if not query_model.enabled() or not _usable(folder, space):
+        return None
+    meta = _meta(folder, space)
+    assert meta is not None
+    try:
+        return LocalModel(_compiled(folder), str(meta["node"]), space.preprocess)
+    except Exception as err:
+        log.warning("could not load the local model in %s (%s); using torch", folder, err)
+        return None
+
+
+def agreement(query_maps: Sequence[np.ndarray], candidate: np.ndarray) -> float:
     """The best share, over the query's maps (scales, mirrored), of its cells (or of the
     candidate's, when the query is the larger map) whose mutual nearest neighbour lies at one
     shift, within a cell: 0 (nothing agrees) to 1 (every cell in place)."""
     return max((_votes(q, candidate) for q in query_maps), default=0.0)
 
 
-def _votes(query: torch.Tensor, candidate: torch.Tensor) -> float:
-    import torch
-
+def _votes(query: np.ndarray, candidate: np.ndarray) -> float:
     channels, h, w = query.shape
     height, width = candidate.shape[1:]
     sim = query.reshape(channels, -1).T @ candidate.reshape(channels, -1)
     best_of_query, best_of_candidate = sim.argmax(1), sim.argmax(0)
-    cells = torch.arange(h * w)
+    cells = np.arange(h * w)
     mutual = best_of_candidate[best_of_query] == cells
     mine, theirs = cells[mutual], best_of_query[mutual]
     if not len(mine):
         return 0.0
-    dy = theirs // width - mine // w + h
-    dx = theirs % width - mine % w + w
-    votes = torch.zeros(height + h + 1, width + w + 1)
-    votes.index_put_((dy, dx), torch.ones(len(mine)), accumulate=True)
+    # each shift's votes, with a border of one so that a shift and its neighbours add up
+    votes = np.zeros((height + h + 3, width + w + 3))
+    np.add.at(votes, (theirs // width - mine // w + h + 1, theirs % width - mine % w + w + 1), 1)
     # a shift and its neighbours: a copy's cells may fall either side of a cell boundary
-    near = torch.nn.functional.avg_pool2d(votes[None, None], 3, 1, 1)[0, 0] * 9
-    return float(near.max()) / min(h * w, height * width)
+    near = np.zeros((height + h + 1, width + w + 1))
+    for dy in range(3):
+        for dx in range(3):
+            near += votes[dy : dy + height + h + 1, dx : dx + width + w + 1]
+    return float(near.max() / min(h * w, height * width))
 
 
 def tied(scores: Sequence[float]) -> int:
@@ -201,8 +384,8 @@ def tied(scores: Sequence[float]) -> int:
 
 def rerank(
     scores: Sequence[float],
-    query_maps: Sequence[torch.Tensor],
-    candidate_map: Callable[[int], torch.Tensor | None],
+    query_maps: Sequence[np.ndarray],
+    candidate_map: Callable[[int], np.ndarray | None],
 ) -> list[int]:
     """The order (positions into ``scores``, cosine scores best first) after the local
     check: the results within :data:`MARGIN` of the first, at most :data:`SHORT_LIST`, are

@@ -45,6 +45,8 @@ def search(
         # Once per space: the next search in a fresh process skips torch (docs/guide.md).
         if target.save_query_model() is not None:
             output.note("saved this space's query model: later searches start faster")
+        if query.copies and target.save_local_model() is not None:
+            output.note("saved this space's local model: later copy searches check ties faster")
 
 
 @click.command()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from featx_search import Library, Query, verify
 from featx_search.config import ExtractorSpec
+from featx_search.extract import load_extractor
 from featx_search.extract.cut import node_names
 from featx_search.query import Match
 from tests.models import strided_cnn
@@ -21,9 +22,9 @@ from tests.models import strided_cnn
 STRIDED = ExtractorSpec(model="tests.models:strided_cnn", weights="none", precision="fp32")
 
 
-def _unit(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(shape, generator=generator), dim=0)
+def _unit(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    cells = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return cells / np.linalg.norm(cells, axis=0, keepdims=True)
 
 
 def test_agreement_is_the_share_of_cells_that_agree_in_place() -> None:
@@ -35,7 +36,7 @@ def test_agreement_is_the_share_of_cells_that_agree_in_place() -> None:
     other = _unit((32, 6, 8), seed=2)  # the same kind of cells, nowhere in place
     assert verify.agreement([other], candidate) < 0.2
     # half the cells moved elsewhere: about half agree on the shift
-    half = window.clone()
+    half = window.copy()
     half[:, :3] = _unit((32, 3, 8), seed=3)
     assert 0.35 < verify.agreement([half], candidate) < 0.65
     # the best of the query's scales counts
@@ -46,7 +47,7 @@ def test_only_a_tie_with_the_first_is_reordered() -> None:
     maps = {0: _unit((8, 4, 4), 10), 1: _unit((8, 4, 4), 11), 2: _unit((8, 4, 4), 12)}
     asked: list[int] = []
 
-    def candidate(position: int) -> torch.Tensor:
+    def candidate(position: int) -> np.ndarray:
         asked.append(position)
         return maps[position]
 
@@ -83,7 +84,7 @@ def test_the_local_node_is_the_last_map_at_a_sixteenth_of_the_input() -> None:
 def test_a_flat_picture_has_no_local_evidence() -> None:
     grey = Image.new("RGB", (120, 90), (128, 128, 128))
     assert verify.flat(grey)
-    model = verify.local_model(STRIDED)
+    model = verify.local_model(load_extractor(STRIDED).space)
     assert model is not None and model.node == "7"
     assert model.query_maps(grey, 448) == []
     rng = np.random.default_rng(0)
@@ -136,3 +137,34 @@ def test_a_tie_in_a_copy_search_by_a_picture_is_told_apart_by_local_evidence(
         space.keep_copies()
         found = space.search(crop, Query(copies=True, k=1))
         assert len(found) == 1
+
+
+def test_the_local_model_is_saved_for_later_processes_and_maps_as_torch_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")  # the tests' default is off
+    monkeypatch.setattr(verify, "_models", {})  # none built by other tests
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture = _noise(photos / "a.png", 3)
+    with Library.open(tmp_path / "lib.db") as lib:
+        space = lib.create_space(STRIDED)
+        space.sync([photos])
+        assert space.save_local_model() is None  # no check ran: nothing built to save
+        spec, index_dir = space.record.spec, space._store.index_dir
+        torch_model = verify.local_model(spec)
+        assert torch_model is not None and torch_model.runtime == "torch"
+        folder = space.save_local_model()
+        assert folder is not None and (folder / "meta.json").is_file()
+        assert space.save_local_model() is None  # saved once
+        monkeypatch.setattr(verify, "_models", {})  # a later process
+        saved = verify.local_model(spec, index_dir)
+        assert saved is not None and saved.runtime == "openvino" and saved.node == "7"
+        with Image.open(picture) as img:
+            rgb = img.convert("RGB").resize((200, 150))
+        assert np.abs(saved.map(rgb) - torch_model.map(rgb)).max() <= verify.TOLERANCE
+        # a file for another space is not used
+        (folder / "meta.json").write_text('{"fingerprint": "other"}')
+        monkeypatch.setattr(verify, "_models", {})
+        fallback = verify.local_model(spec, index_dir)
+        assert fallback is not None and fallback.runtime == "torch"
