@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -247,6 +245,7 @@ def _save(model: LocalModel, space: SpaceSpec, target: Path) -> Path | None:
     import torch
     from torch import nn
 
+    from .extract import query_model
     from .extract.runtimes import _import_openvino, _no_openvino_telemetry
 
     assert model.graph is not None
@@ -270,34 +269,15 @@ def _save(model: LocalModel, space: SpaceSpec, target: Path) -> Path | None:
             Output().eval(), (torch.from_numpy(probe),), dynamic_shapes=({2: height, 3: width},)
         )
         converted = openvino.convert_model(exported)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".local-", dir=target.parent))
-    try:
-        openvino.save_model(converted, staging / _XML, compress_to_fp16=False)
-        saved = _compiled(staging, cache=False)
-        expected = model.map_batch(probe)
-        got = LocalModel(saved, node, space.preprocess).map_batch(probe)
-        difference = float(np.abs(got - expected).max())
-        if not difference <= TOLERANCE:
-            log.warning(
-                "the local model of space %s differs from torch by %.2g; not saved",
-                space.fingerprint,
-                difference,
-            )
-            return None
-        meta = {
-            "fingerprint": space.fingerprint,
-            "node": node,
-            "openvino": str(openvino.get_version()),
-            "max_difference": difference,
-        }
-        (staging / _META).write_text(json.dumps(meta, indent=1) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)  # whole or not at all: meta.json is written last
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    expected = model.map_batch(probe)
+
+    def difference(staging: Path) -> float:
+        got = LocalModel(_compiled(staging, cache=False), node, space.preprocess).map_batch(probe)
+        return float(np.abs(got - expected).max())
+
+    meta = {"fingerprint": space.fingerprint, "node": node, "openvino": str(openvino.get_version())}
+    saved = query_model.save_checked(converted, target, difference, TOLERANCE, meta, "local model")
+    return None if saved is None else target
 
 
 def _meta(folder: Path, space: SpaceSpec) -> dict[str, Any] | None:

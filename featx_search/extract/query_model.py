@@ -136,44 +136,66 @@ def _twin_extractor(space: SpaceSpec) -> Extractor:
 
 
 def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
-    from .runtimes import _import_openvino, exported_for_openvino
+    from .runtimes import exported_for_openvino
 
     graph = extractor.fx_graph()
     if graph is None:
         return None
-    openvino = _import_openvino()
     probes = _probes(space)
     converted = exported_for_openvino(graph, probes, space.layers, pool=space.pool)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".query-", dir=target.parent))
-    try:
-        openvino.save_model(converted, staging / _XML, compress_to_fp16=False)
-        # Checked in fp32 against torch in fp32, whatever precision the space computes in.
-        expected = extractor.torch_embed(probes)
+    # Checked in fp32 against torch in fp32, whatever precision the space computes in.
+    expected = extractor.torch_embed(probes)
+
+    def difference(staging: Path) -> float:
         got = QueryModel(staging, space, cache=False, hint="f32").embed(probes)
-        difference = float(np.abs(got - expected).max())
-        if not difference <= TOLERANCE:
+        return float(np.abs(got - expected).max())
+
+    meta = {
+        "fingerprint": space.fingerprint,
+        "dim": space.dim,
+        "precision": "fp32",
+        # Made from torch's graph of exactly this space (not another torch release's):
+        # then it may write the space's vectors too (see writes).
+        "exact": fp32_twin(extractor.space).fingerprint == fp32_twin(space).fingerprint,
+        "openvino": _openvino_version(),
+    }
+    found = save_checked(converted, target, difference, TOLERANCE, meta, "query model")
+    return None if found is None else Made(target, found)
+
+
+def save_checked(
+    converted: Any,
+    target: Path,
+    difference: Callable[[Path], float],
+    tolerance: float,
+    meta: dict[str, Any],
+    what: str,
+) -> float | None:
+    """Save the OpenVINO model ``converted`` as the folder ``target`` (model.xml and
+    meta.json: ``meta`` with its ``max_difference``), whole or not at all, when
+    ``difference(folder)`` (the model saved in a staging folder, against torch's) is within
+    ``tolerance``; else warn (naming ``what``) and save nothing. Returns the difference, or
+    None when nothing was saved."""
+    from .runtimes import _import_openvino
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
+    try:
+        _import_openvino().save_model(converted, staging / _XML, compress_to_fp16=False)
+        found = difference(staging)
+        if not found <= tolerance:
             log.warning(
-                "the query model of space %s differs from torch by %.2g; not saved",
-                space.fingerprint,
-                difference,
+                "the %s of space %s differs from torch by %.2g; not saved",
+                what,
+                meta.get("fingerprint"),
+                found,
             )
             return None
-        meta = {
-            "fingerprint": space.fingerprint,
-            "dim": space.dim,
-            "precision": "fp32",
-            # Made from torch's graph of exactly this space (not another torch release's):
-            # then it may write the space's vectors too (see writes).
-            "exact": fp32_twin(extractor.space).fingerprint == fp32_twin(space).fingerprint,
-            "openvino": _openvino_version(),
-            "max_difference": difference,
-        }
-        (staging / _META).write_text(json.dumps(meta, indent=1) + "\n")
+        (staging / _META).write_text(json.dumps({**meta, "max_difference": found}, indent=1) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)  # whole or not at all: meta.json is written last
-        return Made(target, difference)
+        return found
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
