@@ -25,8 +25,6 @@ from .records import ImageFacts, SpaceRecord
 from .reports import IndexReport, RecallReport, SpaceInfo, WhitenReport
 
 if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
-
     from .ann.index import VectorIndex
     from .ann.publish import BuildInfo
     from .copies import CopyIndex, ViewsReport
@@ -268,26 +266,27 @@ class Space:
 
     def _embed_copies(
         self, images: Sequence[ImageInput], *, trim: bool
-    ) -> tuple[np.ndarray, np.ndarray, list[PILImage]]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Copy-mode queries: the vectors of ``images`` and of their normalised views (see
-        :func:`featx_search.copies.normalised`), float32 (N, dim) each, in one batch, and
-        the pictures as embedded (trimmed when ``trim``)."""
+        :func:`featx_search.copies.normalised`), float32 (N, dim) each, in one batch."""
         from .copies import normalised
 
         spec = self._first.spec.preprocess
-        inputs, pictures = [], []
+        inputs = []
         for image in images:
             picture = load_rgb(image, min_side=spec.resize)
             picture = trim_bars(picture) if trim else picture
-            pictures.append(picture)
             inputs += [preprocess(picture, spec), preprocess(normalised(picture), spec)]
         vectors = self._run_model(np.stack(inputs))
-        return vectors[0::2], vectors[1::2], pictures
+        return vectors[0::2], vectors[1::2]
 
-    def _verified(self, pictures: Sequence[PILImage], rows: list[list[Match]]) -> list[list[Match]]:
-        """``rows`` (one per picture) with the results that tie with the first reordered by
-        local evidence (see :mod:`featx_search.verify`); unchanged where nothing ties or the
-        space's model has no local map."""
+    def _verified(
+        self, images: Sequence[ImageInput], rows: list[list[Match]], *, trim: bool = True
+    ) -> list[list[Match]]:
+        """``rows`` (one per query picture in ``images``) with the results that tie with the
+        first reordered by local evidence (see :mod:`featx_search.verify`; a tied query is
+        decoded again at the views' size, trimmed when ``trim``); unchanged where nothing
+        ties or the space's model has no local map."""
         from . import verify
         from .copies import SIDE, decoded
 
@@ -305,12 +304,13 @@ class Space:
                 return None
 
         out = []
-        for picture, row in zip(pictures, rows, strict=True):
+        for image, row in zip(images, rows, strict=True):
             scores = [m.score for m in row]
             if verify.tied(scores) < 2:
                 out.append(row)
                 continue
-            maps = model.query_maps(picture, SIDE)
+            picture = load_rgb(image, min_side=SIDE)
+            maps = model.query_maps(trim_bars(picture) if trim else picture, SIDE)
             order = verify.rerank(scores, maps, functools.partial(candidate, row))
             out.append([replace(row[p], rank=n + 1) for n, p in enumerate(order)])
         return out
@@ -409,14 +409,15 @@ class Space:
                     found = self._store.image_id(Path(image).expanduser().absolute().resolve())
                     row.extend([] if found is None else [found])
         if query.copies:  # the pictures and their normalised views (see copies.normalised)
-            vectors, norms, pictures = self._embed_copies(batch, trim=query.trim)
+            vectors, norms = self._embed_copies(batch, trim=query.trim)
             if not query.verify or query.combine:
                 found_rows = self._query(vectors, selves, query, norms)
             else:  # enough results for the local check of a tie, then the k asked
                 from . import verify
 
                 wider = replace(query, k=max(query.k, verify.SHORT_LIST))
-                found_rows = self._verified(pictures, self._query(vectors, selves, wider, norms))
+                found = self._query(vectors, selves, wider, norms)
+                found_rows = self._verified(batch, found, trim=query.trim)
                 found_rows = [row[: query.k] for row in found_rows]
         else:
             found_rows = self._query(self.embed(batch, trim=query.trim), selves, query)

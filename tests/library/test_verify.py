@@ -121,7 +121,7 @@ def test_a_tie_in_a_copy_search_by_a_picture_is_told_apart_by_local_evidence(
             Match(2, 0.94, ids["b.png"], str(second)),
         ]
         with Image.open(crop) as picture:
-            checked = space._verified([picture.convert("RGB")], [tie])[0]
+            checked = space._verified([crop], [tie])[0]
             assert [m.path for m in checked] == [str(second), str(first)]
             mirrored = picture.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             assert space._verified([mirrored], [tie])[0][0].path == str(second)
@@ -129,10 +129,10 @@ def test_a_tie_in_a_copy_search_by_a_picture_is_told_apart_by_local_evidence(
             assert [m.score for m in checked] == [0.94, 0.95]  # scores stay the cosines
             # no tie: the order stands
             clear = [tie[0], Match(2, 0.5, ids["b.png"], str(second))]
-            assert space._verified([picture.convert("RGB")], [clear])[0] == clear
+            assert space._verified([crop], [clear])[0] == clear
             # the picture found second has gone since: it keeps its score, the order stands
             second.rename(tmp_path / "gone.png")
-            assert space._verified([picture.convert("RGB")], [tie])[0] == tie
+            assert space._verified([crop], [tie])[0] == tie
         # a copy search asks the check for more results than k, then gives k
         space.keep_copies()
         found = space.search(crop, Query(copies=True, k=1))
