@@ -416,8 +416,8 @@ class Space:
                 from . import verify
 
                 wider = replace(query, k=max(query.k, verify.SHORT_LIST))
-                found = self._query(vectors, selves, wider, norms)
-                found_rows = self._verified(batch, found, trim=query.trim)
+                listed = self._query(vectors, selves, wider, norms)
+                found_rows = self._verified(batch, listed, trim=query.trim)
                 found_rows = [row[: query.k] for row in found_rows]
         else:
             found_rows = self._query(self.embed(batch, trim=query.trim), selves, query)
