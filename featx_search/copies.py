@@ -70,6 +70,8 @@ VIEWS: tuple[tuple[str, Any], ...] = (
     ("blur", 4.0),
     ("norm", None),
 )
+# The mirrored view's index among VIEWS (see featx_search.verify).
+MIRROR = [kind for kind, _ in VIEWS].index("mirror")
 # The normalised view's index among VIEWS and its slot in a copy index.
 NORM = len(VIEWS) - 1
 NORM_SLOT = NORM + 1
@@ -191,6 +193,14 @@ def embed_views(
     ]
     vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
     return vectors.reshape(len(images), len(VIEWS), -1).astype(np.float32, copy=False)
+
+
+def mirrored_best(query: np.ndarray, views: np.ndarray | None, score: float) -> bool:
+    """Whether ``query`` (dim,) found an image with ``score`` through its mirrored view:
+    ``views`` (the image's (VIEWS, dim), or None) has that view at the score."""
+    if views is None or len(views) != len(VIEWS):
+        return False
+    return float(query @ views[MIRROR]) >= score - 1e-4
 
 
 def best_of_views(

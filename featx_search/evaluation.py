@@ -27,7 +27,7 @@ import numpy as np
 
 from . import verify
 from .config import FITS, ExtractorSpec, Fit, Preprocess
-from .copies import SIDE, best_of_views, decoded, embed_views, normalised
+from .copies import SIDE, best_of_views, decoded, embed_views, mirrored_best, normalised
 from .errors import ConfigError
 from .images import is_image_name, preprocess, trim_bars
 from .query import mix
@@ -338,7 +338,9 @@ def evaluate(
                 if views is not None:  # with their normalised views, as searches do
                     norms = _embed(extractor, [normalised(i) for i in trimmed], how, batch_size)
                     scores = best_of_views(edited_vectors, base, views, norms)
-                    top = _checked(scores, trimmed, originals, local, local_maps)
+                    top = _checked(
+                        scores, trimmed, edited_vectors, views, originals, local, local_maps
+                    )
                     copy_mode[kind] = float(np.mean(same[positions, top]))
             for qe, dba in expansions:
                 mean_ap, p1, p10, queries = retrieval_scores(base, labels, qe=qe, dba=dba)
@@ -387,27 +389,33 @@ def identical(images: Sequence[PILImage], tolerance: float = 1.0) -> np.ndarray:
 def _checked(
     scores: np.ndarray,
     queries: Sequence[PILImage],
+    vectors: np.ndarray,
+    views: np.ndarray,
     originals: Sequence[PILImage],
     local: verify.LocalModel | None,
     maps: dict[int, Any],
 ) -> np.ndarray:
-    """The image each query (a row of copy-mode ``scores``) finds first once ties are told
-    apart by the local check, as a copy search by a picture does (:mod:`featx_search.verify`;
-    ``maps`` caches the originals' local maps)."""
+    """The image each query (a row of copy-mode ``scores``, its picture in ``queries`` and
+    its vector in ``vectors``) finds first once ties are told apart by the local check, as
+    a copy search by a picture does (:mod:`featx_search.verify`; ``views`` are the originals'
+    copy views, ``maps`` caches their local maps)."""
     firsts = []
-    for row, picture in zip(scores, queries, strict=True):
+    for row, picture, vector in zip(scores, queries, vectors, strict=True):
         order = np.argsort(-row, kind="stable")[: verify.SHORT_LIST]
         if local is None or verify.tied(row[order].tolist()) < 2:
             firsts.append(int(order[0]))
             continue
 
-        def candidate(position: int, order: np.ndarray = order) -> Any:
+        def candidate(
+            position: int, order: np.ndarray = order, row: np.ndarray = row, vector: Any = vector
+        ) -> tuple[Any, bool]:
             image = int(order[position])
             if image not in maps:
                 maps[image] = local.map(originals[image])
-            return maps[image]
+            return maps[image], mirrored_best(vector, views[image], float(row[image]))
 
-        checked = verify.rerank(row[order].tolist(), local.query_maps(picture, SIDE), candidate)
+        query_maps = local.query_maps(picture, SIDE)
+        checked = verify.rerank(row[order].tolist(), query_maps, candidate)
         firsts.append(int(order[checked[0]]))
     return np.asarray(firsts, np.int64)
 

@@ -281,14 +281,19 @@ class Space:
         return vectors[0::2], vectors[1::2]
 
     def _verified(
-        self, images: Sequence[ImageInput], rows: list[list[Match]], *, trim: bool = True
+        self,
+        images: Sequence[ImageInput],
+        vectors: np.ndarray,
+        rows: list[list[Match]],
+        *,
+        trim: bool = True,
     ) -> list[list[Match]]:
-        """``rows`` (one per query picture in ``images``) with the results that tie with the
-        first reordered by local evidence (see :mod:`featx_search.verify`; a tied query is
-        decoded again at the views' size, trimmed when ``trim``); unchanged where nothing
-        ties or the space's model has no local map."""
+        """``rows`` (one per query picture in ``images``, embedded as ``vectors``) with the
+        results that tie with the first reordered by local evidence (see
+        :mod:`featx_search.verify`; a tied query is decoded again at the views' size, trimmed
+        when ``trim``); unchanged where nothing ties or the space's model has no local map."""
         from . import verify
-        from .copies import SIDE, decoded
+        from .copies import SIDE, decoded, mirrored_best
 
         if all(verify.tied([m.score for m in row]) < 2 for row in rows):
             return rows
@@ -296,22 +301,28 @@ class Space:
         if model is None:
             return rows
 
-        def candidate(row: list[Match], position: int) -> np.ndarray | None:
+        def candidate(
+            row: list[Match], vector: np.ndarray, views: dict[int, np.ndarray], position: int
+        ) -> tuple[np.ndarray, bool] | None:
+            match = row[position]
             try:
-                return model.map(decoded(row[position].path))
+                found = model.map(decoded(match.path))
             except ImageError as err:  # moved or unreadable since: it keeps its score
-                log.info("local check skips %s: %s", row[position].path, err.message)
+                log.info("local check skips %s: %s", match.path, err.message)
                 return None
+            return found, mirrored_best(vector, views.get(match.image_id), match.score)
 
         out = []
-        for image, row in zip(images, rows, strict=True):
+        for image, vector, row in zip(images, vectors, rows, strict=True):
             scores = [m.score for m in row]
-            if verify.tied(scores) < 2:
+            count = verify.tied(scores)
+            if count < 2:
                 out.append(row)
                 continue
+            views = self._store.copy_views(self.id, [m.image_id for m in row[:count]], self.dim)
             picture = load_rgb(image, min_side=SIDE)
             maps = model.query_maps(trim_bars(picture) if trim else picture, SIDE)
-            order = verify.rerank(scores, maps, functools.partial(candidate, row))
+            order = verify.rerank(scores, maps, functools.partial(candidate, row, vector, views))
             out.append([replace(row[p], rank=n + 1) for n, p in enumerate(order)])
         return out
 
@@ -417,7 +428,7 @@ class Space:
 
                 wider = replace(query, k=max(query.k, verify.SHORT_LIST))
                 listed = self._query(vectors, selves, wider, norms)
-                found_rows = self._verified(batch, listed, trim=query.trim)
+                found_rows = self._verified(batch, vectors, listed, trim=query.trim)
                 found_rows = [row[: query.k] for row in found_rows]
         else:
             found_rows = self._query(self.embed(batch, trim=query.trim), selves, query)

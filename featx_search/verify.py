@@ -6,7 +6,8 @@ text at about the same score as its own: the vectors say "text", not "this text"
 features can tell them apart. The space's model is cut by FX at the end of its last block at
 1/16 of the input (``_blocks.10.add`` for efficientnet_lite0, ``layer3`` for a ResNet): each
 cell of that map describes a patch of about 16 x 16 pixels. The query is mapped at a few
-scales, as it is and mirrored, each candidate at the copy views' size
+scales (mirrored for an image it matched through its mirrored view), each candidate at the
+copy views' size
 (:data:`featx_search.copies.SIDE`), and the cells that are
 each other's nearest neighbours (mutual) vote for the shift that takes the query into the
 candidate. A copy puts most votes on one shift (a geometric check: its cells agree in place,
@@ -103,24 +104,40 @@ class LocalModel:
         norms = np.linalg.norm(out, axis=0, keepdims=True)
         return np.asarray(out / np.maximum(norms, 1e-12), np.float32)
 
-    def query_maps(self, img: PILImage, side: int) -> list[np.ndarray]:
-        """The maps of ``img`` and of its mirror image (a mirrored copy is a copy too) with
-        the shorter side at each of :data:`SCALES` of ``side``; none for a flat picture (see
-        :func:`flat`), which has no local evidence to give."""
+    def query_maps(self, img: PILImage, side: int) -> QueryMaps:
+        """The maps of query picture ``img`` (see :class:`QueryMaps`)."""
+        return QueryMaps(self, img, side)
+
+
+class QueryMaps:
+    """The local maps of a query picture with its shorter side at each of :data:`SCALES` of
+    ``side``, as it is or mirrored (``maps(mirrored)``, each made when first asked); none
+    for a flat picture (see :func:`flat`), which has no local evidence to give. A tied image
+    that the query matched through its mirrored copy view is compared with the mirrored
+    maps: a mirrored copy's cells agree with the original's only once mirrored back."""
+
+    def __init__(self, model: LocalModel, img: PILImage, side: int) -> None:
+        self._model, self._img, self._side = model, img, side
+        self.flat = flat(img)
+        self._made: dict[bool, list[np.ndarray]] = {}
+
+    def __call__(self, mirrored: bool = False) -> list[np.ndarray]:
         from PIL import Image, ImageOps
 
-        if flat(img):
+        if self.flat:
             return []
-        maps = []
-        for scale in SCALES:
-            factor = side * scale / min(img.size)
-            size = (
-                max(STRIDE * 2, round(img.width * factor)),
-                max(STRIDE * 2, round(img.height * factor)),
-            )
-            resized = img.resize(size, Image.Resampling.BILINEAR)
-            maps += [self.map(resized), self.map(ImageOps.mirror(resized))]
-        return maps
+        if mirrored not in self._made:
+            img = ImageOps.mirror(self._img) if mirrored else self._img
+            maps = []
+            for scale in SCALES:
+                factor = self._side * scale / min(img.size)
+                size = (
+                    max(STRIDE * 2, round(img.width * factor)),
+                    max(STRIDE * 2, round(img.height * factor)),
+                )
+                maps.append(self._model.map(img.resize(size, Image.Resampling.BILINEAR)))
+            self._made[mirrored] = maps
+        return self._made[mirrored]
 
 
 def flat(img: PILImage) -> bool:
@@ -328,7 +345,7 @@ def _load(folder: Path, space: SpaceSpec) -> LocalModel | None:
 
 
 def agreement(query_maps: Sequence[np.ndarray], candidate: np.ndarray) -> float:
-    """The best share, over the query's maps (scales, mirrored), of its cells (or of the
+    """The best share, over the query's maps (its scales), of its cells (or of the
     candidate's, when the query is the larger map) whose mutual nearest neighbour lies at one
     shift, within a cell: 0 (nothing agrees) to 1 (every cell in place)."""
     return max((_votes(q, candidate) for q in query_maps), default=0.0)
@@ -364,22 +381,26 @@ def tied(scores: Sequence[float]) -> int:
 
 def rerank(
     scores: Sequence[float],
-    query_maps: Sequence[np.ndarray],
-    candidate_map: Callable[[int], np.ndarray | None],
+    query_maps: Callable[[bool], Sequence[np.ndarray]],
+    candidate_map: Callable[[int], tuple[np.ndarray, bool] | None],
 ) -> list[int]:
     """The order (positions into ``scores``, cosine scores best first) after the local
     check: the results within :data:`MARGIN` of the first, at most :data:`SHORT_LIST`, are
-    ordered by their score plus :data:`WEIGHT` times their :func:`agreement` with the query;
-    ``candidate_map(position)`` gives a result's map, or None when it cannot be read (it then
-    keeps its score). The rest keep their places, and all do without ``query_maps`` (a
-    flat query)."""
+    ordered by their score plus :data:`WEIGHT` times their :func:`agreement` with the
+    query. ``candidate_map(position)`` gives a result's map and whether the query matched it
+    through its mirrored view, or None when it cannot be read (it then keeps its score);
+    ``query_maps(mirrored)`` the query's maps (see :class:`QueryMaps`). The rest keep their
+    places, and all do for a query without maps (a flat picture)."""
     order = list(range(len(scores)))
     count = tied(scores)
-    if count < 2 or not query_maps:
+    if count < 2 or not query_maps(False):
         return order
     checked = {}
     for position in order[:count]:
         found = candidate_map(position)
-        bonus = 0.0 if found is None else WEIGHT * agreement(query_maps, found)
+        bonus = 0.0
+        if found is not None:
+            candidate, mirrored = found
+            bonus = WEIGHT * agreement(query_maps(mirrored), candidate)
         checked[position] = scores[position] + bonus
     return sorted(order[:count], key=lambda p: -checked[p]) + order[count:]

@@ -4,15 +4,16 @@ a picture that hands its tie to the check."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 
-from featx_search import Library, Query, verify
+from featx_search import Library, Query, copies, verify
 from featx_search.config import ExtractorSpec
 from featx_search.extract import load_extractor
 from featx_search.extract.cut import node_names
@@ -47,11 +48,14 @@ def test_only_a_tie_with_the_first_is_reordered() -> None:
     maps = {0: _unit((8, 4, 4), 10), 1: _unit((8, 4, 4), 11), 2: _unit((8, 4, 4), 12)}
     asked: list[int] = []
 
-    def candidate(position: int) -> np.ndarray:
+    def candidate(position: int) -> tuple[np.ndarray, bool]:
         asked.append(position)
-        return maps[position]
+        return maps[position], False
 
-    query = [maps[1][:, 1:3, 1:3]]  # a crop of the second result
+    def query(mirrored: bool) -> list[np.ndarray]:
+        # as it is, a crop of the second result; mirrored, one of the first
+        return [maps[0 if mirrored else 1][:, 1:3, 1:3]]
+
     assert verify.tied([0.95, 0.94, 0.80]) == 2
     assert verify.rerank([0.95, 0.94, 0.80], query, candidate) == [1, 0, 2]
     assert sorted(asked) == [0, 1]  # the third is not within the margin: not read
@@ -60,8 +64,10 @@ def test_only_a_tie_with_the_first_is_reordered() -> None:
     assert asked == []  # a clear first: nothing is read
     # a result whose picture cannot be read keeps its score
     assert verify.rerank([0.95, 0.94], query, lambda p: None) == [0, 1]
+    # results matched through their mirrored view are compared with the mirrored maps
+    assert verify.rerank([0.94, 0.95], query, lambda p: (maps[p], True)) == [0, 1]
     # a flat query has no maps: nothing is read, the order stands
-    assert verify.rerank([0.95, 0.94], [], candidate) == [0, 1]
+    assert verify.rerank([0.95, 0.94], lambda mirrored: [], candidate) == [0, 1]
     assert asked == []
     scores = [0.9] * 8
     assert verify.tied(scores) == verify.SHORT_LIST
@@ -86,14 +92,17 @@ def test_a_flat_picture_has_no_local_evidence() -> None:
     assert verify.flat(grey)
     model = verify.local_model(load_extractor(STRIDED).space)
     assert model is not None and model.node == "7"
-    assert model.query_maps(grey, 448) == []
+    assert model.query_maps(grey, 448)(False) == []
     rng = np.random.default_rng(0)
     textured = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
     assert not verify.flat(textured)
     maps = model.query_maps(textured, 448)
-    assert len(maps) == 2 * len(verify.SCALES)  # each scale as it is and mirrored
-    shorter = [m.shape[1] for m in maps[::2]]
+    plain, mirrored = maps(False), maps(True)
+    assert len(plain) == len(mirrored) == len(verify.SCALES)
+    shorter = [m.shape[1] for m in plain]
     assert shorter == sorted(shorter) and shorter[-1] == 448 // verify.STRIDE
+    expected = ImageOps.mirror(textured).resize((597, 448), Image.Resampling.BILINEAR)
+    assert np.allclose(mirrored[-1], model.map(expected))
 
 
 def _noise(path: Path, seed: int) -> Path:
@@ -120,21 +129,36 @@ def test_a_tie_in_a_copy_search_by_a_picture_is_told_apart_by_local_evidence(
             Match(1, 0.95, ids["a.png"], str(first)),  # the wrong one first, by a hair
             Match(2, 0.94, ids["b.png"], str(second)),
         ]
-        with Image.open(crop) as picture:
-            checked = space._verified([crop], [tie])[0]
-            assert [m.path for m in checked] == [str(second), str(first)]
-            mirrored = picture.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            assert space._verified([mirrored], [tie])[0][0].path == str(second)
-            assert [m.rank for m in checked] == [1, 2]
-            assert [m.score for m in checked] == [0.94, 0.95]  # scores stay the cosines
-            # no tie: the order stands
-            clear = [tie[0], Match(2, 0.5, ids["b.png"], str(second))]
-            assert space._verified([crop], [clear])[0] == clear
-            # the picture found second has gone since: it keeps its score, the order stands
-            second.rename(tmp_path / "gone.png")
-            assert space._verified([crop], [tie])[0] == tie
-        # a copy search asks the check for more results than k, then gives k
+        vectors, _ = space._embed_copies([crop], trim=True)
+        checked = space._verified([crop], vectors, [tie])[0]
+        assert [m.path for m in checked] == [str(second), str(first)]
+        assert [m.rank for m in checked] == [1, 2]
+        assert [m.score for m in checked] == [0.94, 0.95]  # scores stay the cosines
+        # no tie: the order stands
+        clear = [tie[0], Match(2, 0.5, ids["b.png"], str(second))]
+        assert space._verified([crop], vectors, [clear])[0] == clear
+
+        # a mirrored crop: compared mirrored back where its vector found the image through
+        # the image's mirrored view, and so told apart; else it agrees with nothing
         space.keep_copies()
+        mirrored = tmp_path / "mirrored.png"
+        with Image.open(crop) as picture:
+            picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+        vectors, _ = space._embed_copies([mirrored], trim=True)
+        views = space._store.copy_views(space.id, [ids["b.png"]], space.dim)[ids["b.png"]]
+        through_mirror = float(vectors[0] @ views[copies.MIRROR])
+        tie = [
+            Match(1, through_mirror + 0.001, ids["a.png"], str(first)),
+            Match(2, through_mirror, ids["b.png"], str(second)),
+        ]
+        assert space._verified([mirrored], vectors, [tie])[0][0].path == str(second)
+        above = [replace(m, score=m.score + 0.05) for m in tie]  # not its mirrored view's score
+        assert space._verified([mirrored], vectors, [above])[0] == above
+
+        # the picture found second has gone since: it keeps its score, the order stands
+        second.rename(tmp_path / "gone.png")
+        assert space._verified([mirrored], vectors, [tie])[0] == tie
+        # a copy search asks the check for more results than k, then gives k
         found = space.search(crop, Query(copies=True, k=1))
         assert len(found) == 1
 
