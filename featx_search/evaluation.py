@@ -153,15 +153,18 @@ def labelled_images(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
 def retrieval_scores(
     vectors: np.ndarray, labels: Sequence[str], *, qe: int = 0, dba: int = 0
 ) -> tuple[float, float, float, int]:
-    """Leave-one-out retrieval by cosine on L2-normalised float32 (N, D) ``vectors``.
+    """Leave-one-out retrieval by cosine on L2-normalised float32 (N, D) ``vectors``, as
+    ``search``/``similar`` rank with these options.
 
-    With ``dba`` the database side is augmented: each image mixed with its ``dba`` nearest
-    others (:func:`mix`), computed without the query (an image's own vector never leaks into
-    the database it is scored against). With ``qe`` each query is expanded with its ``qe``
-    nearest database images (alpha-QE) and searched again. Returns (mAP, P@1, P@10,
-    queries), over the queries that have another image of their class. Ties are broken by
-    index order.
+    With ``qe`` each query is expanded with its ``qe`` nearest images (alpha-QE) and
+    searched again. With ``dba`` its first :data:`~featx_search.augment.SHORT_LIST` images
+    are then ordered by the query's cosine to each one mixed with its ``dba`` nearest others
+    (:func:`mix`; database-side augmentation, :mod:`featx_search.augment`), the query image
+    left out of every mix. Returns (mAP, P@1, P@10, queries), over the queries that have
+    another image of their class. Ties are broken by index order.
     """
+    from .augment import SHORT_LIST
+
     labels_ = np.asarray(labels)
     count = len(vectors)
     base = vectors.astype(np.float64)
@@ -174,25 +177,21 @@ def retrieval_scores(
         mixed: np.ndarray = mix(base[row : row + 1], base[picks][None], pairs[row, picks][None])
         return np.asarray(mixed[0])
 
-    database = np.stack([augmented(j, -1) for j in range(count)]) if dba else base
     aps, p1s, p10s = [], [], []
     for i in range(count):
-        rows = database
-        if dba:  # the rows that mixed in image i, mixed again without it
-            touched = np.flatnonzero((nearest[:, :dba] == i).any(axis=1))
-            if touched.size:
-                rows = database.copy()
-                for j in touched:
-                    rows[j] = augmented(int(j), i)
         query = base[i]
-        sims = rows @ query
+        sims = base @ query
         if qe:
             sims[i] = -np.inf
             near = np.argsort(-sims, kind="stable")[:qe]
-            query = mix(query[None], rows[near][None], sims[near][None])[0]
-            sims = rows @ query
+            query = mix(query[None], base[near][None], sims[near][None])[0]
+            sims = base @ query
         others = np.delete(np.arange(count), i)
         order = others[np.argsort(-sims[others], kind="stable")]
+        if dba:
+            head = order[:SHORT_LIST]
+            rescored = np.array([augmented(int(j), i) @ query for j in head])
+            order = np.concatenate([head[np.argsort(-rescored, kind="stable")], order[SHORT_LIST:]])
         hits = labels_[order] == labels_[i]
         if not hits.any():
             continue

@@ -32,6 +32,11 @@ class Query:
       ``expand`` results (weighted by their score cubed), and search again. It helps
       "more of this kind" searches on some collections and hurts on others (measured in
       docs/benchmarks.md), so it is off (0) by default.
+    - ``augment``: database-side augmentation: the first results (up to 100) are scored
+      against each one's vector mixed with its ``augment`` nearest stored images (see
+      :mod:`featx_search.augment`), which become the scores; "more of this kind" gets better
+      on every evaluation set (docs/benchmarks.md), for one more search of the short list.
+      Off (0) by default; not applied to copy searches.
     - ``copies``: look for copies of the query (crops, smaller or compressed copies, turned
       or recoloured ones): each image scores the best of its vector and its copy views, its
       normalised view against the query's own (see :mod:`featx_search.copies`; a search by
@@ -52,6 +57,7 @@ class Query:
     params: SearchParams = field(default_factory=SearchParams)
     expand: int = 0
     trim: bool = True
+    augment: int = 0
     copies: bool = False
     verify: bool = True
 
@@ -63,6 +69,12 @@ class Query:
                 f"expand must be in 0..{MAX_EXPAND}, got {self.expand}",
                 hint="query expansion mixes in a few first results: try 1 or 2",
                 param="expand",
+            )
+        if not 0 <= self.augment <= MAX_EXPAND:
+            raise ConfigError(
+                f"augment must be in 0..{MAX_EXPAND}, got {self.augment}",
+                hint="database-side augmentation mixes in a few neighbours: try 1 to 3",
+                param="augment",
             )
 
 

@@ -517,13 +517,33 @@ class Space:
                 params=self.search_params(query.params),
             )
 
-        if not query.expand:
+        if query.expand:
+            first = find(searched, query.expand + 1, None)
+            searched = self._expanded(searched, first, selves, query.expand, whitening)
+        if not query.augment or query.copies:
             return find(searched, query.k, query.threshold)
-        first = find(searched, query.expand + 1, None)
-        return find(
-            self._expanded(searched, first, selves, query.expand, whitening),
+        from . import augment
+
+        def vectors_of(ids: list[int]) -> dict[int, np.ndarray]:
+            _, found, raw = self.vectors(ids)
+            stored = raw if whitening is None or not len(raw) else whitening.apply(raw)
+            return dict(zip(found.tolist(), stored, strict=True))
+
+        def neighbours_of(stored: np.ndarray, k: int) -> list[list[Match]]:
+            return search_vectors(
+                self._store, index, stored, k, params=self.search_params(query.params)
+            )
+
+        wide = find(searched, max(query.k, augment.SHORT_LIST), None)
+        return augment.rerank(
+            searched,
+            wide,
+            selves,
+            query.augment,
             query.k,
             query.threshold,
+            vectors_of,
+            neighbours_of,
         )
 
     def _expanded(

@@ -267,6 +267,14 @@ _QUERY_OPTIONS = [
         help="Query expansion: mix each query with its first N results and search again "
         "(off: 0; see docs/guide.md).",
     ),
+    click.option(
+        "--dba",
+        "augment",
+        default=0,
+        type=click.IntRange(0, MAX_EXPAND),
+        help="Database-side augmentation: score the first 100 results against each one mixed "
+        "with its N nearest images (off: 0; see docs/guide.md).",
+    ),
 ]
 
 
@@ -281,6 +289,7 @@ def _query(
     after: str | None,
     before: str | None,
     expand: int,
+    augment: int,
     trim: bool,
     copies: bool,
     verify: bool,
@@ -295,6 +304,7 @@ def _query(
         combine=combine,
         params=params,
         expand=expand,
+        augment=augment,
         trim=trim,
         copies=copies,
         verify=verify,
@@ -315,6 +325,7 @@ def query_options(space_help: str) -> Decorator:
         "after",
         "before",
         "expand",
+        "augment",
         "trim",
         "copies",
         "verify",

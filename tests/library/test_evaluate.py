@@ -69,8 +69,9 @@ def test_retrieval_scores_match_a_reference() -> None:
 
 
 def _expanded_reference(x: np.ndarray, labels: list[str], qe: int, dba: int) -> float:
-    """mAP with query expansion and database augmentation, the slow way: for every query the
-    whole database is augmented again without it."""
+    """mAP with query expansion (on the stored vectors) and database augmentation, the slow
+    way: for every query the whole database is augmented again without it (fewer images than
+    the short list that searches re-score)."""
     alpha = 3.0
     aps = []
     n = len(x)
@@ -85,10 +86,8 @@ def _expanded_reference(x: np.ndarray, labels: list[str], qe: int, dba: int) -> 
         query = x[i].astype(np.float64)
         if qe:
             others = [k for k in range(n) if k != i]
-            near = sorted(others, key=lambda k: -float(database[k] @ query))[:qe]
-            mixed = query + sum(
-                max(float(database[k] @ query), 0) ** alpha * database[k] for k in near
-            )
+            near = sorted(others, key=lambda k: -float(x[k] @ query))[:qe]
+            mixed = query + sum(max(float(x[k] @ query), 0) ** alpha * x[k] for k in near)
             query = mixed / np.linalg.norm(mixed)
         sims = np.full((n, n), -9.0)
         sims[i] = database @ query

@@ -265,6 +265,45 @@ def test_query_expansion_searches_again_with_the_first_results_mixed_in(
         Query(expand=-1)
 
 
+@pytest.mark.parametrize("under", [None, "a"])
+def test_database_side_augmentation_scores_results_mixed_with_their_neighbours(
+    corpus: Corpus, lib: Library, under: str | None
+) -> None:
+    query_id = _id(corpus, "a/img06.jpg")
+    own = _vector(corpus, query_id)
+
+    def augmented(image_id: int) -> np.ndarray:
+        # its 2 nearest stored images, any folder, neither itself nor the query image
+        around = reference(corpus, _vector(corpus, image_id), lambda p: True)
+        around = [(i, s) for i, s in around if i not in (image_id, query_id)][:2]
+        mixed = _vector(corpus, image_id).astype(np.float64)
+        for i, s in around:  # each neighbour weighs its score cubed, as alpha-QE does
+            mixed += max(s, 0) ** 3 * _vector(corpus, i)
+        return mixed / np.linalg.norm(mixed)
+
+    def allowed(path: str) -> bool:
+        return under is None or Path(path).is_relative_to(corpus.root / under)
+
+    expected = sorted(
+        (
+            (int(i), float(augmented(int(i)) @ own))
+            for i in corpus.ids
+            if int(i) != query_id and allowed(corpus.paths[int(i)])
+        ),
+        key=lambda pair: -pair[1],
+    )
+    filters = Filters(under=str(corpus.root / under)) if under else Filters()
+    matches = lib.similar(query_id, Query(k=6, augment=2, exclude_self=True, filters=filters))
+    assert_top_k(matches, expected, 6)
+    plain = lib.similar(query_id, Query(k=6, exclude_self=True, filters=filters))
+    assert [m.score for m in plain] != pytest.approx([m.score for m in matches])
+    cut = (expected[2][1] + expected[3][1]) / 2  # the threshold applies to the new scores
+    query = Query(k=6, augment=2, exclude_self=True, threshold=cut, filters=filters)
+    assert lib.similar(query_id, query) == matches[:3]
+    with pytest.raises(ConfigError, match="augment"):
+        Query(augment=-1)
+
+
 def test_search_with_filters_and_exclude_self(corpus: Corpus, lib: Library) -> None:
     query = corpus.root / "b" / "img04.png"
     plain = lib.search(query, Query(k=2))
