@@ -201,6 +201,8 @@ def warm(n: int, repeat: int, photos: Path) -> None:
             "--threshold",
             "0.5",
         ],
+        # Database-side augmentation: one more index search, of the first 100 results.
+        "similar ID -k 10 --dba 3": [*base, "similar", some[0], "-k", "10", "--dba", "3"],
         "similar 3 IDs --combine --exclude-self": [
             *base,
             "similar",
