@@ -257,7 +257,8 @@ _QUERY_OPTIONS = [
         default=True,
         show_default=True,
         help="search --copies: tell results that tie with the first (within 0.02) apart by "
-        "local features that agree in place (builds the model in torch when it happens).",
+        "local features that agree in place (the first check in a library builds the model "
+        "in torch and saves a copy for later ones).",
     ),
     click.option(
         "--qe",
