@@ -44,9 +44,9 @@ class Query:
       it (``index --copies``); whitening is not applied.
     - ``verify``: in a copy search by a picture, results that tie with the first (within
       0.02) are told apart by local evidence: where the query's local features agree in
-      place (see :mod:`featx_search.verify`). It changes their order, not their scores. The
-      first check of a space builds its model in torch (a few seconds), then
-      :meth:`Space.save_local_model` keeps a torch-free copy for later processes.
+      place (see :mod:`featx_search.verify`). It changes their order, not their scores. It
+      runs the local model ``index --copies`` saves (:meth:`Space.save_local_model`); without
+      one the first check builds the model in torch (a few seconds) and saves it.
     """
 
     k: int = 10

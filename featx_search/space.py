@@ -377,17 +377,20 @@ class Space:
         made = query_model.make(self._first.spec, self.extractor, self._store.index_dir)
         return None if made is None else made.folder
 
-    def save_local_model(self) -> Path | None:
+    def save_local_model(self, *, build: bool = False) -> Path | None:
         """Save the local model of the copy searches' check (see :mod:`featx_search.verify`)
-        beside the index files when this process built it in torch and none is saved: a
-        check in a later process then neither imports torch nor builds the model. Returns the
-        folder when one was written."""
+        beside the index files unless one is saved: a check in a later process then neither
+        imports torch nor builds the model. It is the one this process built in torch for a
+        check, or with ``build`` one built now (what ``index --copies`` asks, so that the
+        first copy search does not pay for it). Returns the folder when one was written."""
         from . import verify
+        from .extract import query_model
 
-        model = verify.built_in_torch(self._first.spec)
-        if model is None or self._store.read_only:
+        spec, index_dir = self._first.spec, self._store.index_dir
+        if self._store.read_only or not query_model.enabled() or verify.saved(spec, index_dir):
             return None
-        return verify.save_local(model, self._first.spec, self._store.index_dir)
+        model = verify.built_in_torch(spec) or (verify.local_model(spec) if build else None)
+        return None if model is None else verify.save_local(model, spec, index_dir)
 
     @overload
     def search(self, images: ImageInput, query: Query | None = None) -> list[Match]: ...

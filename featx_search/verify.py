@@ -241,6 +241,12 @@ def folder_for(index_dir: Path, space: SpaceSpec) -> Path:
     return index_dir / f"{space.fingerprint}.local"
 
 
+def saved(space: SpaceSpec, index_dir: Path) -> bool:
+    """Whether ``space`` has a local model saved among the index files in ``index_dir`` that
+    this OpenVINO release can use."""
+    return _usable(folder_for(index_dir, space), space)
+
+
 def save_local(model: LocalModel, space: SpaceSpec, index_dir: Path) -> Path | None:
     """Export ``model`` (running in torch) to OpenVINO, any input size, into ``space``'s
     local model folder, unless one is there: checked against torch on a probe picture first

@@ -95,7 +95,7 @@ def index(
     only change the speed.
     """
     whitened = None
-    query_model = None
+    query_model = local_model = None
     with open_library(ctx, create=not dry_run) as lib:
         if spec is None:
             refuse_ambiguous(lib, space)
@@ -124,9 +124,15 @@ def index(
             # process then skips torch (docs/guide.md#searching).
             if not report.interrupted and (report.added or report.updated):
                 query_model = target.save_query_model()
+            # And, for a copy-mode space, the local model of its copy searches' check
+            # (docs/how-it-works.md#copy-mode): the first check then costs no torch either.
+            if not report.interrupted and target.copies:
+                local_model = target.save_local_model(build=True)
     output.index_report(report, whitened, as_json=as_json, quiet=quiet, verbose=verbose)
     if query_model is not None and not (quiet or as_json):
         output.note(f"saved the space's query model in {query_model}")
+    if local_model is not None and not (quiet or as_json):
+        output.note(f"saved the space's local model in {local_model}")
     if report.interrupted:
         output.interrupted(report)
         ctx.exit(130)

@@ -257,8 +257,7 @@ _QUERY_OPTIONS = [
         default=True,
         show_default=True,
         help="search --copies: tell results that tie with the first (within 0.02) apart by "
-        "local features that agree in place (the first check in a library builds the model "
-        "in torch and saves a copy for later ones).",
+        "local features that agree in place (with the local model index --copies saves).",
     ),
     click.option(
         "--qe",

@@ -19,6 +19,7 @@ from featx_search.extract import load_extractor
 from featx_search.extract.cut import node_names
 from featx_search.query import Match
 from tests.models import strided_cnn
+from tests.support import run_cli
 
 STRIDED = ExtractorSpec(model="tests.models:strided_cnn", weights="none", precision="fp32")
 
@@ -192,3 +193,24 @@ def test_the_local_model_is_saved_for_later_processes_and_maps_as_torch_does(
         monkeypatch.setattr(verify, "_models", {})
         fallback = verify.local_model(spec, index_dir)
         assert fallback is not None and fallback.runtime == "torch"
+
+
+def test_index_with_copies_saves_the_local_model_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATX_QUERY_MODEL", "1")
+    monkeypatch.setattr(verify, "_models", {})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _noise(photos / "a.png", 4)
+    db = tmp_path / "lib.db"
+    args = ["--model", STRIDED.model, "--weights", "none", "--precision", "fp32"]
+    first = run_cli("--db", db, "index", photos, *args, "--copies")
+    assert "saved the space's local model" in first.output
+    with Library.open(db, create=False) as lib:
+        space = lib.space()
+        assert verify.saved(space.record.spec, space._store.index_dir)
+    again = run_cli("--db", db, "index", photos, *args)
+    assert "local model" not in again.output  # saved already
+    plain = tmp_path / "plain.db"  # not a copy-mode space: no local model
+    assert "local model" not in run_cli("--db", plain, "index", photos, *args).output
