@@ -26,7 +26,6 @@ against torch, so that a check in a later process neither imports torch nor buil
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -63,8 +62,6 @@ FLAT_SPREAD = 4.0
 PROBE = 256
 # The saved OpenVINO model's maps may differ from torch's by this much (unit-length cells).
 TOLERANCE = 1e-3
-_META = "meta.json"
-_XML = "model.xml"
 
 
 class LocalModel:
@@ -191,8 +188,7 @@ def local_model(space: SpaceSpec, index_dir: Path | None = None) -> LocalModel |
                 _models[saved_key] = _load(folder_for(index_dir, space), space)
             if _models[saved_key] is not None:
                 return _models[saved_key]
-        request = space.request
-        key = (request.model, request.weights, request.method)  # what the model is built from
+        key = _torch_key(space)
         if key not in _models:
             _models[key] = _built(space)
         return _models[key]
@@ -201,10 +197,15 @@ def local_model(space: SpaceSpec, index_dir: Path | None = None) -> LocalModel |
 def built_in_torch(space: SpaceSpec) -> LocalModel | None:
     """The local model of ``space`` this process built in torch (see :func:`local_model`),
     or None when it built none: what :func:`save_local` can export."""
-    request = space.request
     with _models_lock:
-        model = _models.get((request.model, request.weights, request.method))
+        model = _models.get(_torch_key(space))
     return model if model is not None and model.graph is not None else None
+
+
+def _torch_key(space: SpaceSpec) -> tuple[str, ...]:
+    """What a local model built in torch is made from (not the precision: it runs in fp32)."""
+    request = space.request
+    return (request.model, request.weights, request.method)
 
 
 def _built(space: SpaceSpec) -> LocalModel | None:
@@ -244,21 +245,22 @@ def folder_for(index_dir: Path, space: SpaceSpec) -> Path:
 def saved(space: SpaceSpec, index_dir: Path) -> bool:
     """Whether ``space`` has a local model saved among the index files in ``index_dir`` that
     this OpenVINO release can use."""
-    return _usable(folder_for(index_dir, space), space)
+    from .extract import query_model
+
+    return query_model.usable(folder_for(index_dir, space), space)
 
 
 def save_local(model: LocalModel, space: SpaceSpec, index_dir: Path) -> Path | None:
     """Export ``model`` (running in torch) to OpenVINO, any input size, into ``space``'s
-    local model folder, unless one is there: checked against torch on a probe picture first
+    local model folder (replacing one there): checked against torch on a probe picture first
     (a model that disagrees is not saved). Returns the folder when one was written; failures
     are logged, not raised: checks still run in torch."""
     from .extract import query_model
 
-    target = folder_for(index_dir, space)
-    if model.graph is None or not query_model.enabled() or _usable(target, space):
+    if model.graph is None or not query_model.enabled():
         return None
     try:
-        return _save(model, space, target)
+        return _save(model, space, folder_for(index_dir, space))
     except Exception as err:
         log.warning("could not save the local model of space %s: %s", space.fingerprint, err)
         return None
@@ -298,30 +300,22 @@ def _save(model: LocalModel, space: SpaceSpec, target: Path) -> Path | None:
         got = LocalModel(_compiled(staging, cache=False), node, space.preprocess).map_batch(probe)
         return float(np.abs(got - expected).max())
 
-    meta = {"fingerprint": space.fingerprint, "node": node, "openvino": str(openvino.get_version())}
-    saved = query_model.save_checked(converted, target, difference, TOLERANCE, meta, "local model")
-    return None if saved is None else target
-
-
-def _meta(folder: Path, space: SpaceSpec) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((folder / _META).read_text())
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(meta, dict) and meta.get("fingerprint") == space.fingerprint
-    return meta if ok and (folder / _XML).is_file() else None
-
-
-def _usable(folder: Path, space: SpaceSpec) -> bool:
-    from .extract.runtimes import _import_openvino
-
-    meta = _meta(folder, space)
-    return meta is not None and meta.get("openvino") == str(_import_openvino().get_version())
+    meta = {
+        "fingerprint": space.fingerprint,
+        "dim": space.dim,  # the space's, as query_model.saved_meta checks
+        "node": node,
+        "openvino": str(openvino.get_version()),
+    }
+    found = query_model.save_folder(
+        converted, target, meta, difference=difference, tolerance=TOLERANCE, what="local model"
+    )
+    return None if found is None else target
 
 
 def _compiled(folder: Path, *, cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
     """The model in ``folder`` compiled for this CPU in fp32 (the compiled blob cached there
     for later processes): a function of a float32 batch."""
+    from .extract.query_model import _XML
     from .extract.runtimes import _import_openvino
 
     core = _import_openvino().Core()
@@ -339,9 +333,9 @@ def _compiled(folder: Path, *, cache: bool = True) -> Callable[[np.ndarray], np.
 def _load(folder: Path, space: SpaceSpec) -> LocalModel | None:
     from .extract import query_model
 
-    if not query_model.enabled() or not _usable(folder, space):
+    if not query_model.enabled() or not query_model.usable(folder, space):
         return None
-    meta = _meta(folder, space)
+    meta = query_model.saved_meta(folder, space)
     assert meta is not None
     try:
         return LocalModel(_compiled(folder), str(meta["node"]), space.preprocess)

@@ -20,7 +20,6 @@ import hashlib
 import importlib
 import importlib.util
 import io
-import json
 import logging
 import shutil
 import sys
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..errors import ConfigError, SpaceError
-from .query_model import _META, _XML, QueryModel, saved_meta
+from .query_model import QueryModel, save_folder, saved_meta
 
 if TYPE_CHECKING:
     from ..config import SpaceSpec
@@ -189,24 +188,14 @@ def save(model: Any, target: Path, space: SpaceSpec, calibrated: int) -> None:
     renamed, ``meta.json`` written last)."""
     from .runtimes import _import_openvino
 
-    openvino = _import_openvino()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".int8-", dir=target.parent))
-    try:
-        openvino.save_model(model, staging / _XML, compress_to_fp16=False)
-        meta = {
-            "fingerprint": space.fingerprint,
-            "dim": space.dim,
-            "calibration_images": calibrated,
-            "openvino": str(openvino.get_version()),
-            "nncf": str(_import_nncf().__version__),
-        }
-        (staging / _META).write_text(json.dumps(meta, indent=1) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    meta = {
+        "fingerprint": space.fingerprint,
+        "dim": space.dim,
+        "calibration_images": calibrated,
+        "openvino": str(_import_openvino().get_version()),
+        "nncf": str(_import_nncf().__version__),
+    }
+    save_folder(model, target, meta)
 
 
 def saved(folder: Path, space: SpaceSpec) -> bool:

@@ -159,42 +159,49 @@ def _make(extractor: Extractor, space: SpaceSpec, target: Path) -> Made | None:
         "exact": fp32_twin(extractor.space).fingerprint == fp32_twin(space).fingerprint,
         "openvino": _openvino_version(),
     }
-    found = save_checked(converted, target, difference, TOLERANCE, meta, "query model")
+    found = save_folder(
+        converted, target, meta, difference=difference, tolerance=TOLERANCE, what="query model"
+    )
     return None if found is None else Made(target, found)
 
 
-def save_checked(
+def save_folder(
     converted: Any,
     target: Path,
-    difference: Callable[[Path], float],
-    tolerance: float,
     meta: dict[str, Any],
-    what: str,
+    *,
+    difference: Callable[[Path], float] | None = None,
+    tolerance: float = 0.0,
+    what: str = "model",
 ) -> float | None:
     """Save the OpenVINO model ``converted`` as the folder ``target`` (model.xml and
-    meta.json: ``meta`` with its ``max_difference``), whole or not at all, when
-    ``difference(folder)`` (the model saved in a staging folder, against torch's) is within
-    ``tolerance``; else warn (naming ``what``) and save nothing. Returns the difference, or
-    None when nothing was saved."""
+    meta.json, written last: ``meta``), whole or not at all (a staging folder renamed).
+    With ``difference``, ``difference(folder)`` (the model saved in the staging folder,
+    against torch's) must be within ``tolerance`` and goes into the meta as
+    ``max_difference``; else a warning names ``what`` and nothing is saved. Returns the
+    difference (0.0 unchecked), or None when nothing was saved."""
     from .runtimes import _import_openvino
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
     try:
         _import_openvino().save_model(converted, staging / _XML, compress_to_fp16=False)
-        found = difference(staging)
-        if not found <= tolerance:
-            log.warning(
-                "the %s of space %s differs from torch by %.2g; not saved",
-                what,
-                meta.get("fingerprint"),
-                found,
-            )
-            return None
-        (staging / _META).write_text(json.dumps({**meta, "max_difference": found}, indent=1) + "\n")
+        found = 0.0
+        if difference is not None:
+            found = difference(staging)
+            if not found <= tolerance:
+                log.warning(
+                    "the %s of space %s differs from torch by %.2g; not saved",
+                    what,
+                    meta.get("fingerprint"),
+                    found,
+                )
+                return None
+            meta = {**meta, "max_difference": found}
+        (staging / _META).write_text(json.dumps(meta, indent=1) + "\n")
         if target.exists():
             shutil.rmtree(target)
-        staging.rename(target)  # whole or not at all: meta.json is written last
+        staging.rename(target)
         return found
     finally:
         shutil.rmtree(staging, ignore_errors=True)
