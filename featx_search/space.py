@@ -527,11 +527,6 @@ class Space:
             return find(searched, query.k, query.threshold)
         from . import augment
 
-        def vectors_of(ids: list[int]) -> dict[int, np.ndarray]:
-            _, found, raw = self.vectors(ids)
-            stored = raw if whitening is None or not len(raw) else whitening.apply(raw)
-            return dict(zip(found.tolist(), stored, strict=True))
-
         def neighbours_of(stored: np.ndarray, k: int) -> list[list[Match]]:
             return search_vectors(
                 self._store, index, stored, k, params=self.search_params(query.params)
@@ -545,7 +540,7 @@ class Space:
             query.augment,
             query.k,
             query.threshold,
-            vectors_of,
+            lambda ids: self._stored_by_id(ids, whitening),
             neighbours_of,
         )
 
@@ -563,9 +558,7 @@ class Space:
             [m for m in row if m.image_id not in own][:n]
             for row, own in zip(found, selves, strict=True)
         ]
-        _, ids, raw = self.vectors(sorted({m.image_id for row in picked for m in row}))
-        stored = raw if whitening is None or not len(raw) else whitening.apply(raw)
-        by_id = dict(zip(ids.tolist(), stored, strict=True))
+        by_id = self._stored_by_id(sorted({m.image_id for row in picked for m in row}), whitening)
         mixed = []
         for vector, row in zip(queries, picked, strict=True):
             row = [m for m in row if m.image_id in by_id]  # deleted meanwhile: left out
@@ -576,6 +569,15 @@ class Space:
             scores = np.array([[m.score for m in row]])
             mixed.append(mix(vector[None], neighbours, scores)[0])
         return np.asarray(mixed, dtype=np.float32)
+
+    def _stored_by_id(
+        self, ids: Sequence[int], whitening: Whitening | None
+    ) -> dict[int, np.ndarray]:
+        """The stored vectors of those of ``ids`` still stored, as the index holds them
+        (whitened when the space is): image id -> (d,)."""
+        _, found, raw = self.vectors(ids)
+        stored = raw if whitening is None or not len(raw) else whitening.apply(raw)
+        return dict(zip(found.tolist(), stored, strict=True))
 
     @property
     def copies(self) -> bool:
