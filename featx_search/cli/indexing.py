@@ -124,9 +124,15 @@ def index(
             # process then skips torch (docs/guide.md#searching).
             if not report.interrupted and (report.added or report.updated):
                 query_model = target.save_query_model()
-            # And, for a copy-mode space, the local model of its copy searches' check
-            # (docs/how-it-works.md#copy-mode): the first check then costs no torch either.
-            if not report.interrupted and target.copies:
+            # And, for a copy-mode space that changed or was asked for, the local model
+            # of its copy searches' check (docs/how-it-works.md#copy-mode): the first check
+            # then costs no torch either. Not on every run: a model without a local map
+            # would be built each time only to find so.
+            if (
+                not report.interrupted
+                and target.copies
+                and (report.added or report.updated or copies)
+            ):
                 local_model = target.save_local_model(build=True)
     output.index_report(report, whitened, as_json=as_json, quiet=quiet, verbose=verbose)
     if query_model is not None and not (quiet or as_json):
