@@ -310,13 +310,13 @@ def evaluate(
         space = extractor.space
         if space.precision == "int8":  # calibrated on the set itself, as a library would be
             _calibrate(extractor, originals)
+        local = verify.local_model(space) if copies else None
+        local_maps: dict[int, Any] = {}  # the originals' local maps (whatever the input fit)
         for asked in inputs:
             how = asked or space.preprocess.fit
             started = time.perf_counter()
 
             base = _embed(extractor, originals, how, batch_size)
-            local = verify.local_model(space) if copies else None
-            local_maps: dict[int, Any] = {}  # the originals' local maps, as they are needed
             views = (
                 embed_views(
                     extractor.embed,
